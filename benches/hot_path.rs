@@ -1,0 +1,530 @@
+//! Micro-benchmarks of the per-request hot path: rule matching, host normalisation, cache key
+//! building and hashing, RFC 9111 decisions, `Vary`, `Cache-Status`, and memory-tier hits.
+//!
+//! `cargo bench --bench hot_path` measures; `cargo test --all-targets` runs each bench once.
+
+use bytes::Bytes;
+use criterion::{black_box, criterion_group, criterion_main, BatchSize, Criterion};
+use http::{HeaderMap, HeaderName, HeaderValue, Method};
+use outpost::cache::freshness::{build_meta, decide};
+use outpost::cache::status::{CacheStatus, Forward};
+use outpost::cache::vary::variance;
+use outpost::cache::MemoryTier;
+use outpost::config::{Config, KeyConfig, Overrides, QueryMode, RuleConfig};
+use outpost::rules::{key::build_primary, normalize_host, RuleSet};
+use pingora_cache::key::CacheHashKey;
+use pingora_cache::storage::Storage;
+use pingora_cache::trace::Span;
+use pingora_cache::{CacheKey, CacheMeta};
+use pingora_http::{HMap, RequestHeader, ResponseHeader};
+use std::path::Path;
+use std::time::{Duration, SystemTime};
+
+/// Ten rules in the shapes real configs use: prefixes, host globs, extension globs, key options.
+const CONFIG: &str = r#"
+[[origins]]
+name = "web"
+url = "http://127.0.0.1:8000"
+
+[[origins]]
+name = "api"
+url = "http://127.0.0.1:8001"
+
+[[rules]]
+name = "private-api"
+action = "bypass"
+[rules.match]
+path_prefix = ["/api/private/", "/account/"]
+
+[[rules]]
+name = "admin"
+action = "bypass"
+[rules.match]
+hosts = ["admin.example.com", "*.internal.example.com"]
+
+[[rules]]
+name = "images"
+[rules.match]
+hosts = ["img.example.com", "*.img.example.com"]
+path_prefix = ["/i/", "/thumbs/"]
+methods = ["GET", "HEAD"]
+[rules.ttl]
+default = "1d"
+[rules.key]
+query = "keep"
+query_keep = ["w", "h", "q", "fmt"]
+
+[[rules]]
+name = "static-assets"
+[rules.match]
+paths = ["/static/**", "/**/*.{css,js,png,jpg,svg,woff2}"]
+methods = ["GET", "HEAD"]
+[rules.ttl]
+default = "1h"
+[rules.key]
+query = "ignore"
+
+[[rules]]
+name = "fonts"
+[rules.match]
+path_prefix = ["/fonts/"]
+paths = ["/**/*.{ttf,otf,woff}"]
+[rules.ttl]
+override = "7d"
+
+[[rules]]
+name = "downloads"
+[rules.match]
+hosts = ["dl.example.com", "mirror?.example.com"]
+paths = ["/releases/**/*.tar.gz", "/releases/**/*.zip"]
+[rules.ttl]
+default = "1d"
+
+[[rules]]
+name = "public-api"
+origin = "api"
+[rules.match]
+hosts = ["api.example.com"]
+path_prefix = ["/v1/", "/v2/"]
+methods = ["GET"]
+[rules.key]
+query = "sorted"
+headers = ["Accept-Language"]
+
+[[rules]]
+name = "html"
+[rules.match]
+hosts = ["example.com", "www.example.com"]
+paths = ["/**/*.html", "/"]
+[rules.ttl]
+default = "5m"
+
+[[rules]]
+name = "mobile"
+[rules.match]
+hosts = ["m.example.com"]
+[rules.key]
+headers = ["X-Device"]
+
+[[rules]]
+name = "shop"
+[rules.match]
+hosts = ["*.example.org"]
+path_prefix = ["/cart/", "/catalog/"]
+[rules.ttl]
+default = "30s"
+"#;
+
+fn config() -> Config {
+    Config::from_str(CONFIG, Path::new("bench.toml"), &Overrides::default())
+        .expect("the bench config is valid")
+}
+
+fn bench_rules(c: &mut Criterion) {
+    let cfg = config();
+    assert_eq!(cfg.rules.len(), 10);
+    let rules = RuleSet::new(&cfg).expect("rules compile");
+    let cases: [(&str, &str, &str, Option<usize>); 3] = [
+        ("first", "www.example.com", "/api/private/user/42", Some(0)),
+        ("last", "shop.example.org", "/cart/checkout/step2", Some(9)),
+        ("none", "www.example.net", "/products/123/reviews", None),
+    ];
+    let mut g = c.benchmark_group("rules/matching");
+    for (name, host, path, expect) in cases {
+        assert_eq!(rules.matching(&Method::GET, host, path), expect, "{name}");
+        g.bench_function(name, |b| {
+            b.iter(|| rules.matching(black_box(&Method::GET), black_box(host), black_box(path)))
+        });
+    }
+    g.finish();
+
+    let mut g = c.benchmark_group("rules/normalize_host");
+    for (name, host) in [
+        ("plain", "www.example.com"),
+        ("port", "www.example.com:8080"),
+        ("upper+port", "WWW.Example.COM:8080"),
+    ] {
+        g.bench_function(name, |b| b.iter(|| normalize_host(black_box(host)).len()));
+    }
+    g.finish();
+}
+
+fn key_spec(query: QueryMode, headers: &[&str]) -> KeyConfig {
+    KeyConfig {
+        query,
+        headers: headers
+            .iter()
+            .map(|h| HeaderName::from_bytes(h.as_bytes()).expect("valid header name"))
+            .collect(),
+    }
+}
+
+fn bench_keys(c: &mut Criterion) {
+    let host = "www.example.com";
+    let path = "/products/shoes/running/model-x";
+    let qs = "utm_source=newsletter&size=42&color=blue&utm_campaign=spring&v=3";
+    let query = Some(qs);
+    let mut headers = HeaderMap::new();
+    headers.insert(
+        "accept-language",
+        HeaderValue::from_static("en-GB,en;q=0.9"),
+    );
+    headers.insert("user-agent", HeaderValue::from_static("Mozilla/5.0 bench"));
+    headers.insert("accept-encoding", HeaderValue::from_static("gzip, br"));
+
+    let specs = [
+        ("full", key_spec(QueryMode::Full, &[])),
+        ("sorted", key_spec(QueryMode::Sorted, &[])),
+        (
+            "keep",
+            key_spec(
+                QueryMode::Keep(vec!["color".into(), "size".into(), "v".into()]),
+                &[],
+            ),
+        ),
+        (
+            "full+header",
+            key_spec(QueryMode::Full, &["accept-language"]),
+        ),
+    ];
+
+    // As the proxy does it: a fresh String per request.
+    let mut g = c.benchmark_group("key/build_primary");
+    for (name, spec) in &specs {
+        g.bench_function(*name, |b| {
+            b.iter(|| {
+                let mut out = String::new();
+                build_primary(
+                    black_box(spec),
+                    black_box(host),
+                    black_box(path),
+                    black_box(query),
+                    black_box(&headers),
+                    &mut out,
+                );
+                out
+            })
+        });
+    }
+    g.finish();
+
+    // The whole per-request key cost: primary, CacheKey and Pingora's blake2b-128 hash.
+    let mut g = c.benchmark_group("key/primary+CacheKey+combined_bin");
+    for (name, spec) in &specs {
+        g.bench_function(*name, |b| {
+            b.iter(|| {
+                let mut out = String::new();
+                build_primary(
+                    black_box(spec),
+                    black_box(host),
+                    black_box(path),
+                    black_box(query),
+                    black_box(&headers),
+                    &mut out,
+                );
+                CacheKey::new(out, "").combined_bin()
+            })
+        });
+    }
+    g.finish();
+
+    // Hashing once up front and pinning it with `set_primary_bin_override`: later calls to
+    // `combined_bin` (predictor, lock, each storage call) then only copy the 16 bytes.
+    let mut g = c.benchmark_group("key/primary+hash_once+override");
+    let spec = &specs[0].1;
+    g.bench_function("build", |b| {
+        b.iter(|| {
+            let mut out = String::new();
+            build_primary(
+                black_box(spec),
+                black_box(host),
+                black_box(path),
+                black_box(query),
+                black_box(&headers),
+                &mut out,
+            );
+            let hash = pingora_cache::key::hash_key(&out);
+            let mut key = CacheKey::new(out, "");
+            key.set_primary_bin_override(hash);
+            key
+        })
+    });
+    g.finish();
+
+    let mut pinned = CacheKey::new(format!("{host}\n{path}\n"), "");
+    pinned.set_primary_bin_override(pingora_cache::key::hash_key(pinned.primary_key()));
+    c.bench_function("key/combined_bin_with_override", |b| {
+        b.iter(|| black_box(&pinned).combined_bin())
+    });
+
+    let key = CacheKey::new(format!("{host}\n{path}?{qs}\n"), "");
+    c.bench_function("key/combined_bin_only", |b| {
+        b.iter(|| black_box(&key).combined_bin())
+    });
+}
+
+fn request() -> RequestHeader {
+    let mut r = RequestHeader::build("GET", b"/static/app.3f9c2a.js", None).expect("request");
+    for (k, v) in [
+        ("host", "www.example.com"),
+        ("user-agent", "Mozilla/5.0 (X11; Linux x86_64) bench"),
+        ("accept", "*/*"),
+        ("accept-encoding", "gzip, deflate, br"),
+        ("accept-language", "en-GB,en;q=0.9"),
+    ] {
+        r.append_header(k, v).expect("request header");
+    }
+    r
+}
+
+fn response(now: SystemTime) -> ResponseHeader {
+    let date = httpdate::fmt_http_date(now);
+    let mut r = ResponseHeader::build(200, None).expect("response");
+    for (k, v) in [
+        ("date", date.as_str()),
+        ("content-type", "application/javascript; charset=utf-8"),
+        ("content-length", "1024"),
+        ("cache-control", "public, max-age=3600"),
+        ("etag", "\"5f3c-1a2b3c4d\""),
+        ("last-modified", "Tue, 01 Apr 2025 10:00:00 GMT"),
+        ("vary", "Accept-Encoding"),
+        ("server", "origin/1.0"),
+    ] {
+        r.append_header(k, v).expect("response header");
+    }
+    r
+}
+
+fn static_rule(cfg: &Config) -> RuleConfig {
+    cfg.rules
+        .iter()
+        .find(|r| r.name == "static-assets")
+        .expect("static rule")
+        .clone()
+}
+
+fn bench_freshness(c: &mut Criterion) {
+    let cfg = config();
+    let rule = static_rule(&cfg);
+    let now = SystemTime::now();
+    let req = request();
+    let resp = response(now);
+    let heuristic_max = Duration::from_secs(86_400);
+    let decision = decide(&req, &resp, &rule, heuristic_max, now).expect("storable");
+
+    let mut g = c.benchmark_group("freshness");
+    g.bench_function("decide", |b| {
+        b.iter(|| {
+            decide(
+                black_box(&req),
+                black_box(&resp),
+                black_box(&rule),
+                heuristic_max,
+                now,
+            )
+        })
+    });
+    g.bench_function("build_meta", |b| {
+        b.iter(|| build_meta(black_box(&resp), black_box(&decision), now))
+    });
+    g.bench_function("decide+build_meta", |b| {
+        b.iter(|| {
+            let d = decide(
+                black_box(&req),
+                black_box(&resp),
+                black_box(&rule),
+                heuristic_max,
+                now,
+            )
+            .expect("storable");
+            build_meta(black_box(&resp), &d, now)
+        })
+    });
+    g.finish();
+
+    let meta = build_meta(&resp, &decision, now);
+    let (internal, header) = meta.serialize().expect("serialize");
+    let mut g = c.benchmark_group("cache_meta");
+    g.bench_function("serialize", |b| {
+        b.iter(|| black_box(&meta).serialize().expect("serialize"))
+    });
+    g.bench_function("deserialize", |b| {
+        b.iter(|| CacheMeta::deserialize(black_box(&internal), black_box(&header)).expect("de"))
+    });
+    // The alternative to deserializing on every hit: keep the decoded header and the freshness
+    // fields in the entry and rebuild a CacheMeta from a clone of them.
+    let decoded = meta.response_header().clone();
+    let (fresh_until, created) = (meta.fresh_until(), meta.created());
+    let (swr, sie) = (meta.stale_while_revalidate_sec(), meta.stale_if_error_sec());
+    g.bench_function("rebuild_from_decoded", |b| {
+        b.iter(|| CacheMeta::new(fresh_until, created, swr, sie, black_box(&decoded).clone()))
+    });
+    g.finish();
+    println!(
+        "cache_meta: serialized sizes internal={}B header={}B",
+        internal.len(),
+        header.len()
+    );
+}
+
+fn bench_vary_and_status(c: &mut Criterion) {
+    let req = request();
+    let mut none = HMap::new();
+    none.insert("content-type", HeaderValue::from_static("text/css"));
+    let mut one = none.clone();
+    one.insert(
+        http::header::VARY,
+        HeaderValue::from_static("Accept-Encoding"),
+    );
+    let mut two = none.clone();
+    two.insert(
+        http::header::VARY,
+        HeaderValue::from_static("Accept-Encoding, Accept-Language"),
+    );
+    assert!(variance(&one, &req).is_some());
+
+    let mut g = c.benchmark_group("vary/variance");
+    for (name, stored) in [("no-vary", &none), ("1-field", &one), ("2-fields", &two)] {
+        g.bench_function(name, |b| {
+            b.iter(|| variance(black_box(stored), black_box(&req)))
+        });
+    }
+    g.finish();
+
+    let hit = CacheStatus::Hit {
+        ttl: 3542,
+        stale: false,
+        collapsed: false,
+    };
+    let miss = CacheStatus::Forward {
+        fwd: Forward::UriMiss,
+        status: Some(200),
+        stored: true,
+        detail: None,
+    };
+    let mut g = c.benchmark_group("cache_status/render");
+    g.bench_function("hit", |b| b.iter(|| black_box(&hit).render("outpost")));
+    g.bench_function("miss-stored", |b| {
+        b.iter(|| black_box(&miss).render("outpost"))
+    });
+    g.finish();
+}
+
+const OBJECTS: usize = 10_000;
+
+fn object_key(i: usize) -> CacheKey {
+    CacheKey::new(format!("www.example.com\n/static/obj/{i}.js\n"), "")
+}
+
+fn bench_memory_tier(c: &mut Criterion) {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let tier: &'static MemoryTier = Box::leak(Box::new(MemoryTier::new(256 * 1024 * 1024, false)));
+    let span = Span::inactive();
+    let span = span.handle();
+    let now = SystemTime::now();
+    let body = Bytes::from(vec![b'x'; 1024]);
+    let keys: Vec<CacheKey> = (0..OBJECTS).map(object_key).collect();
+
+    // Meta as the proxy stores it: the typical response through build_meta.
+    let cfg = config();
+    let rule = static_rule(&cfg);
+    let resp = response(now);
+    let decision =
+        decide(&request(), &resp, &rule, Duration::from_secs(86_400), now).expect("storable");
+
+    rt.block_on(async {
+        for key in &keys {
+            let meta = build_meta(&resp, &decision, now);
+            let mut miss = tier
+                .get_miss_handler(key, &meta, &span)
+                .await
+                .expect("miss handler");
+            miss.write_body(body.clone(), true).await.expect("write");
+            miss.finish().await.expect("finish");
+        }
+    });
+    tier.sync();
+    assert_eq!(tier.objects(), OBJECTS as u64, "every object admitted");
+
+    async fn hit(
+        tier: &'static MemoryTier,
+        key: &CacheKey,
+        span: &pingora_cache::trace::SpanHandle,
+    ) -> usize {
+        let (meta, mut handler) = tier.lookup(key, span).await.expect("lookup").expect("hit");
+        let mut n = 0;
+        while let Some(chunk) = handler.read_body().await.expect("read") {
+            n += chunk.len();
+        }
+        drop(meta);
+        n
+    }
+    rt.block_on(async {
+        assert_eq!(hit(tier, &keys[0], &span).await, 1024);
+    });
+
+    let mut g = c.benchmark_group("memory_tier");
+    g.bench_function("hit_1KiB/same-key", |b| {
+        b.iter(|| rt.block_on(hit(tier, black_box(&keys[0]), &span)))
+    });
+    let mut i = 0usize;
+    g.bench_function("hit_1KiB/10k-keys", |b| {
+        b.iter(|| {
+            i = (i + 7919) % OBJECTS; // stride by a prime: not sequential in the hash table
+            rt.block_on(hit(tier, black_box(&keys[i]), &span))
+        })
+    });
+    let absent = object_key(OBJECTS + 1);
+    g.bench_function("miss", |b| {
+        b.iter(|| {
+            rt.block_on(async {
+                tier.lookup(black_box(&absent), &span)
+                    .await
+                    .expect("lookup")
+                    .is_none()
+            })
+        })
+    });
+    // The fill path for scale: miss handler + one body chunk + finish (replaces an entry).
+    let fill_meta = || build_meta(&resp, &decision, now);
+    let mut j = 0usize;
+    g.bench_function("fill_1KiB", |b| {
+        b.iter_batched(
+            fill_meta,
+            |meta| {
+                j = (j + 1) % OBJECTS;
+                rt.block_on(async {
+                    let mut miss = tier
+                        .get_miss_handler(&keys[j], &meta, &span)
+                        .await
+                        .expect("miss handler");
+                    miss.write_body(body.clone(), true).await.expect("write");
+                    miss.finish().await.expect("finish")
+                })
+            },
+            BatchSize::SmallInput,
+        )
+    });
+    // Reference point: an empty block_on, to subtract the runtime's share from the above.
+    g.bench_function("block_on_overhead", |b| {
+        b.iter(|| rt.block_on(async { black_box(1) }))
+    });
+    g.finish();
+}
+
+fn criterion() -> Criterion {
+    Criterion::default()
+        .sample_size(50)
+        .warm_up_time(Duration::from_millis(500))
+        .measurement_time(Duration::from_secs(2))
+}
+
+criterion_group! {
+    name = benches;
+    config = criterion();
+    targets = bench_rules, bench_keys, bench_freshness, bench_vary_and_status, bench_memory_tier
+}
+criterion_main!(benches);

@@ -1,0 +1,279 @@
+//! RFC 9111 storage and freshness decisions for a shared cache, with rule overrides.
+//!
+//! Pure functions over headers and a clock: unit-testable, no I/O. The proxy calls
+//! [`evaluate`] in `response_cache_filter`; the result is what Pingora stores.
+
+use crate::config::RuleConfig;
+use http::{header, HeaderMap, StatusCode};
+use pingora_cache::cache_control::CacheControl;
+use pingora_cache::CacheMeta;
+use pingora_http::{RequestHeader, ResponseHeader};
+use std::time::{Duration, SystemTime};
+
+/// Why a response is not stored (also the Cache-Status `detail`).
+pub type NotStored = &'static str;
+
+/// RFC 9110 15.1: status codes that are heuristically cacheable (minus 206, which we don't store).
+fn heuristically_cacheable(status: StatusCode) -> bool {
+    matches!(
+        status.as_u16(),
+        200 | 203 | 204 | 300 | 301 | 308 | 404 | 405 | 410 | 414 | 501
+    )
+}
+
+/// Hop-by-hop fields never stored (RFC 9110 7.6.1); `Connection`-listed ones are removed too.
+const HOP_BY_HOP: &[&str] = &[
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "te",
+    "trailer",
+    "upgrade",
+];
+
+fn http_date(headers: &HeaderMap, name: header::HeaderName) -> Option<Result<SystemTime, ()>> {
+    headers.get(name).map(|v| {
+        v.to_str()
+            .ok()
+            .and_then(|s| httpdate::parse_http_date(s.trim()).ok())
+            .ok_or(())
+    })
+}
+
+/// Where the freshness lifetime came from (for `outpost check`, logs and Cache-Status detail).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LifetimeSource {
+    /// The rule's `ttl.override`.
+    Override,
+    /// `s-maxage`.
+    SMaxAge,
+    /// `max-age`.
+    MaxAge,
+    /// `Expires` minus `Date`.
+    Expires,
+    /// Response `no-cache`: stored, but every use is validated.
+    NoCache,
+    /// The rule's `ttl.default`.
+    RuleDefault,
+    /// 10% of the time since `Last-Modified`.
+    Heuristic,
+}
+
+/// The decision for one response.
+#[derive(Debug)]
+pub struct Decision {
+    /// Freshness lifetime.
+    pub lifetime: Duration,
+    /// Where it came from.
+    pub source: LifetimeSource,
+    /// Age the response already had when received (RFC 9111 4.2.3 corrected initial age).
+    pub initial_age: Duration,
+}
+
+/// Decide whether `resp` (to `req`) may be stored under `rule`, and for how long.
+pub fn decide(
+    req: &RequestHeader,
+    resp: &ResponseHeader,
+    rule: &RuleConfig,
+    heuristic_max: Duration,
+    now: SystemTime,
+) -> Result<Decision, NotStored> {
+    let status = resp.status;
+    if rule
+        .cacheable
+        .status
+        .binary_search(&status.as_u16())
+        .is_err()
+    {
+        return Err("status-not-cacheable");
+    }
+    if let Some(req_cc) = CacheControl::from_req_headers(req) {
+        if req_cc.no_store() {
+            return Err("request-no-store");
+        }
+    }
+    let cc = CacheControl::from_resp_headers(resp);
+    let cc = cc.as_ref();
+    if cc.is_some_and(|c| c.no_store()) {
+        return Err("no-store");
+    }
+    if cc.is_some_and(|c| c.private() && c.private_field_names().is_none()) {
+        return Err("private");
+    }
+    if req.headers.contains_key(header::AUTHORIZATION)
+        && !rule.cacheable.authorized
+        && !cc.is_some_and(|c| {
+            c.public() || c.must_revalidate() || matches!(c.s_maxage(), Ok(Some(_)))
+        })
+    {
+        return Err("authorization");
+    }
+    if resp.headers.contains_key(header::SET_COOKIE) && !rule.cacheable.set_cookie {
+        return Err("set-cookie");
+    }
+    if resp.headers.get_all(header::VARY).iter().any(|v| {
+        v.to_str()
+            .map_or(true, |s| s.split(',').any(|f| f.trim() == "*"))
+    }) {
+        return Err("vary-star");
+    }
+
+    let date = match http_date(&resp.headers, header::DATE) {
+        Some(Ok(d)) => d,
+        _ => now,
+    };
+    let has_validator =
+        resp.headers.contains_key(header::ETAG) || resp.headers.contains_key(header::LAST_MODIFIED);
+
+    let (lifetime, source) = if let Some(ttl) = rule.ttl.override_ttl {
+        (ttl, LifetimeSource::Override)
+    } else if cc.is_some_and(|c| c.no_cache()) {
+        (Duration::ZERO, LifetimeSource::NoCache)
+    } else if let Some(c) = cc.filter(|c| c.has_key("s-maxage")) {
+        // An invalid value makes the response stale (RFC 9111 4.2.1 encourages this).
+        let secs = c.s_maxage().ok().flatten().unwrap_or(0);
+        (Duration::from_secs(secs.into()), LifetimeSource::SMaxAge)
+    } else if let Some(c) = cc.filter(|c| c.has_key("max-age")) {
+        let secs = c.max_age().ok().flatten().unwrap_or(0);
+        (Duration::from_secs(secs.into()), LifetimeSource::MaxAge)
+    } else if let Some(expires) = http_date(&resp.headers, header::EXPIRES) {
+        // An invalid Expires (e.g. "0") means already expired (RFC 9111 5.3).
+        let lifetime = expires
+            .ok()
+            .and_then(|e| e.duration_since(date).ok())
+            .unwrap_or(Duration::ZERO);
+        (lifetime, LifetimeSource::Expires)
+    } else if !heuristically_cacheable(status) && !cc.is_some_and(|c| c.public()) {
+        return Err("no-explicit-freshness");
+    } else if let Some(ttl) = rule.ttl.default {
+        (ttl, LifetimeSource::RuleDefault)
+    } else if let Some(Ok(lm)) = rule
+        .ttl
+        .heuristic
+        .then(|| http_date(&resp.headers, header::LAST_MODIFIED))
+        .flatten()
+    {
+        let since = date.duration_since(lm).unwrap_or(Duration::ZERO);
+        ((since / 10).min(heuristic_max), LifetimeSource::Heuristic)
+    } else {
+        return Err("no-freshness-info");
+    };
+
+    if lifetime.is_zero() && !has_validator {
+        // Stale on arrival and impossible to revalidate cheaply: storing it gains nothing.
+        return Err("stale-without-validator");
+    }
+
+    let age_value = resp
+        .headers
+        .get(header::AGE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|s| s.trim().parse::<u64>().ok())
+        .map(Duration::from_secs)
+        .unwrap_or(Duration::ZERO);
+    let apparent_age = now.duration_since(date).unwrap_or(Duration::ZERO);
+    let initial_age = age_value.max(apparent_age);
+
+    Ok(Decision {
+        lifetime,
+        source,
+        initial_age,
+    })
+}
+
+/// Build the [`CacheMeta`] to store for an accepted response: hop-by-hop and
+/// `private="..."`-named fields removed, `Age` dropped (it is regenerated on every hit), freshness
+/// measured from the corrected initial age, stale serving disabled where the origin forbids it.
+pub fn build_meta(resp: &ResponseHeader, decision: &Decision, now: SystemTime) -> CacheMeta {
+    let mut header = resp.clone();
+    let cc = CacheControl::from_resp_headers(resp);
+    let connection_listed: Vec<String> = resp
+        .headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|s| s.split(','))
+        .map(|s| s.trim().to_ascii_lowercase())
+        .filter(|s| !s.is_empty())
+        .collect();
+    for name in HOP_BY_HOP
+        .iter()
+        .copied()
+        .chain(connection_listed.iter().map(String::as_str))
+    {
+        header.remove_header(name);
+    }
+    header.remove_header(&header::AGE);
+    if let Some(names) = cc.as_ref().and_then(|c| c.private_field_names()) {
+        let names: Vec<String> = names
+            .map(|n| String::from_utf8_lossy(n).to_ascii_lowercase())
+            .collect();
+        for n in names {
+            header.remove_header(n.as_str());
+        }
+    }
+
+    let epoch = now.checked_sub(decision.initial_age).unwrap_or(now);
+    let fresh_until = if decision.source == LifetimeSource::Override {
+        now + decision.lifetime
+    } else {
+        epoch + decision.lifetime
+    };
+    let (swr, sie) = if cc.as_ref().is_some_and(cc_forbids_stale) {
+        (0, 0)
+    } else {
+        let c = cc.as_ref();
+        (
+            c.and_then(|c| c.stale_while_revalidate().ok().flatten())
+                .unwrap_or(0),
+            c.and_then(|c| c.stale_if_error().ok().flatten())
+                .unwrap_or(0),
+        )
+    };
+    let mut meta = CacheMeta::new(fresh_until, now, swr, sie, header);
+    if !decision.initial_age.is_zero() {
+        meta.set_epoch_override(epoch);
+    }
+    meta
+}
+
+/// The stored header updated with the fields of a 304 (RFC 9111 4.3.4 / 3.2): every field of
+/// the 304 replaces the stored one, except `Content-Length` and fields never stored.
+pub fn merge_not_modified(stored: &ResponseHeader, not_modified: &HeaderMap) -> ResponseHeader {
+    let mut merged = stored.clone();
+    for name in not_modified.keys() {
+        let n = name.as_str();
+        if HOP_BY_HOP.contains(&n)
+            || matches!(n, "content-length" | "content-range" | "transfer-encoding")
+        {
+            continue;
+        }
+        merged.remove_header(name);
+        for value in not_modified.get_all(name) {
+            // Names and values come from a parsed header map, so appending cannot fail.
+            let _ = merged.append_header(name.clone(), value.clone());
+        }
+    }
+    merged
+}
+
+/// Whether a stored response may be served to a request carrying `Authorization`
+/// (RFC 9111 3.5: only with `public`, `s-maxage` or `must-revalidate`).
+pub fn servable_to_authorized(stored: &HeaderMap) -> bool {
+    CacheControl::from_headers_named("cache-control", stored)
+        .is_some_and(|c| c.public() || c.must_revalidate() || c.has_key("s-maxage"))
+}
+
+/// Whether the stored response forbids serving it stale (must-revalidate and friends).
+pub fn forbids_stale(stored: &HeaderMap) -> bool {
+    CacheControl::from_headers_named("cache-control", stored).is_some_and(|c| cc_forbids_stale(&c))
+}
+
+/// `must-revalidate`, `proxy-revalidate`, `s-maxage` (RFC 9111 5.2.2.10) and `no-cache` all
+/// forbid a shared cache to use the response stale.
+fn cc_forbids_stale(c: &CacheControl) -> bool {
+    c.must_revalidate() || c.proxy_revalidate() || c.has_key("s-maxage") || c.no_cache()
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,527 @@
+//! The memory (hot) tier: a byte-bounded moka cache behind pingora-cache's [`Storage`].
+//!
+//! Contracts:
+//! - Bounded by total weight (body + encoded header + [`ENTRY_OVERHEAD`]); moka's TinyLFU
+//!   admission keeps one-hit wonders from flushing the hot set.
+//! - Streaming writes (when enabled): a fill is readable while it is written; readers of a fill
+//!   whose writer is dropped without `finish` get an error, never a clean (truncated) end.
+//! - A purge also cancels in-flight fills of the key, so a purge racing a fill cannot be undone
+//!   when the fill finishes.
+//! - The hit path copies no body bytes: bodies are `Bytes` shared with every reader.
+
+use super::entry::{decode_header, encode_header, StoredMeta};
+use async_trait::async_trait;
+use bytes::{Bytes, BytesMut};
+use parking_lot::{Mutex, RwLock};
+use pingora_cache::eviction::CacheEntryKey;
+use pingora_cache::key::{CacheHashKey, CacheKey};
+use pingora_cache::storage::{
+    HandleHit, HandleMiss, HitHandler, MissFinishType, MissHandler, PurgeOutcome, PurgeTarget,
+    PurgeType, Storage,
+};
+use pingora_cache::trace::SpanHandle;
+use pingora_cache::CacheMeta;
+use pingora_error::{Error, ErrorType, Result};
+use std::any::Any;
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::SystemTime;
+use tokio::sync::watch;
+
+/// Bytes charged per entry on top of body and meta: moka's node, our `Entry` and the key.
+pub const ENTRY_OVERHEAD: u32 = 160;
+
+/// A stored object: freshness fields and one exact-size buffer holding the encoded header
+/// followed by the whole body (one allocation per object).
+struct Entry {
+    meta: StoredMeta,
+    data: Bytes,
+    body_start: u32,
+}
+
+impl Entry {
+    /// Copy `header` and the body `chunks` into one buffer.
+    fn new(meta: StoredMeta, header: &[u8], chunks: &[Bytes]) -> Result<Entry> {
+        let body_len: usize = chunks.iter().map(Bytes::len).sum();
+        let body_start = u32::try_from(header.len())
+            .map_err(|_| Error::explain(ErrorType::InternalError, "header too large to store"))?;
+        let mut data = BytesMut::with_capacity(header.len() + body_len);
+        data.extend_from_slice(header);
+        for c in chunks {
+            data.extend_from_slice(c);
+        }
+        Ok(Entry {
+            meta,
+            data: data.freeze(),
+            body_start,
+        })
+    }
+
+    fn body(&self) -> Bytes {
+        self.data.slice(self.body_start as usize..)
+    }
+
+    fn weight(&self) -> u32 {
+        u32::try_from(self.data.len())
+            .unwrap_or(u32::MAX)
+            .saturating_add(ENTRY_OVERHEAD)
+    }
+
+    fn meta(&self) -> Result<CacheMeta> {
+        let (header, _) = decode_header(&self.data)?;
+        Ok(self.meta.to_meta(header))
+    }
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum FillStatus {
+    Writing,
+    Complete,
+    Failed,
+}
+
+struct FillState {
+    chunks: Vec<Bytes>,
+    status: FillStatus,
+    /// Set by a purge: the finished fill must not be inserted.
+    cancelled: bool,
+}
+
+/// A body being written; readers follow it chunk by chunk.
+struct Fill {
+    id: u64,
+    meta: StoredMeta,
+    header: Bytes,
+    state: RwLock<FillState>,
+    progress: watch::Sender<usize>,
+}
+
+/// The memory tier storage. Create one with [`MemoryTier::new`] and leak it once at start-up.
+pub struct MemoryTier {
+    entries: moka::sync::Cache<u128, Arc<Entry>>,
+    fills: Mutex<HashMap<u128, Vec<Arc<Fill>>>>,
+    fill_count: AtomicUsize,
+    next_fill_id: AtomicU64,
+    stream_fills: bool,
+}
+
+fn encode(meta: &CacheMeta) -> Result<Bytes> {
+    let mut buf = BytesMut::with_capacity(256);
+    encode_header(meta.response_header(), &mut buf)?;
+    Ok(buf.freeze())
+}
+
+fn hash(key: &impl CacheHashKey) -> u128 {
+    u128::from_le_bytes(key.combined_bin())
+}
+
+impl MemoryTier {
+    /// A tier holding at most `capacity` bytes. With `stream_fills`, requests coalesced behind a
+    /// fill read it while it is written; without, they wait until it is complete (and refetch
+    /// if it fails), and the first client is served straight from the origin.
+    pub fn new(capacity: u64, stream_fills: bool) -> Self {
+        let entries = moka::sync::Cache::builder()
+            .max_capacity(capacity)
+            .weigher(|_k: &u128, e: &Arc<Entry>| e.weight())
+            .build();
+        MemoryTier {
+            entries,
+            fills: Mutex::new(HashMap::new()),
+            fill_count: AtomicUsize::new(0),
+            next_fill_id: AtomicU64::new(1),
+            stream_fills,
+        }
+    }
+
+    /// Number of stored objects (approximate until moka's pending work runs).
+    pub fn objects(&self) -> u64 {
+        self.entries.entry_count()
+    }
+
+    /// Weighted bytes stored (approximate until moka's pending work runs).
+    pub fn bytes(&self) -> u64 {
+        self.entries.weighted_size()
+    }
+
+    /// Apply moka's pending inserts/evictions so counts are exact (for metrics scrapes and tests).
+    pub fn sync(&self) {
+        self.entries.run_pending_tasks();
+    }
+
+    fn fill_for(&self, key: u128, id: Option<u64>) -> Option<Arc<Fill>> {
+        if self.fill_count.load(Ordering::Acquire) == 0 {
+            return None;
+        }
+        let fills = self.fills.lock();
+        let list = fills.get(&key)?;
+        match id {
+            Some(id) => list.iter().find(|f| f.id == id).cloned(),
+            None => list.first().cloned(),
+        }
+    }
+
+    fn remove_fill(&self, key: u128, id: u64) {
+        let mut fills = self.fills.lock();
+        if let Some(list) = fills.get_mut(&key) {
+            let before = list.len();
+            list.retain(|f| f.id != id);
+            let removed = before - list.len();
+            if list.is_empty() {
+                fills.remove(&key);
+            }
+            self.fill_count.fetch_sub(removed, Ordering::AcqRel);
+        }
+    }
+
+    /// Store `meta` for an existing object. The header may change size, so the object is
+    /// copied into a new buffer (a memory copy, rare next to hits; the disk tier won't do this).
+    fn replace_meta(&self, key: u128, entry: &Entry, meta: &CacheMeta) -> Result<()> {
+        let header = encode(meta)?;
+        let updated = Entry::new(StoredMeta::from_meta(meta), &header, &[entry.body()])?;
+        self.entries.insert(key, Arc::new(updated));
+        Ok(())
+    }
+
+    fn partial_hit(fill: Arc<Fill>) -> Result<Option<(CacheMeta, HitHandler)>> {
+        let (header, _) = decode_header(&fill.header)?;
+        let meta = fill.meta.to_meta(header);
+        let progress = fill.progress.subscribe();
+        Ok(Some((
+            meta,
+            Box::new(PartialHit {
+                fill,
+                next_chunk: 0,
+                progress,
+            }),
+        )))
+    }
+}
+
+#[async_trait]
+impl Storage for MemoryTier {
+    async fn lookup(
+        &'static self,
+        key: &CacheKey,
+        _trace: &SpanHandle,
+    ) -> Result<Option<(CacheMeta, HitHandler)>> {
+        let h = hash(key);
+        // An in-flight fill is newer than any stored entry (it may be replacing an expired one).
+        // Without streaming, fills are invisible until finished: waiters get complete objects.
+        if self.stream_fills {
+            if let Some(fill) = self.fill_for(h, None) {
+                return Self::partial_hit(fill);
+            }
+        }
+        let Some(entry) = self.entries.get(&h) else {
+            return Ok(None);
+        };
+        let meta = entry.meta()?;
+        let body = entry.body();
+        let end = body.len();
+        Ok(Some((
+            meta,
+            Box::new(CompleteHit {
+                body,
+                start: 0,
+                end,
+                done: false,
+            }),
+        )))
+    }
+
+    async fn lookup_streaming_write(
+        &'static self,
+        key: &CacheKey,
+        tag: Option<&[u8]>,
+        trace: &SpanHandle,
+    ) -> Result<Option<(CacheMeta, HitHandler)>> {
+        let Some(id) = tag
+            .and_then(|t| <[u8; 8]>::try_from(t).ok())
+            .map(u64::from_le_bytes)
+        else {
+            return self.lookup(key, trace).await;
+        };
+        match self.fill_for(hash(key), Some(id)) {
+            Some(fill) => Self::partial_hit(fill),
+            None => Ok(None),
+        }
+    }
+
+    async fn get_miss_handler(
+        &'static self,
+        key: &CacheKey,
+        meta: &CacheMeta,
+        _trace: &SpanHandle,
+    ) -> Result<MissHandler> {
+        let header = encode(meta)?;
+        let id = self.next_fill_id.fetch_add(1, Ordering::Relaxed);
+        let (progress, _) = watch::channel(0);
+        let fill = Arc::new(Fill {
+            id,
+            meta: StoredMeta::from_meta(meta),
+            header,
+            state: RwLock::new(FillState {
+                chunks: Vec::new(),
+                status: FillStatus::Writing,
+                cancelled: false,
+            }),
+            progress,
+        });
+        let h = hash(key);
+        {
+            let mut fills = self.fills.lock();
+            fills.entry(h).or_default().push(fill.clone());
+            self.fill_count.fetch_add(1, Ordering::AcqRel);
+        }
+        Ok(Box::new(MemoryMiss {
+            tier: self,
+            key: h,
+            tag: id.to_le_bytes(),
+            fill,
+            finished: false,
+        }))
+    }
+
+    async fn purge(
+        &'static self,
+        target: PurgeTarget<'_>,
+        _purge_type: PurgeType,
+        _trace: &SpanHandle,
+    ) -> Result<PurgeOutcome> {
+        if matches!(target, PurgeTarget::Exact(CacheEntryKey::Identified { .. })) {
+            // This tier does not assign entry ids, so an identified entry is never ours.
+            return Ok(PurgeOutcome::NotFound);
+        }
+        let h = hash(target.key());
+        let mut found = self.entries.remove(&h).is_some();
+        if let Some(list) = self.fills.lock().get(&h) {
+            for fill in list {
+                fill.state.write().cancelled = true;
+                found = true;
+            }
+        }
+        Ok(if found {
+            PurgeOutcome::Purged(None)
+        } else {
+            PurgeOutcome::NotFound
+        })
+    }
+
+    async fn expire(
+        &'static self,
+        target: PurgeTarget<'_>,
+        _trace: &SpanHandle,
+    ) -> Result<PurgeOutcome> {
+        let h = hash(target.key());
+        let Some(entry) = self.entries.get(&h) else {
+            return Ok(PurgeOutcome::NotFound);
+        };
+        let mut meta = entry.meta()?;
+        meta.expire_at(SystemTime::now());
+        self.replace_meta(h, &entry, &meta)?;
+        Ok(PurgeOutcome::Expired)
+    }
+
+    async fn update_meta(
+        &'static self,
+        key: &CacheKey,
+        meta: &CacheMeta,
+        _trace: &SpanHandle,
+    ) -> Result<bool> {
+        let h = hash(key);
+        let Some(entry) = self.entries.get(&h) else {
+            return Ok(false);
+        };
+        // The body is shared, not copied: a 304 never rewrites it.
+        self.replace_meta(h, &entry, meta)?;
+        Ok(true)
+    }
+
+    fn support_streaming_partial_write(&self) -> bool {
+        self.stream_fills
+    }
+
+    fn as_any(&self) -> &(dyn Any + Send + Sync + 'static) {
+        self
+    }
+}
+
+/// A hit on a complete object; supports single and multipart range seeks.
+struct CompleteHit {
+    body: Bytes,
+    start: usize,
+    end: usize,
+    done: bool,
+}
+
+#[async_trait]
+impl HandleHit for CompleteHit {
+    async fn read_body(&mut self) -> Result<Option<Bytes>> {
+        if self.done {
+            return Ok(None);
+        }
+        self.done = true;
+        Ok(Some(self.body.slice(self.start..self.end)))
+    }
+
+    async fn finish(
+        self: Box<Self>,
+        _storage: &'static (dyn Storage + Sync),
+        _key: &CacheKey,
+        _trace: &SpanHandle,
+    ) -> Result<()> {
+        Ok(())
+    }
+
+    fn can_seek(&self) -> bool {
+        true
+    }
+
+    fn seek(&mut self, start: usize, end: Option<usize>) -> Result<()> {
+        if start >= self.body.len() {
+            return Error::e_explain(
+                ErrorType::InternalError,
+                format!("seek start out of range {start} >= {}", self.body.len()),
+            );
+        }
+        self.start = start;
+        self.end = end.map_or(self.body.len(), |e| e.min(self.body.len()));
+        self.done = false;
+        Ok(())
+    }
+
+    fn get_eviction_weight(&self) -> usize {
+        self.body.len()
+    }
+
+    fn as_any(&self) -> &(dyn Any + Send + Sync) {
+        self
+    }
+
+    fn as_any_mut(&mut self) -> &mut (dyn Any + Send + Sync) {
+        self
+    }
+}
+
+/// A hit on a fill still being written: follows the writer, fails if the writer fails.
+struct PartialHit {
+    fill: Arc<Fill>,
+    next_chunk: usize,
+    progress: watch::Receiver<usize>,
+}
+
+#[async_trait]
+impl HandleHit for PartialHit {
+    async fn read_body(&mut self) -> Result<Option<Bytes>> {
+        loop {
+            {
+                let state = self.fill.state.read();
+                if let Some(chunk) = state.chunks.get(self.next_chunk) {
+                    self.next_chunk += 1;
+                    return Ok(Some(chunk.clone()));
+                }
+                match state.status {
+                    FillStatus::Complete => return Ok(None),
+                    FillStatus::Failed => {
+                        return Error::e_explain(
+                            ErrorType::InternalError,
+                            "the cache fill this response streams from failed",
+                        )
+                    }
+                    FillStatus::Writing => {}
+                }
+                self.progress.mark_unchanged();
+            }
+            if self.progress.changed().await.is_err() {
+                return Error::e_explain(ErrorType::InternalError, "cache fill writer vanished");
+            }
+        }
+    }
+
+    async fn finish(
+        self: Box<Self>,
+        _storage: &'static (dyn Storage + Sync),
+        _key: &CacheKey,
+        _trace: &SpanHandle,
+    ) -> Result<()> {
+        Ok(())
+    }
+
+    fn should_count_access(&self) -> bool {
+        false
+    }
+
+    fn as_any(&self) -> &(dyn Any + Send + Sync) {
+        self
+    }
+
+    fn as_any_mut(&mut self) -> &mut (dyn Any + Send + Sync) {
+        self
+    }
+}
+
+/// Writes one fill; inserts the object on `finish`, fails readers if dropped before.
+struct MemoryMiss {
+    tier: &'static MemoryTier,
+    key: u128,
+    tag: [u8; 8],
+    fill: Arc<Fill>,
+    finished: bool,
+}
+
+impl MemoryMiss {
+    fn set_status(&self, status: FillStatus) {
+        self.fill.state.write().status = status;
+        self.fill.progress.send_modify(|n| *n += 1);
+    }
+}
+
+#[async_trait]
+impl HandleMiss for MemoryMiss {
+    async fn write_body(&mut self, data: Bytes, eof: bool) -> Result<()> {
+        {
+            let mut state = self.fill.state.write();
+            if state.status != FillStatus::Writing {
+                return Error::e_explain(ErrorType::InternalError, "write after end of cache fill");
+            }
+            if !data.is_empty() {
+                state.chunks.push(data);
+            }
+        }
+        let _ = eof; // the end is signalled by finish(), which also commits the object
+        self.fill.progress.send_modify(|n| *n += 1);
+        Ok(())
+    }
+
+    async fn finish(mut self: Box<Self>) -> Result<MissFinishType> {
+        let (entry, cancelled) = {
+            let state = self.fill.state.read();
+            // Copy even a single chunk: it may be a slice of a larger read buffer that would
+            // otherwise stay allocated as long as the object is cached.
+            let entry = Entry::new(self.fill.meta.clone(), &self.fill.header, &state.chunks)?;
+            (entry, state.cancelled)
+        };
+        let weight = entry.weight() as usize;
+        if !cancelled {
+            self.tier.entries.insert(self.key, Arc::new(entry));
+        }
+        self.finished = true;
+        self.set_status(FillStatus::Complete);
+        self.tier.remove_fill(self.key, self.fill.id);
+        Ok(MissFinishType::Created(weight))
+    }
+
+    fn streaming_write_tag(&self) -> Option<&[u8]> {
+        Some(&self.tag)
+    }
+}
+
+impl Drop for MemoryMiss {
+    fn drop(&mut self) {
+        if !self.finished {
+            self.set_status(FillStatus::Failed);
+            self.tier.remove_fill(self.key, self.fill.id);
+        }
+    }
+}

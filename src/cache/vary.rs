@@ -1,0 +1,87 @@
+//! Secondary cache keys from `Vary` (RFC 9111 4.1).
+//!
+//! `Vary: *` responses are never stored (see [`super::freshness`]), so only field lists occur.
+
+use http::header;
+use pingora_cache::key::HashBinary;
+use pingora_cache::VarianceBuilder;
+use pingora_http::{HMap, RequestHeader};
+
+/// The variance of `req` for the stored response headers `stored`, or `None` without `Vary`.
+///
+/// Field names are compared case-insensitively and each field counts once; an absent request
+/// field and an empty one are treated alike (RFC 9111 4.1 allows normalisation).
+pub fn variance(stored: &HMap, req: &RequestHeader) -> Option<HashBinary> {
+    let mut vary = stored.get_all(header::VARY).iter().peekable();
+    vary.peek()?;
+    let mut names: Vec<String> = vary
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(|f| f.trim().to_ascii_lowercase())
+        .filter(|f| !f.is_empty())
+        .collect();
+    if names.is_empty() {
+        return None;
+    }
+    names.sort_unstable();
+    names.dedup();
+    let mut builder = VarianceBuilder::new();
+    for name in names {
+        let mut value = Vec::new();
+        for (i, v) in req.headers.get_all(name.as_str()).iter().enumerate() {
+            if i > 0 {
+                value.extend_from_slice(b", ");
+            }
+            value.extend_from_slice(v.as_bytes());
+        }
+        builder.add_owned_name_value(name, value);
+    }
+    builder.finalize()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn req(h: &[(&str, &str)]) -> RequestHeader {
+        let mut r = RequestHeader::build("GET", b"/", None).unwrap();
+        for (k, v) in h {
+            r.append_header(k.to_string(), *v).unwrap();
+        }
+        r
+    }
+
+    fn stored(vary: &str) -> HMap {
+        let mut m = HMap::new();
+        m.insert(header::VARY, vary.parse().unwrap());
+        m
+    }
+
+    #[test]
+    fn same_vary_values_share_a_variant_and_different_ones_do_not() {
+        let s = stored("Accept-Encoding, X-Lang");
+        let a = variance(&s, &req(&[("accept-encoding", "gzip"), ("x-lang", "en")]));
+        let b = variance(
+            &s,
+            &req(&[
+                ("accept-encoding", "gzip"),
+                ("x-lang", "en"),
+                ("other", "1"),
+            ]),
+        );
+        let c = variance(&s, &req(&[("accept-encoding", "br"), ("x-lang", "en")]));
+        assert!(a.is_some());
+        assert_eq!(a, b);
+        assert_ne!(a, c);
+    }
+
+    #[test]
+    fn no_vary_means_no_variance_and_field_case_is_ignored() {
+        assert_eq!(variance(&HMap::new(), &req(&[])), None);
+        let r = req(&[("x-lang", "en")]);
+        assert_eq!(
+            variance(&stored("X-LANG"), &r),
+            variance(&stored("x-lang"), &r)
+        );
+    }
+}

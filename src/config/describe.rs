@@ -1,0 +1,143 @@
+//! The effective configuration, printed by `outpost check` as TOML.
+
+use super::*;
+use std::fmt::Write;
+
+fn dur(d: Duration) -> String {
+    format!("\"{}\"", humantime::format_duration(d))
+}
+
+fn list<T: fmt::Display>(items: &[T]) -> String {
+    let inner: Vec<String> = items.iter().map(|i| format!("\"{i}\"")).collect();
+    format!("[{}]", inner.join(", "))
+}
+
+/// Render `c` as TOML with every default filled in; the admin token is redacted.
+pub(super) fn describe(c: &Config) -> String {
+    let mut o = String::new();
+    let _ = writeln!(o, "# effective configuration of {}", c.source.display());
+    let _ = writeln!(
+        o,
+        "[node]\nname = \"{}\"\nthreads = {}\nshutdown_grace = {}\nwork_stealing = {}\n",
+        c.node.name,
+        c.node.threads,
+        dur(c.node.shutdown_grace),
+        c.node.work_stealing
+    );
+    let _ = writeln!(o, "[listen]\nhttp = {}\n", list(&c.listen.http));
+    let _ = writeln!(
+        o,
+        "[admin]\nlisten = \"{}\"\ntoken = {}\n",
+        c.admin.listen,
+        if c.admin.token.is_some() {
+            "\"<redacted>\""
+        } else {
+            "\"<none: admin calls refused>\""
+        }
+    );
+    let _ = writeln!(o, "[metrics]\nlisten = \"{}\"\n", c.metrics.listen);
+    let k = &c.cache;
+    let _ = writeln!(
+        o,
+        "[cache]\ndir = \"{}\"\nmemory_size = {}\nmax_object_size = {}\nlock_wait_timeout = {}\nlock_age_timeout = {}\nheuristic_max_ttl = {}\nstream_fills = {}\n",
+        k.dir.display(),
+        k.memory_size,
+        k.max_object_size,
+        dur(k.lock_wait_timeout),
+        dur(k.lock_age_timeout),
+        dur(k.heuristic_max_ttl),
+        k.stream_fills
+    );
+    for og in &c.origins {
+        let _ = writeln!(
+            o,
+            "[[origins]]\nname = \"{}\"\nurl = \"{}\"  # {}",
+            og.name, og.url, og.addr
+        );
+        match &og.host {
+            Some(h) => {
+                let _ = writeln!(o, "host = \"{h}\"");
+            }
+            None => {
+                let _ = writeln!(o, "# host: the client's Host header is forwarded");
+            }
+        }
+        let _ = writeln!(
+            o,
+            "connect_timeout = {}\nread_timeout = {}\n",
+            dur(og.connect_timeout),
+            dur(og.read_timeout)
+        );
+    }
+    for (i, r) in c.rules.iter().enumerate() {
+        let _ = writeln!(o, "[[rules]]  # rules[{i}], checked in this order");
+        let _ = writeln!(
+            o,
+            "name = \"{}\"\norigin = \"{}\"\naction = \"{}\"",
+            r.name,
+            c.origins[r.origin].name,
+            match r.action {
+                Action::Cache => "cache",
+                Action::Bypass => "bypass",
+            }
+        );
+        let m = &r.matcher;
+        let _ = writeln!(o, "[rules.match]  # empty lists match everything");
+        let _ = writeln!(
+            o,
+            "hosts = {}\npath_prefix = {}\npaths = {}\nmethods = {}",
+            list(&m.hosts),
+            list(&m.path_prefix),
+            list(&m.paths),
+            list(&m.methods)
+        );
+        if r.action == Action::Cache {
+            let _ = writeln!(o, "[rules.ttl]  # precedence: override > s-maxage > max-age > Expires > default > heuristic");
+            if let Some(t) = r.ttl.override_ttl {
+                let _ = writeln!(o, "override = {}", dur(t));
+            }
+            if let Some(t) = r.ttl.default {
+                let _ = writeln!(o, "default = {}", dur(t));
+            }
+            let _ = writeln!(o, "heuristic = {}", r.ttl.heuristic);
+            let _ = writeln!(o, "[rules.key]");
+            match &r.key.query {
+                QueryMode::Full => {
+                    let _ = writeln!(o, "query = \"full\"");
+                }
+                QueryMode::Ignore => {
+                    let _ = writeln!(o, "query = \"ignore\"");
+                }
+                QueryMode::Sorted => {
+                    let _ = writeln!(o, "query = \"sorted\"");
+                }
+                QueryMode::Keep(k) => {
+                    let _ = writeln!(o, "query = \"keep\"\nquery_keep = {}", list(k));
+                }
+            }
+            let _ = writeln!(
+                o,
+                "headers = {}",
+                list(&r.key.headers.iter().map(|h| h.as_str()).collect::<Vec<_>>())
+            );
+            let status: Vec<String> = r.cacheable.status.iter().map(|s| s.to_string()).collect();
+            let _ = writeln!(
+                o,
+                "[rules.cacheable]\nstatus = [{}]\nset_cookie = {}\nauthorized = {}",
+                status.join(", "),
+                r.cacheable.set_cookie,
+                r.cacheable.authorized
+            );
+        }
+        let _ = writeln!(o);
+    }
+    if !c.rules.iter().any(|r| {
+        r.matcher.hosts.is_empty()
+            && r.matcher.paths.is_empty()
+            && r.matcher.path_prefix.is_empty()
+            && r.matcher.methods.is_empty()
+    }) {
+        let _ = writeln!(o, "# no catch-all rule: unmatched requests use the built-in default (cache per RFC 9111, heuristic on, full query in the key)");
+    }
+    o
+}

@@ -1,0 +1,197 @@
+//! The TOML file format: plain serde structs, `deny_unknown_fields`, no semantics.
+//!
+//! Values that need parsing with a good error (durations, sizes, addresses, globs) stay strings
+//! here; [`super::validate`] turns this into the typed [`super::Config`], reporting every problem
+//! with its key path at once.
+
+use serde::Deserialize;
+
+/// A whole configuration file.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileConfig {
+    /// `[node]`: identity and process settings.
+    #[serde(default)]
+    pub node: NodeSection,
+    /// `[listen]`: public listeners.
+    #[serde(default)]
+    pub listen: ListenSection,
+    /// `[admin]`: admin API listener and token.
+    #[serde(default)]
+    pub admin: AdminSection,
+    /// `[metrics]`: Prometheus listener.
+    #[serde(default)]
+    pub metrics: MetricsSection,
+    /// `[cache]`: storage tiers and coalescing.
+    #[serde(default)]
+    pub cache: CacheSection,
+    /// `[[origins]]`: upstream servers.
+    #[serde(default)]
+    pub origins: Vec<OriginSection>,
+    /// `[[rules]]`: ordered cache rules.
+    #[serde(default)]
+    pub rules: Vec<RuleSection>,
+}
+
+/// A size: an integer number of bytes or a string with a unit ("256MiB").
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+pub enum SizeValue {
+    /// Plain bytes.
+    Bytes(i64),
+    /// A human-readable size.
+    Text(String),
+}
+
+/// `[node]`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NodeSection {
+    /// Node name (Cache-Status, Via).
+    pub name: Option<String>,
+    /// Worker threads; 0 = one per core.
+    pub threads: Option<i64>,
+    /// Graceful shutdown wait.
+    pub shutdown_grace: Option<String>,
+    /// Share tasks between worker threads.
+    pub work_stealing: Option<bool>,
+}
+
+/// `[listen]`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ListenSection {
+    /// Plain HTTP listen addresses.
+    pub http: Option<Vec<String>>,
+}
+
+/// `[admin]`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AdminSection {
+    /// Admin listen address.
+    pub listen: Option<String>,
+    /// Bearer token, inline.
+    pub token: Option<String>,
+    /// Name of an environment variable holding the bearer token.
+    pub token_env: Option<String>,
+}
+
+/// `[metrics]`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MetricsSection {
+    /// Metrics listen address.
+    pub listen: Option<String>,
+}
+
+/// `[cache]`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CacheSection {
+    /// Disk tier directory.
+    pub dir: Option<String>,
+    /// Memory tier capacity.
+    pub memory_size: Option<SizeValue>,
+    /// Largest cacheable object.
+    pub max_object_size: Option<SizeValue>,
+    /// Longest wait behind a coalescing lock.
+    pub lock_wait_timeout: Option<String>,
+    /// Longest time a fill may hold the lock.
+    pub lock_age_timeout: Option<String>,
+    /// Cap for heuristic freshness.
+    pub heuristic_max_ttl: Option<String>,
+    /// Let coalesced waiters stream a fill while it is written.
+    pub stream_fills: Option<bool>,
+}
+
+/// One `[[origins]]` entry.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OriginSection {
+    /// Name rules refer to.
+    pub name: Option<String>,
+    /// `http://host:port`.
+    pub url: Option<String>,
+    /// Host header to send.
+    pub host: Option<String>,
+    /// TCP connect timeout.
+    pub connect_timeout: Option<String>,
+    /// Read timeout.
+    pub read_timeout: Option<String>,
+}
+
+/// One `[[rules]]` entry.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RuleSection {
+    /// Rule name.
+    pub name: Option<String>,
+    /// Origin name.
+    pub origin: Option<String>,
+    /// "cache" or "bypass".
+    pub action: Option<String>,
+    /// `[rules.match]`.
+    #[serde(default, rename = "match")]
+    pub matcher: MatchSection,
+    /// `[rules.ttl]`.
+    #[serde(default)]
+    pub ttl: TtlSection,
+    /// `[rules.key]`.
+    #[serde(default)]
+    pub key: KeySection,
+    /// `[rules.cacheable]`.
+    #[serde(default)]
+    pub cacheable: CacheableSection,
+}
+
+/// `[rules.match]`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MatchSection {
+    /// Host globs.
+    pub hosts: Option<Vec<String>>,
+    /// Path prefixes.
+    pub path_prefix: Option<Vec<String>>,
+    /// Path globs.
+    pub paths: Option<Vec<String>>,
+    /// Methods.
+    pub methods: Option<Vec<String>>,
+}
+
+/// `[rules.ttl]`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TtlSection {
+    /// Forced freshness lifetime.
+    #[serde(rename = "override")]
+    pub override_ttl: Option<String>,
+    /// Freshness when the origin gives none.
+    pub default: Option<String>,
+    /// Use Last-Modified heuristic freshness.
+    pub heuristic: Option<bool>,
+}
+
+/// `[rules.key]`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KeySection {
+    /// Query handling mode.
+    pub query: Option<String>,
+    /// Parameters kept with `query = "keep"`.
+    pub query_keep: Option<Vec<String>>,
+    /// Request headers added to the key.
+    pub headers: Option<Vec<String>>,
+}
+
+/// `[rules.cacheable]`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CacheableSection {
+    /// Cacheable status codes.
+    pub status: Option<Vec<i64>>,
+    /// Cache responses with Set-Cookie.
+    pub set_cookie: Option<bool>,
+    /// Cache responses to requests with Authorization regardless of directives.
+    pub authorized: Option<bool>,
+}

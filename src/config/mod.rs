@@ -1,0 +1,279 @@
+//! Configuration: the TOML file ([`file`]) is parsed, overridden from the command line and
+//! validated into the typed, immutable [`Config`] the rest of Outpost uses.
+
+mod describe;
+mod error;
+pub mod file;
+mod units;
+mod validate;
+
+pub use error::{ConfigError, FieldError};
+pub use units::{parse_duration, parse_size};
+
+use http::{HeaderName, Method};
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// The validated configuration of one node.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// The file this came from (for messages).
+    pub source: PathBuf,
+    /// Identity and process settings.
+    pub node: NodeConfig,
+    /// Public listeners.
+    pub listen: ListenConfig,
+    /// Admin API.
+    pub admin: AdminConfig,
+    /// Prometheus endpoint.
+    pub metrics: MetricsConfig,
+    /// Storage tiers and coalescing.
+    pub cache: CacheConfig,
+    /// Upstream origins; never empty, the first is the default.
+    pub origins: Vec<OriginConfig>,
+    /// Ordered cache rules; first match wins.
+    pub rules: Vec<RuleConfig>,
+}
+
+/// `[node]`.
+#[derive(Debug, Clone)]
+pub struct NodeConfig {
+    /// Cache name in `Cache-Status` and pseudonym in `Via`.
+    pub name: String,
+    /// Proxy worker threads (resolved: never 0).
+    pub threads: usize,
+    /// How long a graceful shutdown waits for in-flight requests.
+    pub shutdown_grace: Duration,
+    /// One work-stealing runtime for all workers (`true`) or one single-threaded runtime per
+    /// worker, each connection staying on its thread like an nginx worker (`false`).
+    pub work_stealing: bool,
+}
+
+/// `[listen]`.
+#[derive(Debug, Clone)]
+pub struct ListenConfig {
+    /// Plain HTTP listen addresses.
+    pub http: Vec<SocketAddr>,
+}
+
+/// `[admin]`.
+#[derive(Debug, Clone)]
+pub struct AdminConfig {
+    /// Admin listen address.
+    pub listen: SocketAddr,
+    /// Bearer token; `None` means admin calls other than health checks are refused.
+    pub token: Option<Secret>,
+}
+
+/// A secret string that never prints itself.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    /// Wrap a secret.
+    pub fn new(value: String) -> Self {
+        Secret(value)
+    }
+    /// The secret value, for comparison only.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("<redacted>")
+    }
+}
+
+/// `[metrics]`.
+#[derive(Debug, Clone)]
+pub struct MetricsConfig {
+    /// Prometheus listen address.
+    pub listen: SocketAddr,
+}
+
+/// `[cache]`.
+#[derive(Debug, Clone)]
+pub struct CacheConfig {
+    /// Disk tier directory (created at start).
+    pub dir: PathBuf,
+    /// Memory tier capacity in bytes.
+    pub memory_size: u64,
+    /// Largest object stored, in bytes.
+    pub max_object_size: u64,
+    /// Longest wait behind another request's fill of the same key.
+    pub lock_wait_timeout: Duration,
+    /// Longest time a fill may hold the coalescing lock.
+    pub lock_age_timeout: Duration,
+    /// Cap for heuristic freshness.
+    pub heuristic_max_ttl: Duration,
+    /// Coalesced waiters stream a fill while it is written (Varnish-like) instead of waiting
+    /// for the complete object (nginx-like).
+    pub stream_fills: bool,
+}
+
+/// One origin server.
+#[derive(Debug, Clone)]
+pub struct OriginConfig {
+    /// Name rules refer to.
+    pub name: String,
+    /// The URL as written.
+    pub url: String,
+    /// Resolved address.
+    pub addr: SocketAddr,
+    /// Host header to send; `None` forwards the client's.
+    pub host: Option<String>,
+    /// TCP connect timeout.
+    pub connect_timeout: Duration,
+    /// Idle time allowed between reads of the response.
+    pub read_timeout: Duration,
+}
+
+/// What a rule does with matching requests.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Action {
+    /// Cache per RFC 9111 and this rule's overrides.
+    Cache,
+    /// Never look up or store; always go to the origin.
+    Bypass,
+}
+
+/// One cache rule.
+#[derive(Debug, Clone)]
+pub struct RuleConfig {
+    /// Rule name.
+    pub name: String,
+    /// Index into [`Config::origins`].
+    pub origin: usize,
+    /// Cache or bypass.
+    pub action: Action,
+    /// Which requests this rule applies to.
+    pub matcher: MatchConfig,
+    /// Freshness policy.
+    pub ttl: TtlConfig,
+    /// Cache key composition.
+    pub key: KeyConfig,
+    /// What may be stored.
+    pub cacheable: CacheableConfig,
+}
+
+/// Request matching of a rule; empty lists match everything.
+#[derive(Debug, Clone, Default)]
+pub struct MatchConfig {
+    /// Host globs (validated).
+    pub hosts: Vec<String>,
+    /// Path prefixes.
+    pub path_prefix: Vec<String>,
+    /// Path globs (validated).
+    pub paths: Vec<String>,
+    /// Methods.
+    pub methods: Vec<Method>,
+}
+
+/// Freshness policy of a rule.
+#[derive(Debug, Clone, Default)]
+pub struct TtlConfig {
+    /// Forced lifetime, ignoring origin freshness headers.
+    pub override_ttl: Option<Duration>,
+    /// Lifetime when the origin sends no explicit freshness.
+    pub default: Option<Duration>,
+    /// Use Last-Modified heuristic freshness (after `default`).
+    pub heuristic: bool,
+}
+
+/// How the query string enters the cache key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum QueryMode {
+    /// Exactly as sent.
+    Full,
+    /// Not at all.
+    Ignore,
+    /// All parameters, sorted, so order does not split entries.
+    Sorted,
+    /// Only these parameters (sorted).
+    Keep(Vec<String>),
+}
+
+/// Cache key composition of a rule.
+#[derive(Debug, Clone)]
+pub struct KeyConfig {
+    /// Query string handling.
+    pub query: QueryMode,
+    /// Request headers whose values are part of the key.
+    pub headers: Vec<HeaderName>,
+}
+
+/// What a rule allows to be stored.
+#[derive(Debug, Clone)]
+pub struct CacheableConfig {
+    /// Status codes that may be stored.
+    pub status: Vec<u16>,
+    /// Store responses that carry `Set-Cookie`.
+    pub set_cookie: bool,
+    /// Store responses to requests with `Authorization` regardless of response directives.
+    pub authorized: bool,
+}
+
+/// Status codes stored by default: RFC 9110 15.1's heuristically cacheable codes (minus 206,
+/// partial content is not stored) plus 302/307, which are stored only with explicit freshness.
+pub const DEFAULT_CACHEABLE_STATUS: &[u16] = &[
+    200, 203, 204, 300, 301, 302, 307, 308, 404, 405, 410, 414, 501,
+];
+
+/// Command-line overrides of `outpost run`; each replaces the matching config value.
+#[derive(Debug, Clone, Default)]
+pub struct Overrides {
+    /// `--origin URL`: the first origin's URL.
+    pub origin: Option<String>,
+    /// `--listen ADDR`: the public HTTP listeners.
+    pub listen: Option<String>,
+    /// `--admin ADDR`: the admin listener.
+    pub admin: Option<String>,
+    /// `--metrics ADDR`: the metrics listener.
+    pub metrics: Option<String>,
+    /// `--cache-dir DIR`: the disk tier directory.
+    pub cache_dir: Option<String>,
+}
+
+impl Config {
+    /// Read, parse, override and validate `path`.
+    pub fn load(path: &Path, overrides: &Overrides) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            file: path.to_path_buf(),
+            source,
+        })?;
+        Self::from_str(&text, path, overrides)
+    }
+
+    /// Parse, override and validate `text`, naming `path` in errors.
+    pub fn from_str(text: &str, path: &Path, overrides: &Overrides) -> Result<Config, ConfigError> {
+        let mut file = parse(text, path)?;
+        validate::apply_overrides(&mut file, overrides);
+        validate::validate(file, path)
+    }
+
+    /// The effective configuration as TOML, defaults filled in (secrets redacted).
+    pub fn describe(&self) -> String {
+        describe::describe(self)
+    }
+}
+
+fn parse(text: &str, path: &Path) -> Result<file::FileConfig, ConfigError> {
+    let de = toml::Deserializer::new(text);
+    serde_path_to_error::deserialize(de).map_err(|err| {
+        let key = err.path().to_string();
+        let inner = err.into_inner();
+        let line = inner
+            .span()
+            .map(|span| text[..span.start.min(text.len())].matches('\n').count() + 1);
+        ConfigError::Parse {
+            file: path.to_path_buf(),
+            key: if key == "." { String::new() } else { key },
+            line,
+            message: inner.message().trim().to_string(),
+        }
+    })
+}

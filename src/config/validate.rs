@@ -1,0 +1,525 @@
+//! File format -> typed [`Config`], collecting every error with its key path.
+
+use super::error::{ConfigError, Errors};
+use super::file::{self, FileConfig, SizeValue};
+use super::units::{parse_duration, parse_size};
+use super::*;
+use std::net::ToSocketAddrs;
+
+/// Apply command-line overrides to the parsed file, before validation.
+pub(super) fn apply_overrides(file: &mut FileConfig, o: &Overrides) {
+    if let Some(origin) = &o.origin {
+        if file.origins.is_empty() {
+            file.origins.push(file::OriginSection {
+                name: Some("origin".into()),
+                ..Default::default()
+            });
+        }
+        file.origins[0].url = Some(origin.clone());
+    }
+    if let Some(listen) = &o.listen {
+        file.listen.http = Some(vec![listen.clone()]);
+    }
+    if let Some(admin) = &o.admin {
+        file.admin.listen = Some(admin.clone());
+    }
+    if let Some(metrics) = &o.metrics {
+        file.metrics.listen = Some(metrics.clone());
+    }
+    if let Some(dir) = &o.cache_dir {
+        file.cache.dir = Some(dir.clone());
+    }
+}
+
+fn duration(errs: &mut Errors, key: &str, value: Option<&String>, default: Duration) -> Duration {
+    match value {
+        None => default,
+        Some(text) => parse_duration(text).unwrap_or_else(|e| {
+            errs.push(key, e);
+            default
+        }),
+    }
+}
+
+fn opt_duration(errs: &mut Errors, key: &str, value: Option<&String>) -> Option<Duration> {
+    value.and_then(|text| match parse_duration(text) {
+        Ok(d) => Some(d),
+        Err(e) => {
+            errs.push(key, e);
+            None
+        }
+    })
+}
+
+fn size(errs: &mut Errors, key: &str, value: Option<&SizeValue>, default: u64) -> u64 {
+    match value {
+        None => default,
+        Some(v) => parse_size(v).unwrap_or_else(|e| {
+            errs.push(key, e);
+            default
+        }),
+    }
+}
+
+fn addr(errs: &mut Errors, key: &str, value: Option<&String>, default: &str) -> SocketAddr {
+    let text = value.map(String::as_str).unwrap_or(default);
+    text.parse().unwrap_or_else(|_| {
+        errs.push(
+            key,
+            format!("invalid listen address {text:?}; expected IP:PORT, e.g. \"127.0.0.1:8080\""),
+        );
+        SocketAddr::from(([127, 0, 0, 1], 0))
+    })
+}
+
+/// Validate the whole file into a [`Config`] or report every problem found.
+pub(super) fn validate(f: FileConfig, path: &Path) -> Result<Config, ConfigError> {
+    let mut errs = Errors::default();
+
+    let name = f.node.name.clone().unwrap_or_else(|| "outpost".into());
+    if name.is_empty()
+        || !name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+    {
+        errs.push(
+            "node.name",
+            format!("invalid node name {name:?}: use letters, digits, '-', '_' or '.'"),
+        );
+    }
+    let threads = match f.node.threads {
+        None | Some(0) => std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(1),
+        Some(n) if (1..=1024).contains(&n) => n as usize,
+        Some(n) => {
+            errs.push(
+                "node.threads",
+                format!("invalid thread count {n}: use 0 (one per core) to 1024"),
+            );
+            1
+        }
+    };
+    let node = NodeConfig {
+        name,
+        threads,
+        shutdown_grace: duration(
+            &mut errs,
+            "node.shutdown_grace",
+            f.node.shutdown_grace.as_ref(),
+            Duration::from_secs(5),
+        ),
+        work_stealing: f.node.work_stealing.unwrap_or(true),
+    };
+
+    let http_addrs = f
+        .listen
+        .http
+        .clone()
+        .unwrap_or_else(|| vec!["127.0.0.1:8080".into()]);
+    if http_addrs.is_empty() {
+        errs.push("listen.http", "at least one listen address is required");
+    }
+    let listen = ListenConfig {
+        http: http_addrs
+            .iter()
+            .enumerate()
+            .map(|(i, a)| addr(&mut errs, &format!("listen.http[{i}]"), Some(a), ""))
+            .collect(),
+    };
+
+    let token = match (&f.admin.token_env, &f.admin.token) {
+        (Some(var), inline) => std::env::var(var)
+            .ok()
+            .filter(|t| !t.is_empty())
+            .or_else(|| inline.clone()),
+        (None, inline) => inline.clone(),
+    };
+    if token.as_deref() == Some("") {
+        errs.push("admin.token", "the admin token must not be empty");
+    }
+    let admin = AdminConfig {
+        listen: addr(
+            &mut errs,
+            "admin.listen",
+            f.admin.listen.as_ref(),
+            "127.0.0.1:9091",
+        ),
+        token: token.filter(|t| !t.is_empty()).map(Secret::new),
+    };
+    let metrics = MetricsConfig {
+        listen: addr(
+            &mut errs,
+            "metrics.listen",
+            f.metrics.listen.as_ref(),
+            "127.0.0.1:9090",
+        ),
+    };
+
+    let c = &f.cache;
+    let cache = CacheConfig {
+        dir: PathBuf::from(c.dir.clone().unwrap_or_else(|| "var/cache".into())),
+        memory_size: size(
+            &mut errs,
+            "cache.memory_size",
+            c.memory_size.as_ref(),
+            256 << 20,
+        ),
+        max_object_size: size(
+            &mut errs,
+            "cache.max_object_size",
+            c.max_object_size.as_ref(),
+            8 << 20,
+        ),
+        lock_wait_timeout: duration(
+            &mut errs,
+            "cache.lock_wait_timeout",
+            c.lock_wait_timeout.as_ref(),
+            Duration::from_secs(10),
+        ),
+        lock_age_timeout: duration(
+            &mut errs,
+            "cache.lock_age_timeout",
+            c.lock_age_timeout.as_ref(),
+            Duration::from_secs(30),
+        ),
+        heuristic_max_ttl: duration(
+            &mut errs,
+            "cache.heuristic_max_ttl",
+            c.heuristic_max_ttl.as_ref(),
+            Duration::from_secs(86_400),
+        ),
+        stream_fills: c.stream_fills.unwrap_or(false),
+    };
+    if cache.dir.as_os_str().is_empty() {
+        errs.push("cache.dir", "the cache directory must not be empty");
+    }
+    if cache.memory_size < 1 << 20 {
+        errs.push(
+            "cache.memory_size",
+            format!(
+                "{} bytes is too small: use at least 1MiB",
+                cache.memory_size
+            ),
+        );
+    }
+    if cache.max_object_size == 0 || cache.max_object_size > u32::MAX as u64 {
+        errs.push("cache.max_object_size", "must be between 1 byte and 4GiB");
+    } else if cache.max_object_size > cache.memory_size {
+        errs.push("cache.max_object_size", "must not exceed cache.memory_size");
+    }
+    if cache.lock_wait_timeout.is_zero() || cache.lock_age_timeout.is_zero() {
+        errs.push(
+            "cache.lock_wait_timeout",
+            "coalescing timeouts must be greater than zero",
+        );
+    }
+
+    if f.origins.is_empty() {
+        errs.push(
+            "origins",
+            "at least one [[origins]] entry is required (or pass --origin URL)",
+        );
+    }
+    let mut origins = Vec::new();
+    for (i, o) in f.origins.iter().enumerate() {
+        if let Some(origin) = origin(&mut errs, i, o) {
+            if origins.iter().any(|x: &OriginConfig| x.name == origin.name) {
+                errs.push(
+                    format!("origins[{i}].name"),
+                    format!("duplicate origin name {:?}", origin.name),
+                );
+            }
+            origins.push(origin);
+        }
+    }
+
+    let mut rules = Vec::new();
+    for (i, r) in f.rules.iter().enumerate() {
+        let rule = rule(&mut errs, i, r, &f.origins);
+        if rules.iter().any(|x: &RuleConfig| x.name == rule.name) {
+            errs.push(
+                format!("rules[{i}].name"),
+                format!("duplicate rule name {:?}", rule.name),
+            );
+        }
+        rules.push(rule);
+    }
+
+    if !errs.0.is_empty() {
+        return Err(ConfigError::Invalid {
+            file: path.to_path_buf(),
+            errors: errs.0,
+        });
+    }
+    Ok(Config {
+        source: path.to_path_buf(),
+        node,
+        listen,
+        admin,
+        metrics,
+        cache,
+        origins,
+        rules,
+    })
+}
+
+fn origin(errs: &mut Errors, i: usize, o: &file::OriginSection) -> Option<OriginConfig> {
+    let key = |k: &str| format!("origins[{i}].{k}");
+    let name = o.name.clone().unwrap_or_else(|| format!("origin{i}"));
+    let connect_timeout = duration(
+        errs,
+        &key("connect_timeout"),
+        o.connect_timeout.as_ref(),
+        Duration::from_secs(2),
+    );
+    let read_timeout = duration(
+        errs,
+        &key("read_timeout"),
+        o.read_timeout.as_ref(),
+        Duration::from_secs(30),
+    );
+    if let Some(host) = &o.host {
+        if host.is_empty() || http::HeaderValue::from_str(host).is_err() {
+            errs.push(key("host"), format!("invalid Host header value {host:?}"));
+        }
+    }
+    let Some(text) = &o.url else {
+        errs.push(
+            key("url"),
+            "missing: the origin URL, e.g. \"http://127.0.0.1:8000\"",
+        );
+        return None;
+    };
+    let url = match url::Url::parse(text) {
+        Ok(u) => u,
+        Err(e) => {
+            errs.push(key("url"), format!("invalid URL {text:?}: {e}"));
+            return None;
+        }
+    };
+    if url.scheme() != "http" {
+        errs.push(
+            key("url"),
+            format!(
+                "unsupported scheme {:?} in {text:?}: only http:// origins are supported for now",
+                url.scheme()
+            ),
+        );
+        return None;
+    }
+    if url.path() != "/" || url.query().is_some() {
+        errs.push(
+            key("url"),
+            format!("{text:?}: an origin URL has no path or query"),
+        );
+    }
+    let host = url
+        .host_str()
+        .unwrap_or_default()
+        .trim_matches(|c| c == '[' || c == ']');
+    let port = url.port_or_known_default().unwrap_or(80);
+    let addr = match (host, port).to_socket_addrs().map(|mut a| a.next()) {
+        Ok(Some(a)) => a,
+        _ => {
+            errs.push(key("url"), format!("cannot resolve origin host {host:?}"));
+            return None;
+        }
+    };
+    Some(OriginConfig {
+        name,
+        url: text.clone(),
+        addr,
+        host: o.host.clone(),
+        connect_timeout,
+        read_timeout,
+    })
+}
+
+fn rule(
+    errs: &mut Errors,
+    i: usize,
+    r: &file::RuleSection,
+    origins: &[file::OriginSection],
+) -> RuleConfig {
+    let key = |k: &str| format!("rules[{i}].{k}");
+    let name = r.name.clone().unwrap_or_else(|| format!("rule{i}"));
+    let origin = match &r.origin {
+        None => 0,
+        Some(n) => origins
+            .iter()
+            .enumerate()
+            .find(|(j, o)| o.name.clone().unwrap_or_else(|| format!("origin{j}")) == *n)
+            .map(|(j, _)| j)
+            .unwrap_or_else(|| {
+                errs.push(
+                    key("origin"),
+                    format!("no [[origins]] entry is named {n:?}"),
+                );
+                0
+            }),
+    };
+    let action = match r.action.as_deref() {
+        None | Some("cache") => Action::Cache,
+        Some("bypass") => Action::Bypass,
+        Some(other) => {
+            errs.push(
+                key("action"),
+                format!("unknown action {other:?}: use \"cache\" or \"bypass\""),
+            );
+            Action::Cache
+        }
+    };
+
+    let m = &r.matcher;
+    let mut globs = |field: &str, list: &Option<Vec<String>>| -> Vec<String> {
+        let list = list.clone().unwrap_or_default();
+        for (j, g) in list.iter().enumerate() {
+            if let Err(e) = globset::Glob::new(g) {
+                errs.push(
+                    format!("rules[{i}].match.{field}[{j}]"),
+                    format!("invalid glob {g:?}: {}", e.kind()),
+                );
+            }
+        }
+        list
+    };
+    let hosts = globs("hosts", &m.hosts)
+        .into_iter()
+        .map(|h| h.to_ascii_lowercase())
+        .collect();
+    let paths = globs("paths", &m.paths);
+    for (j, p) in paths.iter().enumerate() {
+        if !p.starts_with('/') && !p.starts_with('*') {
+            errs.push(
+                format!("rules[{i}].match.paths[{j}]"),
+                format!("path glob {p:?} must start with '/'"),
+            );
+        }
+    }
+    let path_prefix = m.path_prefix.clone().unwrap_or_default();
+    for (j, p) in path_prefix.iter().enumerate() {
+        if !p.starts_with('/') {
+            errs.push(
+                format!("rules[{i}].match.path_prefix[{j}]"),
+                format!("path prefix {p:?} must start with '/'"),
+            );
+        }
+    }
+    let methods = m
+        .methods
+        .clone()
+        .unwrap_or_default()
+        .iter()
+        .enumerate()
+        .filter_map(
+            |(j, s)| match Method::from_bytes(s.to_ascii_uppercase().as_bytes()) {
+                Ok(m) => Some(m),
+                Err(_) => {
+                    errs.push(
+                        format!("rules[{i}].match.methods[{j}]"),
+                        format!("invalid method {s:?}"),
+                    );
+                    None
+                }
+            },
+        )
+        .collect();
+
+    let ttl = TtlConfig {
+        override_ttl: opt_duration(errs, &key("ttl.override"), r.ttl.override_ttl.as_ref()),
+        default: opt_duration(errs, &key("ttl.default"), r.ttl.default.as_ref()),
+        heuristic: r.ttl.heuristic.unwrap_or(true),
+    };
+
+    let query = match r.key.query.as_deref().unwrap_or("full") {
+        "full" => QueryMode::Full,
+        "ignore" => QueryMode::Ignore,
+        "sorted" => QueryMode::Sorted,
+        "keep" => match &r.key.query_keep {
+            Some(keep) if !keep.is_empty() => {
+                let mut keep = keep.clone();
+                keep.sort();
+                keep.dedup();
+                QueryMode::Keep(keep)
+            }
+            _ => {
+                errs.push(
+                    key("key.query_keep"),
+                    "query = \"keep\" needs a non-empty query_keep list",
+                );
+                QueryMode::Full
+            }
+        },
+        other => {
+            errs.push(key("key.query"), format!("unknown query mode {other:?}: use \"full\", \"ignore\", \"sorted\" or \"keep\""));
+            QueryMode::Full
+        }
+    };
+    if r.key.query_keep.is_some() && r.key.query.as_deref() != Some("keep") {
+        errs.push(
+            key("key.query_keep"),
+            "query_keep only applies with query = \"keep\"",
+        );
+    }
+    let headers = r
+        .key
+        .headers
+        .clone()
+        .unwrap_or_default()
+        .iter()
+        .enumerate()
+        .filter_map(|(j, h)| match HeaderName::from_bytes(h.as_bytes()) {
+            Ok(h) => Some(h),
+            Err(_) => {
+                errs.push(
+                    format!("rules[{i}].key.headers[{j}]"),
+                    format!("invalid header name {h:?}"),
+                );
+                None
+            }
+        })
+        .collect();
+
+    let mut status = Vec::new();
+    for (j, s) in r
+        .cacheable
+        .status
+        .clone()
+        .unwrap_or_else(|| DEFAULT_CACHEABLE_STATUS.iter().map(|&s| s as i64).collect())
+        .iter()
+        .enumerate()
+    {
+        if (200..=599).contains(s) && *s != 206 && *s != 304 {
+            status.push(*s as u16);
+        } else {
+            errs.push(
+                format!("rules[{i}].cacheable.status[{j}]"),
+                format!(
+                    "status {s} cannot be cached: use final statuses 200-599 except 206 and 304"
+                ),
+            );
+        }
+    }
+    status.sort_unstable();
+    status.dedup();
+
+    RuleConfig {
+        name,
+        origin,
+        action,
+        matcher: MatchConfig {
+            hosts,
+            path_prefix,
+            paths,
+            methods,
+        },
+        ttl,
+        key: KeyConfig { query, headers },
+        cacheable: CacheableConfig {
+            status,
+            set_cookie: r.cacheable.set_cookie.unwrap_or(false),
+            authorized: r.cacheable.authorized.unwrap_or(false),
+        },
+    }
+}

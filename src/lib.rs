@@ -1,0 +1,17 @@
+//! Outpost: an HTTP edge caching reverse proxy (a self-hosted CDN node) on Pingora.
+//!
+//! Module map (see `shared/design/architecture.md`): `config` (TOML -> typed), `rules`
+//! (policy), `cache` (storage tiers and HTTP caching semantics), `upstream` (origins),
+//! `proxy` (the request path), `admin` and `metrics` (own listeners), `server` (bootstrap).
+
+#![deny(missing_docs)]
+
+pub mod admin;
+pub mod cache;
+pub mod config;
+pub mod metrics;
+pub mod node;
+pub mod proxy;
+pub mod rules;
+pub mod server;
+pub mod upstream;

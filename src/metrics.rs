@@ -1,0 +1,181 @@
+//! Every Prometheus metric of Outpost, defined in one place, in one registry per node.
+//!
+//! Hot-path counters are resolved to concrete children at start-up so recording a request is
+//! a few atomic adds, never a label lookup.
+
+use crate::cache::status::LABELS;
+use prometheus::{
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts,
+    Registry, TextEncoder,
+};
+
+/// Latency buckets suited to a cache: 100 us to 10 s.
+pub const LATENCY_BUCKETS: &[f64] = &[
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+    5.0, 10.0,
+];
+
+const STATUS_CLASSES: &[&str] = &["1xx", "2xx", "3xx", "4xx", "5xx"];
+
+/// Status class index of a status code.
+fn class(status: u16) -> usize {
+    (status / 100).clamp(1, 5) as usize - 1
+}
+
+/// Per-origin metrics.
+pub struct OriginMetrics {
+    requests: Vec<IntCounter>,
+    /// Origin response-header latency.
+    pub latency: Histogram,
+    /// Failed origin fetches (connect, timeout, reset).
+    pub errors: IntCounter,
+}
+
+impl OriginMetrics {
+    /// Count one origin response.
+    pub fn record(&self, status: u16, seconds: f64) {
+        self.requests[class(status)].inc();
+        self.latency.observe(seconds);
+    }
+}
+
+/// The node's metrics.
+pub struct Metrics {
+    registry: Registry,
+    requests: Vec<IntCounter>,
+    latency: Vec<Histogram>,
+    /// Per origin, in config order.
+    pub origins: Vec<OriginMetrics>,
+    /// Memory tier objects (set at scrape).
+    pub memory_objects: IntGauge,
+    /// Memory tier weighted bytes (set at scrape).
+    pub memory_bytes: IntGauge,
+    /// Memory tier capacity.
+    pub memory_capacity: IntGauge,
+    /// Unsafe-method invalidations performed.
+    pub invalidations: IntCounter,
+}
+
+impl Metrics {
+    /// Register every metric for a node with these origin names and memory capacity.
+    pub fn new(origin_names: &[String], memory_capacity_bytes: u64) -> prometheus::Result<Metrics> {
+        let registry = Registry::new();
+        let requests_vec = IntCounterVec::new(
+            Opts::new(
+                "outpost_requests_total",
+                "Client requests by cache status and response status class",
+            ),
+            &["cache_status", "status_class"],
+        )?;
+        let latency_vec = HistogramVec::new(
+            HistogramOpts::new(
+                "outpost_request_duration_seconds",
+                "Time from request start to the end of the response, by cache status",
+            )
+            .buckets(LATENCY_BUCKETS.to_vec()),
+            &["cache_status"],
+        )?;
+        let origin_requests = IntCounterVec::new(
+            Opts::new(
+                "outpost_origin_requests_total",
+                "Origin responses by origin and status class",
+            ),
+            &["origin", "status_class"],
+        )?;
+        let origin_latency = HistogramVec::new(
+            HistogramOpts::new(
+                "outpost_origin_request_duration_seconds",
+                "Time to the origin's response header",
+            )
+            .buckets(LATENCY_BUCKETS.to_vec()),
+            &["origin"],
+        )?;
+        let origin_errors = IntCounterVec::new(
+            Opts::new(
+                "outpost_origin_errors_total",
+                "Origin fetches that failed (connect, timeout, reset)",
+            ),
+            &["origin"],
+        )?;
+        let memory_objects =
+            IntGauge::new("outpost_cache_memory_objects", "Objects in the memory tier")?;
+        let memory_bytes = IntGauge::new(
+            "outpost_cache_memory_bytes",
+            "Bytes used by the memory tier (bodies, headers, overhead)",
+        )?;
+        let memory_capacity = IntGauge::new(
+            "outpost_cache_memory_capacity_bytes",
+            "Configured memory tier capacity",
+        )?;
+        let invalidations = IntCounter::new(
+            "outpost_cache_invalidations_total",
+            "Stored responses invalidated by unsafe requests (RFC 9111 4.4)",
+        )?;
+        registry.register(Box::new(requests_vec.clone()))?;
+        registry.register(Box::new(latency_vec.clone()))?;
+        registry.register(Box::new(origin_requests.clone()))?;
+        registry.register(Box::new(origin_latency.clone()))?;
+        registry.register(Box::new(origin_errors.clone()))?;
+        registry.register(Box::new(memory_objects.clone()))?;
+        registry.register(Box::new(memory_bytes.clone()))?;
+        registry.register(Box::new(memory_capacity.clone()))?;
+        registry.register(Box::new(invalidations.clone()))?;
+        memory_capacity.set(i64::try_from(memory_capacity_bytes).unwrap_or(i64::MAX));
+        let mut requests = Vec::new();
+        let mut latency = Vec::new();
+        for label in LABELS {
+            for c in STATUS_CLASSES {
+                requests.push(requests_vec.with_label_values(&[label, c]));
+            }
+            latency.push(latency_vec.with_label_values(&[label]));
+        }
+        let origins = origin_names
+            .iter()
+            .map(|name| OriginMetrics {
+                requests: STATUS_CLASSES
+                    .iter()
+                    .map(|c| origin_requests.with_label_values(&[name, c]))
+                    .collect(),
+                latency: origin_latency.with_label_values(&[name]),
+                errors: origin_errors.with_label_values(&[name]),
+            })
+            .collect();
+        Ok(Metrics {
+            registry,
+            requests,
+            latency,
+            origins,
+            memory_objects,
+            memory_bytes,
+            memory_capacity,
+            invalidations,
+        })
+    }
+
+    /// Record one finished client request.
+    pub fn record_request(&self, label_index: usize, status: u16, seconds: f64) {
+        if let Some(h) = self.latency.get(label_index) {
+            h.observe(seconds);
+        }
+        if let Some(c) = self
+            .requests
+            .get(label_index * STATUS_CLASSES.len() + class(status))
+        {
+            c.inc();
+        }
+    }
+
+    /// The Prometheus text exposition of every metric.
+    pub fn render(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(16 * 1024);
+        if let Err(e) = TextEncoder::new().encode(&self.registry.gather(), &mut out) {
+            tracing::warn!(error = %e, "metrics encoding failed");
+        }
+        out
+    }
+}
+
+/// Index of a cache status label in [`LABELS`].
+pub fn label_index(label: &str) -> usize {
+    LABELS.iter().position(|l| *l == label).unwrap_or(0)
+}

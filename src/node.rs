@@ -1,0 +1,76 @@
+//! The node: all shared state, built once at start-up and shared as `Arc<Node>`.
+//!
+//! Pingora wants `&'static` storage, lock and predictor: they are leaked here, exactly once.
+
+use crate::cache::MemoryTier;
+use crate::config::Config;
+use crate::metrics::Metrics;
+use crate::rules::RuleSet;
+use crate::upstream::Origin;
+use anyhow::Context;
+use arc_swap::ArcSwap;
+use pingora_cache::lock::{CacheKeyLockImpl, CacheLock};
+use pingora_cache::predictor::Predictor;
+use std::sync::Arc;
+
+/// Shared state of one Outpost node.
+pub struct Node {
+    /// The configuration this node runs.
+    pub config: Arc<Config>,
+    /// Compiled cache rules (swappable on reload).
+    pub rules: ArcSwap<RuleSet>,
+    /// Origins, in config order (rules refer to them by index).
+    pub origins: Vec<Origin>,
+    /// The memory tier.
+    pub memory: &'static MemoryTier,
+    /// Request coalescing lock.
+    pub cache_lock: &'static CacheKeyLockImpl,
+    /// Remembers keys whose responses were uncacheable, so they skip lookup and lock.
+    pub predictor: &'static Predictor<16>,
+    /// Prometheus metrics.
+    pub metrics: Metrics,
+}
+
+/// Request-specific reasons a response was not stored; the key may still be cacheable for
+/// other requests, so the predictor must not remember them.
+fn request_specific(reason: &'static str) -> bool {
+    matches!(reason, "authorization" | "request-no-store")
+}
+
+impl Node {
+    /// Build the node for `config`. Call once per process: it leaks the storage.
+    pub fn new(config: Config) -> anyhow::Result<Arc<Node>> {
+        let rules = RuleSet::new(&config).context("compiling cache rules")?;
+        let origins: Vec<Origin> = config.origins.iter().cloned().map(Origin::new).collect();
+        let names: Vec<String> = config.origins.iter().map(|o| o.name.clone()).collect();
+        let metrics =
+            Metrics::new(&names, config.cache.memory_size).context("registering metrics")?;
+        let memory: &'static MemoryTier = Box::leak(Box::new(MemoryTier::new(
+            config.cache.memory_size,
+            config.cache.stream_fills,
+        )));
+        let cache_lock: &'static CacheKeyLockImpl =
+            Box::leak(CacheLock::new_boxed(config.cache.lock_age_timeout));
+        let predictor: &'static Predictor<16> =
+            Box::leak(Box::new(Predictor::new(4096, Some(request_specific))));
+        Ok(Arc::new(Node {
+            config: Arc::new(config),
+            rules: ArcSwap::from_pointee(rules),
+            origins,
+            memory,
+            cache_lock,
+            predictor,
+            metrics,
+        }))
+    }
+
+    /// Refresh scrape-time gauges and render the metrics text.
+    pub fn render_metrics(&self) -> Vec<u8> {
+        self.memory.sync();
+        self.metrics
+            .memory_objects
+            .set(self.memory.objects() as i64);
+        self.metrics.memory_bytes.set(self.memory.bytes() as i64);
+        self.metrics.render()
+    }
+}

@@ -1,0 +1,618 @@
+//! The request path: Outpost's `ProxyHttp` implementation, hook by hook in the order Pingora
+//! calls them. Each hook delegates policy to `rules`, `cache::*` or `upstream`.
+
+use crate::cache::freshness;
+use crate::cache::request::RequestDirectives;
+use crate::cache::status::{CacheStatus, Forward};
+use crate::cache::vary;
+use crate::metrics::label_index;
+use crate::node::Node;
+use crate::rules::{key, normalize_host, Rule, RuleSet};
+use async_trait::async_trait;
+use bytes::Bytes;
+use http::{header, Method, StatusCode};
+use pingora_cache::key::HashBinary;
+use pingora_cache::storage::{PurgeTarget, PurgeType};
+use pingora_cache::{
+    CacheKey, CacheMeta, CacheOptionOverrides, CachePhase, ForcedFreshness, HitHandler,
+    NoCacheReason, RespCacheable,
+};
+use pingora_core::upstreams::peer::HttpPeer;
+use pingora_error::{Error, ErrorSource, ErrorType, Result};
+use pingora_http::{RequestHeader, ResponseHeader};
+use pingora_proxy::{FailToProxy, ProxyHttp, Session};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+/// The Outpost proxy: one per node, shared by every request.
+pub struct OutpostProxy {
+    node: Arc<Node>,
+}
+
+impl OutpostProxy {
+    /// A proxy serving `node`.
+    pub fn new(node: Arc<Node>) -> Self {
+        OutpostProxy { node }
+    }
+}
+
+/// Per-request state carried between hooks.
+pub struct RequestCtx {
+    start: Instant,
+    rules: Arc<RuleSet>,
+    rule: Option<usize>,
+    host: String,
+    directives: RequestDirectives,
+    /// Why the request goes forward, when decided before lookup (bypass, method, request).
+    forward: Option<Forward>,
+    /// The stored response was stale when looked up.
+    was_stale: bool,
+    /// `cache_vary_filter` found a Vary'd response during lookup.
+    vary_seen: bool,
+    /// Set by `cache_miss`: uri-miss or vary-miss.
+    miss: Option<Forward>,
+    /// Why the response was not stored.
+    not_stored: Option<&'static str>,
+    upstream_status: Option<u16>,
+    /// Header fields of an origin 304, merged into the stored header on revalidation.
+    not_modified: Option<http::HeaderMap>,
+    origin_start: Option<Instant>,
+    cache_status: Option<CacheStatus>,
+}
+
+impl RequestCtx {
+    fn rule(&self) -> &Rule {
+        self.rules.get(self.rule)
+    }
+}
+
+fn is_safe(method: &Method) -> bool {
+    matches!(
+        *method,
+        Method::GET | Method::HEAD | Method::OPTIONS | Method::TRACE
+    )
+}
+
+fn request_host(req: &RequestHeader) -> Option<&str> {
+    req.headers
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .or_else(|| req.uri.host())
+        .filter(|h| !h.is_empty())
+}
+
+fn cache_key_for(
+    rule: &Rule,
+    host: &str,
+    req: &RequestHeader,
+    path: &str,
+    query: Option<&str>,
+) -> CacheKey {
+    let mut primary = String::new();
+    key::build_primary(
+        &rule.config.key,
+        host,
+        path,
+        query,
+        &req.headers,
+        &mut primary,
+    );
+    // Hash once: Pingora would otherwise re-hash the primary key for the predictor, the lock
+    // and every storage call.
+    let hash = pingora_cache::key::hash_key(&primary);
+    let mut key = CacheKey::new(primary, String::new());
+    key.set_primary_bin_override(hash);
+    key
+}
+
+/// A client that disconnects mid-response is routine, not an error worth a log line.
+fn client_went_away(e: &Error) -> bool {
+    e.esource() == &ErrorSource::Downstream
+        && matches!(
+            e.etype(),
+            ErrorType::ConnectionClosed | ErrorType::ReadError | ErrorType::WriteError
+        )
+}
+
+fn seconds_between(later: SystemTime, earlier: SystemTime) -> i64 {
+    match later.duration_since(earlier) {
+        Ok(d) => d.as_secs() as i64,
+        Err(e) => -(e.duration().as_secs() as i64),
+    }
+}
+
+impl OutpostProxy {
+    /// What the cache did for this request, from the cache phase and what the hooks saw.
+    fn cache_status(&self, session: &Session, ctx: &RequestCtx) -> CacheStatus {
+        let now = SystemTime::now();
+        let forward = |default: Forward| {
+            ctx.forward
+                .or(ctx.was_stale.then_some(Forward::Stale))
+                .or(ctx.miss)
+                .unwrap_or(default)
+        };
+        match session.cache.phase() {
+            CachePhase::Hit | CachePhase::Stale | CachePhase::StaleUpdating => {
+                let meta = session.cache.cache_meta();
+                CacheStatus::Hit {
+                    ttl: seconds_between(meta.fresh_until(), now),
+                    stale: !meta.is_fresh(now),
+                    collapsed: session.cache.lock_duration().is_some(),
+                }
+            }
+            CachePhase::Miss | CachePhase::Expired => CacheStatus::Forward {
+                fwd: forward(Forward::UriMiss),
+                status: ctx.upstream_status,
+                stored: ctx.not_stored.is_none(),
+                detail: ctx.not_stored,
+            },
+            CachePhase::Revalidated => CacheStatus::Forward {
+                fwd: forward(Forward::Stale),
+                status: ctx.upstream_status,
+                stored: true,
+                detail: None,
+            },
+            CachePhase::RevalidatedNoCache(reason) => CacheStatus::Forward {
+                fwd: forward(Forward::Stale),
+                status: ctx.upstream_status,
+                stored: false,
+                detail: ctx.not_stored.or(Some(reason.as_str())),
+            },
+            CachePhase::Disabled(reason) => CacheStatus::Forward {
+                fwd: forward(match reason {
+                    NoCacheReason::NeverEnabled => Forward::Bypass,
+                    _ => Forward::Miss,
+                }),
+                status: ctx.upstream_status,
+                stored: false,
+                detail: ctx.not_stored.or(match reason {
+                    NoCacheReason::NeverEnabled | NoCacheReason::Custom(_) => None,
+                    other => Some(other.as_str()),
+                }),
+            },
+            CachePhase::Bypass => CacheStatus::Forward {
+                fwd: forward(Forward::Miss),
+                status: ctx.upstream_status,
+                stored: false,
+                detail: Some("predicted-uncacheable"),
+            },
+            CachePhase::Uninit | CachePhase::CacheKey => CacheStatus::Forward {
+                fwd: forward(Forward::Bypass),
+                status: ctx.upstream_status,
+                stored: false,
+                detail: None,
+            },
+        }
+    }
+
+    /// RFC 9111 4.4: after a non-error response to an unsafe method, invalidate the target URI
+    /// and the same-host `Location` / `Content-Location` URIs (all Vary variants: removing the
+    /// primary slot invalidates its variants).
+    async fn invalidate_after_unsafe(
+        &self,
+        session: &Session,
+        resp: &ResponseHeader,
+        ctx: &RequestCtx,
+    ) {
+        let req = session.req_header();
+        let mut targets: Vec<(String, Option<String>)> = vec![(
+            req.uri.path().to_string(),
+            req.uri.query().map(str::to_string),
+        )];
+        for name in [header::LOCATION, header::CONTENT_LOCATION] {
+            let Some(value) = resp.headers.get(&name).and_then(|v| v.to_str().ok()) else {
+                continue;
+            };
+            let Ok(uri) = value.parse::<http::Uri>() else {
+                continue;
+            };
+            let same_host = uri
+                .host()
+                .is_none_or(|h| normalize_host(h) == ctx.host.as_str());
+            if same_host && uri.path().starts_with('/') {
+                targets.push((uri.path().to_string(), uri.query().map(str::to_string)));
+            }
+        }
+        let span = pingora_cache::trace::Span::inactive().handle();
+        for (path, query) in targets {
+            let rule = ctx
+                .rules
+                .get(ctx.rules.matching(&Method::GET, &ctx.host, &path));
+            if !rule.caches() {
+                continue;
+            }
+            let key = cache_key_for(rule, &ctx.host, req, &path, query.as_deref());
+            let compact = key.to_compact();
+            match pingora_cache::storage::Storage::purge(
+                self.node.memory,
+                PurgeTarget::Active(&compact),
+                PurgeType::Invalidation,
+                &span,
+            )
+            .await
+            {
+                Ok(pingora_cache::storage::PurgeOutcome::NotFound) => {}
+                Ok(_) => self.node.metrics.invalidations.inc(),
+                Err(e) => {
+                    tracing::warn!(error = %e, path, "invalidation after unsafe method failed")
+                }
+            }
+        }
+    }
+}
+
+#[async_trait]
+impl ProxyHttp for OutpostProxy {
+    type CTX = RequestCtx;
+
+    fn new_ctx(&self) -> RequestCtx {
+        RequestCtx {
+            start: Instant::now(),
+            rules: self.node.rules.load_full(),
+            rule: None,
+            host: String::new(),
+            directives: RequestDirectives::default(),
+            forward: None,
+            was_stale: false,
+            vary_seen: false,
+            miss: None,
+            not_stored: None,
+            upstream_status: None,
+            not_modified: None,
+            origin_start: None,
+            cache_status: None,
+        }
+    }
+
+    async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
+        let req = session.req_header();
+        let host = match request_host(req) {
+            Some(host) => host,
+            // HTTP/1.0 predates Host: such requests share the host-less key space.
+            None if req.version <= http::Version::HTTP_10 => "",
+            // RFC 9112 3.2: an HTTP/1.1 request without Host gets a 400.
+            None => {
+                session
+                    .respond_error_with_body(400, Bytes::from_static(b"missing Host header\n"))
+                    .await?;
+                return Ok(true);
+            }
+        };
+        ctx.host = normalize_host(host).into_owned();
+        ctx.rule = ctx.rules.matching(&req.method, &ctx.host, req.uri.path());
+        Ok(false)
+    }
+
+    fn request_cache_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<()> {
+        let req = session.req_header();
+        if !matches!(req.method, Method::GET | Method::HEAD) {
+            ctx.forward = Some(Forward::Method);
+            return Ok(());
+        }
+        if !ctx.rule().caches() {
+            ctx.forward = Some(Forward::Bypass);
+            return Ok(());
+        }
+        ctx.directives = RequestDirectives::parse(req);
+        let cache = &self.node.config.cache;
+        let mut overrides = CacheOptionOverrides::default();
+        overrides.wait_timeout = Some(cache.lock_wait_timeout);
+        session.cache.enable(
+            self.node.memory,
+            None,
+            Some(self.node.predictor),
+            Some(self.node.cache_lock),
+            Some(overrides),
+        );
+        session
+            .cache
+            .set_max_file_size_bytes(cache.max_object_size as usize);
+        Ok(())
+    }
+
+    fn cache_key_callback(&self, session: &Session, ctx: &mut RequestCtx) -> Result<CacheKey> {
+        let req = session.req_header();
+        Ok(cache_key_for(
+            ctx.rule(),
+            &ctx.host,
+            req,
+            req.uri.path(),
+            req.uri.query(),
+        ))
+    }
+
+    fn cache_miss(&self, session: &mut Session, ctx: &mut RequestCtx) {
+        ctx.miss = Some(if ctx.vary_seen {
+            Forward::VaryMiss
+        } else {
+            Forward::UriMiss
+        });
+        session.cache.cache_miss();
+    }
+
+    async fn cache_hit_filter(
+        &self,
+        session: &mut Session,
+        meta: &CacheMeta,
+        _hit_handler: &mut HitHandler,
+        is_fresh: bool,
+        ctx: &mut RequestCtx,
+    ) -> Result<Option<ForcedFreshness>> {
+        let req = session.req_header();
+        if req.headers.contains_key(header::AUTHORIZATION)
+            && !ctx.rule().config.cacheable.authorized
+            && !freshness::servable_to_authorized(meta.headers())
+        {
+            ctx.forward = Some(Forward::Request);
+            ctx.not_stored = Some("authorization");
+            return Ok(Some(ForcedFreshness::ForceMiss));
+        }
+        let d = ctx.directives;
+        let now = SystemTime::now();
+        let forced_by_request = d.no_cache
+            || d.max_age
+                .is_some_and(|max| meta.age() > Duration::from_secs(max.into()))
+            || (is_fresh
+                && d.min_fresh
+                    .is_some_and(|min| seconds_between(meta.fresh_until(), now) < i64::from(min)));
+        if forced_by_request {
+            ctx.forward = Some(Forward::Request);
+            return Ok(Some(ForcedFreshness::ForceExpired));
+        }
+        if !is_fresh {
+            if let Some(max_stale) = d.max_stale {
+                let staleness = seconds_between(now, meta.fresh_until());
+                if !freshness::forbids_stale(meta.headers())
+                    && max_stale.is_none_or(|m| staleness <= i64::from(m))
+                {
+                    return Ok(Some(ForcedFreshness::ForceFresh));
+                }
+            }
+            ctx.was_stale = true;
+        }
+        Ok(None)
+    }
+
+    fn cache_vary_filter(
+        &self,
+        meta: &CacheMeta,
+        ctx: &mut RequestCtx,
+        req: &RequestHeader,
+    ) -> Option<HashBinary> {
+        let variance = vary::variance(meta.headers(), req);
+        if variance.is_some() {
+            ctx.vary_seen = true;
+        }
+        variance
+    }
+
+    async fn proxy_upstream_filter(
+        &self,
+        session: &mut Session,
+        ctx: &mut RequestCtx,
+    ) -> Result<bool> {
+        if ctx.directives.only_if_cached && session.cache.enabled() {
+            // RFC 9111 5.2.1.7: nothing usable stored -> 504, never the origin.
+            let status = CacheStatus::Forward {
+                fwd: ctx.miss.unwrap_or(Forward::UriMiss),
+                status: None,
+                stored: false,
+                detail: Some("only-if-cached"),
+            };
+            let mut resp = ResponseHeader::build(StatusCode::GATEWAY_TIMEOUT, Some(3))?;
+            resp.insert_header(header::CONTENT_LENGTH, "0")?;
+            resp.insert_header("cache-status", status.render(&self.node.config.node.name))?;
+            session
+                .cache
+                .disable(NoCacheReason::Custom("only-if-cached"));
+            session.write_response_header(Box::new(resp), true).await?;
+            ctx.cache_status = Some(status);
+            return Ok(false);
+        }
+        ctx.origin_start = Some(Instant::now());
+        Ok(true)
+    }
+
+    async fn upstream_peer(
+        &self,
+        _session: &mut Session,
+        ctx: &mut RequestCtx,
+    ) -> Result<Box<HttpPeer>> {
+        let index = ctx.rule().config.origin;
+        match self.node.origins.get(index) {
+            Some(origin) => Ok(origin.peer()),
+            None => Error::e_explain(ErrorType::InternalError, "rule refers to a missing origin"),
+        }
+    }
+
+    async fn upstream_request_filter(
+        &self,
+        session: &mut Session,
+        upstream: &mut RequestHeader,
+        ctx: &mut RequestCtx,
+    ) -> Result<()> {
+        if let Some(host) = &self.node.origins[ctx.rule().config.origin].config.host {
+            upstream.insert_header(header::HOST, host.as_str())?;
+        }
+        if let Some(addr) = session.client_addr().and_then(|a| a.as_inet()) {
+            let ip = addr.ip().to_string();
+            let value = match upstream
+                .headers
+                .get("x-forwarded-for")
+                .and_then(|v| v.to_str().ok())
+            {
+                Some(prev) => format!("{prev}, {ip}"),
+                None => ip,
+            };
+            upstream.insert_header("x-forwarded-for", value)?;
+        }
+        Ok(())
+    }
+
+    async fn upstream_response_filter(
+        &self,
+        _session: &mut Session,
+        resp: &mut ResponseHeader,
+        ctx: &mut RequestCtx,
+    ) -> Result<()> {
+        let status = resp.status.as_u16();
+        ctx.upstream_status = Some(status);
+        // RFC 9110 2.5: we answer with our own HTTP version, whatever the origin spoke.
+        resp.set_version(http::Version::HTTP_11);
+        if status == 304 {
+            // Pingora merges only a few fields of a 304 into the stored header; keep them all
+            // for response_cache_filter (RFC 9111 4.3.4).
+            ctx.not_modified = Some(resp.headers.clone());
+        }
+        if let Some(start) = ctx.origin_start {
+            if let Some(m) = self.node.metrics.origins.get(ctx.rule().config.origin) {
+                m.record(status, start.elapsed().as_secs_f64());
+            }
+        }
+        Ok(())
+    }
+
+    fn response_cache_filter(
+        &self,
+        session: &Session,
+        resp: &ResponseHeader,
+        ctx: &mut RequestCtx,
+    ) -> Result<RespCacheable> {
+        let now = SystemTime::now();
+        let heuristic_max = self.node.config.cache.heuristic_max_ttl;
+        let merged = match ctx.not_modified.take() {
+            Some(fields) if resp.status != StatusCode::NOT_MODIFIED => {
+                Some(freshness::merge_not_modified(resp, &fields))
+            }
+            _ => None,
+        };
+        let resp = merged.as_ref().unwrap_or(resp);
+        match freshness::decide(
+            session.req_header(),
+            resp,
+            &ctx.rule().config,
+            heuristic_max,
+            now,
+        ) {
+            Ok(decision) => {
+                ctx.not_stored = None;
+                Ok(RespCacheable::Cacheable(freshness::build_meta(
+                    resp, &decision, now,
+                )))
+            }
+            Err(reason) => {
+                ctx.not_stored = Some(reason);
+                Ok(RespCacheable::Uncacheable(NoCacheReason::Custom(reason)))
+            }
+        }
+    }
+
+    async fn response_filter(
+        &self,
+        session: &mut Session,
+        resp: &mut ResponseHeader,
+        ctx: &mut RequestCtx,
+    ) -> Result<()> {
+        let status = self.cache_status(session, ctx);
+        resp.insert_header("cache-status", status.render(&self.node.config.node.name))?;
+        ctx.cache_status = Some(status);
+        if !is_safe(&session.req_header().method)
+            && (resp.status.is_success() || resp.status.is_redirection())
+        {
+            self.invalidate_after_unsafe(session, resp, ctx).await;
+        }
+        Ok(())
+    }
+
+    async fn fail_to_proxy(
+        &self,
+        session: &mut Session,
+        e: &Error,
+        ctx: &mut RequestCtx,
+    ) -> FailToProxy {
+        let code = match e.etype() {
+            ErrorType::HTTPStatus(code) => *code,
+            ErrorType::ConnectTimedout | ErrorType::ReadTimedout | ErrorType::WriteTimedout => 504,
+            _ => match e.esource() {
+                ErrorSource::Upstream => 502,
+                // No one left to answer.
+                ErrorSource::Downstream if client_went_away(e) => 0,
+                ErrorSource::Downstream => 400,
+                ErrorSource::Internal | ErrorSource::Unset => 500,
+            },
+        };
+        if e.esource() == &ErrorSource::Upstream {
+            if let Some(m) = self.node.metrics.origins.get(ctx.rule().config.origin) {
+                m.errors.inc();
+            }
+        }
+        let status = CacheStatus::Forward {
+            fwd: ctx
+                .forward
+                .or(ctx.was_stale.then_some(Forward::Stale))
+                .or(ctx.miss)
+                .unwrap_or(Forward::Miss),
+            status: None,
+            stored: false,
+            detail: Some(match code {
+                504 => "origin-timeout",
+                502 => "origin-unreachable",
+                _ => "error",
+            }),
+        };
+        if code > 0 {
+            let body = match code {
+                502 => "502 Bad Gateway: the origin could not be reached or failed mid-response\n",
+                504 => "504 Gateway Timeout: the origin did not answer in time\n",
+                400 => "400 Bad Request\n",
+                _ => "the request could not be completed\n",
+            };
+            let written = async {
+                let mut resp = ResponseHeader::build(code, Some(4))?;
+                resp.insert_header(header::CONTENT_TYPE, "text/plain; charset=utf-8")?;
+                resp.insert_header(header::CONTENT_LENGTH, body.len())?;
+                resp.insert_header(header::CACHE_CONTROL, "no-store")?;
+                resp.insert_header("cache-status", status.render(&self.node.config.node.name))?;
+                session
+                    .as_downstream_mut()
+                    .write_error_response(resp, Bytes::from_static(body.as_bytes()))
+                    .await
+            }
+            .await;
+            if let Err(err) = written {
+                tracing::debug!(error = %err, "could not send error response");
+            }
+        }
+        if client_went_away(e) {
+            tracing::debug!(error = %e, host = %ctx.host, "client closed the connection");
+        } else {
+            let path = session.req_header().uri.path();
+            tracing::warn!(error = %e, status = code, host = %ctx.host, path, "request failed");
+        }
+        ctx.upstream_status = None;
+        ctx.cache_status = Some(status);
+        FailToProxy {
+            error_code: code,
+            can_reuse_downstream: false,
+        }
+    }
+
+    /// Pingora pairs this with `fail_to_proxy`, which already logs every failure once (and
+    /// client disconnects only at debug level): Pingora's own line would be a duplicate.
+    fn suppress_error_log(&self, _session: &Session, _ctx: &RequestCtx, _error: &Error) -> bool {
+        true
+    }
+
+    async fn logging(&self, session: &mut Session, _e: Option<&Error>, ctx: &mut RequestCtx) {
+        let status = session.response_written().map_or(0, |r| r.status.as_u16());
+        let label = ctx
+            .cache_status
+            .as_ref()
+            .map_or("error", CacheStatus::label);
+        self.node.metrics.record_request(
+            label_index(label),
+            status,
+            ctx.start.elapsed().as_secs_f64(),
+        );
+    }
+}

@@ -1,0 +1,327 @@
+//! CLI surface and configuration validation of the real binary.
+mod common;
+
+use std::net::TcpStream;
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use common::*;
+
+/// A valid configuration; the tests below break one thing at a time.
+const BASE: &str = r#"[node]
+name = "outpost"
+threads = 1
+shutdown_grace = "1s"
+
+[listen]
+http = ["127.0.0.1:18080"]
+
+[admin]
+listen = "127.0.0.1:19091"
+token = "t"
+
+[metrics]
+listen = "127.0.0.1:19090"
+
+[cache]
+dir = "cache"
+memory_size = "64MiB"
+max_object_size = "8MiB"
+
+[[origins]]
+name = "local"
+url = "http://127.0.0.1:8000"
+connect_timeout = "2s"
+
+[[rules]]
+name = "api"
+action = "bypass"
+[rules.match]
+path_prefix = ["/api/"]
+
+[[rules]]
+name = "static"
+action = "cache"
+[rules.match]
+paths = ["/static/**"]
+[rules.ttl]
+default = "1h"
+[rules.key]
+query = "ignore"
+
+[[rules]]
+name = "default"
+action = "cache"
+[rules.ttl]
+heuristic = true
+"#;
+
+fn all_output(o: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
+fn replace_once(base: &str, from: &str, to: &str) -> String {
+    assert_eq!(
+        base.matches(from).count(),
+        1,
+        "test bug: {from:?} not unique"
+    );
+    base.replacen(from, to, 1)
+}
+
+/// `BASE` with `from` replaced by `to` must fail `outpost check`, naming every one of `needles`.
+fn assert_base_edit_fails(from: &str, to: &str, needles: &[&str]) {
+    assert_check_fails(&replace_once(BASE, from, to), needles);
+}
+
+/// `outpost check` must fail, and its output must name the file and every one of `needles`.
+fn assert_check_fails(toml: &str, needles: &[&str]) {
+    let out = run_check(toml);
+    let text = all_output(&out);
+    assert!(
+        !out.status.success(),
+        "check accepted an invalid config; output:\n{text}\nconfig:\n{toml}"
+    );
+    assert!(
+        text.contains("outpost.toml"),
+        "error does not name the file; output:\n{text}"
+    );
+    for n in needles {
+        assert!(
+            text.contains(n),
+            "error does not mention {n:?}; output:\n{text}"
+        );
+    }
+}
+
+fn outpost(args: &[&str]) -> Output {
+    Command::new(outpost_bin())
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .expect("spawn outpost")
+}
+
+#[test]
+fn help_succeeds() {
+    let o = outpost(&["--help"]);
+    assert!(o.status.success(), "outpost --help: {}", all_output(&o));
+    let t = all_output(&o);
+    assert!(t.contains("run") && t.contains("check"), "{t}");
+
+    let o = outpost(&["run", "--help"]);
+    assert!(o.status.success(), "outpost run --help: {}", all_output(&o));
+    let t = all_output(&o);
+    for flag in [
+        "--config",
+        "--origin",
+        "--listen",
+        "--admin",
+        "--metrics",
+        "--cache-dir",
+    ] {
+        assert!(t.contains(flag), "run --help lacks {flag}:\n{t}");
+    }
+
+    let o = outpost(&["check", "--help"]);
+    assert!(
+        o.status.success(),
+        "outpost check --help: {}",
+        all_output(&o)
+    );
+    assert!(all_output(&o).contains("--config"));
+}
+
+#[test]
+fn check_accepts_shipped_config() {
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/conf/outpost.toml");
+    let o = Command::new(outpost_bin())
+        .args(["check", "--config", path])
+        .env_remove("OUTPOST_ADMIN_TOKEN")
+        .stdin(Stdio::null())
+        .output()
+        .expect("spawn");
+    let t = all_output(&o);
+    assert!(o.status.success(), "check conf/outpost.toml failed:\n{t}");
+    // the effective config is printed
+    assert!(
+        t.contains("static-assets") && t.contains("uncacheable-api"),
+        "effective config not printed:\n{t}"
+    );
+}
+
+#[test]
+fn check_accepts_base_and_harness_configs() {
+    let o = run_check(BASE);
+    assert!(o.status.success(), "BASE rejected:\n{}", all_output(&o));
+    let cfg = NodeConfig::new("http://127.0.0.1:8000");
+    let o = run_check(&cfg.config_text());
+    assert!(
+        o.status.success(),
+        "harness config rejected:\n{}\n{}",
+        all_output(&o),
+        cfg.config_text()
+    );
+}
+
+#[test]
+fn check_rejects_unknown_key() {
+    assert_base_edit_fails(
+        "memory_size = \"64MiB\"",
+        "memroy_size = \"64MiB\"",
+        &["cache.memroy_size"],
+    );
+}
+
+#[test]
+fn check_rejects_bad_duration_with_rule_index() {
+    // rules[1]
+    assert_base_edit_fails(
+        "default = \"1h\"",
+        "default = \"ten\"",
+        &["rules[1].ttl.default"],
+    );
+    // rules[0]
+    assert_base_edit_fails(
+        "path_prefix = [\"/api/\"]\n",
+        "path_prefix = [\"/api/\"]\n[rules.ttl]\ndefault = \"ten\"\n",
+        &["rules[0].ttl.default"],
+    );
+}
+
+#[test]
+fn check_rejects_bad_size() {
+    assert_base_edit_fails(
+        "memory_size = \"64MiB\"",
+        "memory_size = \"64 potatoes\"",
+        &["cache.memory_size"],
+    );
+}
+
+#[test]
+fn check_rejects_bad_listen_address() {
+    assert_base_edit_fails(
+        "http = [\"127.0.0.1:18080\"]",
+        "http = [\"not an address\"]",
+        &["listen.http"],
+    );
+}
+
+#[test]
+fn check_rejects_bad_origin_url() {
+    assert_base_edit_fails(
+        "url = \"http://127.0.0.1:8000\"",
+        "url = \"not a url\"",
+        &["origins[0].url"],
+    );
+}
+
+#[test]
+fn check_rejects_rule_with_missing_origin() {
+    assert_base_edit_fails(
+        "name = \"static\"\n",
+        "name = \"static\"\norigin = \"nope\"\n",
+        &["rules[1].origin", "nope"],
+    );
+}
+
+#[test]
+fn check_rejects_query_keep_without_list() {
+    assert_base_edit_fails("query = \"ignore\"", "query = \"keep\"", &["rules[1].key"]);
+}
+
+#[test]
+fn check_rejects_invalid_glob() {
+    assert_base_edit_fails(
+        "paths = [\"/static/**\"]",
+        "paths = [\"/static/[unclosed\"]",
+        &["rules[1].match.paths"],
+    );
+}
+
+#[test]
+fn check_rejects_unknown_action() {
+    assert_base_edit_fails(
+        "action = \"bypass\"",
+        "action = \"purge\"",
+        &["rules[0].action"],
+    );
+}
+
+#[test]
+fn check_reports_toml_syntax_error_with_line() {
+    // line 3 of BASE is `threads = 1`
+    assert_eq!(BASE.lines().nth(2), Some("threads = 1"));
+    let t = replace_once(BASE, "threads = 1", "threads = = 1");
+    let out = run_check(&t);
+    let text = all_output(&out);
+    assert!(!out.status.success(), "syntax error accepted:\n{text}");
+    assert!(text.contains("outpost.toml"), "file not named:\n{text}");
+    assert!(
+        text.contains("line 3") || text.contains("outpost.toml:3"),
+        "line 3 not named:\n{text}"
+    );
+}
+
+#[test]
+fn run_with_bad_config_exits_nonzero_without_listening() {
+    let port = free_port();
+    let t = replace_once(
+        BASE,
+        "http = [\"127.0.0.1:18080\"]",
+        &format!("http = [\"127.0.0.1:{port}\"]"),
+    );
+    let t = replace_once(&t, "default = \"1h\"", "default = \"ten\"");
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("outpost.toml");
+    std::fs::write(&path, &t).unwrap();
+    let mut child = Command::new(outpost_bin())
+        .arg("run")
+        .arg("--config")
+        .arg(&path)
+        .current_dir(dir.path())
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let mut listened = false;
+    let status = loop {
+        if let Some(st) = child.try_wait().unwrap() {
+            break st;
+        }
+        if TcpStream::connect_timeout(
+            &format!("127.0.0.1:{port}").parse().unwrap(),
+            Duration::from_millis(50),
+        )
+        .is_ok()
+        {
+            listened = true;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("`outpost run` with an invalid config did not exit within 15s");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let out = child.wait_with_output().unwrap();
+    let text = all_output(&out);
+    assert!(
+        !status.success(),
+        "run exited 0 on an invalid config:\n{text}"
+    );
+    assert!(
+        !listened,
+        "run listened on its port despite the invalid config"
+    );
+    assert!(
+        text.contains("rules[1].ttl.default"),
+        "run error does not name the key:\n{text}"
+    );
+}

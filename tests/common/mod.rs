@@ -1,0 +1,200 @@
+//! Black-box test harness: a scriptable origin and the real `outpost` binary.
+#![allow(dead_code)]
+#![allow(unused_imports)]
+
+pub mod asserts;
+pub mod node;
+pub mod origin;
+
+pub use asserts::{assert_hit, assert_stored_miss};
+pub use node::{free_port, outpost_bin, run_check, Node, NodeConfig};
+pub use origin::{http_date, parse_http_date, Recorded, Reply, TestOrigin};
+
+/// The `Cache-Status` header of a response ("" if absent).
+pub fn cache_status(resp: &reqwest::blocking::Response) -> String {
+    resp.headers()
+        .get("cache-status")
+        .map(|v| v.to_str().unwrap_or("").to_string())
+        .unwrap_or_default()
+}
+
+/// A response read to the end: status, headers, body.
+pub struct Fetched {
+    pub status: u16,
+    pub headers: reqwest::header::HeaderMap,
+    pub body: Vec<u8>,
+}
+
+impl Fetched {
+    pub fn header(&self, name: &str) -> Option<String> {
+        self.headers
+            .get(name)
+            .map(|v| v.to_str().unwrap_or("").to_string())
+    }
+
+    pub fn cache_status(&self) -> String {
+        self.header("cache-status").unwrap_or_default()
+    }
+
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.body).to_string()
+    }
+}
+
+/// Reads a whole response, passing transport errors (sending or reading the body) back.
+pub fn try_fetch(resp: reqwest::Result<reqwest::blocking::Response>) -> reqwest::Result<Fetched> {
+    resp.and_then(|r| {
+        let status = r.status().as_u16();
+        let headers = r.headers().clone();
+        r.bytes().map(|b| Fetched {
+            status,
+            headers,
+            body: b.to_vec(),
+        })
+    })
+}
+
+/// Rules: bypass everything under `/api/`, cache the rest with heuristic freshness.
+pub const RULES_BYPASS_API_ELSE_HEURISTIC: &str = r#"
+[[rules]]
+name = "api"
+action = "bypass"
+[rules.match]
+path_prefix = ["/api/"]
+
+[[rules]]
+name = "default"
+action = "cache"
+[rules.ttl]
+heuristic = true
+"#;
+
+/// Reads a whole response; panics on transport errors.
+pub fn fetch(resp: reqwest::blocking::Response) -> Fetched {
+    let status = resp.status().as_u16();
+    let headers = resp.headers().clone();
+    let body = resp.bytes().expect("read body").to_vec();
+    Fetched {
+        status,
+        headers,
+        body,
+    }
+}
+
+/// GET `path` on `node` and read it to the end.
+pub fn get(node: &Node, path: &str) -> Fetched {
+    fetch(node.get(path))
+}
+
+/// GET `path` on `node` with extra request headers, read to the end.
+pub fn get_with(node: &Node, path: &str, headers: &[(&str, &str)]) -> Fetched {
+    let mut rb = node.client().get(node.url(path));
+    for (k, v) in headers {
+        rb = rb.header(*k, *v);
+    }
+    fetch(
+        rb.send()
+            .unwrap_or_else(|e| panic!("GET {path}: {e}\n--- log ---\n{}", node.log())),
+    )
+}
+
+/// Splits a Prometheus sample line into (name, labels, value).
+fn parse_sample(line: &str) -> Option<(&str, &str, f64)> {
+    let line = line.trim();
+    if line.is_empty() || line.starts_with('#') {
+        return None;
+    }
+    let (series, value) = match line.find('}') {
+        Some(i) => (&line[..=i], line[i + 1..].trim()),
+        None => line.split_once(char::is_whitespace)?,
+    };
+    let value: f64 = value.split_whitespace().next()?.parse().ok()?;
+    match series.find('{') {
+        Some(i) => Some((&series[..i], &series[i..], value)),
+        None => Some((series, "", value)),
+    }
+}
+
+/// Sum of the samples of metric `name` whose labels include every `k="v"` of `labels`.
+pub fn metric_sum(text: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
+    text.lines()
+        .filter_map(parse_sample)
+        .filter(|(n, l, _)| {
+            *n == name
+                && labels
+                    .iter()
+                    .all(|(k, v)| l.contains(&format!("{k}=\"{v}\"")))
+        })
+        .map(|(_, _, v)| v)
+        .sum()
+}
+
+/// Whether the exposition has at least one sample of metric `name`.
+pub fn metric_present(text: &str, name: &str) -> bool {
+    text.lines()
+        .filter_map(parse_sample)
+        .any(|(n, _, _)| n == name)
+}
+
+/// Encodes `body` with chunked transfer coding, `chunk` bytes per chunk, with the final chunk.
+pub fn chunked(body: &[u8], chunk: usize) -> Vec<u8> {
+    let mut out = Vec::new();
+    for c in body.chunks(chunk) {
+        out.extend_from_slice(format!("{:x}\r\n", c.len()).as_bytes());
+        out.extend_from_slice(c);
+        out.extend_from_slice(b"\r\n");
+    }
+    out.extend_from_slice(b"0\r\n\r\n");
+    out
+}
+
+/// A deterministic payload of `n` bytes (printable, position-dependent).
+pub fn payload(n: usize) -> Vec<u8> {
+    (0..n)
+        .map(|i| b'a' + ((i * 7 + i / 26) % 26) as u8)
+        .collect()
+}
+
+/// The `;`-separated parameters of a `Cache-Status` value, trimmed:
+/// `outpost; fwd=uri-miss; stored` -> `["outpost", "fwd=uri-miss", "stored"]`.
+pub fn cs_params(cs: &str) -> Vec<String> {
+    cs.split(';').map(|p| p.trim().to_string()).collect()
+}
+
+/// Whether a `Cache-Status` value has the bare parameter `token` (e.g. `hit`, `stored`).
+pub fn cs_has(cs: &str, token: &str) -> bool {
+    cs_params(cs).iter().skip(1).any(|p| p == token)
+}
+
+/// The value of parameter `key` (e.g. `fwd`, `fwd-status`, `ttl`) of a `Cache-Status` value.
+pub fn cs_get(cs: &str, key: &str) -> Option<String> {
+    cs_params(cs).iter().skip(1).find_map(|p| {
+        p.strip_prefix(&format!("{key}="))
+            .map(|v| v.trim_matches('"').to_string())
+    })
+}
+
+/// Sends `method` `path` on `node` with extra request headers and reads the response to the end.
+pub fn request_with(node: &Node, method: &str, path: &str, headers: &[(&str, &str)]) -> Fetched {
+    let m = reqwest::Method::from_bytes(method.as_bytes()).expect("valid method");
+    let mut rb = node.client().request(m, node.url(path));
+    for (k, v) in headers {
+        rb = rb.header(*k, *v);
+    }
+    fetch(
+        rb.send()
+            .unwrap_or_else(|e| panic!("{method} {path}: {e}\n--- log ---\n{}", node.log())),
+    )
+}
+
+/// The `ttl` parameter of a `Cache-Status` value as a number.
+pub fn cs_ttl(cs: &str) -> Option<i64> {
+    cs_get(cs, "ttl").and_then(|t| t.parse().ok())
+}
+
+impl Fetched {
+    /// The `Age` header as a number of seconds.
+    pub fn age(&self) -> Option<u64> {
+        self.header("age").and_then(|a| a.trim().parse().ok())
+    }
+}
