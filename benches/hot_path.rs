@@ -421,7 +421,11 @@ fn bench_memory_tier(c: &mut Criterion) {
         .enable_all()
         .build()
         .expect("runtime");
-    let tier: &'static MemoryTier = Box::leak(Box::new(MemoryTier::new(256 * 1024 * 1024, false)));
+    let tier: &'static MemoryTier = Box::leak(Box::new(MemoryTier::new(
+        256 * 1024 * 1024,
+        1024 * 1024,
+        false,
+    )));
     let span = Span::inactive();
     let span = span.handle();
     let now = SystemTime::now();
@@ -446,7 +450,6 @@ fn bench_memory_tier(c: &mut Criterion) {
             miss.finish().await.expect("finish");
         }
     });
-    tier.sync();
     assert_eq!(tier.objects(), OBJECTS as u64, "every object admitted");
 
     async fn hit(

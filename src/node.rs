@@ -47,6 +47,7 @@ impl Node {
             Metrics::new(&names, config.cache.memory_size).context("registering metrics")?;
         let memory: &'static MemoryTier = Box::leak(Box::new(MemoryTier::new(
             config.cache.memory_size,
+            config.cache.max_object_size,
             config.cache.stream_fills,
         )));
         let cache_lock: &'static CacheKeyLockImpl =
@@ -66,7 +67,6 @@ impl Node {
 
     /// Refresh scrape-time gauges and render the metrics text.
     pub fn render_metrics(&self) -> Vec<u8> {
-        self.memory.sync();
         self.metrics
             .memory_objects
             .set(self.memory.objects() as i64);

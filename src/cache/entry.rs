@@ -1,39 +1,34 @@
-//! The compact stored form of a cached object: freshness fields plus one buffer holding the
-//! encoded response header followed by the body.
+//! The compact stored form of a cached object's head: its freshness fields and response
+//! header, in one buffer; the body is stored separately so a 304 can refresh the head without
+//! touching the body.
 //!
 //! Pingora's own `CacheMeta::serialize` compresses the header with zstd and parses it back with
 //! a fresh 8 KiB header array on every hit (about 3 µs, most of a memory hit). This form decodes
 //! with no decompression and no copies: header names and values are `Bytes` slices of the
 //! stored buffer.
 //!
-//! Header encoding: `status u16 | version u8 | count u16 | (name_len u16, name, value_len u32,
-//! value)*`, little endian, names in their original case.
+//! Head encoding, little endian: `format u8 | fresh_until_ms u64 | created_ms u64 |
+//! epoch_ms u64 | stale_while_revalidate u32 | stale_if_error u32 | has_variance u8 |
+//! variance [u8; 16] if present | header`, where header is `status u16 | version u8 |
+//! count u16 | (name_len u16, name, value_len u32, value)*`, names in their original case.
+//! Times are milliseconds since the Unix epoch (HTTP caching's unit is the second).
 //!
 //! Fidelity: `CacheMeta::new` is the only public constructor, so provenance is restored as the
 //! creation time. Provenance is only ever earlier than creation after a full refetch of an
 //! expired `Vary` primary; restoring it later makes older variants count as invalid (an extra
 //! miss), never the other way round.
 
-use bytes::{BufMut, Bytes, BytesMut};
+use bytes::{BufMut, Bytes};
 use http::{HeaderValue, Version};
-use pingora_cache::key::HashBinary;
 use pingora_cache::CacheMeta;
 use pingora_error::{Error, ErrorType, Result};
 use pingora_http::ResponseHeader;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-/// The freshness fields of a `CacheMeta`, 40 bytes: times are milliseconds since the Unix
-/// epoch (sub-millisecond precision is irrelevant to HTTP caching, whose unit is the second).
-#[derive(Debug, Clone)]
-pub struct StoredMeta {
-    fresh_until_ms: u64,
-    created_ms: u64,
-    /// The age reference point; equal to `created_ms` unless revalidated or aged upstream.
-    epoch_ms: u64,
-    stale_while_revalidate: u32,
-    stale_if_error: u32,
-    variance: Option<Box<HashBinary>>,
-}
+/// The head format this build writes and reads.
+const FORMAT: u8 = 1;
+/// Bytes of the fixed freshness record before the optional variance.
+const FIXED: usize = 1 + 8 * 3 + 4 * 2 + 1;
 
 fn to_ms(t: SystemTime) -> u64 {
     t.duration_since(UNIX_EPOCH)
@@ -44,36 +39,77 @@ fn from_ms(ms: u64) -> SystemTime {
     UNIX_EPOCH + Duration::from_millis(ms)
 }
 
-impl StoredMeta {
-    /// Capture the fields of `meta`.
-    pub fn from_meta(meta: &CacheMeta) -> Self {
-        StoredMeta {
-            fresh_until_ms: to_ms(meta.fresh_until()),
-            created_ms: to_ms(meta.created()),
-            epoch_ms: to_ms(meta.epoch()),
-            stale_while_revalidate: meta.stale_while_revalidate_sec(),
-            stale_if_error: meta.stale_if_error_sec(),
-            variance: meta.variance().map(Box::new),
-        }
-    }
+/// The exact encoded size of `meta`'s head.
+fn head_len(meta: &CacheMeta) -> usize {
+    let header = meta.response_header();
+    let fields: usize = if header.has_case() {
+        header
+            .case_header_iter()
+            .map(|(n, v)| 6 + n.as_slice().len() + v.len())
+            .sum()
+    } else {
+        header
+            .headers
+            .iter()
+            .map(|(n, v)| 6 + n.as_str().len() + v.len())
+            .sum()
+    };
+    FIXED + meta.variance().map_or(0, |_| 16) + 5 + fields
+}
 
-    /// Rebuild a `CacheMeta` around an already decoded header.
-    pub fn to_meta(&self, header: ResponseHeader) -> CacheMeta {
-        let mut meta = CacheMeta::new(
-            from_ms(self.fresh_until_ms),
-            from_ms(self.created_ms),
-            self.stale_while_revalidate,
-            self.stale_if_error,
-            header,
-        );
-        if self.epoch_ms != self.created_ms {
-            meta.set_epoch_override(from_ms(self.epoch_ms));
+/// Encode `meta` (freshness fields and response header) into an exact-size buffer.
+pub fn encode_head(meta: &CacheMeta) -> Result<Vec<u8>> {
+    let mut out = Vec::with_capacity(head_len(meta));
+    out.put_u8(FORMAT);
+    out.put_u64_le(to_ms(meta.fresh_until()));
+    out.put_u64_le(to_ms(meta.created()));
+    out.put_u64_le(to_ms(meta.epoch()));
+    out.put_u32_le(meta.stale_while_revalidate_sec());
+    out.put_u32_le(meta.stale_if_error_sec());
+    match meta.variance() {
+        Some(v) => {
+            out.put_u8(1);
+            out.put_slice(&v);
         }
-        if let Some(v) = &self.variance {
-            meta.set_variance(**v);
-        }
-        meta
+        None => out.put_u8(0),
     }
+    encode_header(meta.response_header(), &mut out)?;
+    Ok(out)
+}
+
+/// Decode a head written by [`encode_head`]; header values share `head`'s memory.
+pub fn decode_head(head: &Bytes) -> Result<CacheMeta> {
+    let mut r = Reader { buf: head, pos: 0 };
+    if r.take(1)?[0] != FORMAT {
+        return Err(corrupt("stored head has an unknown format"));
+    }
+    let fresh_until = from_ms(r.u64()?);
+    let created = from_ms(r.u64()?);
+    let epoch_ms = r.u64()?;
+    let swr = r.u32()?;
+    let sie = r.u32()?;
+    let variance = match r.take(1)?[0] {
+        0 => None,
+        1 => {
+            let v = r.take(16)?;
+            let mut out = [0u8; 16];
+            out.copy_from_slice(&v);
+            Some(out)
+        }
+        _ => return Err(corrupt("stored head has an invalid variance flag")),
+    };
+    let header = decode_header(&mut r)?;
+    if r.pos != head.len() {
+        return Err(corrupt("stored head has trailing bytes"));
+    }
+    let mut meta = CacheMeta::new(fresh_until, created, swr, sie, header);
+    if epoch_ms != to_ms(created) {
+        meta.set_epoch_override(from_ms(epoch_ms));
+    }
+    if let Some(v) = variance {
+        meta.set_variance(v);
+    }
+    Ok(meta)
 }
 
 fn too_long() -> Box<Error> {
@@ -81,7 +117,7 @@ fn too_long() -> Box<Error> {
 }
 
 /// Append the encoding of `header` to `out`.
-pub fn encode_header(header: &ResponseHeader, out: &mut BytesMut) -> Result<()> {
+fn encode_header(header: &ResponseHeader, out: &mut Vec<u8>) -> Result<()> {
     out.put_u16_le(header.status.as_u16());
     out.put_u8(if header.version == Version::HTTP_10 {
         10
@@ -141,12 +177,17 @@ impl Reader<'_> {
         let b = self.take(4)?;
         Ok(u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
     }
+
+    fn u64(&mut self) -> Result<u64> {
+        let b = self.take(8)?;
+        let mut a = [0u8; 8];
+        a.copy_from_slice(&b);
+        Ok(u64::from_le_bytes(a))
+    }
 }
 
-/// Decode a header encoded by [`encode_header`] at the start of `buf`; returns it and the
-/// encoded length (where the body starts).
-pub fn decode_header(buf: &Bytes) -> Result<(ResponseHeader, usize)> {
-    let mut r = Reader { buf, pos: 0 };
+/// Decode a header encoded by [`encode_header`] at the reader's position.
+fn decode_header(r: &mut Reader<'_>) -> Result<ResponseHeader> {
     let status = r.u16()?;
     let version = r.take(1)?[0];
     let count = r.u16()?;
@@ -164,29 +205,32 @@ pub fn decode_header(buf: &Bytes) -> Result<(ResponseHeader, usize)> {
             .map_err(|_| corrupt("stored header value invalid"))?;
         header.append_header(name, value)?;
     }
-    Ok((header, r.pos))
+    Ok(header)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    fn meta_with(header: ResponseHeader) -> CacheMeta {
+        let now = SystemTime::now();
+        CacheMeta::new(now + Duration::from_secs(60), now, 0, 0, header)
+    }
+
     #[test]
-    fn header_round_trips_with_case_duplicates_and_body_offset() {
+    fn header_round_trips_with_case_and_duplicates() {
         let mut h = ResponseHeader::build(404, None).unwrap();
         h.append_header("Content-Type", "text/plain").unwrap();
         h.append_header("X-Custom-Thing", "a").unwrap();
         h.append_header("set-cookie", "a=1").unwrap();
         h.append_header("set-cookie", "b=2").unwrap();
-        let mut buf = BytesMut::new();
-        encode_header(&h, &mut buf).unwrap();
-        buf.put_slice(b"BODY");
-        let buf = buf.freeze();
-        let (d, at) = decode_header(&buf).unwrap();
-        assert_eq!(&buf[at..], b"BODY");
-        assert_eq!(d.status.as_u16(), 404);
+        let meta = meta_with(h.clone());
+        let head = encode_head(&meta).unwrap();
+        assert_eq!(head.len(), head.capacity(), "exact-size buffer");
+        let d = decode_head(&Bytes::from(head)).unwrap();
+        assert_eq!(d.response_header().status.as_u16(), 404);
         let mut wire = Vec::new();
-        d.header_to_h1_wire(&mut wire);
+        d.response_header().header_to_h1_wire(&mut wire);
         let mut orig = Vec::new();
         h.header_to_h1_wire(&mut orig);
         assert_eq!(
@@ -196,15 +240,21 @@ mod tests {
     }
 
     #[test]
-    fn truncated_header_is_an_error_not_a_panic() {
+    fn truncated_or_extended_head_is_an_error_not_a_panic() {
         let mut h = ResponseHeader::build(200, None).unwrap();
         h.append_header("ETag", "\"x\"").unwrap();
-        let mut buf = BytesMut::new();
-        encode_header(&h, &mut buf).unwrap();
-        let full = buf.freeze();
+        let mut meta = meta_with(h);
+        meta.set_variance([9; 16]);
+        let full = Bytes::from(encode_head(&meta).unwrap());
         for cut in 0..full.len() {
-            assert!(decode_header(&full.slice(..cut)).is_err(), "cut at {cut}");
+            assert!(decode_head(&full.slice(..cut)).is_err(), "cut at {cut}");
         }
+        let mut longer = full.to_vec();
+        longer.push(0);
+        assert!(decode_head(&Bytes::from(longer)).is_err());
+        let mut other_format = full.to_vec();
+        other_format[0] = 0xff;
+        assert!(decode_head(&Bytes::from(other_format)).is_err());
     }
 
     #[test]
@@ -219,8 +269,7 @@ mod tests {
         );
         meta.set_epoch_override(now - Duration::from_secs(30));
         meta.set_variance([3; 16]);
-        let stored = StoredMeta::from_meta(&meta);
-        let back = stored.to_meta(ResponseHeader::build(200, None).unwrap());
+        let back = decode_head(&Bytes::from(encode_head(&meta).unwrap())).unwrap();
         assert_eq!(to_ms(back.fresh_until()), to_ms(meta.fresh_until()));
         assert_eq!(to_ms(back.created()), to_ms(meta.created()));
         assert_eq!(to_ms(back.epoch()), to_ms(meta.epoch()));

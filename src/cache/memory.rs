@@ -1,17 +1,22 @@
-//! The memory (hot) tier: a byte-bounded moka cache behind pingora-cache's [`Storage`].
+//! The memory (hot) tier: a byte-bounded `quick_cache` behind pingora-cache's [`Storage`].
 //!
 //! Contracts:
-//! - Bounded by total weight (body + encoded header + [`ENTRY_OVERHEAD`]); moka's TinyLFU
-//!   admission keeps one-hit wonders from flushing the hot set.
+//! - Bounded by total weight (head + body + [`ENTRY_OVERHEAD`]). The eviction policy is
+//!   Clock-PRO (scan resistant, like S3-FIFO): new objects enter a small cold segment once the
+//!   tier is full and must be hit again to join the hot set, so one-hit wonders cannot flush it.
 //! - Streaming writes (when enabled): a fill is readable while it is written; readers of a fill
 //!   whose writer is dropped without `finish` get an error, never a clean (truncated) end.
 //! - A purge also cancels in-flight fills of the key, so a purge racing a fill cannot be undone
 //!   when the fill finishes.
-//! - The hit path copies no body bytes: bodies are `Bytes` shared with every reader.
+//! - The hit path copies no body bytes: bodies are `Bytes` shared with every reader, and a 304
+//!   replaces only the head.
+//!
+//! Why not moka (the stack's first choice): its bookkeeping alone measured ~285 bytes per
+//! entry, the whole per-object budget; quick_cache's is ~120 (see `examples/memory_per_object.rs` and issue 2).
 
-use super::entry::{decode_header, encode_header, StoredMeta};
+use super::entry::{decode_head, encode_head};
 use async_trait::async_trait;
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use parking_lot::{Mutex, RwLock};
 use pingora_cache::eviction::CacheEntryKey;
 use pingora_cache::key::{CacheHashKey, CacheKey};
@@ -29,48 +34,55 @@ use std::sync::Arc;
 use std::time::SystemTime;
 use tokio::sync::watch;
 
-/// Bytes charged per entry on top of body and meta: moka's node, our `Entry` and the key.
-pub const ENTRY_OVERHEAD: u32 = 160;
+/// Bytes charged per entry on top of head and body: the cache slot, our `Entry` and its `Arc`,
+/// and the body's shared-buffer record (measured with `examples/memory_per_object.rs`).
+pub const ENTRY_OVERHEAD: u64 = 224;
 
-/// A stored object: freshness fields and one exact-size buffer holding the encoded header
-/// followed by the whole body (one allocation per object).
+/// Average object size assumed when sizing the tier's bookkeeping for a byte capacity.
+const ESTIMATED_OBJECT_SIZE: u64 = 8 * 1024;
+
+/// A stored object: its head (freshness fields + encoded header, exact size) and its body
+/// (exact size, shared with readers).
 struct Entry {
-    meta: StoredMeta,
-    data: Bytes,
-    body_start: u32,
+    head: Box<[u8]>,
+    body: Bytes,
+}
+
+/// Lends an entry's head to `Bytes` without copying it.
+struct HeadOf(Arc<Entry>);
+
+impl AsRef<[u8]> for HeadOf {
+    fn as_ref(&self) -> &[u8] {
+        &self.0.head
+    }
 }
 
 impl Entry {
-    /// Copy `header` and the body `chunks` into one buffer.
-    fn new(meta: StoredMeta, header: &[u8], chunks: &[Bytes]) -> Result<Entry> {
+    /// Copy the body `chunks` into one exact-size buffer: a chunk may be a slice of a larger
+    /// read buffer that would otherwise stay allocated as long as the object is cached.
+    fn new(head: Box<[u8]>, chunks: &[Bytes]) -> Entry {
         let body_len: usize = chunks.iter().map(Bytes::len).sum();
-        let body_start = u32::try_from(header.len())
-            .map_err(|_| Error::explain(ErrorType::InternalError, "header too large to store"))?;
-        let mut data = BytesMut::with_capacity(header.len() + body_len);
-        data.extend_from_slice(header);
+        let mut body = Vec::with_capacity(body_len);
         for c in chunks {
-            data.extend_from_slice(c);
+            body.extend_from_slice(c);
         }
-        Ok(Entry {
-            meta,
-            data: data.freeze(),
-            body_start,
-        })
+        Entry {
+            head,
+            body: Bytes::from(body),
+        }
     }
 
-    fn body(&self) -> Bytes {
-        self.data.slice(self.body_start as usize..)
+    fn meta(self: &Arc<Self>) -> Result<CacheMeta> {
+        decode_head(&Bytes::from_owner(HeadOf(self.clone())))
     }
+}
 
-    fn weight(&self) -> u32 {
-        u32::try_from(self.data.len())
-            .unwrap_or(u32::MAX)
-            .saturating_add(ENTRY_OVERHEAD)
-    }
+#[derive(Clone)]
+struct Weigher;
 
-    fn meta(&self) -> Result<CacheMeta> {
-        let (header, _) = decode_header(&self.data)?;
-        Ok(self.meta.to_meta(header))
+impl quick_cache::Weighter<u128, Arc<Entry>> for Weigher {
+    fn weight(&self, _key: &u128, e: &Arc<Entry>) -> u64 {
+        (e.head.len() + e.body.len()) as u64 + ENTRY_OVERHEAD
     }
 }
 
@@ -91,40 +103,59 @@ struct FillState {
 /// A body being written; readers follow it chunk by chunk.
 struct Fill {
     id: u64,
-    meta: StoredMeta,
-    header: Bytes,
+    head: Bytes,
     state: RwLock<FillState>,
     progress: watch::Sender<usize>,
 }
 
 /// The memory tier storage. Create one with [`MemoryTier::new`] and leak it once at start-up.
 pub struct MemoryTier {
-    entries: moka::sync::Cache<u128, Arc<Entry>>,
+    entries: quick_cache::sync::Cache<u128, Arc<Entry>, Weigher>,
     fills: Mutex<HashMap<u128, Vec<Arc<Fill>>>>,
     fill_count: AtomicUsize,
     next_fill_id: AtomicU64,
     stream_fills: bool,
 }
 
-fn encode(meta: &CacheMeta) -> Result<Bytes> {
-    let mut buf = BytesMut::with_capacity(256);
-    encode_header(meta.response_header(), &mut buf)?;
-    Ok(buf.freeze())
-}
-
 fn hash(key: &impl CacheHashKey) -> u128 {
     u128::from_le_bytes(key.combined_bin())
 }
 
+/// Shard count: as many as useful for concurrency, but few enough that one shard's hot
+/// segment (97% of its share of the capacity) holds an object of `max_object` bytes.
+fn shards_for(capacity: u64, max_object: u64) -> usize {
+    let parallel = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let mut shards = (parallel * 4).next_power_of_two();
+    let largest = max_object
+        .saturating_add(64 * 1024)
+        .saturating_add(ENTRY_OVERHEAD);
+    while shards > 1 && (capacity / shards as u64) * 97 / 100 < largest {
+        shards /= 2;
+    }
+    shards
+}
+
 impl MemoryTier {
-    /// A tier holding at most `capacity` bytes. With `stream_fills`, requests coalesced behind a
-    /// fill read it while it is written; without, they wait until it is complete (and refetch
-    /// if it fails), and the first client is served straight from the origin.
-    pub fn new(capacity: u64, stream_fills: bool) -> Self {
-        let entries = moka::sync::Cache::builder()
-            .max_capacity(capacity)
-            .weigher(|_k: &u128, e: &Arc<Entry>| e.weight())
-            .build();
+    /// A tier holding at most `capacity` bytes, storing objects of up to `max_object` bytes.
+    /// With `stream_fills`, requests coalesced behind a fill read it while it is written;
+    /// without, they wait until it is complete (and refetch if it fails), and the first client
+    /// is served straight from the origin.
+    pub fn new(capacity: u64, max_object: u64, stream_fills: bool) -> Self {
+        let estimated = usize::try_from(capacity / ESTIMATED_OBJECT_SIZE)
+            .unwrap_or(usize::MAX)
+            .max(64);
+        let options = quick_cache::OptionsBuilder::new()
+            .estimated_items_capacity(estimated)
+            .weight_capacity(capacity)
+            .shards(shards_for(capacity, max_object))
+            .build()
+            .unwrap_or_else(|e| unreachable!("both capacities are set: {e:?}"));
+        let entries = quick_cache::sync::Cache::with_options(
+            options,
+            Weigher,
+            Default::default(),
+            Default::default(),
+        );
         MemoryTier {
             entries,
             fills: Mutex::new(HashMap::new()),
@@ -134,19 +165,14 @@ impl MemoryTier {
         }
     }
 
-    /// Number of stored objects (approximate until moka's pending work runs).
+    /// Number of stored objects.
     pub fn objects(&self) -> u64 {
-        self.entries.entry_count()
+        self.entries.len() as u64
     }
 
-    /// Weighted bytes stored (approximate until moka's pending work runs).
+    /// Weighted bytes stored (heads, bodies and [`ENTRY_OVERHEAD`] per object).
     pub fn bytes(&self) -> u64 {
-        self.entries.weighted_size()
-    }
-
-    /// Apply moka's pending inserts/evictions so counts are exact (for metrics scrapes and tests).
-    pub fn sync(&self) {
-        self.entries.run_pending_tasks();
+        self.entries.weight()
     }
 
     fn fill_for(&self, key: u128, id: Option<u64>) -> Option<Arc<Fill>> {
@@ -174,18 +200,18 @@ impl MemoryTier {
         }
     }
 
-    /// Store `meta` for an existing object. The header may change size, so the object is
-    /// copied into a new buffer (a memory copy, rare next to hits; the disk tier won't do this).
+    /// Store `meta` for an existing object: a new head, the same (shared) body.
     fn replace_meta(&self, key: u128, entry: &Entry, meta: &CacheMeta) -> Result<()> {
-        let header = encode(meta)?;
-        let updated = Entry::new(StoredMeta::from_meta(meta), &header, &[entry.body()])?;
+        let updated = Entry {
+            head: encode_head(meta)?.into_boxed_slice(),
+            body: entry.body.clone(),
+        };
         self.entries.insert(key, Arc::new(updated));
         Ok(())
     }
 
     fn partial_hit(fill: Arc<Fill>) -> Result<Option<(CacheMeta, HitHandler)>> {
-        let (header, _) = decode_header(&fill.header)?;
-        let meta = fill.meta.to_meta(header);
+        let meta = decode_head(&fill.head)?;
         let progress = fill.progress.subscribe();
         Ok(Some((
             meta,
@@ -217,7 +243,7 @@ impl Storage for MemoryTier {
             return Ok(None);
         };
         let meta = entry.meta()?;
-        let body = entry.body();
+        let body = entry.body.clone();
         let end = body.len();
         Ok(Some((
             meta,
@@ -254,13 +280,12 @@ impl Storage for MemoryTier {
         meta: &CacheMeta,
         _trace: &SpanHandle,
     ) -> Result<MissHandler> {
-        let header = encode(meta)?;
+        let head = Bytes::from(encode_head(meta)?);
         let id = self.next_fill_id.fetch_add(1, Ordering::Relaxed);
         let (progress, _) = watch::channel(0);
         let fill = Arc::new(Fill {
             id,
-            meta: StoredMeta::from_meta(meta),
-            header,
+            head,
             state: RwLock::new(FillState {
                 chunks: Vec::new(),
                 status: FillStatus::Writing,
@@ -497,12 +522,10 @@ impl HandleMiss for MemoryMiss {
     async fn finish(mut self: Box<Self>) -> Result<MissFinishType> {
         let (entry, cancelled) = {
             let state = self.fill.state.read();
-            // Copy even a single chunk: it may be a slice of a larger read buffer that would
-            // otherwise stay allocated as long as the object is cached.
-            let entry = Entry::new(self.fill.meta.clone(), &self.fill.header, &state.chunks)?;
+            let entry = Entry::new(Box::from(&self.fill.head[..]), &state.chunks);
             (entry, state.cancelled)
         };
-        let weight = entry.weight() as usize;
+        let weight = entry.head.len() + entry.body.len();
         if !cancelled {
             self.tier.entries.insert(self.key, Arc::new(entry));
         }
