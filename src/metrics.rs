@@ -39,6 +39,36 @@ impl OriginMetrics {
     }
 }
 
+/// Per-tier counters, one per tier.
+#[derive(Clone)]
+pub struct TierMetrics {
+    /// Lookups this tier answered.
+    pub hits: IntCounter,
+    /// Lookups this tier could not answer.
+    pub misses: IntCounter,
+    /// Objects this tier dropped to stay within its capacity.
+    pub evictions: IntCounter,
+}
+
+/// Counters the storage tiers record into (clones of registered metrics).
+#[derive(Clone)]
+pub struct StorageMetrics {
+    /// The memory tier's counters.
+    pub memory: TierMetrics,
+    /// The disk tier's counters.
+    pub disk: TierMetrics,
+    /// Disk hits copied into the memory tier.
+    pub promotions: IntCounter,
+    /// Failed disk writes (disk full, permissions, directory gone).
+    pub disk_write_errors: IntCounter,
+    /// Failed disk reads other than "not there".
+    pub disk_read_errors: IntCounter,
+    /// Disk entries found corrupt or truncated on read, dropped and refetched.
+    pub disk_corrupt: IntCounter,
+    /// Disk writes skipped because the write-behind queue was full.
+    pub disk_writes_dropped: IntCounter,
+}
+
 /// The node's metrics.
 pub struct Metrics {
     registry: Registry,
@@ -54,11 +84,23 @@ pub struct Metrics {
     pub memory_capacity: IntGauge,
     /// Unsafe-method invalidations performed.
     pub invalidations: IntCounter,
+    /// Disk tier objects (set at scrape).
+    pub disk_objects: IntGauge,
+    /// Disk tier bytes: the sizes of its files (set at scrape).
+    pub disk_bytes: IntGauge,
+    /// Disk tier capacity.
+    pub disk_capacity: IntGauge,
+    /// Counters the storage tiers record into.
+    pub storage: StorageMetrics,
 }
 
 impl Metrics {
-    /// Register every metric for a node with these origin names and memory capacity.
-    pub fn new(origin_names: &[String], memory_capacity_bytes: u64) -> prometheus::Result<Metrics> {
+    /// Register every metric for a node with these origin names and tier capacities.
+    pub fn new(
+        origin_names: &[String],
+        memory_capacity_bytes: u64,
+        disk_capacity_bytes: u64,
+    ) -> prometheus::Result<Metrics> {
         let registry = Registry::new();
         let requests_vec = IntCounterVec::new(
             Opts::new(
@@ -111,6 +153,83 @@ impl Metrics {
             "outpost_cache_invalidations_total",
             "Stored responses invalidated by unsafe requests (RFC 9111 4.4)",
         )?;
+        let tier_hits = IntCounterVec::new(
+            Opts::new("outpost_cache_tier_hits_total", "Lookups answered, by tier"),
+            &["tier"],
+        )?;
+        let tier_misses = IntCounterVec::new(
+            Opts::new(
+                "outpost_cache_tier_misses_total",
+                "Lookups a tier could not answer, by tier",
+            ),
+            &["tier"],
+        )?;
+        let evictions = IntCounterVec::new(
+            Opts::new(
+                "outpost_cache_evictions_total",
+                "Objects dropped to stay within capacity, by tier",
+            ),
+            &["tier"],
+        )?;
+        let promotions = IntCounter::new(
+            "outpost_cache_promotions_total",
+            "Disk hits copied into the memory tier",
+        )?;
+        let disk_write_errors = IntCounter::new(
+            "outpost_cache_disk_write_errors_total",
+            "Disk tier writes that failed (disk full, permissions, directory gone)",
+        )?;
+        let disk_read_errors = IntCounter::new(
+            "outpost_cache_disk_read_errors_total",
+            "Disk tier reads that failed for a reason other than a missing entry",
+        )?;
+        let disk_corrupt = IntCounter::new(
+            "outpost_cache_disk_corrupt_total",
+            "Disk entries found corrupt or truncated on read: dropped and refetched",
+        )?;
+        let disk_writes_dropped = IntCounter::new(
+            "outpost_cache_disk_writes_dropped_total",
+            "Disk writes skipped because the write-behind queue was full",
+        )?;
+        let disk_objects = IntGauge::new("outpost_cache_disk_objects", "Objects in the disk tier")?;
+        let disk_bytes = IntGauge::new(
+            "outpost_cache_disk_bytes",
+            "Bytes of the disk tier's files (heads and bodies)",
+        )?;
+        let disk_capacity = IntGauge::new(
+            "outpost_cache_disk_capacity_bytes",
+            "Configured disk tier capacity",
+        )?;
+        for c in [
+            Box::new(tier_hits.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(tier_misses.clone()),
+            Box::new(evictions.clone()),
+            Box::new(promotions.clone()),
+            Box::new(disk_write_errors.clone()),
+            Box::new(disk_read_errors.clone()),
+            Box::new(disk_corrupt.clone()),
+            Box::new(disk_writes_dropped.clone()),
+            Box::new(disk_objects.clone()),
+            Box::new(disk_bytes.clone()),
+            Box::new(disk_capacity.clone()),
+        ] {
+            registry.register(c)?;
+        }
+        disk_capacity.set(i64::try_from(disk_capacity_bytes).unwrap_or(i64::MAX));
+        let tier = |name: &str| TierMetrics {
+            hits: tier_hits.with_label_values(&[name]),
+            misses: tier_misses.with_label_values(&[name]),
+            evictions: evictions.with_label_values(&[name]),
+        };
+        let storage = StorageMetrics {
+            memory: tier("memory"),
+            disk: tier("disk"),
+            promotions,
+            disk_write_errors,
+            disk_read_errors,
+            disk_corrupt,
+            disk_writes_dropped,
+        };
         registry.register(Box::new(requests_vec.clone()))?;
         registry.register(Box::new(latency_vec.clone()))?;
         registry.register(Box::new(origin_requests.clone()))?;
@@ -149,6 +268,10 @@ impl Metrics {
             memory_bytes,
             memory_capacity,
             invalidations,
+            disk_objects,
+            disk_bytes,
+            disk_capacity,
+            storage,
         })
     }
 

@@ -2,7 +2,7 @@
 //!
 //! Pingora wants `&'static` storage, lock and predictor: they are leaked here, exactly once.
 
-use crate::cache::MemoryTier;
+use crate::cache::{DiskTier, MemoryTier, TieredStorage};
 use crate::config::Config;
 use crate::metrics::Metrics;
 use crate::rules::RuleSet;
@@ -21,8 +21,8 @@ pub struct Node {
     pub rules: ArcSwap<RuleSet>,
     /// Origins, in config order (rules refer to them by index).
     pub origins: Vec<Origin>,
-    /// The memory tier.
-    pub memory: &'static MemoryTier,
+    /// The storage tiers (memory over disk).
+    pub storage: &'static TieredStorage,
     /// Request coalescing lock.
     pub cache_lock: &'static CacheKeyLockImpl,
     /// Remembers keys whose responses were uncacheable, so they skip lookup and lock.
@@ -43,12 +43,29 @@ impl Node {
         let rules = RuleSet::new(&config).context("compiling cache rules")?;
         let origins: Vec<Origin> = config.origins.iter().cloned().map(Origin::new).collect();
         let names: Vec<String> = config.origins.iter().map(|o| o.name.clone()).collect();
-        let metrics =
-            Metrics::new(&names, config.cache.memory_size).context("registering metrics")?;
-        let memory: &'static MemoryTier = Box::leak(Box::new(MemoryTier::new(
-            config.cache.memory_size,
-            config.cache.max_object_size,
-            config.cache.stream_fills,
+        let cache = &config.cache;
+        let metrics = Metrics::new(&names, cache.memory_size, cache.disk_size)
+            .context("registering metrics")?;
+        let memory: Option<&'static MemoryTier> = cache.tiers.memory().then(|| {
+            &*Box::leak(Box::new(MemoryTier::with_eviction_counter(
+                cache.memory_size,
+                cache.max_object_size,
+                cache.stream_fills,
+                Some(metrics.storage.memory.evictions.clone()),
+            )))
+        });
+        let disk = cache.tiers.disk().then(|| {
+            DiskTier::open(
+                &cache.dir,
+                cache.disk_size,
+                cache.disk_max_object_size,
+                metrics.storage.clone(),
+            )
+        });
+        let storage: &'static TieredStorage = Box::leak(Box::new(TieredStorage::new(
+            memory,
+            disk,
+            metrics.storage.clone(),
         )));
         let cache_lock: &'static CacheKeyLockImpl =
             Box::leak(CacheLock::new_boxed(config.cache.lock_age_timeout));
@@ -58,7 +75,7 @@ impl Node {
             config: Arc::new(config),
             rules: ArcSwap::from_pointee(rules),
             origins,
-            memory,
+            storage,
             cache_lock,
             predictor,
             metrics,
@@ -67,10 +84,14 @@ impl Node {
 
     /// Refresh scrape-time gauges and render the metrics text.
     pub fn render_metrics(&self) -> Vec<u8> {
-        self.metrics
-            .memory_objects
-            .set(self.memory.objects() as i64);
-        self.metrics.memory_bytes.set(self.memory.bytes() as i64);
+        if let Some(memory) = self.storage.memory() {
+            self.metrics.memory_objects.set(memory.objects() as i64);
+            self.metrics.memory_bytes.set(memory.bytes() as i64);
+        }
+        if let Some(disk) = self.storage.disk() {
+            self.metrics.disk_objects.set(disk.objects() as i64);
+            self.metrics.disk_bytes.set(disk.bytes() as i64);
+        }
         self.metrics.render()
     }
 }

@@ -224,7 +224,7 @@ impl OutpostProxy {
             let key = cache_key_for(rule, &ctx.host, req, &path, query.as_deref());
             let compact = key.to_compact();
             match pingora_cache::storage::Storage::purge(
-                self.node.memory,
+                self.node.storage,
                 PurgeTarget::Active(&compact),
                 PurgeType::Invalidation,
                 &span,
@@ -298,7 +298,7 @@ impl ProxyHttp for OutpostProxy {
         let mut overrides = CacheOptionOverrides::default();
         overrides.wait_timeout = Some(cache.lock_wait_timeout);
         session.cache.enable(
-            self.node.memory,
+            self.node.storage,
             None,
             Some(self.node.predictor),
             Some(self.node.cache_lock),
@@ -306,7 +306,7 @@ impl ProxyHttp for OutpostProxy {
         );
         session
             .cache
-            .set_max_file_size_bytes(cache.max_object_size as usize);
+            .set_max_file_size_bytes(cache.largest_object() as usize);
         Ok(())
     }
 

@@ -1,20 +1,47 @@
 //! Start-up: check the environment, build the node, wire Pingora services, run.
 
 use crate::admin::{AdminApp, MetricsApp};
+use crate::cache::DiskTier;
 use crate::config::Config;
 use crate::node::Node;
 use crate::proxy::OutpostProxy;
 use anyhow::{bail, Context};
+use async_trait::async_trait;
 use pingora_core::server::configuration::{Opt, ServerConf};
 use pingora_core::server::Server;
+use pingora_core::server::ShutdownWatch;
+use pingora_core::services::background::{background_service, BackgroundService};
 use pingora_core::services::listening::Service;
 use std::net::{SocketAddr, TcpListener};
+use std::sync::Arc;
+use std::time::Duration;
 
 /// Fail early with a clear message when an address cannot be bound (Pingora would panic).
 fn check_bindable(what: &str, addr: SocketAddr) -> anyhow::Result<()> {
     TcpListener::bind(addr)
         .map(drop)
         .with_context(|| format!("cannot listen on {addr} ({what})"))
+}
+
+/// Lets queued disk writes land before a graceful exit (SIGTERM), within the shutdown grace.
+struct FlushOnShutdown {
+    disk: Arc<DiskTier>,
+    within: Duration,
+}
+
+#[async_trait]
+impl BackgroundService for FlushOnShutdown {
+    async fn start(&self, mut shutdown: ShutdownWatch) {
+        let _ = shutdown.changed().await;
+        let disk = self.disk.clone();
+        let within = self.within;
+        let flushed = tokio::task::spawn_blocking(move || disk.flush(within))
+            .await
+            .unwrap_or(false);
+        if !flushed {
+            tracing::warn!("shutdown: some queued disk cache writes did not land in time");
+        }
+    }
 }
 
 /// Run a node with `config` until it is told to stop (SIGTERM: graceful, SIGINT: fast).
@@ -39,13 +66,6 @@ pub fn run(config: Config) -> anyhow::Result<()> {
         seen.push(addr);
         check_bindable(what, addr)?;
     }
-    std::fs::create_dir_all(&config.cache.dir).with_context(|| {
-        format!(
-            "cannot create cache directory {}",
-            config.cache.dir.display()
-        )
-    })?;
-
     let grace = config.node.shutdown_grace.as_secs().max(1);
     let conf = ServerConf {
         threads: config.node.threads,
@@ -77,6 +97,15 @@ pub fn run(config: Config) -> anyhow::Result<()> {
     admin.add_tcp(&cfg.admin.listen.to_string());
     admin.threads = Some(1);
 
+    if let Some(disk) = node.storage.disk() {
+        server.add_service(background_service(
+            "disk flush",
+            FlushOnShutdown {
+                disk: disk.clone(),
+                within: cfg.node.shutdown_grace,
+            },
+        ));
+    }
     server.add_service(proxy);
     server.add_service(metrics);
     server.add_service(admin);
@@ -87,7 +116,9 @@ pub fn run(config: Config) -> anyhow::Result<()> {
         metrics = %cfg.metrics.listen,
         origins = cfg.origins.len(),
         rules = cfg.rules.len(),
+        tiers = cfg.cache.tiers.as_str(),
         memory_bytes = cfg.cache.memory_size,
+        disk_bytes = cfg.cache.disk_size,
         threads = cfg.node.threads,
         "outpost starting"
     );

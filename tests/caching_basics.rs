@@ -647,8 +647,9 @@ fn max_object_size_served_in_full_but_not_cached() {
         "/small",
         Reply::ok(payload(100)).header("Cache-Control", "max-age=60"),
     );
+    // both tiers' limits: the memory tier's and the disk tier's
     let node = NodeConfig::new(&origin.url())
-        .cache("max_object_size = \"1KiB\"")
+        .cache("max_object_size = \"1KiB\"\ndisk_max_object_size = \"1KiB\"")
         .start();
 
     for i in 1..=2 {

@@ -203,6 +203,46 @@ fn check_rejects_bad_size() {
 }
 
 #[test]
+fn check_rejects_bad_disk_tier_settings() {
+    assert_base_edit_fails(
+        "dir = \"cache\"",
+        "dir = \"cache\"\ntiers = \"ssd\"",
+        &["cache.tiers", "ssd", "memory+disk"],
+    );
+    assert_base_edit_fails(
+        "dir = \"cache\"",
+        "dir = \"cache\"\ndisk_size = \"100KiB\"",
+        &["cache.disk_size", "at least 1MiB"],
+    );
+    assert_base_edit_fails(
+        "dir = \"cache\"",
+        "dir = \"cache\"\ndisk_size = \"10MiB\"\ndisk_max_object_size = \"20MiB\"",
+        &[
+            "cache.disk_max_object_size",
+            "must not exceed cache.disk_size",
+        ],
+    );
+    assert_base_edit_fails(
+        "dir = \"cache\"",
+        "dir = \"cache\"\ndisk_size = -1",
+        &["cache.disk_size"],
+    );
+}
+
+#[test]
+fn small_disk_size_lowers_the_default_disk_object_limit() {
+    let toml = replace_once(
+        BASE,
+        "dir = \"cache\"",
+        "dir = \"cache\"\ndisk_size = \"2MiB\"",
+    );
+    let out = run_check(&toml);
+    let text = all_output(&out);
+    assert!(out.status.success(), "{text}");
+    assert!(text.contains("disk_max_object_size = 2097152"), "{text}");
+}
+
+#[test]
 fn check_rejects_bad_listen_address() {
     assert_base_edit_fails(
         "http = [\"127.0.0.1:18080\"]",

@@ -20,7 +20,7 @@ fn node_with_small_tier(origin: &TestOrigin) -> Node {
     );
     NodeConfig::new(&origin.url())
         .cache(&format!(
-            "memory_size = {CAPACITY}\nmax_object_size = \"64KiB\""
+            "tiers = \"memory\"\nmemory_size = {CAPACITY}\nmax_object_size = \"64KiB\""
         ))
         .start()
 }

@@ -27,6 +27,8 @@ use pingora_cache::storage::{
 use pingora_cache::trace::SpanHandle;
 use pingora_cache::CacheMeta;
 use pingora_error::{Error, ErrorType, Result};
+use prometheus::IntCounter;
+use quick_cache::DefaultHashBuilder;
 use std::any::Any;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -77,6 +79,22 @@ impl Entry {
     }
 }
 
+/// Counts evictions.
+#[derive(Clone)]
+struct Lifecycle(Option<IntCounter>);
+
+impl quick_cache::Lifecycle<u128, Arc<Entry>> for Lifecycle {
+    type RequestState = ();
+
+    fn begin_request(&self) -> Self::RequestState {}
+
+    fn on_evict(&self, _state: &mut (), _key: u128, _val: Arc<Entry>) {
+        if let Some(c) = &self.0 {
+            c.inc();
+        }
+    }
+}
+
 #[derive(Clone)]
 struct Weigher;
 
@@ -110,15 +128,26 @@ struct Fill {
 
 /// The memory tier storage. Create one with [`MemoryTier::new`] and leak it once at start-up.
 pub struct MemoryTier {
-    entries: quick_cache::sync::Cache<u128, Arc<Entry>, Weigher>,
+    entries: quick_cache::sync::Cache<u128, Arc<Entry>, Weigher, DefaultHashBuilder, Lifecycle>,
+    max_object: u64,
     fills: Mutex<HashMap<u128, Vec<Arc<Fill>>>>,
     fill_count: AtomicUsize,
     next_fill_id: AtomicU64,
     stream_fills: bool,
 }
 
-fn hash(key: &impl CacheHashKey) -> u128 {
+/// The tiers' key: Pingora's combined (primary + variance) hash.
+pub fn hash(key: &impl CacheHashKey) -> u128 {
     u128::from_le_bytes(key.combined_bin())
+}
+
+/// The outcome of a purge that `found` something or not.
+pub fn purged(found: bool) -> PurgeOutcome {
+    if found {
+        PurgeOutcome::Purged(None)
+    } else {
+        PurgeOutcome::NotFound
+    }
 }
 
 /// Shard count: as many as useful for concurrency, but few enough that one shard's hot
@@ -141,6 +170,16 @@ impl MemoryTier {
     /// without, they wait until it is complete (and refetch if it fails), and the first client
     /// is served straight from the origin.
     pub fn new(capacity: u64, max_object: u64, stream_fills: bool) -> Self {
+        Self::with_eviction_counter(capacity, max_object, stream_fills, None)
+    }
+
+    /// [`MemoryTier::new`], counting evictions in `evictions`.
+    pub fn with_eviction_counter(
+        capacity: u64,
+        max_object: u64,
+        stream_fills: bool,
+        evictions: Option<IntCounter>,
+    ) -> Self {
         let estimated = usize::try_from(capacity / ESTIMATED_OBJECT_SIZE)
             .unwrap_or(usize::MAX)
             .max(64);
@@ -153,11 +192,12 @@ impl MemoryTier {
         let entries = quick_cache::sync::Cache::with_options(
             options,
             Weigher,
-            Default::default(),
-            Default::default(),
+            DefaultHashBuilder::default(),
+            Lifecycle(evictions),
         );
         MemoryTier {
             entries,
+            max_object,
             fills: Mutex::new(HashMap::new()),
             fill_count: AtomicUsize::new(0),
             next_fill_id: AtomicU64::new(1),
@@ -173,6 +213,56 @@ impl MemoryTier {
     /// Weighted bytes stored (heads, bodies and [`ENTRY_OVERHEAD`] per object).
     pub fn bytes(&self) -> u64 {
         self.entries.weight()
+    }
+
+    /// Whether streaming fills are on.
+    pub fn streams_fills(&self) -> bool {
+        self.stream_fills
+    }
+
+    /// Store an object read from elsewhere (a disk hit being promoted). Returns false if it is
+    /// larger than this tier's objects may be. Admission is the eviction policy's: a promoted
+    /// object that is not hit again leaves first.
+    pub fn insert(&self, key: u128, head: &[u8], body: Bytes) -> bool {
+        if body.len() as u64 > self.max_object {
+            return false;
+        }
+        let entry = Entry {
+            head: Box::from(head),
+            body,
+        };
+        self.entries.insert(key, Arc::new(entry));
+        true
+    }
+
+    /// Start a fill of `key` (the miss handler of this tier, as its concrete type).
+    pub fn begin_fill(&'static self, key: &CacheKey, meta: &CacheMeta) -> Result<MemoryMiss> {
+        let head = Bytes::from(encode_head(meta)?);
+        let id = self.next_fill_id.fetch_add(1, Ordering::Relaxed);
+        let (progress, _) = watch::channel(0);
+        let fill = Arc::new(Fill {
+            id,
+            head,
+            state: RwLock::new(FillState {
+                chunks: Vec::new(),
+                status: FillStatus::Writing,
+                cancelled: false,
+            }),
+            progress,
+        });
+        let h = hash(key);
+        {
+            let mut fills = self.fills.lock();
+            fills.entry(h).or_default().push(fill.clone());
+            self.fill_count.fetch_add(1, Ordering::AcqRel);
+        }
+        Ok(MemoryMiss {
+            tier: self,
+            key: h,
+            tag: id.to_le_bytes(),
+            fill,
+            finished: false,
+        })
     }
 
     fn fill_for(&self, key: u128, id: Option<u64>) -> Option<Arc<Fill>> {
@@ -243,17 +333,7 @@ impl Storage for MemoryTier {
             return Ok(None);
         };
         let meta = entry.meta()?;
-        let body = entry.body.clone();
-        let end = body.len();
-        Ok(Some((
-            meta,
-            Box::new(CompleteHit {
-                body,
-                start: 0,
-                end,
-                done: false,
-            }),
-        )))
+        Ok(Some((meta, Box::new(CompleteHit::new(entry.body.clone())))))
     }
 
     async fn lookup_streaming_write(
@@ -280,32 +360,7 @@ impl Storage for MemoryTier {
         meta: &CacheMeta,
         _trace: &SpanHandle,
     ) -> Result<MissHandler> {
-        let head = Bytes::from(encode_head(meta)?);
-        let id = self.next_fill_id.fetch_add(1, Ordering::Relaxed);
-        let (progress, _) = watch::channel(0);
-        let fill = Arc::new(Fill {
-            id,
-            head,
-            state: RwLock::new(FillState {
-                chunks: Vec::new(),
-                status: FillStatus::Writing,
-                cancelled: false,
-            }),
-            progress,
-        });
-        let h = hash(key);
-        {
-            let mut fills = self.fills.lock();
-            fills.entry(h).or_default().push(fill.clone());
-            self.fill_count.fetch_add(1, Ordering::AcqRel);
-        }
-        Ok(Box::new(MemoryMiss {
-            tier: self,
-            key: h,
-            tag: id.to_le_bytes(),
-            fill,
-            finished: false,
-        }))
+        Ok(Box::new(self.begin_fill(key, meta)?))
     }
 
     async fn purge(
@@ -326,11 +381,7 @@ impl Storage for MemoryTier {
                 found = true;
             }
         }
-        Ok(if found {
-            PurgeOutcome::Purged(None)
-        } else {
-            PurgeOutcome::NotFound
-        })
+        Ok(purged(found))
     }
 
     async fn expire(
@@ -373,11 +424,24 @@ impl Storage for MemoryTier {
 }
 
 /// A hit on a complete object; supports single and multipart range seeks.
-struct CompleteHit {
+pub struct CompleteHit {
     body: Bytes,
     start: usize,
     end: usize,
     done: bool,
+}
+
+impl CompleteHit {
+    /// A hit serving `body`.
+    pub fn new(body: Bytes) -> Self {
+        let end = body.len();
+        CompleteHit {
+            body,
+            start: 0,
+            end,
+            done: false,
+        }
+    }
 }
 
 #[async_trait]
@@ -487,7 +551,7 @@ impl HandleHit for PartialHit {
 }
 
 /// Writes one fill; inserts the object on `finish`, fails readers if dropped before.
-struct MemoryMiss {
+pub struct MemoryMiss {
     tier: &'static MemoryTier,
     key: u128,
     tag: [u8; 8],
@@ -519,24 +583,60 @@ impl HandleMiss for MemoryMiss {
         Ok(())
     }
 
-    async fn finish(mut self: Box<Self>) -> Result<MissFinishType> {
+    async fn finish(self: Box<Self>) -> Result<MissFinishType> {
+        Ok(MissFinishType::Created((*self).commit().size()))
+    }
+
+    fn streaming_write_tag(&self) -> Option<&[u8]> {
+        Some(&self.tag)
+    }
+}
+
+/// What a finished fill produced.
+pub enum Committed {
+    /// The complete object (stored in this tier unless it was too large).
+    Object {
+        /// The encoded head.
+        head: Bytes,
+        /// The whole body, exact size.
+        body: Bytes,
+    },
+    /// A purge cancelled the fill: the object must not be stored anywhere.
+    Cancelled,
+}
+
+impl Committed {
+    fn size(&self) -> usize {
+        match self {
+            Committed::Object { head, body } => head.len() + body.len(),
+            Committed::Cancelled => 0,
+        }
+    }
+}
+
+impl MemoryMiss {
+    /// Complete the fill: store the object (if not cancelled and small enough) and return it.
+    pub fn commit(mut self) -> Committed {
         let (entry, cancelled) = {
             let state = self.fill.state.read();
             let entry = Entry::new(Box::from(&self.fill.head[..]), &state.chunks);
             (entry, state.cancelled)
         };
-        let weight = entry.head.len() + entry.body.len();
-        if !cancelled {
+        let body = entry.body.clone();
+        if !cancelled && body.len() as u64 <= self.tier.max_object {
             self.tier.entries.insert(self.key, Arc::new(entry));
         }
         self.finished = true;
         self.set_status(FillStatus::Complete);
         self.tier.remove_fill(self.key, self.fill.id);
-        Ok(MissFinishType::Created(weight))
-    }
-
-    fn streaming_write_tag(&self) -> Option<&[u8]> {
-        Some(&self.tag)
+        if cancelled {
+            Committed::Cancelled
+        } else {
+            Committed::Object {
+                head: self.fill.head.clone(),
+                body,
+            }
+        }
     }
 }
 

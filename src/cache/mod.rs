@@ -1,11 +1,15 @@
 //! Cache mechanism and HTTP caching semantics: storage tiers behind pingora-cache's `Storage`,
 //! RFC 9111 freshness and storage decisions, `Vary`, request directives and `Cache-Status`.
 
+pub mod disk;
 pub mod entry;
 pub mod freshness;
 pub mod memory;
 pub mod request;
 pub mod status;
+pub mod tiered;
 pub mod vary;
 
+pub use disk::DiskTier;
 pub use memory::MemoryTier;
+pub use tiered::TieredStorage;

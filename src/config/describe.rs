@@ -39,10 +39,13 @@ pub(super) fn describe(c: &Config) -> String {
     let k = &c.cache;
     let _ = writeln!(
         o,
-        "[cache]\ndir = \"{}\"\nmemory_size = {}\nmax_object_size = {}\nlock_wait_timeout = {}\nlock_age_timeout = {}\nheuristic_max_ttl = {}\nstream_fills = {}\n",
+        "[cache]\ndir = \"{}\"\ntiers = \"{}\"\nmemory_size = {}\nmax_object_size = {}\ndisk_size = {}\ndisk_max_object_size = {}\nlock_wait_timeout = {}\nlock_age_timeout = {}\nheuristic_max_ttl = {}\nstream_fills = {}\n",
         k.dir.display(),
+        k.tiers.as_str(),
         k.memory_size,
         k.max_object_size,
+        k.disk_size,
+        k.disk_max_object_size,
         dur(k.lock_wait_timeout),
         dur(k.lock_age_timeout),
         dur(k.heuristic_max_ttl),

@@ -103,6 +103,12 @@ pub struct CacheSection {
     pub heuristic_max_ttl: Option<String>,
     /// Let coalesced waiters stream a fill while it is written.
     pub stream_fills: Option<bool>,
+    /// Which tiers run: "memory+disk", "memory" or "disk".
+    pub tiers: Option<String>,
+    /// Disk tier capacity.
+    pub disk_size: Option<SizeValue>,
+    /// Largest object the disk tier stores.
+    pub disk_max_object_size: Option<SizeValue>,
 }
 
 /// One `[[origins]]` entry.

@@ -100,10 +100,16 @@ pub struct MetricsConfig {
 pub struct CacheConfig {
     /// Disk tier directory (created at start).
     pub dir: PathBuf,
+    /// Which storage tiers run.
+    pub tiers: Tiers,
     /// Memory tier capacity in bytes.
     pub memory_size: u64,
-    /// Largest object stored, in bytes.
+    /// Largest object the memory tier stores, in bytes.
     pub max_object_size: u64,
+    /// Disk tier capacity in bytes (files' sizes).
+    pub disk_size: u64,
+    /// Largest object the disk tier stores, in bytes.
+    pub disk_max_object_size: u64,
     /// Longest wait behind another request's fill of the same key.
     pub lock_wait_timeout: Duration,
     /// Longest time a fill may hold the coalescing lock.
@@ -113,6 +119,49 @@ pub struct CacheConfig {
     /// Coalesced waiters stream a fill while it is written (Varnish-like) instead of waiting
     /// for the complete object (nginx-like).
     pub stream_fills: bool,
+}
+
+/// The storage tiers a node runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Tiers {
+    /// Memory over disk (default).
+    MemoryAndDisk,
+    /// Memory only: nothing persists across restarts.
+    Memory,
+    /// Disk only (the page cache is the memory tier).
+    Disk,
+}
+
+impl Tiers {
+    /// The config spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Tiers::MemoryAndDisk => "memory+disk",
+            Tiers::Memory => "memory",
+            Tiers::Disk => "disk",
+        }
+    }
+
+    /// Whether the memory tier runs.
+    pub fn memory(self) -> bool {
+        self != Tiers::Disk
+    }
+
+    /// Whether the disk tier runs.
+    pub fn disk(self) -> bool {
+        self != Tiers::Memory
+    }
+}
+
+impl CacheConfig {
+    /// The largest object any running tier stores: the limit a fill is abandoned at.
+    pub fn largest_object(&self) -> u64 {
+        match self.tiers {
+            Tiers::Memory => self.max_object_size,
+            Tiers::Disk => self.disk_max_object_size,
+            Tiers::MemoryAndDisk => self.max_object_size.max(self.disk_max_object_size),
+        }
+    }
 }
 
 /// One origin server.

@@ -157,8 +157,27 @@ pub(super) fn validate(f: FileConfig, path: &Path) -> Result<Config, ConfigError
     };
 
     let c = &f.cache;
-    let cache = CacheConfig {
+    let mut cache = CacheConfig {
         dir: PathBuf::from(c.dir.clone().unwrap_or_else(|| "var/cache".into())),
+        tiers: match c.tiers.as_deref().unwrap_or("memory+disk") {
+            "memory+disk" => Tiers::MemoryAndDisk,
+            "memory" => Tiers::Memory,
+            "disk" => Tiers::Disk,
+            other => {
+                errs.push(
+                    "cache.tiers",
+                    format!("unknown tiers {other:?}: use \"memory+disk\", \"memory\" or \"disk\""),
+                );
+                Tiers::MemoryAndDisk
+            }
+        },
+        disk_size: size(&mut errs, "cache.disk_size", c.disk_size.as_ref(), 1 << 30),
+        disk_max_object_size: size(
+            &mut errs,
+            "cache.disk_max_object_size",
+            c.disk_max_object_size.as_ref(),
+            64 << 20,
+        ),
         memory_size: size(
             &mut errs,
             "cache.memory_size",
@@ -207,6 +226,24 @@ pub(super) fn validate(f: FileConfig, path: &Path) -> Result<Config, ConfigError
         errs.push("cache.max_object_size", "must be between 1 byte and 4GiB");
     } else if cache.max_object_size > cache.memory_size {
         errs.push("cache.max_object_size", "must not exceed cache.memory_size");
+    }
+    if c.disk_max_object_size.is_none() {
+        // the default follows a small disk_size down rather than rejecting it
+        cache.disk_max_object_size = cache.disk_max_object_size.min(cache.disk_size);
+    }
+    if cache.disk_size < 1 << 20 {
+        errs.push(
+            "cache.disk_size",
+            format!("{} bytes is too small: use at least 1MiB", cache.disk_size),
+        );
+    }
+    if cache.disk_max_object_size == 0 {
+        errs.push("cache.disk_max_object_size", "must be at least 1 byte");
+    } else if cache.disk_max_object_size > cache.disk_size {
+        errs.push(
+            "cache.disk_max_object_size",
+            "must not exceed cache.disk_size",
+        );
     }
     if cache.lock_wait_timeout.is_zero() || cache.lock_age_timeout.is_zero() {
         errs.push(

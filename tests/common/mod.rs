@@ -198,3 +198,30 @@ impl Fetched {
         self.header("age").and_then(|a| a.trim().parse().ok())
     }
 }
+
+/// Polls `node`'s /metrics (every 100 ms) until the sum of metric `name` with `labels` satisfies
+/// `pred`, and returns that value. Panics after `limit` with `what`, the last value and the
+/// node's log tail.
+pub fn wait_metric(
+    node: &Node,
+    name: &str,
+    labels: &[(&str, &str)],
+    pred: impl Fn(f64) -> bool,
+    limit: std::time::Duration,
+    what: &str,
+) -> f64 {
+    let start = std::time::Instant::now();
+    loop {
+        let v = metric_sum(&node.metrics(), name, labels);
+        if pred(v) {
+            return v;
+        }
+        if start.elapsed() > limit {
+            panic!(
+                "{what}: {name}{labels:?} is {v} after {limit:?}\n--- log (tail) ---\n{}",
+                node.log_tail(60)
+            );
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+}

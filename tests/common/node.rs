@@ -292,9 +292,12 @@ impl Node {
                     self.log()
                 );
             }
+            // Pingora starts each service (proxy, metrics, admin) on its own: wait for all three.
             let http_up =
                 TcpStream::connect_timeout(&self.http, Duration::from_millis(200)).is_ok();
-            if http_up {
+            let admin_up =
+                TcpStream::connect_timeout(&self.admin, Duration::from_millis(200)).is_ok();
+            if http_up && admin_up {
                 if let Ok(r) = probe.get(self.metrics_url()).send() {
                     if r.status().as_u16() == 200 {
                         return;
@@ -389,6 +392,46 @@ impl Node {
     /// The exit status if the process has exited.
     pub fn try_wait(&self) -> Option<ExitStatus> {
         self.child.lock().unwrap().try_wait().ok().flatten()
+    }
+
+    /// The last `lines` lines of the process's output (for panic messages).
+    pub fn log_tail(&self, lines: usize) -> String {
+        let log = self.log();
+        let all: Vec<&str> = log.lines().collect();
+        all[all.len().saturating_sub(lines)..].join("\n")
+    }
+
+    /// Graceful stop: SIGTERM, then wait up to 15 s for the process to exit, reaping it.
+    /// Returns its exit status; if it does not exit in time it is SIGKILLed and this panics.
+    pub fn stop(&self) -> ExitStatus {
+        self.stop_within(Duration::from_secs(15))
+    }
+
+    /// `stop` with a deadline of `limit` for the exit after SIGTERM.
+    pub fn stop_within(&self, limit: Duration) -> ExitStatus {
+        if let Some(status) = self.try_wait() {
+            return status;
+        }
+        // SAFETY: kill(2) with our own child's pid; the child is not reaped yet (try_wait above),
+        // so the pid cannot have been reused.
+        unsafe {
+            libc::kill(self.pid as libc::pid_t, libc::SIGTERM);
+        }
+        let start = Instant::now();
+        loop {
+            if let Some(status) = self.try_wait() {
+                return status;
+            }
+            if start.elapsed() > limit {
+                self.kill();
+                panic!(
+                    "outpost (pid {}) did not exit within {limit:?} of SIGTERM\n--- log (tail) ---\n{}",
+                    self.pid,
+                    self.log_tail(80)
+                );
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
     }
 
     /// SIGKILL the process and reap it.
