@@ -61,6 +61,13 @@ pub struct DiskObject {
     pub body: Bytes,
 }
 
+impl DiskObject {
+    /// Bytes it occupies in the write queue.
+    fn size(&self) -> u64 {
+        (self.head.len() + self.body.len()) as u64
+    }
+}
+
 enum Job {
     Put { key: u128, seq: u64 },
     Head { key: u128, head: Bytes },
@@ -173,14 +180,15 @@ impl From<io::Error> for ReadFailure {
     }
 }
 
-/// Build a head file: the checksummed record followed by the stored head.
-fn head_file(key: u128, head: &[u8], body: &[u8]) -> Vec<u8> {
+/// Build a head file: the checksummed record (vouching for a body of `body_len` bytes with
+/// checksum `body_hash`) followed by the stored head.
+fn head_file(key: u128, head: &[u8], body_len: u64, body_hash: u64) -> Vec<u8> {
     let mut out = Vec::with_capacity(RECORD + head.len());
     out.extend_from_slice(MAGIC);
     out.extend_from_slice(&[FORMAT, 0, 0, 0]);
     out.extend_from_slice(&key.to_le_bytes());
-    out.extend_from_slice(&(body.len() as u64).to_le_bytes());
-    out.extend_from_slice(&xxh3_64(body).to_le_bytes());
+    out.extend_from_slice(&body_len.to_le_bytes());
+    out.extend_from_slice(&body_hash.to_le_bytes());
     out.extend_from_slice(&(head.len() as u32).to_le_bytes());
     out.extend_from_slice(&[0; 8]);
     out.extend_from_slice(head);
@@ -308,11 +316,6 @@ impl DiskTier {
         Ok(())
     }
 
-    /// Largest object stored.
-    pub fn max_object(&self) -> u64 {
-        self.max_object
-    }
-
     /// Objects on disk (and being written).
     pub fn objects(&self) -> u64 {
         self.index.lock().map.len() as u64
@@ -358,7 +361,7 @@ impl DiskTier {
         }
         let (head_path, body_path) = self.paths(key);
         match self.read(key, &head_path, &body_path) {
-            Ok((object, _)) => {
+            Ok(object) => {
                 self.metrics.disk.hits.inc();
                 let now = now_nanos();
                 if self.index.lock().touch(key, now) {
@@ -383,7 +386,7 @@ impl DiskTier {
             }
             Err(ReadFailure::Corrupt(why)) => {
                 self.metrics.disk.misses.inc();
-                self.drop_corrupt(key, &head_path, &body_path, why);
+                self.drop_corrupt(key, &head_path, why);
                 None
             }
         }
@@ -394,9 +397,8 @@ impl DiskTier {
         key: u128,
         head_path: &Path,
         body_path: &Path,
-    ) -> Result<(DiskObject, Bytes), ReadFailure> {
-        let head_file = Bytes::from(fs::read(head_path)?);
-        let record = parse_head_file(key, head_file.clone())?;
+    ) -> Result<DiskObject, ReadFailure> {
+        let record = parse_head_file(key, Bytes::from(fs::read(head_path)?))?;
         if record.body_len > self.max_object.max(1 << 30) {
             return Err(ReadFailure::Corrupt("body length out of range"));
         }
@@ -414,26 +416,21 @@ impl DiskTier {
         if xxh3_64(&body) != record.body_hash {
             return Err(ReadFailure::Corrupt("body checksum mismatch"));
         }
-        Ok((
-            DiskObject {
-                head: record.head,
-                body: Bytes::from(body),
-            },
-            head_file,
-        ))
+        Ok(DiskObject {
+            head: record.head,
+            body: Bytes::from(body),
+        })
     }
 
     /// Delete a corrupt entry, unless it changed under us (a concurrent replacement is not
     /// corruption: its head is unlinked before its new body lands).
-    fn drop_corrupt(&self, key: u128, head_path: &Path, body_path: &Path, why: &'static str) {
+    fn drop_corrupt(&self, key: u128, head_path: &Path, why: &'static str) {
         let first = fs::read(head_path).ok();
         std::thread::yield_now();
         if self.pending.lock().contains_key(&key) || fs::read(head_path).ok() != first {
             return;
         }
-        let _ = fs::remove_file(head_path);
-        let _ = fs::remove_file(body_path);
-        self.index.lock().remove(key);
+        self.delete(key);
         self.metrics.disk_corrupt.inc();
         tracing::warn!(key = %format!("{key:032x}"), why, "dropped a corrupt disk cache entry");
     }
@@ -441,7 +438,7 @@ impl DiskTier {
     /// Queue `object` to be written behind the response. Returns false if it was not queued
     /// (too large, or the queue is full).
     pub fn put(&self, key: u128, object: DiskObject) -> bool {
-        let size = (object.head.len() + object.body.len()) as u64;
+        let size = object.size();
         if object.body.len() as u64 > self.max_object {
             return false;
         }
@@ -454,13 +451,13 @@ impl DiskTier {
             .pending
             .lock()
             .insert(key, Pending { seq, object })
-            .map_or(0, |p| (p.object.head.len() + p.object.body.len()) as u64);
+            .map_or(0, |p| p.object.size());
         self.queued_bytes.fetch_add(size, Ordering::AcqRel);
         self.queued_bytes.fetch_sub(replaced, Ordering::AcqRel);
         match self.queue.try_send(Job::Put { key, seq }) {
             Ok(()) => true,
             Err(TrySendError::Full(_)) | Err(TrySendError::Disconnected(_)) => {
-                self.forget_pending(key, seq);
+                self.take_pending(key, Some(seq));
                 self.metrics.disk_writes_dropped.inc();
                 false
             }
@@ -488,23 +485,17 @@ impl DiskTier {
 
     /// Remove `key` from disk (and from the write queue); true if it was there.
     pub fn remove(&self, key: u128) -> bool {
-        let queued = {
-            let mut pending = self.pending.lock();
-            let p = pending.remove(&key);
-            if let Some(p) = &p {
-                let size = (p.object.head.len() + p.object.body.len()) as u64;
-                self.queued_bytes.fetch_sub(size, Ordering::AcqRel);
-            }
-            if pending.is_empty() {
-                self.drained.notify_all();
-            }
-            p.is_some()
-        };
+        let queued = self.take_pending(key, None);
+        self.delete(key) || queued
+    }
+
+    /// Delete `key`'s files and index entry; true if its head file or index entry existed.
+    fn delete(&self, key: u128) -> bool {
         let (head_path, body_path) = self.paths(key);
         let had_head = fs::remove_file(&head_path).is_ok();
         let _ = fs::remove_file(&body_path);
         let indexed = self.index.lock().remove(key);
-        queued || had_head || indexed
+        had_head || indexed
     }
 
     /// Wait until queued writes have landed, at most `timeout`; true if drained.
@@ -519,17 +510,21 @@ impl DiskTier {
         true
     }
 
-    fn forget_pending(&self, key: u128, seq: u64) {
+    /// Drop `key`'s queued write (only write `seq` if given); true if one was dropped.
+    fn take_pending(&self, key: u128, seq: Option<u64>) -> bool {
         let mut pending = self.pending.lock();
-        if pending.get(&key).is_some_and(|p| p.seq == seq) {
-            if let Some(p) = pending.remove(&key) {
-                let size = (p.object.head.len() + p.object.body.len()) as u64;
-                self.queued_bytes.fetch_sub(size, Ordering::AcqRel);
-            }
+        let matches = pending
+            .get(&key)
+            .is_some_and(|p| seq.is_none_or(|s| p.seq == s));
+        let taken = if matches { pending.remove(&key) } else { None };
+        if let Some(p) = &taken {
+            self.queued_bytes
+                .fetch_sub(p.object.size(), Ordering::AcqRel);
         }
         if pending.is_empty() {
             self.drained.notify_all();
         }
+        taken.is_some()
     }
 
     fn write_loop(&self, jobs: Receiver<Job>) {
@@ -549,7 +544,7 @@ impl DiskTier {
                             "disk tier write failed; object kept in memory only",
                         );
                     }
-                    self.forget_pending(key, seq);
+                    self.take_pending(key, Some(seq));
                     self.evict();
                 }
                 Job::Head { key, head } => {
@@ -570,7 +565,12 @@ impl DiskTier {
 
     fn write_object(&self, key: u128, seq: u64, object: &DiskObject) -> io::Result<()> {
         let (head_path, body_path) = self.paths(key);
-        let record = head_file(key, &object.head, &object.body);
+        let record = head_file(
+            key,
+            &object.head,
+            object.body.len() as u64,
+            xxh3_64(&object.body),
+        );
         let attempt = || -> io::Result<()> {
             if let Some(dir) = head_path.parent() {
                 fs::create_dir_all(dir)?;
@@ -589,8 +589,7 @@ impl DiskTier {
         let bytes = (record.len() + object.body.len()) as u64;
         // a purge may have removed the key while it was written: then delete what we wrote
         if self.pending.lock().get(&key).is_none_or(|p| p.seq != seq) {
-            let _ = fs::remove_file(&head_path);
-            let _ = fs::remove_file(&body_path);
+            self.delete(key);
             return Ok(());
         }
         self.index.lock().insert(key, bytes, now_nanos());
@@ -601,12 +600,8 @@ impl DiskTier {
         let (head_path, body_path) = self.paths(key);
         let old = parse_head_file(key, Bytes::from(fs::read(&head_path)?))
             .map_err(|_| io::Error::new(ErrorKind::NotFound, "no valid head to update"))?;
-        let mut record = head_file(key, head, &[]);
-        // keep the body's length and checksum: the body file is not rewritten
-        record[24..32].copy_from_slice(&old.body_len.to_le_bytes());
-        record[32..40].copy_from_slice(&old.body_hash.to_le_bytes());
-        let hash = record_hash(&record);
-        record[HASH_AT..RECORD].copy_from_slice(&hash.to_le_bytes());
+        // the body file is not rewritten: the new head vouches for it as the old one did
+        let record = head_file(key, head, old.body_len, old.body_hash);
         let seq = self.next_seq.fetch_add(1, Ordering::Relaxed);
         write_then_rename(&self.tmp_path(seq, "head"), &head_path, &[&record])?;
         let bytes = record.len() as u64 + old.body_len;
@@ -630,10 +625,7 @@ impl DiskTier {
                 index.oldest()
             };
             let Some(key) = victim else { return };
-            let (head_path, body_path) = self.paths(key);
-            let _ = fs::remove_file(&head_path);
-            let _ = fs::remove_file(&body_path);
-            self.index.lock().remove(key);
+            self.delete(key);
             self.metrics.disk.evictions.inc();
         }
     }
@@ -772,7 +764,7 @@ mod tests {
 
     #[test]
     fn head_record_detects_every_single_byte_flip_and_cut() {
-        let file = Bytes::from(head_file(7, b"HEAD", b"body"));
+        let file = Bytes::from(head_file(7, b"HEAD", 4, xxh3_64(b"body")));
         let ok = parse_head_file(7, file.clone()).ok().expect("valid");
         assert_eq!(&ok.head[..], b"HEAD");
         assert_eq!(ok.body_len, 4);

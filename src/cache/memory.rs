@@ -12,7 +12,8 @@
 //!   replaces only the head.
 //!
 //! Why not moka (the stack's first choice): its bookkeeping alone measured ~285 bytes per
-//! entry, the whole per-object budget; quick_cache's is ~120 (see `examples/memory_per_object.rs` and issue 2).
+//! entry, the whole per-object budget; quick_cache's is ~120 (see issue 2's note and
+//! `examples/memory_per_object.rs`).
 
 use super::entry::{decode_head, encode_head};
 use async_trait::async_trait;
@@ -63,14 +64,9 @@ impl Entry {
     /// Copy the body `chunks` into one exact-size buffer: a chunk may be a slice of a larger
     /// read buffer that would otherwise stay allocated as long as the object is cached.
     fn new(head: Box<[u8]>, chunks: &[Bytes]) -> Entry {
-        let body_len: usize = chunks.iter().map(Bytes::len).sum();
-        let mut body = Vec::with_capacity(body_len);
-        for c in chunks {
-            body.extend_from_slice(c);
-        }
         Entry {
             head,
-            body: Bytes::from(body),
+            body: concat(chunks),
         }
     }
 
@@ -139,6 +135,16 @@ pub struct MemoryTier {
 /// The tiers' key: Pingora's combined (primary + variance) hash.
 pub fn hash(key: &impl CacheHashKey) -> u128 {
     u128::from_le_bytes(key.combined_bin())
+}
+
+/// `chunks` copied into one exact-size buffer (a stored body must not pin the larger read
+/// buffers its chunks may be slices of).
+pub fn concat(chunks: &[Bytes]) -> Bytes {
+    let mut body = Vec::with_capacity(chunks.iter().map(Bytes::len).sum());
+    for c in chunks {
+        body.extend_from_slice(c);
+    }
+    Bytes::from(body)
 }
 
 /// The outcome of a purge that `found` something or not.

@@ -10,7 +10,7 @@
 
 use super::disk::{DiskObject, DiskTier};
 use super::entry::{decode_head, encode_head};
-use super::memory::{hash, purged, Committed, CompleteHit, MemoryMiss, MemoryTier};
+use super::memory::{concat, hash, purged, Committed, CompleteHit, MemoryMiss, MemoryTier};
 use crate::metrics::StorageMetrics;
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -232,17 +232,10 @@ impl HandleMiss for TieredMiss {
                 Committed::Object { head, body } => DiskObject { head, body },
                 Committed::Cancelled => return Ok(MissFinishType::Created(0)),
             },
-            Fill::Buffer { head, chunks } => {
-                let len = chunks.iter().map(Bytes::len).sum();
-                let mut body = Vec::with_capacity(len);
-                for c in &chunks {
-                    body.extend_from_slice(c);
-                }
-                DiskObject {
-                    head,
-                    body: Bytes::from(body),
-                }
-            }
+            Fill::Buffer { head, chunks } => DiskObject {
+                head,
+                body: concat(&chunks),
+            },
         };
         let size = object.head.len() + object.body.len();
         if let Some(disk) = disk {
