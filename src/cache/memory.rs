@@ -105,6 +105,14 @@ enum FillStatus {
     Writing,
     Complete,
     Failed,
+    /// The fill outgrew this tier and goes on elsewhere ([`MemoryMiss::spill`]).
+    Spilled,
+}
+
+/// Where a fill's body goes on once it outgrew this tier ([`MemoryMiss::spill`]).
+pub trait Continuation: Send + Sync {
+    /// A reader of the body from byte `offset` on.
+    fn follow(&self, offset: u64) -> HitHandler;
 }
 
 struct FillState {
@@ -112,6 +120,8 @@ struct FillState {
     status: FillStatus,
     /// Set by a purge: the finished fill must not be inserted.
     cancelled: bool,
+    /// Set when spilled: where readers go on.
+    continuation: Option<Arc<dyn Continuation>>,
 }
 
 /// A body being written; readers follow it chunk by chunk.
@@ -221,6 +231,11 @@ impl MemoryTier {
         self.entries.weight()
     }
 
+    /// The largest body this tier stores.
+    pub fn max_object(&self) -> u64 {
+        self.max_object
+    }
+
     /// Whether streaming fills are on.
     pub fn streams_fills(&self) -> bool {
         self.stream_fills
@@ -253,6 +268,7 @@ impl MemoryTier {
                 chunks: Vec::new(),
                 status: FillStatus::Writing,
                 cancelled: false,
+                continuation: None,
             }),
             progress,
         });
@@ -267,6 +283,7 @@ impl MemoryTier {
             key: h,
             tag: id.to_le_bytes(),
             fill,
+            len: 0,
             finished: false,
         })
     }
@@ -314,7 +331,9 @@ impl MemoryTier {
             Box::new(PartialHit {
                 fill,
                 next_chunk: 0,
+                offset: 0,
                 progress,
+                moved: None,
             }),
         )))
     }
@@ -499,24 +518,40 @@ impl HandleHit for CompleteHit {
     }
 }
 
-/// A hit on a fill still being written: follows the writer, fails if the writer fails.
+/// A hit on a fill still being written: follows the writer, fails if the writer fails, goes
+/// on where the fill went if it spilled.
 struct PartialHit {
     fill: Arc<Fill>,
     next_chunk: usize,
+    /// Body bytes read so far.
+    offset: u64,
     progress: watch::Receiver<usize>,
+    /// Set once the fill spilled: the reader that took over.
+    moved: Option<HitHandler>,
 }
 
 #[async_trait]
 impl HandleHit for PartialHit {
     async fn read_body(&mut self) -> Result<Option<Bytes>> {
         loop {
+            if let Some(moved) = &mut self.moved {
+                return moved.read_body().await;
+            }
             {
                 let state = self.fill.state.read();
                 if let Some(chunk) = state.chunks.get(self.next_chunk) {
                     self.next_chunk += 1;
+                    self.offset += chunk.len() as u64;
                     return Ok(Some(chunk.clone()));
                 }
                 match state.status {
+                    FillStatus::Spilled => {
+                        if let Some(c) = &state.continuation {
+                            self.moved = Some(c.follow(self.offset));
+                            continue;
+                        }
+                        return Error::e_explain(ErrorType::InternalError, "spilled fill lost");
+                    }
                     FillStatus::Complete => return Ok(None),
                     FillStatus::Failed => {
                         return Error::e_explain(
@@ -562,6 +597,8 @@ pub struct MemoryMiss {
     key: u128,
     tag: [u8; 8],
     fill: Arc<Fill>,
+    /// Body bytes written.
+    len: u64,
     finished: bool,
 }
 
@@ -581,6 +618,7 @@ impl HandleMiss for MemoryMiss {
                 return Error::e_explain(ErrorType::InternalError, "write after end of cache fill");
             }
             if !data.is_empty() {
+                self.len += data.len() as u64;
                 state.chunks.push(data);
             }
         }
@@ -621,6 +659,37 @@ impl Committed {
 }
 
 impl MemoryMiss {
+    /// Body bytes written so far.
+    pub fn bytes_written(&self) -> u64 {
+        self.len
+    }
+
+    /// The encoded head of the object being filled.
+    pub fn head(&self) -> Bytes {
+        self.fill.head.clone()
+    }
+
+    /// The body written so far (shared, not copied).
+    pub fn body_so_far(&self) -> Vec<Bytes> {
+        self.fill.state.read().chunks.clone()
+    }
+
+    /// Hand the fill over to `next` (which already holds [`MemoryMiss::body_so_far`]): its
+    /// chunks are freed, its readers go on through `next` from where they are, and nothing is
+    /// stored in this tier. Returns true if a purge had cancelled the fill.
+    pub fn spill(mut self, next: Arc<dyn Continuation>) -> bool {
+        let cancelled = {
+            let mut state = self.fill.state.write();
+            state.chunks = Vec::new();
+            state.continuation = Some(next);
+            state.cancelled
+        };
+        self.finished = true;
+        self.set_status(FillStatus::Spilled);
+        self.tier.remove_fill(self.key, self.fill.id);
+        cancelled
+    }
+
     /// Complete the fill: store the object (if not cancelled and small enough) and return it.
     pub fn commit(mut self) -> Committed {
         let (entry, cancelled) = {

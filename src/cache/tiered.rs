@@ -3,14 +3,23 @@
 //! - Lookup: memory, then disk; a disk hit is copied into memory (promotion), where the memory
 //!   tier's eviction policy decides whether it stays (a promoted object not hit again leaves
 //!   first, so a scan of cold disk objects does not flush the hot set).
+//!   Objects too large for memory are streamed from disk, never promoted.
 //! - Fill: into memory (streaming readers follow it there); when it completes, the object is
 //!   queued for the disk writer and the response does not wait for the disk.
-//! - 304 freshening, expiry and purges apply to both tiers; a purge also drops a queued write.
+//! - Large fills: a body known (`Content-Length`) or found (while it arrives) to be larger
+//!   than the memory tier's objects may be, or than [`BLOCK`] with no memory tier, is spooled
+//!   to disk as it arrives ([`Spool`]); readers of a fill that spills follow it there.
+//! - 304 freshening, expiry and purges apply to both tiers; a purge also drops a queued write
+//!   and cancels in-flight fills.
 //! - Either tier may be absent (`cache.tiers`).
 
-use super::disk::{DiskObject, DiskTier};
+use super::disk::record::BLOCK;
+use super::disk::spool::{Spool, SpoolShared, SPOOL_TAG};
+use super::disk::{DiskHit, DiskObject, DiskTier};
 use super::entry::{decode_head, encode_head};
-use super::memory::{concat, hash, purged, Committed, CompleteHit, MemoryMiss, MemoryTier};
+use super::memory::{
+    concat, hash, purged, Committed, CompleteHit, Continuation, MemoryMiss, MemoryTier,
+};
 use crate::metrics::StorageMetrics;
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -58,21 +67,57 @@ impl TieredStorage {
         self.disk.as_ref()
     }
 
-    fn disk_hit(&self, key: u128) -> Result<Option<(CacheMeta, HitHandler)>> {
+    /// Bodies above this size are spooled to disk rather than held in memory.
+    fn spill_above(&self) -> u64 {
+        self.memory.map_or(BLOCK, |m| m.max_object())
+    }
+
+    async fn disk_hit(&self, key: u128) -> Result<Option<(CacheMeta, HitHandler)>> {
         let Some(disk) = &self.disk else {
             return Ok(None);
         };
-        let Some(object) = disk.lookup(key) else {
-            return Ok(None);
-        };
-        let meta = decode_head(&object.head)?;
-        if let Some(memory) = self.memory {
-            if memory.insert(key, &object.head, object.body.clone()) {
-                self.metrics.promotions.inc();
+        // a fill being spooled is newer than what is stored (readers follow it when fills
+        // stream, as they do in the memory tier)
+        if self.support_streaming_partial_write() {
+            if let Some(spool) = disk.spool(key, None) {
+                return Ok(Some(spool_hit(&spool)?));
             }
         }
-        Ok(Some((meta, Box::new(CompleteHit::new(object.body)))))
+        match disk.lookup_hit(key, self.spill_above()).await {
+            None => Ok(None),
+            Some(DiskHit::Whole(object)) => {
+                let meta = decode_head(&object.head)?;
+                if let Some(memory) = self.memory {
+                    if memory.insert(key, &object.head, object.body.clone()) {
+                        self.metrics.promotions.inc();
+                    }
+                }
+                Ok(Some((meta, Box::new(CompleteHit::new(object.body)))))
+            }
+            Some(DiskHit::Stream { head, hit }) => Ok(Some((decode_head(&head)?, Box::new(hit)))),
+        }
     }
+}
+
+fn spool_hit(spool: &Arc<SpoolShared>) -> Result<(CacheMeta, HitHandler)> {
+    Ok((decode_head(spool.head())?, Box::new(spool.follow(0))))
+}
+
+/// Readers of a memory fill that spilled go on reading its spool.
+struct SpoolContinuation(Arc<SpoolShared>);
+
+impl Continuation for SpoolContinuation {
+    fn follow(&self, offset: u64) -> HitHandler {
+        Box::new(self.0.follow(offset))
+    }
+}
+
+/// The body length a response announces, if it does.
+fn content_length(meta: &CacheMeta) -> Option<u64> {
+    meta.headers()
+        .get(http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse().ok())
 }
 
 #[async_trait]
@@ -89,7 +134,7 @@ impl Storage for TieredStorage {
             }
             self.metrics.memory.misses.inc();
         }
-        self.disk_hit(hash(key))
+        self.disk_hit(hash(key)).await
     }
 
     async fn lookup_streaming_write(
@@ -98,6 +143,15 @@ impl Storage for TieredStorage {
         tag: Option<&[u8]>,
         trace: &SpanHandle,
     ) -> Result<Option<(CacheMeta, HitHandler)>> {
+        // a spool's tag is 9 bytes (the memory tier's are 8, and may start with any byte)
+        if let (Some(disk), Some(&[SPOOL_TAG, ref id @ ..])) = (&self.disk, tag) {
+            if let Ok(id) = <[u8; 8]>::try_from(id) {
+                return match disk.spool(hash(key), Some(u64::from_le_bytes(id))) {
+                    Some(spool) => Ok(Some(spool_hit(&spool)?)),
+                    None => Ok(None),
+                };
+            }
+        }
         match self.memory {
             Some(memory) => memory.lookup_streaming_write(key, tag, trace).await,
             None => self.lookup(key, trace).await,
@@ -110,17 +164,29 @@ impl Storage for TieredStorage {
         meta: &CacheMeta,
         _trace: &SpanHandle,
     ) -> Result<MissHandler> {
-        let fill = match self.memory {
-            Some(memory) => Fill::Memory(memory.begin_fill(key, meta)?),
-            None => Fill::Buffer {
+        let h = hash(key);
+        let spill_above = self.spill_above();
+        let spool = match (&self.disk, content_length(meta)) {
+            (Some(disk), Some(len)) if len > spill_above && len <= disk.max_object() => {
+                disk.begin_spool(h, Bytes::from(encode_head(meta)?))
+            }
+            _ => None,
+        };
+        let fill = match (spool, self.memory) {
+            (Some(spool), _) => Fill::Spool(Box::new(spool)),
+            (None, Some(memory)) => Fill::Memory(memory.begin_fill(key, meta)?),
+            (None, None) => Fill::Buffer {
                 head: Bytes::from(encode_head(meta)?),
                 chunks: Vec::new(),
+                len: 0,
             },
         };
         Ok(Box::new(TieredMiss {
             fill,
-            key: hash(key),
+            key: h,
             disk: self.disk.clone(),
+            spill_above,
+            spill_tried: false,
         }))
     }
 
@@ -158,8 +224,8 @@ impl Storage for TieredStorage {
             found |= !matches!(memory.expire(target, trace).await?, PurgeOutcome::NotFound);
         }
         if let Some(disk) = &self.disk {
-            if let Some(object) = disk.lookup(key) {
-                let mut meta = decode_head(&object.head)?;
+            if let Some(head) = disk.head(key) {
+                let mut meta = decode_head(&head)?;
                 meta.expire_at(SystemTime::now());
                 found |= disk.update_head(key, Bytes::from(encode_head(&meta)?));
             }
@@ -200,42 +266,101 @@ impl Storage for TieredStorage {
 enum Fill {
     /// Filling the memory tier (readers may follow the fill there).
     Memory(MemoryMiss),
-    /// No memory tier: collect the body for the disk writer.
-    Buffer { head: Bytes, chunks: Vec<Bytes> },
+    /// No memory tier: collect a small body for the disk writer.
+    Buffer {
+        head: Bytes,
+        chunks: Vec<Bytes>,
+        len: u64,
+    },
+    /// A large body, written to disk as it arrives (boxed: its hasher state is large).
+    Spool(Box<Spool>),
 }
 
-/// One fill: into memory if it runs, then queued for disk on completion.
+/// One fill: into memory if it runs, then queued for disk on completion; large bodies are
+/// spooled to disk instead.
 struct TieredMiss {
     fill: Fill,
     key: u128,
     disk: Option<Arc<DiskTier>>,
+    spill_above: u64,
+    spill_tried: bool,
+}
+
+impl TieredMiss {
+    /// If the body outgrows memory with `incoming` more bytes, move the fill to a spool
+    /// (tried once per fill).
+    async fn spill_if_large(&mut self, incoming: u64) {
+        let written = match &self.fill {
+            Fill::Memory(m) => m.bytes_written(),
+            Fill::Buffer { len, .. } => *len,
+            Fill::Spool(_) => return,
+        };
+        if self.spill_tried || written + incoming <= self.spill_above {
+            return;
+        }
+        self.spill_tried = true;
+        let Some(disk) = &self.disk else { return };
+        if written + incoming > disk.max_object() {
+            // too large for either tier: Pingora's size limit ends the fill
+            return;
+        }
+        let (head, so_far) = match &self.fill {
+            Fill::Memory(m) => (m.head(), m.body_so_far()),
+            Fill::Buffer { head, chunks, .. } => (head.clone(), chunks.clone()),
+            Fill::Spool(_) => return,
+        };
+        // on failure (counted and logged by the disk tier) the fill goes on as it was
+        let Some(mut spool) = disk.begin_spool(self.key, head) else {
+            return;
+        };
+        for chunk in so_far {
+            spool.write(chunk).await;
+        }
+        let shared = spool.shared().clone();
+        if let Fill::Memory(m) = std::mem::replace(&mut self.fill, Fill::Spool(Box::new(spool))) {
+            if m.spill(Arc::new(SpoolContinuation(shared.clone()))) {
+                shared.cancel();
+            }
+        }
+    }
 }
 
 #[async_trait]
 impl HandleMiss for TieredMiss {
     async fn write_body(&mut self, data: Bytes, eof: bool) -> Result<()> {
+        self.spill_if_large(data.len() as u64).await;
         match &mut self.fill {
             Fill::Memory(m) => m.write_body(data, eof).await,
-            Fill::Buffer { chunks, .. } => {
+            Fill::Buffer { chunks, len, .. } => {
                 if !data.is_empty() {
+                    *len += data.len() as u64;
                     chunks.push(data);
                 }
+                Ok(())
+            }
+            Fill::Spool(spool) => {
+                spool.write(data).await;
                 Ok(())
             }
         }
     }
 
     async fn finish(self: Box<Self>) -> Result<MissFinishType> {
-        let TieredMiss { fill, key, disk } = *self;
+        let TieredMiss {
+            fill, key, disk, ..
+        } = *self;
         let object = match fill {
             Fill::Memory(m) => match m.commit() {
                 Committed::Object { head, body } => DiskObject { head, body },
                 Committed::Cancelled => return Ok(MissFinishType::Created(0)),
             },
-            Fill::Buffer { head, chunks } => DiskObject {
+            Fill::Buffer { head, chunks, .. } => DiskObject {
                 head,
                 body: concat(&chunks),
             },
+            Fill::Spool(spool) => {
+                return Ok(MissFinishType::Created((*spool).finish().await as usize))
+            }
         };
         let size = object.head.len() + object.body.len();
         if let Some(disk) = disk {
@@ -247,7 +372,64 @@ impl HandleMiss for TieredMiss {
     fn streaming_write_tag(&self) -> Option<&[u8]> {
         match &self.fill {
             Fill::Memory(m) => m.streaming_write_tag(),
+            Fill::Spool(spool) => Some(spool.tag()),
             Fill::Buffer { .. } => None,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::metrics::Metrics;
+    use pingora_cache::trace::Span;
+    use pingora_http::ResponseHeader;
+    use std::time::Duration;
+
+    fn meta(content_length: Option<u64>) -> CacheMeta {
+        let now = SystemTime::now();
+        let mut header = ResponseHeader::build(200, None).expect("header");
+        if let Some(len) = content_length {
+            header
+                .append_header("content-length", len.to_string())
+                .expect("content-length");
+        }
+        CacheMeta::new(now + Duration::from_secs(60), now, 0, 0, header)
+    }
+
+    #[tokio::test]
+    async fn every_streaming_fill_is_found_by_its_tag_in_either_tier() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let metrics = Metrics::new(&[], 16 << 20, 1 << 30).expect("metrics");
+        let memory: &'static MemoryTier =
+            Box::leak(Box::new(MemoryTier::new(16 << 20, 1 << 20, true)));
+        let disk = DiskTier::open(dir.path(), 1 << 30, 1 << 30, metrics.storage.clone());
+        let storage: &'static TieredStorage = Box::leak(Box::new(TieredStorage::new(
+            Some(memory),
+            Some(disk),
+            metrics.storage.clone(),
+        )));
+        let span = Span::inactive().handle();
+        // Memory fill tags are counters: hundreds of them start with every possible byte,
+        // including the spool tags' first byte.
+        for i in 0..600 {
+            let large = i % 100 == 0;
+            let key = CacheKey::new(format!("key-{i}"), "");
+            let meta = meta(large.then_some(4 << 20));
+            let miss = storage
+                .get_miss_handler(&key, &meta, &span)
+                .await
+                .expect("miss handler");
+            let tag = miss.streaming_write_tag().map(<[u8]>::to_vec);
+            assert_eq!(tag.as_ref().map(Vec::len), Some(if large { 9 } else { 8 }));
+            let found = storage
+                .lookup_streaming_write(&key, tag.as_deref(), &span)
+                .await
+                .expect("lookup");
+            assert!(
+                found.is_some(),
+                "fill {i} (tag {tag:?}) not found by its tag"
+            );
         }
     }
 }

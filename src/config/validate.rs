@@ -176,7 +176,7 @@ pub(super) fn validate(f: FileConfig, path: &Path) -> Result<Config, ConfigError
             &mut errs,
             "cache.disk_max_object_size",
             c.disk_max_object_size.as_ref(),
-            64 << 20,
+            1 << 30,
         ),
         memory_size: size(
             &mut errs,
@@ -228,8 +228,8 @@ pub(super) fn validate(f: FileConfig, path: &Path) -> Result<Config, ConfigError
         errs.push("cache.max_object_size", "must not exceed cache.memory_size");
     }
     if c.disk_max_object_size.is_none() {
-        // the default follows a small disk_size down rather than rejecting it
-        cache.disk_max_object_size = cache.disk_max_object_size.min(cache.disk_size);
+        // the default follows a small disk_size down (one object must not flush the tier)
+        cache.disk_max_object_size = cache.disk_max_object_size.min(cache.disk_size / 4);
     }
     if cache.disk_size < 1 << 20 {
         errs.push(

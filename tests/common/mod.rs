@@ -8,7 +8,7 @@ pub mod origin;
 
 pub use asserts::{assert_hit, assert_stored_miss};
 pub use node::{free_port, outpost_bin, run_check, Node, NodeConfig};
-pub use origin::{http_date, parse_http_date, Recorded, Reply, TestOrigin};
+pub use origin::{generated_body, http_date, parse_http_date, Recorded, Reply, TestOrigin};
 
 /// The `Cache-Status` header of a response ("" if absent).
 pub fn cache_status(resp: &reqwest::blocking::Response) -> String {

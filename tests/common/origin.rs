@@ -63,6 +63,9 @@ pub struct Reply {
     truncate_after: Option<usize>,
     conditional: bool,
     stall: Option<(usize, Duration)>,
+    /// A body of this many bytes of [`generated_body`], produced while it is sent.
+    generated: Option<usize>,
+    chunked: bool,
 }
 
 impl Reply {
@@ -76,6 +79,8 @@ impl Reply {
             truncate_after: None,
             conditional: false,
             stall: None,
+            generated: None,
+            chunked: false,
         }
     }
 
@@ -116,6 +121,20 @@ impl Reply {
     /// (a slow body; combine with `truncate_after` to fail after the pause).
     pub fn stall_after(mut self, n: usize, d: Duration) -> Self {
         self.stall = Some((n, d));
+        self
+    }
+
+    /// A body of `len` bytes of [`generated_body`], produced as it is sent (so large bodies
+    /// cost the test process no memory); replaces `body`.
+    pub fn generated(mut self, len: usize) -> Self {
+        self.generated = Some(len);
+        self.body = Vec::new();
+        self
+    }
+
+    /// Send the body with `Transfer-Encoding: chunked` (no Content-Length), in 64 KiB chunks.
+    pub fn chunked(mut self) -> Self {
+        self.chunked = true;
         self
     }
 
@@ -529,11 +548,14 @@ async fn write_reply(
         } else {
             let mut hs = reply.headers.clone();
             let no_body_status = reply.status == 204 || reply.status == 304 || reply.status < 200;
-            if !no_body_status
+            let body_len = reply.generated.unwrap_or(body.len());
+            if !no_body_status && reply.chunked {
+                hs.push(("Transfer-Encoding".to_string(), "chunked".to_string()));
+            } else if !no_body_status
                 && !reply.has_header("content-length")
                 && !reply.has_header("transfer-encoding")
             {
-                hs.push(("Content-Length".to_string(), body.len().to_string()));
+                hs.push(("Content-Length".to_string(), body_len.to_string()));
             }
             (reply.status, hs, !no_body_status && !is_head)
         };
@@ -551,6 +573,11 @@ async fn write_reply(
     head.push_str("\r\n");
 
     let mut head = head.into_bytes();
+    if send_body && (reply.generated.is_some() || reply.chunked) {
+        let source = reply.generated.is_none().then_some(&body[..]);
+        let len = reply.generated.unwrap_or(body.len());
+        return write_streamed(sock, &head, reply, source, len).await;
+    }
     // Body bytes already sent before a stall.
     let mut sent = 0;
     if let (true, Some((n, d))) = (send_body, reply.stall) {
@@ -585,6 +612,78 @@ async fn write_reply(
     }
     sock.write_all(&out).await?;
     sock.flush().await?;
+    Ok(true)
+}
+
+/// Bytes `start..end` of the deterministic body that [`Reply::generated`] serves: every byte
+/// depends on its offset, so a misplaced or repeated block never compares equal.
+pub fn generated_body(start: usize, end: usize) -> Vec<u8> {
+    let first_word = start / 8;
+    let last_word = end.div_ceil(8);
+    let mut out = Vec::with_capacity((last_word - first_word) * 8);
+    for w in first_word..last_word {
+        let v = (w as u64 ^ 0x5555_AAAA_0F0F_F0F0).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+        out.extend_from_slice(&(v ^ (v >> 29)).to_le_bytes());
+    }
+    let skip = start - first_word * 8;
+    out.drain(..skip);
+    out.truncate(end - start);
+    out
+}
+
+/// Sends `head` then a body of `len` bytes (from `source`, or generated) piece by piece,
+/// chunk-encoded if asked, honouring `stall_after` and `truncate_after`. Returns false when
+/// the connection must be closed.
+async fn write_streamed(
+    sock: &mut TcpStream,
+    head: &[u8],
+    reply: &Reply,
+    source: Option<&[u8]>,
+    len: usize,
+) -> std::io::Result<bool> {
+    const PIECE: usize = 64 * 1024;
+    sock.write_all(head).await?;
+    let stop = reply.truncate_after.unwrap_or(len).min(len);
+    let mut pos = 0;
+    while pos < stop {
+        let mut end = (pos + PIECE).min(stop);
+        if let Some((n, _)) = reply.stall {
+            if pos < n && n < end {
+                end = n;
+            }
+        }
+        let piece = match source {
+            Some(b) => b[pos..end].to_vec(),
+            None => generated_body(pos, end),
+        };
+        if reply.chunked {
+            let mut framed = format!("{:x}\r\n", piece.len()).into_bytes();
+            framed.extend_from_slice(&piece);
+            framed.extend_from_slice(b"\r\n");
+            sock.write_all(&framed).await?;
+        } else {
+            sock.write_all(&piece).await?;
+        }
+        pos = end;
+        if let Some((n, d)) = reply.stall {
+            if pos == n {
+                sock.flush().await?;
+                tokio::time::sleep(d).await;
+            }
+        }
+    }
+    sock.flush().await?;
+    if stop < len {
+        // Let the peer read the partial body, then reset the connection.
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        #[allow(deprecated)]
+        let _ = sock.set_linger(Some(Duration::from_secs(0)));
+        return Ok(false);
+    }
+    if reply.chunked {
+        sock.write_all(b"0\r\n\r\n").await?;
+        sock.flush().await?;
+    }
     Ok(true)
 }
 

@@ -3,32 +3,45 @@
 //! Layout under the cache directory:
 //! - `objects/<aa>/<key>.body`: the body bytes, nothing else (so it can be sent as is);
 //! - `objects/<aa>/<key>.head`: a checksummed record of the key, the body's length and
-//!   checksum, and the stored head ([`super::entry`]);
+//!   checksums, and the stored head ([`record`]);
 //! - `tmp/`: files being written; emptied at start.
 //!
 //! Contracts:
 //! - Crash safety: files are written under `tmp/` and renamed into place, body first, then head.
-//!   Every read verifies the head's checksum and the body's length and checksum, so a crash or
+//!   Every read verifies the head's checksum and the body's length and checksums, so a crash or
 //!   power cut at any point (renames reordered, a file cut short) yields a miss, never wrong
 //!   bytes. A corrupt entry is deleted, counted, and refetched. No fsync is needed for that.
-//! - Writes happen behind the response, on one writer thread fed by a bounded queue; until a
-//!   write lands, lookups are answered from the queued object. A full queue drops the write.
+//! - Small objects are written behind the response, on one writer thread fed by a bounded
+//!   queue; until a write lands, lookups are answered from the queued object. A full queue
+//!   drops the write. Large objects are spooled to a temporary file as they arrive
+//!   ([`spool`]) and never held whole in memory.
+//! - Reads: an object the memory tier can take is read whole and verified (on the request's
+//!   thread up to [`BLOCK`] bytes, from page cache as nginx does; larger ones on the blocking
+//!   pool); a larger one is streamed block by block, each block verified before it is sent
+//!   ([`stream`]).
 //! - Size: the tier's files stay within `capacity` bytes; eviction removes the least recently
 //!   used objects. Recency is the head file's mtime (refreshed on hits, at most once a minute
 //!   per object), so it survives restarts.
 //! - Start-up does not wait for the directory scan that rebuilds the index: until it finishes,
 //!   lookups go straight to the file named by the key; eviction waits for the scan.
-//! - Deleting never races a reader into wrong bytes: a reader holds whole files it read, and a
-//!   replaced object's head is unlinked before its new body lands.
+//! - Deleting never races a reader into wrong bytes: a reader holds whole files it read or an
+//!   open descriptor of the body it streams, and a replaced object's head is unlinked before
+//!   its new body lands.
 //! - Faults (disk full, permissions, directory removed) are counted and logged at most once per
 //!   interval; the node keeps serving from memory and origin, and recreates its directories.
-//! - Reads are synchronous on the request's thread and read the whole object (page-cache
-//!   speed for hot files); streaming very large objects from disk is not done yet.
+
+mod index;
+pub mod record;
+pub mod spool;
+pub mod stream;
 
 use crate::metrics::StorageMetrics;
 use bytes::Bytes;
+use index::Index;
 use parking_lot::{Condvar, Mutex};
-use std::collections::{BTreeSet, HashMap};
+use record::{BodyDigest, HeadRecord, BLOCK};
+use spool::SpoolShared;
+use std::collections::HashMap;
 use std::fs::{self, File};
 use std::io::{self, ErrorKind, Write};
 use std::path::{Path, PathBuf};
@@ -36,19 +49,12 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::{sync_channel, Receiver, SyncSender, TrySendError};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
-use xxhash_rust::xxh3::{xxh3_64, Xxh3};
+use stream::StreamHit;
 
-const MAGIC: &[u8; 4] = b"OPHD";
-const FORMAT: u8 = 1;
-/// magic 4 | format 1 | pad 3 | key 16 | body_len 8 | body_hash 8 | head_len 4 | record_hash 8
-const RECORD: usize = 52;
-const HASH_AT: usize = 44;
 /// Queued write-behind bytes at most; a write beyond is dropped (counted).
 const MAX_QUEUED_BYTES: u64 = 256 << 20;
 /// Queued write-behind jobs at most.
 const MAX_QUEUED_JOBS: usize = 4096;
-/// A hit refreshes an object's recency when it is older than this (nanoseconds).
-const TOUCH_INTERVAL: u64 = 60_000_000_000;
 /// At most one log line per fault kind per this interval.
 const LOG_INTERVAL: Duration = Duration::from_secs(10);
 
@@ -68,61 +74,22 @@ impl DiskObject {
     }
 }
 
+/// A hit from the disk tier.
+pub enum DiskHit {
+    /// A small object, read whole and verified.
+    Whole(DiskObject),
+    /// A large object, streamed from its file block by block.
+    Stream {
+        /// The encoded head.
+        head: Bytes,
+        /// Serves the body.
+        hit: StreamHit,
+    },
+}
+
 enum Job {
     Put { key: u128, seq: u64 },
     Head { key: u128, head: Bytes },
-}
-
-#[derive(Clone, Copy)]
-struct Indexed {
-    bytes: u64,
-    /// Last write or (coarsely) last hit, nanoseconds since the Unix epoch.
-    stamp: u64,
-}
-
-/// Which objects are on disk, their sizes, and their recency order.
-#[derive(Default)]
-struct Index {
-    map: HashMap<u128, Indexed>,
-    lru: BTreeSet<(u64, u128)>,
-    bytes: u64,
-}
-
-impl Index {
-    fn insert(&mut self, key: u128, bytes: u64, stamp: u64) {
-        self.remove(key);
-        self.map.insert(key, Indexed { bytes, stamp });
-        self.lru.insert((stamp, key));
-        self.bytes += bytes;
-    }
-
-    fn remove(&mut self, key: u128) -> bool {
-        match self.map.remove(&key) {
-            Some(old) => {
-                self.lru.remove(&(old.stamp, key));
-                self.bytes -= old.bytes;
-                true
-            }
-            None => false,
-        }
-    }
-
-    /// Refresh `key`'s recency if it is older than [`TOUCH_INTERVAL`]; true if refreshed.
-    fn touch(&mut self, key: u128, now: u64) -> bool {
-        match self.map.get_mut(&key) {
-            Some(e) if now.saturating_sub(e.stamp) >= TOUCH_INTERVAL => {
-                self.lru.remove(&(e.stamp, key));
-                e.stamp = now;
-                self.lru.insert((now, key));
-                true
-            }
-            _ => false,
-        }
-    }
-
-    fn oldest(&self) -> Option<u128> {
-        self.lru.first().map(|(_, k)| *k)
-    }
 }
 
 struct Pending {
@@ -139,6 +106,7 @@ pub struct DiskTier {
     index: Mutex<Index>,
     scanned: AtomicBool,
     pending: Mutex<HashMap<u128, Pending>>,
+    spools: Mutex<HashMap<u128, Vec<Arc<SpoolShared>>>>,
     drained: Condvar,
     queued_bytes: AtomicU64,
     next_seq: AtomicU64,
@@ -152,7 +120,7 @@ fn nanos(t: SystemTime) -> u64 {
         .map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
 }
 
-fn now_nanos() -> u64 {
+pub(super) fn now_nanos() -> u64 {
     nanos(SystemTime::now())
 }
 
@@ -160,8 +128,17 @@ fn mtime_nanos(meta: &fs::Metadata) -> u64 {
     meta.modified().map_or(0, nanos)
 }
 
+/// Run blocking file work on the runtime's blocking pool.
+pub(super) async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> io::Result<T> + Send + 'static,
+) -> io::Result<T> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .unwrap_or_else(|e| Err(io::Error::other(e)))
+}
+
 /// Why a stored entry could not be used.
-enum ReadFailure {
+pub(super) enum ReadFailure {
     /// Not on disk.
     Missing,
     /// On disk but wrong: delete it.
@@ -180,67 +157,9 @@ impl From<io::Error> for ReadFailure {
     }
 }
 
-/// Build a head file: the checksummed record (vouching for a body of `body_len` bytes with
-/// checksum `body_hash`) followed by the stored head.
-fn head_file(key: u128, head: &[u8], body_len: u64, body_hash: u64) -> Vec<u8> {
-    let mut out = Vec::with_capacity(RECORD + head.len());
-    out.extend_from_slice(MAGIC);
-    out.extend_from_slice(&[FORMAT, 0, 0, 0]);
-    out.extend_from_slice(&key.to_le_bytes());
-    out.extend_from_slice(&body_len.to_le_bytes());
-    out.extend_from_slice(&body_hash.to_le_bytes());
-    out.extend_from_slice(&(head.len() as u32).to_le_bytes());
-    out.extend_from_slice(&[0; 8]);
-    out.extend_from_slice(head);
-    let hash = record_hash(&out);
-    out[HASH_AT..RECORD].copy_from_slice(&hash.to_le_bytes());
-    out
-}
-
-fn record_hash(file: &[u8]) -> u64 {
-    let mut h = Xxh3::new();
-    h.update(&file[..HASH_AT]);
-    h.update(&file[RECORD..]);
-    h.digest()
-}
-
-fn le_u64(b: &[u8]) -> u64 {
-    let mut a = [0u8; 8];
-    a.copy_from_slice(&b[..8]);
-    u64::from_le_bytes(a)
-}
-
-/// A verified head file: the stored head and the body it vouches for.
-struct HeadRecord {
-    head: Bytes,
-    body_len: u64,
-    body_hash: u64,
-}
-
-fn parse_head_file(key: u128, file: Bytes) -> Result<HeadRecord, ReadFailure> {
-    if file.len() < RECORD || &file[..4] != MAGIC {
-        return Err(ReadFailure::Corrupt("head record truncated or not ours"));
-    }
-    if file[4] != FORMAT {
-        return Err(ReadFailure::Corrupt("head record of an unknown format"));
-    }
-    let mut k = [0u8; 16];
-    k.copy_from_slice(&file[8..24]);
-    if u128::from_le_bytes(k) != key {
-        return Err(ReadFailure::Corrupt("head record of another key"));
-    }
-    let head_len = u32::from_le_bytes([file[40], file[41], file[42], file[43]]) as usize;
-    if file.len() != RECORD + head_len {
-        return Err(ReadFailure::Corrupt("head record length mismatch"));
-    }
-    if le_u64(&file[HASH_AT..]) != record_hash(&file) {
-        return Err(ReadFailure::Corrupt("head record checksum mismatch"));
-    }
-    Ok(HeadRecord {
-        body_len: le_u64(&file[24..]),
-        body_hash: le_u64(&file[32..]),
-        head: file.slice(RECORD..),
-    })
+/// Read and verify the head file of `key`.
+fn read_record(key: u128, head_path: &Path) -> Result<HeadRecord, ReadFailure> {
+    HeadRecord::parse(key, Bytes::from(fs::read(head_path)?)).map_err(ReadFailure::Corrupt)
 }
 
 /// Write `data` to `tmp`, then rename it to `dest`.
@@ -278,6 +197,7 @@ impl DiskTier {
             index: Mutex::new(Index::default()),
             scanned: AtomicBool::new(false),
             pending: Mutex::new(HashMap::new()),
+            spools: Mutex::new(HashMap::new()),
             drained: Condvar::new(),
             queued_bytes: AtomicU64::new(0),
             next_seq: AtomicU64::new(1),
@@ -316,6 +236,11 @@ impl DiskTier {
         Ok(())
     }
 
+    /// The largest body this tier stores.
+    pub fn max_object(&self) -> u64 {
+        self.max_object
+    }
+
     /// Objects on disk (and being written).
     pub fn objects(&self) -> u64 {
         self.index.lock().map.len() as u64
@@ -348,30 +273,24 @@ impl DiskTier {
         )
     }
 
-    /// The object stored under `key`, verified; `None` when absent, unreadable or corrupt
-    /// (a corrupt entry is deleted and counted).
-    pub fn lookup(&self, key: u128) -> Option<DiskObject> {
-        if let Some(p) = self.pending.lock().get(&key) {
-            self.metrics.disk.hits.inc();
-            return Some(p.object.clone());
-        }
-        if self.scanned.load(Ordering::Acquire) && !self.index.lock().map.contains_key(&key) {
-            self.metrics.disk.misses.inc();
-            return None;
-        }
-        let (head_path, body_path) = self.paths(key);
-        match self.read(key, &head_path, &body_path) {
-            Ok(object) => {
+    /// Whether a lookup of `key` can skip the disk: the index is complete and lacks it.
+    fn surely_absent(&self, key: u128) -> bool {
+        self.scanned.load(Ordering::Acquire) && !self.index.lock().map.contains_key(&key)
+    }
+
+    /// Count a lookup's outcome, refresh recency on a hit, drop a corrupt entry.
+    fn settle<T>(&self, key: u128, head_path: &Path, read: Result<T, ReadFailure>) -> Option<T> {
+        match read {
+            Ok(found) => {
                 self.metrics.disk.hits.inc();
-                let now = now_nanos();
-                if self.index.lock().touch(key, now) {
+                if self.index.lock().touch(key, now_nanos()) {
                     // best effort: recency for eviction after a restart
                     let _ = File::options()
                         .write(true)
-                        .open(&head_path)
+                        .open(head_path)
                         .and_then(|f| f.set_modified(SystemTime::now()));
                 }
-                Some(object)
+                Some(found)
             }
             Err(ReadFailure::Missing) => {
                 self.metrics.disk.misses.inc();
@@ -386,19 +305,80 @@ impl DiskTier {
             }
             Err(ReadFailure::Corrupt(why)) => {
                 self.metrics.disk.misses.inc();
-                self.drop_corrupt(key, &head_path, why);
+                self.drop_corrupt(key, head_path, why);
                 None
             }
         }
     }
 
-    fn read(
-        &self,
-        key: u128,
-        head_path: &Path,
-        body_path: &Path,
-    ) -> Result<DiskObject, ReadFailure> {
-        let record = parse_head_file(key, Bytes::from(fs::read(head_path)?))?;
+    /// The object stored under `key`, read whole and verified; `None` when absent, unreadable
+    /// or corrupt (a corrupt entry is deleted and counted).
+    pub fn lookup(&self, key: u128) -> Option<DiskObject> {
+        if let Some(p) = self.pending.lock().get(&key) {
+            self.metrics.disk.hits.inc();
+            return Some(p.object.clone());
+        }
+        if self.surely_absent(key) {
+            self.metrics.disk.misses.inc();
+            return None;
+        }
+        let (head_path, body_path) = self.paths(key);
+        let read =
+            read_record(key, &head_path).and_then(|record| self.read_body(&body_path, record));
+        self.settle(key, &head_path, read)
+    }
+
+    /// A hit on `key`: objects of up to `whole_up_to` bytes (and any not block-hashed) are
+    /// read whole, larger ones are streamed ([`StreamHit`]). Like [`DiskTier::lookup`]
+    /// otherwise.
+    pub async fn lookup_hit(self: &Arc<Self>, key: u128, whole_up_to: u64) -> Option<DiskHit> {
+        if let Some(p) = self.pending.lock().get(&key) {
+            self.metrics.disk.hits.inc();
+            return Some(DiskHit::Whole(p.object.clone()));
+        }
+        if self.surely_absent(key) {
+            self.metrics.disk.misses.inc();
+            return None;
+        }
+        let (head_path, body_path) = self.paths(key);
+        let record = match read_record(key, &head_path) {
+            Ok(r) => r,
+            Err(e) => return self.settle(key, &head_path, Err::<DiskHit, _>(e)),
+        };
+        let streams =
+            record.body_len > whole_up_to && matches!(record.digest, BodyDigest::Blocks(_));
+        let read = if streams {
+            let head = record.head.clone();
+            let (tier, path) = (self.clone(), head_path.clone());
+            blocking(move || Ok(StreamHit::open(tier, key, path, body_path, record)))
+                .await
+                .unwrap_or_else(|e| Err(ReadFailure::Io(e)))
+                .map(|hit| DiskHit::Stream { head, hit })
+        } else if record.body_len > BLOCK {
+            // a large read would stall this thread's other requests on a cold disk
+            let tier = self.clone();
+            blocking(move || Ok(tier.read_body(&body_path, record)))
+                .await
+                .unwrap_or_else(|e| Err(ReadFailure::Io(e)))
+                .map(DiskHit::Whole)
+        } else {
+            self.read_body(&body_path, record).map(DiskHit::Whole)
+        };
+        self.settle(key, &head_path, read)
+    }
+
+    /// The stored head of `key` (queued or on disk, verified), without its body.
+    pub fn head(&self, key: u128) -> Option<Bytes> {
+        if let Some(p) = self.pending.lock().get(&key) {
+            return Some(p.object.head.clone());
+        }
+        if self.surely_absent(key) {
+            return None;
+        }
+        read_record(key, &self.paths(key).0).ok().map(|r| r.head)
+    }
+
+    fn read_body(&self, body_path: &Path, record: HeadRecord) -> Result<DiskObject, ReadFailure> {
         if record.body_len > self.max_object.max(1 << 30) {
             return Err(ReadFailure::Corrupt("body length out of range"));
         }
@@ -410,12 +390,7 @@ impl DiskTier {
             }
             Err(e) => return Err(e.into()),
         };
-        if body.len() as u64 != record.body_len {
-            return Err(ReadFailure::Corrupt("body length mismatch (truncated?)"));
-        }
-        if xxh3_64(&body) != record.body_hash {
-            return Err(ReadFailure::Corrupt("body checksum mismatch"));
-        }
+        record.verify(&body).map_err(ReadFailure::Corrupt)?;
         Ok(DiskObject {
             head: record.head,
             body: Bytes::from(body),
@@ -485,8 +460,9 @@ impl DiskTier {
 
     /// Remove `key` from disk (and from the write queue); true if it was there.
     pub fn remove(&self, key: u128) -> bool {
+        let spooling = self.cancel_spools(key);
         let queued = self.take_pending(key, None);
-        self.delete(key) || queued
+        self.delete(key) || queued || spooling
     }
 
     /// Delete `key`'s files and index entry; true if its head file or index entry existed.
@@ -564,28 +540,22 @@ impl DiskTier {
     }
 
     fn write_object(&self, key: u128, seq: u64, object: &DiskObject) -> io::Result<()> {
-        let (head_path, body_path) = self.paths(key);
-        let record = head_file(
+        let record = HeadRecord::encode(
             key,
             &object.head,
             object.body.len() as u64,
-            xxh3_64(&object.body),
+            &BodyDigest::of(&object.body),
         );
-        let attempt = || -> io::Result<()> {
-            if let Some(dir) = head_path.parent() {
-                fs::create_dir_all(dir)?;
-            }
+        let body_tmp = self.tmp_path(seq, "body");
+        let written = (|| {
             fs::create_dir_all(&self.tmp)?;
-            // A reader must never pair the old head with the new body.
-            match fs::remove_file(&head_path) {
-                Err(e) if e.kind() != ErrorKind::NotFound => return Err(e),
-                _ => {}
-            }
-            write_then_rename(&self.tmp_path(seq, "body"), &body_path, &[&object.body])?;
-            write_then_rename(&self.tmp_path(seq, "head"), &head_path, &[&record])
-        };
-        self.index.lock().remove(key);
-        attempt()?;
+            File::create(&body_tmp)?.write_all(&object.body)?;
+            self.place(key, seq, &body_tmp, &record)
+        })();
+        if written.is_err() {
+            let _ = fs::remove_file(&body_tmp);
+        }
+        written?;
         let bytes = (record.len() + object.body.len()) as u64;
         // a purge may have removed the key while it was written: then delete what we wrote
         if self.pending.lock().get(&key).is_none_or(|p| p.seq != seq) {
@@ -596,12 +566,29 @@ impl DiskTier {
         Ok(())
     }
 
+    /// Put an object's files in place: the old head goes first (a reader must never pair it
+    /// with the new body), then the body (renamed from `body_tmp`), then the new head. The
+    /// caller indexes the object.
+    fn place(&self, key: u128, seq: u64, body_tmp: &Path, record: &[u8]) -> io::Result<()> {
+        let (head_path, body_path) = self.paths(key);
+        self.index.lock().remove(key);
+        if let Some(dir) = head_path.parent() {
+            fs::create_dir_all(dir)?;
+        }
+        match fs::remove_file(&head_path) {
+            Err(e) if e.kind() != ErrorKind::NotFound => return Err(e),
+            _ => {}
+        }
+        fs::rename(body_tmp, &body_path)?;
+        write_then_rename(&self.tmp_path(seq, "head"), &head_path, &[record])
+    }
+
     fn rewrite_head(&self, key: u128, head: &Bytes) -> io::Result<()> {
         let (head_path, body_path) = self.paths(key);
-        let old = parse_head_file(key, Bytes::from(fs::read(&head_path)?))
+        let old = read_record(key, &head_path)
             .map_err(|_| io::Error::new(ErrorKind::NotFound, "no valid head to update"))?;
         // the body file is not rewritten: the new head vouches for it as the old one did
-        let record = head_file(key, head, old.body_len, old.body_hash);
+        let record = HeadRecord::encode(key, head, old.body_len, &old.digest);
         let seq = self.next_seq.fetch_add(1, Ordering::Relaxed);
         write_then_rename(&self.tmp_path(seq, "head"), &head_path, &[&record])?;
         let bytes = record.len() as u64 + old.body_len;
@@ -702,90 +689,6 @@ impl DiskTier {
                 0
             }
             _ => 0,
-        }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn index_tracks_bytes_and_evicts_oldest_first() {
-        let mut i = Index::default();
-        i.insert(1, 100, 10);
-        i.insert(2, 200, 20);
-        i.insert(3, 300, 30);
-        assert_eq!(i.bytes, 600);
-        assert_eq!(i.oldest(), Some(1));
-        // a touch makes 1 the newest
-        assert!(i.touch(1, 10 + TOUCH_INTERVAL));
-        assert_eq!(i.oldest(), Some(2));
-        // re-inserting replaces size and recency
-        i.insert(2, 50, 100);
-        assert_eq!(i.bytes, 450);
-        assert_eq!(i.oldest(), Some(3));
-        assert!(i.remove(3));
-        assert!(!i.remove(3));
-        assert_eq!(i.bytes, 150);
-        assert_eq!(i.map.len(), i.lru.len());
-    }
-
-    #[test]
-    fn index_bookkeeping_holds_under_random_operations() {
-        // property: bytes == sum of sizes, lru mirrors map, oldest has the smallest stamp
-        let mut i = Index::default();
-        let mut state: u64 = 0x9E37_79B9_7F4A_7C15;
-        let mut next = || {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            state
-        };
-        for step in 0..20_000u64 {
-            let key = u128::from(next() % 500);
-            match next() % 4 {
-                0 | 1 => i.insert(key, next() % 10_000, step * TOUCH_INTERVAL / 8),
-                2 => {
-                    i.remove(key);
-                }
-                _ => {
-                    i.touch(key, step * TOUCH_INTERVAL / 8);
-                }
-            }
-            if step % 97 == 0 {
-                assert_eq!(i.bytes, i.map.values().map(|e| e.bytes).sum::<u64>());
-                assert_eq!(i.map.len(), i.lru.len());
-                let min = i.map.values().map(|e| e.stamp).min();
-                assert_eq!(i.lru.first().map(|(s, _)| *s), min);
-            }
-        }
-    }
-
-    #[test]
-    fn head_record_detects_every_single_byte_flip_and_cut() {
-        let file = Bytes::from(head_file(7, b"HEAD", 4, xxh3_64(b"body")));
-        let ok = parse_head_file(7, file.clone()).ok().expect("valid");
-        assert_eq!(&ok.head[..], b"HEAD");
-        assert_eq!(ok.body_len, 4);
-        assert_eq!(ok.body_hash, xxh3_64(b"body"));
-        assert!(matches!(
-            parse_head_file(8, file.clone()),
-            Err(ReadFailure::Corrupt(_))
-        ));
-        for i in 0..file.len() {
-            let mut bad = file.to_vec();
-            bad[i] ^= 0x40;
-            assert!(
-                parse_head_file(7, Bytes::from(bad)).is_err(),
-                "flip at {i} accepted"
-            );
-        }
-        for cut in 0..file.len() {
-            assert!(
-                parse_head_file(7, file.slice(..cut)).is_err(),
-                "cut at {cut}"
-            );
         }
     }
 }
