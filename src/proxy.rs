@@ -1,10 +1,10 @@
 //! The request path: Outpost's `ProxyHttp` implementation, hook by hook in the order Pingora
 //! calls them. Each hook delegates policy to `rules`, `cache::*` or `upstream`.
 
-use crate::cache::freshness;
 use crate::cache::request::RequestDirectives;
 use crate::cache::status::{CacheStatus, Forward};
 use crate::cache::vary;
+use crate::cache::{freshness, ranges};
 use crate::metrics::label_index;
 use crate::node::Node;
 use crate::rules::{key, normalize_host, Rule, RuleSet};
@@ -20,9 +20,12 @@ use pingora_cache::{
 use pingora_core::upstreams::peer::HttpPeer;
 use pingora_error::{Error, ErrorSource, ErrorType, Result};
 use pingora_http::{RequestHeader, ResponseHeader};
-use pingora_proxy::{FailToProxy, ProxyHttp, Session};
+use pingora_proxy::{range_header_filter, FailToProxy, ProxyHttp, RangeType, Session};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
+
+/// Most ranges one request may ask for (Pingora's default); more are answered with the whole.
+const MAX_RANGES: usize = 200;
 
 /// The Outpost proxy: one per node, shared by every request.
 pub struct OutpostProxy {
@@ -371,6 +374,34 @@ impl ProxyHttp for OutpostProxy {
             ctx.was_stale = true;
         }
         Ok(None)
+    }
+
+    fn range_header_filter(
+        &self,
+        session: &mut Session,
+        resp: &mut ResponseHeader,
+        _ctx: &mut RequestCtx,
+    ) -> RangeType {
+        let from_cache = matches!(
+            session.cache.phase(),
+            CachePhase::Hit | CachePhase::Stale | CachePhase::StaleUpdating
+        );
+        if from_cache && !resp.headers.contains_key(header::CONTENT_LENGTH) {
+            // stored complete from a chunked origin response: its length is known now
+            if let Some(len) = ranges::stored_body_len(session.cache.hit_handler()) {
+                resp.remove_header(&header::TRANSFER_ENCODING);
+                if resp.insert_header(header::CONTENT_LENGTH, len).is_err() {
+                    return RangeType::None;
+                }
+            }
+        }
+        let req = session.req_header();
+        if let Some(if_range) = req.headers.get(header::IF_RANGE) {
+            if !ranges::if_range_allows(if_range, resp) {
+                return RangeType::None;
+            }
+        }
+        range_header_filter(req, resp, Some(MAX_RANGES))
     }
 
     fn cache_vary_filter(

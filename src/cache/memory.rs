@@ -457,6 +457,11 @@ pub struct CompleteHit {
 }
 
 impl CompleteHit {
+    /// The length of the whole body.
+    pub fn body_len(&self) -> usize {
+        self.body.len()
+    }
+
     /// A hit serving `body`.
     pub fn new(body: Bytes) -> Self {
         let end = body.len();

@@ -13,13 +13,32 @@ pub fn outpost_bin() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_outpost"))
 }
 
-/// A loopback port that was free a moment ago (bind :0, drop).
+/// A loopback port that was free a moment ago, below the kernel's ephemeral port range: a port
+/// from that range (bind :0) can be taken by any outgoing connection on the machine before the
+/// node binds it. Processes start at different points of the range and threads share a counter,
+/// so concurrent tests rarely even try the same port.
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .expect("bind 127.0.0.1:0")
-        .local_addr()
-        .unwrap()
-        .port()
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static NEXT: AtomicU32 = AtomicU32::new(u32::MAX);
+    let ephemeral_low = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|s| s.split_whitespace().next()?.parse::<u32>().ok())
+        .unwrap_or(32768);
+    let (low, high) = (10_000u32, ephemeral_low.max(12_000));
+    let span = high - low;
+    let _ = NEXT.compare_exchange(
+        u32::MAX,
+        std::process::id().wrapping_mul(7919) % span,
+        Ordering::SeqCst,
+        Ordering::SeqCst,
+    );
+    for _ in 0..span {
+        let port = low + NEXT.fetch_add(1, Ordering::SeqCst) % span;
+        if TcpListener::bind(("127.0.0.1", port as u16)).is_ok() {
+            return port as u16;
+        }
+    }
+    panic!("no free loopback port in {low}..{high}");
 }
 
 /// Writes `toml` to a temporary `outpost.toml` and runs `outpost check --config <file>`.

@@ -52,6 +52,11 @@ fn read_block(file: &File, record: &HeadRecord, index: u64) -> Result<Bytes, Rea
 }
 
 impl StreamHit {
+    /// The length of the whole body.
+    pub fn body_len(&self) -> u64 {
+        self.record.body_len
+    }
+
     /// Open the body of a block-hashed `record` and verify its length and first block
     /// (blocking: call off the async threads).
     pub(super) fn open(
