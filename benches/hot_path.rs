@@ -392,6 +392,7 @@ fn bench_vary_and_status(c: &mut Criterion) {
     g.finish();
 
     let hit = CacheStatus::Hit {
+        detail: None,
         ttl: 3542,
         stale: false,
         collapsed: false,

@@ -69,6 +69,48 @@ pub struct StorageMetrics {
     pub disk_writes_dropped: IntCounter,
 }
 
+/// Why a stale response was served (label `reason` of `outpost_cache_stale_served_total`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StaleReason {
+    /// Within its stale-while-revalidate window, while one request revalidates it.
+    WhileRevalidate,
+    /// The origin failed (stale-if-error).
+    IfError,
+    /// The client's `max-stale` accepted it.
+    MaxStale,
+}
+
+/// How a revalidation with the origin ended (label `outcome`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RevalidationOutcome {
+    /// 304: the stored response was freshened, its body kept.
+    NotModified,
+    /// A full response replaced (or removed) the stored one.
+    Replaced,
+    /// The origin failed or answered 5xx.
+    Error,
+}
+
+/// Revalidation, stale and negative-cache counters.
+pub struct StaleMetrics {
+    stale: [IntCounter; 3],
+    revalidations: [IntCounter; 3],
+    /// Hits on stored 404/410/5xx responses.
+    pub negative_hits: IntCounter,
+}
+
+impl StaleMetrics {
+    /// Count a stale response served.
+    pub fn stale_served(&self, reason: StaleReason) {
+        self.stale[reason as usize].inc();
+    }
+
+    /// Count a finished revalidation.
+    pub fn revalidated(&self, outcome: RevalidationOutcome) {
+        self.revalidations[outcome as usize].inc();
+    }
+}
+
 /// The node's metrics.
 pub struct Metrics {
     registry: Registry,
@@ -92,6 +134,8 @@ pub struct Metrics {
     pub disk_capacity: IntGauge,
     /// Counters the storage tiers record into.
     pub storage: StorageMetrics,
+    /// Revalidations, stale responses served, negative-cache hits.
+    pub stale: StaleMetrics,
 }
 
 impl Metrics {
@@ -200,8 +244,37 @@ impl Metrics {
             "outpost_cache_disk_capacity_bytes",
             "Configured disk tier capacity",
         )?;
+        let stale_served = IntCounterVec::new(
+            Opts::new(
+                "outpost_cache_stale_served_total",
+                "Stale responses served, by reason (while-revalidate, if-error, max-stale)",
+            ),
+            &["reason"],
+        )?;
+        let revalidations = IntCounterVec::new(
+            Opts::new(
+                "outpost_cache_revalidations_total",
+                "Revalidations of stored responses with the origin, by outcome \
+                 (not-modified, replaced, error)",
+            ),
+            &["outcome"],
+        )?;
+        let negative_hits = IntCounter::new(
+            "outpost_cache_negative_hits_total",
+            "Hits on stored 404, 410 and 5xx responses",
+        )?;
+        let stale = StaleMetrics {
+            stale: ["while-revalidate", "if-error", "max-stale"]
+                .map(|r| stale_served.with_label_values(&[r])),
+            revalidations: ["not-modified", "replaced", "error"]
+                .map(|o| revalidations.with_label_values(&[o])),
+            negative_hits: negative_hits.clone(),
+        };
         for c in [
-            Box::new(tier_hits.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(stale_served) as Box<dyn prometheus::core::Collector>,
+            Box::new(revalidations),
+            Box::new(negative_hits),
+            Box::new(tier_hits.clone()),
             Box::new(tier_misses.clone()),
             Box::new(evictions.clone()),
             Box::new(promotions.clone()),
@@ -272,6 +345,7 @@ impl Metrics {
             disk_bytes,
             disk_capacity,
             storage,
+            stale,
         })
     }
 

@@ -5,9 +5,10 @@ use crate::cache::request::RequestDirectives;
 use crate::cache::status::{CacheStatus, Forward};
 use crate::cache::vary;
 use crate::cache::{freshness, ranges};
-use crate::metrics::label_index;
+use crate::metrics::{label_index, RevalidationOutcome, StaleReason};
 use crate::node::Node;
 use crate::rules::{key, normalize_host, Rule, RuleSet};
+use crate::upstream::Origin;
 use async_trait::async_trait;
 use bytes::Bytes;
 use http::{header, Method, StatusCode};
@@ -50,6 +51,10 @@ pub struct RequestCtx {
     forward: Option<Forward>,
     /// The stored response was stale when looked up.
     was_stale: bool,
+    /// A stored response exists and the origin is asked to validate or replace it.
+    revalidating: bool,
+    /// Why a stale response was served, and the origin's error status for stale-if-error.
+    stale: Option<(StaleReason, Option<u16>)>,
     /// `cache_vary_filter` found a Vary'd response during lookup.
     vary_seen: bool,
     /// Set by `cache_miss`: uri-miss or vary-miss.
@@ -67,6 +72,15 @@ impl RequestCtx {
     fn rule(&self) -> &Rule {
         self.rules.get(self.rule)
     }
+}
+
+/// The origin failed this request: the fetch went past `total_timeout`.
+fn total_timeout_error() -> Box<Error> {
+    Error::explain(
+        ErrorType::ReadTimedout,
+        "origin fetch exceeded total_timeout",
+    )
+    .into_up()
 }
 
 fn is_safe(method: &Method) -> bool {
@@ -125,9 +139,24 @@ fn seconds_between(later: SystemTime, earlier: SystemTime) -> i64 {
 }
 
 impl OutpostProxy {
+    /// The origin this request's rule fetches from.
+    fn origin(&self, ctx: &RequestCtx) -> Option<&Origin> {
+        self.node.origins.get(ctx.rule().config.origin)
+    }
+
     /// What the cache did for this request, from the cache phase and what the hooks saw.
     fn cache_status(&self, session: &Session, ctx: &RequestCtx) -> CacheStatus {
         let now = SystemTime::now();
+        if let (Some((StaleReason::IfError, status)), Some(meta), Some(_)) = (
+            ctx.stale,
+            session.cache.maybe_cache_meta(),
+            ctx.origin_start,
+        ) {
+            return CacheStatus::StaleOnError {
+                ttl: seconds_between(meta.fresh_until(), now),
+                status,
+            };
+        }
         let forward = |default: Forward| {
             ctx.forward
                 .or(ctx.was_stale.then_some(Forward::Stale))
@@ -137,10 +166,20 @@ impl OutpostProxy {
         match session.cache.phase() {
             CachePhase::Hit | CachePhase::Stale | CachePhase::StaleUpdating => {
                 let meta = session.cache.cache_meta();
+                let stale = !meta.is_fresh(now);
                 CacheStatus::Hit {
                     ttl: seconds_between(meta.fresh_until(), now),
-                    stale: !meta.is_fresh(now),
+                    stale,
                     collapsed: session.cache.lock_duration().is_some(),
+                    detail: match ctx.stale {
+                        Some((StaleReason::WhileRevalidate, _)) if stale => {
+                            Some("stale-while-revalidate")
+                        }
+                        Some((StaleReason::MaxStale, _)) if stale => Some("max-stale"),
+                        // answered stale without asking an origin that just failed
+                        Some((StaleReason::IfError, _)) if stale => Some("stale-if-error"),
+                        _ => None,
+                    },
                 }
             }
             CachePhase::Miss | CachePhase::Expired => CacheStatus::Forward {
@@ -257,6 +296,8 @@ impl ProxyHttp for OutpostProxy {
             directives: RequestDirectives::default(),
             forward: None,
             was_stale: false,
+            revalidating: false,
+            stale: None,
             vary_seen: false,
             miss: None,
             not_stored: None,
@@ -360,6 +401,7 @@ impl ProxyHttp for OutpostProxy {
                     .is_some_and(|min| seconds_between(meta.fresh_until(), now) < i64::from(min)));
         if forced_by_request {
             ctx.forward = Some(Forward::Request);
+            ctx.revalidating = true;
             return Ok(Some(ForcedFreshness::ForceExpired));
         }
         if !is_fresh {
@@ -368,10 +410,18 @@ impl ProxyHttp for OutpostProxy {
                 if !freshness::forbids_stale(meta.headers())
                     && max_stale.is_none_or(|m| staleness <= i64::from(m))
                 {
+                    ctx.stale = Some((StaleReason::MaxStale, None));
                     return Ok(Some(ForcedFreshness::ForceFresh));
                 }
             }
+            // The origin failed moments ago: within the stale-if-error window, answer stale
+            // without asking it again, so an outage does not pile requests onto it.
+            if meta.serve_stale_if_error(now) && self.origin(ctx).is_some_and(Origin::is_failing) {
+                ctx.stale = Some((StaleReason::IfError, None));
+                return Ok(Some(ForcedFreshness::ForceFresh));
+            }
             ctx.was_stale = true;
+            ctx.revalidating = true;
         }
         Ok(None)
     }
@@ -415,6 +465,34 @@ impl ProxyHttp for OutpostProxy {
             ctx.vary_seen = true;
         }
         variance
+    }
+
+    /// RFC 5861 as Pingora asks it: `error` is `None` for stale-while-revalidate (the stored
+    /// response's window, already checked, allows it: serve stale, one background request
+    /// revalidates), else the failure for stale-if-error, which covers an unreachable or
+    /// timed-out origin and 500/502/503/504 (RFC 5861 4), not other errors.
+    fn should_serve_stale(
+        &self,
+        _session: &mut Session,
+        ctx: &mut RequestCtx,
+        error: Option<&Error>,
+    ) -> bool {
+        let stale = match error.map(|e| (e.etype(), e.esource())) {
+            None => (StaleReason::WhileRevalidate, None),
+            Some((ErrorType::HTTPStatus(code @ (500 | 502 | 503 | 504)), _)) => {
+                (StaleReason::IfError, Some(*code))
+            }
+            Some((ErrorType::HTTPStatus(_), _)) => return false,
+            Some((_, ErrorSource::Upstream)) => (StaleReason::IfError, None),
+            Some(_) => return false,
+        };
+        if error.is_some() {
+            if let Some(origin) = self.origin(ctx) {
+                origin.record_failure();
+            }
+        }
+        ctx.stale = Some(stale);
+        true
     }
 
     async fn proxy_upstream_filter(
@@ -490,6 +568,18 @@ impl ProxyHttp for OutpostProxy {
         ctx.upstream_status = Some(status);
         // RFC 9110 2.5: we answer with our own HTTP version, whatever the origin spoke.
         resp.set_version(http::Version::HTTP_11);
+        if let Some(origin) = self.origin(ctx) {
+            if matches!(status, 500 | 502 | 503 | 504) {
+                origin.record_failure();
+            }
+            if ctx
+                .origin_start
+                .is_some_and(|s| origin.past_total_timeout(s))
+            {
+                origin.record_failure();
+                return Err(total_timeout_error());
+            }
+        }
         if status == 304 {
             // Pingora merges only a few fields of a 304 into the stored header; keep them all
             // for response_cache_filter (RFC 9111 4.3.4).
@@ -501,6 +591,22 @@ impl ProxyHttp for OutpostProxy {
             }
         }
         Ok(())
+    }
+
+    fn upstream_response_body_filter(
+        &self,
+        _session: &mut Session,
+        _body: &mut Option<Bytes>,
+        _end_of_stream: bool,
+        ctx: &mut RequestCtx,
+    ) -> Result<Option<Duration>> {
+        if let (Some(origin), Some(start)) = (self.origin(ctx), ctx.origin_start) {
+            if origin.past_total_timeout(start) {
+                origin.record_failure();
+                return Err(total_timeout_error());
+            }
+        }
+        Ok(None)
     }
 
     fn response_cache_filter(
@@ -576,6 +682,9 @@ impl ProxyHttp for OutpostProxy {
             if let Some(m) = self.node.metrics.origins.get(ctx.rule().config.origin) {
                 m.errors.inc();
             }
+            if let Some(origin) = self.origin(ctx) {
+                origin.record_failure();
+            }
         }
         let status = CacheStatus::Forward {
             fwd: ctx
@@ -640,10 +749,26 @@ impl ProxyHttp for OutpostProxy {
             .cache_status
             .as_ref()
             .map_or("error", CacheStatus::label);
-        self.node.metrics.record_request(
+        let metrics = &self.node.metrics;
+        metrics.record_request(
             label_index(label),
             status,
             ctx.start.elapsed().as_secs_f64(),
         );
+        if let Some((reason, _)) = ctx.stale {
+            metrics.stale.stale_served(reason);
+        }
+        if ctx.revalidating && ctx.origin_start.is_some() {
+            metrics.stale.revalidated(match ctx.upstream_status {
+                Some(304) => RevalidationOutcome::NotModified,
+                Some(s) if s < 500 && ctx.stale.is_none() => RevalidationOutcome::Replaced,
+                _ => RevalidationOutcome::Error,
+            });
+        }
+        if matches!(ctx.cache_status, Some(CacheStatus::Hit { .. }))
+            && matches!(status, 404 | 410 | 500..=599)
+        {
+            metrics.stale.negative_hits.inc();
+        }
     }
 }

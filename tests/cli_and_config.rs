@@ -366,3 +366,54 @@ fn run_with_bad_config_exits_nonzero_without_listening() {
         "run error does not name the key:\n{text}"
     );
 }
+
+#[test]
+fn bad_stale_negative_and_timeout_settings_are_named_by_key() {
+    assert_base_edit_fails(
+        "default = \"1h\"",
+        "default = \"1h\"\nnot_found = \"soon\"\nserver_error = \"1 fortnight\"",
+        &["rules[1].ttl.not_found", "rules[1].ttl.server_error"],
+    );
+    // a wrong type stops parsing at that key
+    assert_base_edit_fails(
+        "default = \"1h\"",
+        "default = \"1h\"\nserver_error = -3",
+        &["rules[1].ttl.server_error"],
+    );
+    assert_base_edit_fails(
+        "default = \"1h\"",
+        "default = \"1h\"\n[rules.stale]\nwhile_revalidate = \"forever\"\nif_error = \"1x\"",
+        &["rules[1].stale.while_revalidate", "rules[1].stale.if_error"],
+    );
+    assert_base_edit_fails(
+        "default = \"1h\"",
+        "default = \"1h\"\n[rules.stale]\nretry = true",
+        &["retry"],
+    );
+    assert_base_edit_fails(
+        "connect_timeout = \"2s\"",
+        "connect_timeout = \"2s\"\ntotal_timeout = \"0s\"\nfailure_backoff = \"never\"",
+        &["origins[0].total_timeout", "origins[0].failure_backoff"],
+    );
+}
+
+#[test]
+fn check_prints_stale_and_negative_settings_of_each_rule() {
+    let toml = replace_once(
+        BASE,
+        "default = \"1h\"",
+        "default = \"1h\"\nnot_found = \"1m\"\nserver_error = \"5s\"\n[rules.stale]\nwhile_revalidate = \"30s\"\nif_error = \"1h\"",
+    );
+    let out = run_check(&toml);
+    let text = all_output(&out);
+    assert!(out.status.success(), "{text}");
+    for needle in [
+        "not_found = \"1m\"",
+        "server_error = \"5s\"",
+        "while_revalidate = \"30s\"",
+        "if_error = \"1h\"",
+        "failure_backoff = \"2s\"",
+    ] {
+        assert!(text.contains(needle), "missing {needle:?} in:\n{text}");
+    }
+}

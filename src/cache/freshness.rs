@@ -53,6 +53,8 @@ pub enum LifetimeSource {
     Expires,
     /// Response `no-cache`: stored, but every use is validated.
     NoCache,
+    /// The rule's `ttl.not_found` / `ttl.server_error` (negative caching).
+    Negative,
     /// The rule's `ttl.default`.
     RuleDefault,
     /// 10% of the time since `Last-Modified`.
@@ -68,6 +70,39 @@ pub struct Decision {
     pub source: LifetimeSource,
     /// Age the response already had when received (RFC 9111 4.2.3 corrected initial age).
     pub initial_age: Duration,
+    /// Seconds past expiry it may be served while one request revalidates it (RFC 5861).
+    pub stale_while_revalidate: u32,
+    /// Seconds past expiry it may be served when the origin fails (RFC 5861).
+    pub stale_if_error: u32,
+}
+
+/// The stale windows of a response: its own `stale-while-revalidate` / `stale-if-error`
+/// directives, else the rule's defaults; none where the response forbids stale use
+/// (`must-revalidate`, `proxy-revalidate`, `no-cache`), and no defaults under `s-maxage`
+/// (RFC 9111 5.2.2.10: it implies `proxy-revalidate`; explicit stale directives beside it are
+/// the origin's own permission, as CDNs read them).
+fn stale_windows(cc: Option<&CacheControl>, rule: &RuleConfig) -> (u32, u32) {
+    if cc.is_some_and(|c| c.must_revalidate() || c.proxy_revalidate() || c.no_cache()) {
+        return (0, 0);
+    }
+    let defaults_apply = !cc.is_some_and(|c| c.has_key("s-maxage"));
+    let window = |explicit: Option<u32>, default: Duration| {
+        explicit.unwrap_or(if defaults_apply {
+            u32::try_from(default.as_secs()).unwrap_or(u32::MAX)
+        } else {
+            0
+        })
+    };
+    (
+        window(
+            cc.and_then(|c| c.stale_while_revalidate().ok().flatten()),
+            rule.stale.while_revalidate,
+        ),
+        window(
+            cc.and_then(|c| c.stale_if_error().ok().flatten()),
+            rule.stale.if_error,
+        ),
+    )
 }
 
 /// Decide whether `resp` (to `req`) may be stored under `rule`, and for how long.
@@ -79,12 +114,19 @@ pub fn decide(
     now: SystemTime,
 ) -> Result<Decision, NotStored> {
     let status = resp.status;
-    if rule
+    let negative = match status.as_u16() {
+        404 | 410 => rule.ttl.not_found,
+        500 | 502 | 503 | 504 => rule.ttl.server_error,
+        _ => None,
+    };
+    let listed = rule
         .cacheable
         .status
         .binary_search(&status.as_u16())
-        .is_err()
-    {
+        .is_ok();
+    // a server_error lifetime opts those 5xx in; 404/410 still need to be listed
+    let opted_in = negative.is_some() && status.is_server_error();
+    if !(listed || opted_in) {
         return Err("status-not-cacheable");
     }
     if let Some(req_cc) = CacheControl::from_req_headers(req) {
@@ -143,6 +185,8 @@ pub fn decide(
             .and_then(|e| e.duration_since(date).ok())
             .unwrap_or(Duration::ZERO);
         (lifetime, LifetimeSource::Expires)
+    } else if let Some(ttl) = negative {
+        (ttl, LifetimeSource::Negative)
     } else if !heuristically_cacheable(status) && !cc.is_some_and(|c| c.public()) {
         return Err("no-explicit-freshness");
     } else if let Some(ttl) = rule.ttl.default {
@@ -174,16 +218,19 @@ pub fn decide(
     let apparent_age = now.duration_since(date).unwrap_or(Duration::ZERO);
     let initial_age = age_value.max(apparent_age);
 
+    let (stale_while_revalidate, stale_if_error) = stale_windows(cc, rule);
     Ok(Decision {
         lifetime,
         source,
         initial_age,
+        stale_while_revalidate,
+        stale_if_error,
     })
 }
 
 /// Build the [`CacheMeta`] to store for an accepted response: hop-by-hop and
 /// `private="..."`-named fields removed, `Age` dropped (it is regenerated on every hit), freshness
-/// measured from the corrected initial age, stale serving disabled where the origin forbids it.
+/// measured from the corrected initial age, with the decision's stale windows.
 pub fn build_meta(resp: &ResponseHeader, decision: &Decision, now: SystemTime) -> CacheMeta {
     let mut header = resp.clone();
     let cc = CacheControl::from_resp_headers(resp);
@@ -219,18 +266,13 @@ pub fn build_meta(resp: &ResponseHeader, decision: &Decision, now: SystemTime) -
     } else {
         epoch + decision.lifetime
     };
-    let (swr, sie) = if cc.as_ref().is_some_and(cc_forbids_stale) {
-        (0, 0)
-    } else {
-        let c = cc.as_ref();
-        (
-            c.and_then(|c| c.stale_while_revalidate().ok().flatten())
-                .unwrap_or(0),
-            c.and_then(|c| c.stale_if_error().ok().flatten())
-                .unwrap_or(0),
-        )
-    };
-    let mut meta = CacheMeta::new(fresh_until, now, swr, sie, header);
+    let mut meta = CacheMeta::new(
+        fresh_until,
+        now,
+        decision.stale_while_revalidate,
+        decision.stale_if_error,
+        header,
+    );
     if !decision.initial_age.is_zero() {
         meta.set_epoch_override(epoch);
     }

@@ -49,6 +49,16 @@ pub enum CacheStatus {
         stale: bool,
         /// This request waited for another request's fill of the same key.
         collapsed: bool,
+        /// Why a stale response was served (`stale-while-revalidate`, `max-stale`).
+        detail: Option<&'static str>,
+    },
+    /// The origin failed (unreachable, timed out, or answered `status`) and a stale stored
+    /// response was served instead (stale-if-error).
+    StaleOnError {
+        /// Remaining freshness in seconds (negative).
+        ttl: i64,
+        /// The origin's error status, when it answered one.
+        status: Option<u16>,
     },
     /// Went to the origin.
     Forward {
@@ -73,6 +83,7 @@ impl CacheStatus {
                 ttl,
                 stale,
                 collapsed,
+                detail,
             } => {
                 let _ = write!(s, "; hit; ttl={ttl}");
                 if *stale {
@@ -81,6 +92,16 @@ impl CacheStatus {
                 if *collapsed {
                     s.push_str("; collapsed");
                 }
+                if let Some(d) = detail {
+                    let _ = write!(s, "; detail={d}");
+                }
+            }
+            CacheStatus::StaleOnError { ttl, status } => {
+                s.push_str("; fwd=stale");
+                if let Some(code) = status {
+                    let _ = write!(s, "; fwd-status={code}");
+                }
+                let _ = write!(s, "; ttl={ttl}; detail=stale-if-error");
             }
             CacheStatus::Forward {
                 fwd,
@@ -108,7 +129,7 @@ impl CacheStatus {
     pub fn label(&self) -> &'static str {
         match self {
             CacheStatus::Hit { stale: false, .. } => "hit",
-            CacheStatus::Hit { stale: true, .. } => "stale",
+            CacheStatus::Hit { stale: true, .. } | CacheStatus::StaleOnError { .. } => "stale",
             CacheStatus::Forward {
                 fwd: Forward::Bypass | Forward::Method,
                 ..
@@ -151,8 +172,27 @@ mod tests {
             ttl: 57,
             stale: false,
             collapsed: false,
+            detail: None,
         };
         assert_eq!(hit.render("outpost"), "outpost; hit; ttl=57");
+        let swr = CacheStatus::Hit {
+            ttl: -3,
+            stale: true,
+            collapsed: false,
+            detail: Some("stale-while-revalidate"),
+        };
+        assert_eq!(
+            swr.render("outpost"),
+            "outpost; hit; ttl=-3; fwd=stale; detail=stale-while-revalidate"
+        );
+        let sie = CacheStatus::StaleOnError {
+            ttl: -12,
+            status: Some(503),
+        };
+        assert_eq!(
+            sie.render("outpost"),
+            "outpost; fwd=stale; fwd-status=503; ttl=-12; detail=stale-if-error"
+        );
         let miss = CacheStatus::Forward {
             fwd: Forward::UriMiss,
             status: Some(200),
@@ -173,7 +213,7 @@ mod tests {
             ns.render("edge"),
             "edge; fwd=uri-miss; fwd-status=200; detail=no-store"
         );
-        for s in [hit, miss, ns] {
+        for s in [hit, swr, sie, miss, ns] {
             assert!(LABELS.contains(&s.label()));
         }
     }

@@ -67,10 +67,19 @@ pub(super) fn describe(c: &Config) -> String {
         }
         let _ = writeln!(
             o,
-            "connect_timeout = {}\nread_timeout = {}\n",
+            "connect_timeout = {}\nread_timeout = {}",
             dur(og.connect_timeout),
             dur(og.read_timeout)
         );
+        match og.total_timeout {
+            Some(t) => {
+                let _ = writeln!(o, "total_timeout = {}", dur(t));
+            }
+            None => {
+                let _ = writeln!(o, "# total_timeout: none");
+            }
+        }
+        let _ = writeln!(o, "failure_backoff = {}\n", dur(og.failure_backoff));
     }
     for (i, r) in c.rules.iter().enumerate() {
         let _ = writeln!(o, "[[rules]]  # rules[{i}], checked in this order");
@@ -95,7 +104,7 @@ pub(super) fn describe(c: &Config) -> String {
             list(&m.methods)
         );
         if r.action == Action::Cache {
-            let _ = writeln!(o, "[rules.ttl]  # precedence: override > s-maxage > max-age > Expires > default > heuristic");
+            let _ = writeln!(o, "[rules.ttl]  # precedence: override > s-maxage > max-age > Expires > not_found/server_error (404/410, 5xx) > default > heuristic");
             if let Some(t) = r.ttl.override_ttl {
                 let _ = writeln!(o, "override = {}", dur(t));
             }
@@ -103,6 +112,18 @@ pub(super) fn describe(c: &Config) -> String {
                 let _ = writeln!(o, "default = {}", dur(t));
             }
             let _ = writeln!(o, "heuristic = {}", r.ttl.heuristic);
+            let _ = writeln!(
+                o,
+                "not_found = {}\nserver_error = {}",
+                dur(r.ttl.not_found.unwrap_or_default()),
+                dur(r.ttl.server_error.unwrap_or_default())
+            );
+            let _ = writeln!(
+                o,
+                "[rules.stale]  # defaults when the response names no stale-* window\nwhile_revalidate = {}\nif_error = {}",
+                dur(r.stale.while_revalidate),
+                dur(r.stale.if_error)
+            );
             let _ = writeln!(o, "[rules.key]");
             match &r.key.query {
                 QueryMode::Full => {

@@ -125,6 +125,10 @@ pub struct OriginSection {
     pub connect_timeout: Option<String>,
     /// Read timeout.
     pub read_timeout: Option<String>,
+    /// Longest a whole fetch may take.
+    pub total_timeout: Option<String>,
+    /// How long a failure marks the origin as failing.
+    pub failure_backoff: Option<String>,
 }
 
 /// One `[[rules]]` entry.
@@ -149,6 +153,19 @@ pub struct RuleSection {
     /// `[rules.cacheable]`.
     #[serde(default)]
     pub cacheable: CacheableSection,
+    /// `[rules.stale]`.
+    #[serde(default)]
+    pub stale: StaleSection,
+}
+
+/// `[rules.stale]`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StaleSection {
+    /// Default stale-while-revalidate window.
+    pub while_revalidate: Option<String>,
+    /// Default stale-if-error window.
+    pub if_error: Option<String>,
 }
 
 /// `[rules.match]`.
@@ -176,6 +193,10 @@ pub struct TtlSection {
     pub default: Option<String>,
     /// Use Last-Modified heuristic freshness.
     pub heuristic: Option<bool>,
+    /// Lifetime of 404/410 responses without explicit freshness.
+    pub not_found: Option<String>,
+    /// Lifetime of 500/502/503/504 responses without explicit freshness.
+    pub server_error: Option<String>,
 }
 
 /// `[rules.key]`.

@@ -177,8 +177,14 @@ pub struct OriginConfig {
     pub host: Option<String>,
     /// TCP connect timeout.
     pub connect_timeout: Duration,
-    /// Idle time allowed between reads of the response.
+    /// Idle time allowed between reads of the response (and before its header).
     pub read_timeout: Duration,
+    /// Longest a whole fetch (header and body) may take; `None`: no limit beyond the others.
+    pub total_timeout: Option<Duration>,
+    /// After a failed fetch (unreachable, timeout, 500/502/503/504), requests for stale
+    /// objects within their stale-if-error window are answered stale without asking this
+    /// origin for this long, so an outage does not pile requests onto it.
+    pub failure_backoff: Duration,
 }
 
 /// What a rule does with matching requests.
@@ -207,6 +213,20 @@ pub struct RuleConfig {
     pub key: KeyConfig,
     /// What may be stored.
     pub cacheable: CacheableConfig,
+    /// Stale serving defaults.
+    pub stale: StaleConfig,
+}
+
+/// How long a rule lets stale responses be served when the origin's directives do not say
+/// (RFC 5861); never where the origin forbids it (`must-revalidate`, `proxy-revalidate`,
+/// `no-cache`, `s-maxage` without explicit stale directives).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct StaleConfig {
+    /// Serve stale this long past expiry while one background request revalidates.
+    pub while_revalidate: Duration,
+    /// Serve stale this long past expiry when the origin fails (unreachable, timeout,
+    /// 500/502/503/504).
+    pub if_error: Duration,
 }
 
 /// Request matching of a rule; empty lists match everything.
@@ -231,6 +251,10 @@ pub struct TtlConfig {
     pub default: Option<Duration>,
     /// Use Last-Modified heuristic freshness (after `default`).
     pub heuristic: bool,
+    /// Lifetime of 404/410 responses without explicit freshness (negative caching).
+    pub not_found: Option<Duration>,
+    /// Lifetime of 500/502/503/504 responses without explicit freshness; `None`: not stored.
+    pub server_error: Option<Duration>,
 }
 
 /// How the query string enters the cache key.
@@ -265,6 +289,9 @@ pub struct CacheableConfig {
     /// Store responses to requests with `Authorization` regardless of response directives.
     pub authorized: bool,
 }
+
+/// Lifetime of 404/410 responses without explicit freshness, unless a rule says otherwise.
+pub const DEFAULT_NOT_FOUND_TTL: Duration = Duration::from_secs(10);
 
 /// Status codes stored by default: RFC 9110 15.1's heuristically cacheable codes (minus 206,
 /// partial content is not stored) plus 302/307, which are stored only with explicit freshness.

@@ -316,6 +316,19 @@ fn origin(errs: &mut Errors, i: usize, o: &file::OriginSection) -> Option<Origin
         o.read_timeout.as_ref(),
         Duration::from_secs(30),
     );
+    let total_timeout = opt_duration(errs, &key("total_timeout"), o.total_timeout.as_ref());
+    if total_timeout.is_some_and(|t| t.is_zero()) {
+        errs.push(
+            key("total_timeout"),
+            "must be more than 0s (leave it out for no limit)",
+        );
+    }
+    let failure_backoff = duration(
+        errs,
+        &key("failure_backoff"),
+        o.failure_backoff.as_ref(),
+        Duration::from_secs(2),
+    );
     if let Some(host) = &o.host {
         if host.is_empty() || http::HeaderValue::from_str(host).is_err() {
             errs.push(key("host"), format!("invalid Host header value {host:?}"));
@@ -370,6 +383,8 @@ fn origin(errs: &mut Errors, i: usize, o: &file::OriginSection) -> Option<Origin
         host: o.host.clone(),
         connect_timeout,
         read_timeout,
+        total_timeout,
+        failure_backoff,
     })
 }
 
@@ -467,7 +482,38 @@ fn rule(
         override_ttl: opt_duration(errs, &key("ttl.override"), r.ttl.override_ttl.as_ref()),
         default: opt_duration(errs, &key("ttl.default"), r.ttl.default.as_ref()),
         heuristic: r.ttl.heuristic.unwrap_or(true),
+        not_found: Some(duration(
+            errs,
+            &key("ttl.not_found"),
+            r.ttl.not_found.as_ref(),
+            DEFAULT_NOT_FOUND_TTL,
+        ))
+        .filter(|d| !d.is_zero()),
+        server_error: opt_duration(errs, &key("ttl.server_error"), r.ttl.server_error.as_ref())
+            .filter(|d| !d.is_zero()),
     };
+    let stale = StaleConfig {
+        while_revalidate: duration(
+            errs,
+            &key("stale.while_revalidate"),
+            r.stale.while_revalidate.as_ref(),
+            Duration::ZERO,
+        ),
+        if_error: duration(
+            errs,
+            &key("stale.if_error"),
+            r.stale.if_error.as_ref(),
+            Duration::ZERO,
+        ),
+    };
+    for (name, d) in [
+        ("stale.while_revalidate", stale.while_revalidate),
+        ("stale.if_error", stale.if_error),
+    ] {
+        if d.as_secs() > u64::from(u32::MAX) {
+            errs.push(key(name), "must be at most 136 years");
+        }
+    }
 
     let query = match r.key.query.as_deref().unwrap_or("full") {
         "full" => QueryMode::Full,
@@ -558,5 +604,6 @@ fn rule(
             set_cookie: r.cacheable.set_cookie.unwrap_or(false),
             authorized: r.cacheable.authorized.unwrap_or(false),
         },
+        stale,
     }
 }

@@ -111,6 +111,8 @@ impl RuleSet {
                 override_ttl: None,
                 default: None,
                 heuristic: true,
+                not_found: Some(crate::config::DEFAULT_NOT_FOUND_TTL),
+                server_error: None,
             },
             key: crate::config::KeyConfig {
                 query: crate::config::QueryMode::Full,
@@ -121,6 +123,7 @@ impl RuleSet {
                 set_cookie: false,
                 authorized: false,
             },
+            stale: Default::default(),
         })?;
         Ok(RuleSet { rules, fallback })
     }

@@ -21,6 +21,7 @@ fn rule(ttl: TtlConfig) -> RuleConfig {
             set_cookie: false,
             authorized: false,
         },
+        stale: Default::default(),
     }
 }
 
@@ -29,6 +30,7 @@ fn heuristic() -> RuleConfig {
         override_ttl: None,
         default: None,
         heuristic: true,
+        ..Default::default()
     })
 }
 
@@ -251,6 +253,7 @@ fn rule_override_and_default_ttls() {
         override_ttl: Some(Duration::from_secs(3600)),
         default: None,
         heuristic: true,
+        ..Default::default()
     });
     let d = decide(
         &req(&[]),
@@ -268,6 +271,7 @@ fn rule_override_and_default_ttls() {
         override_ttl: None,
         default: Some(Duration::from_secs(60)),
         heuristic: true,
+        ..Default::default()
     });
     let d = decide(&req(&[]), &resp(200, &[]), &def, DAY, now).unwrap();
     assert_eq!(
@@ -387,4 +391,88 @@ fn not_modified_fields_replace_stored_ones_except_length_and_hop_by_hop() {
     );
     assert!(merged.headers.get("connection").is_none());
     assert_eq!(merged.status, 200);
+}
+
+#[test]
+fn stale_windows_come_from_the_response_then_the_rule_and_never_where_forbidden() {
+    let now = SystemTime::now();
+    let mut r = heuristic();
+    r.stale = crate::config::StaleConfig {
+        while_revalidate: Duration::from_secs(30),
+        if_error: Duration::from_secs(600),
+    };
+    let windows = |cc: &str| {
+        let d = decide(
+            &req(&[]),
+            &resp(200, &[("cache-control", cc)]),
+            &r,
+            DAY,
+            now,
+        )
+        .expect("storable");
+        (d.stale_while_revalidate, d.stale_if_error)
+    };
+    assert_eq!(windows("max-age=60"), (30, 600), "rule defaults");
+    assert_eq!(
+        windows("max-age=60, stale-while-revalidate=5, stale-if-error=7"),
+        (5, 7),
+        "the response's own windows win"
+    );
+    for forbidding in [
+        "max-age=60, must-revalidate, stale-if-error=7",
+        "max-age=60, proxy-revalidate",
+        "no-cache, stale-while-revalidate=5",
+    ] {
+        let v = decide(
+            &req(&[]),
+            &resp(200, &[("cache-control", forbidding), ("etag", "\"e\"")]),
+            &r,
+            DAY,
+            now,
+        )
+        .expect("storable");
+        assert_eq!(
+            (v.stale_while_revalidate, v.stale_if_error),
+            (0, 0),
+            "{forbidding}"
+        );
+    }
+    assert_eq!(
+        windows("s-maxage=60"),
+        (0, 0),
+        "s-maxage keeps rule defaults out"
+    );
+    assert_eq!(windows("s-maxage=60, stale-if-error=9"), (0, 9));
+}
+
+#[test]
+fn negative_lifetimes_apply_without_explicit_freshness() {
+    let now = SystemTime::now();
+    let mut r = heuristic();
+    r.ttl.not_found = Some(Duration::from_secs(10));
+    let d = decide(&req(&[]), &resp(404, &[]), &r, DAY, now).expect("404 stored");
+    assert_eq!(
+        (d.lifetime.as_secs(), d.source),
+        (10, LifetimeSource::Negative)
+    );
+    let d = decide(
+        &req(&[]),
+        &resp(410, &[("cache-control", "max-age=99")]),
+        &r,
+        DAY,
+        now,
+    )
+    .expect("410 stored");
+    assert_eq!(d.lifetime.as_secs(), 99, "explicit freshness wins");
+    assert_eq!(
+        decide(&req(&[]), &resp(503, &[]), &r, DAY, now).err(),
+        Some("status-not-cacheable"),
+        "5xx are not stored by default"
+    );
+    r.ttl.server_error = Some(Duration::from_secs(5));
+    let d = decide(&req(&[]), &resp(503, &[]), &r, DAY, now).expect("503 stored");
+    assert_eq!(
+        (d.lifetime.as_secs(), d.source),
+        (5, LifetimeSource::Negative)
+    );
 }
