@@ -105,21 +105,7 @@ fn cache_key_for(
     path: &str,
     query: Option<&str>,
 ) -> CacheKey {
-    let mut primary = String::new();
-    key::build_primary(
-        &rule.config.key,
-        host,
-        path,
-        query,
-        &req.headers,
-        &mut primary,
-    );
-    // Hash once: Pingora would otherwise re-hash the primary key for the predictor, the lock
-    // and every storage call.
-    let hash = pingora_cache::key::hash_key(&primary);
-    let mut key = CacheKey::new(primary, String::new());
-    key.set_primary_bin_override(hash);
-    key
+    key::cache_key(&rule.config.key, host, path, query, &req.headers)
 }
 
 /// A client that disconnects mid-response is routine, not an error worth a log line.

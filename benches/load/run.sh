@@ -12,8 +12,15 @@
 #   OUTPOST_ARGS="..."   full argument list for outpost ({config} = the generated TOML);
 #                        default: detected from `outpost --help` (`run`/`serve` subcommand or none)
 #   MEM_OBJECTS=100000   objects filled for the memory-per-object row
+#   DISK_OBJECTS=2000    100 KiB objects of the "hits from disk" row (0 = skip the row)
+#   RESTART_OBJECTS=1000000  objects in the disk cache of the restart measurement (0 = skip it)
+#   RESTART_NGINX=1      also time an nginx restart on a proxy_cache dir of RESTART_OBJECTS files
+#   RESTART_TIMEOUT=900  seconds to wait for Outpost's index scan / nginx's cache loader
+#   DISK_FILL_BIN=path   examples/disk_fill binary (default: beside OUTPOST_BIN, or
+#                        target/release/examples/disk_fill)
 #   KEEP_TMP=1           keep the proxy cache directories (wrk outputs and logs are always kept)
 #   PROXY_CPU=0 LOAD_CPU=1   CPUs for the proxy and for wrk + origin
+# shellcheck disable=SC2059  # the report's printf formats are kept in variables on purpose
 set -euo pipefail
 
 DURATION=${DURATION:-10s}
@@ -22,6 +29,10 @@ WARMUP=${WARMUP:-2s}
 ONLY=${ONLY:-"outpost nginx varnish"}
 SKIP_BUILD=${SKIP_BUILD:-0}
 MEM_OBJECTS=${MEM_OBJECTS:-100000}
+DISK_OBJECTS=${DISK_OBJECTS:-2000}
+RESTART_OBJECTS=${RESTART_OBJECTS:-1000000}
+RESTART_NGINX=${RESTART_NGINX:-1}
+RESTART_TIMEOUT=${RESTART_TIMEOUT:-900}
 KEEP_TMP=${KEEP_TMP:-0}
 PROXY_CPU=${PROXY_CPU:-0}
 LOAD_CPU=${LOAD_CPU:-1}
@@ -42,6 +53,9 @@ warn() { printf '[%(%H:%M:%S)T] WARNING: %s\n' -1 "$*" >&2; WARNINGS+=("$*"); }
 die() { printf 'ERROR: %s\n' "$*" >&2; exit 1; }
 WARNINGS=()
 
+for v in CONNECTIONS MEM_OBJECTS DISK_OBJECTS RESTART_OBJECTS RESTART_NGINX RESTART_TIMEOUT PROXY_CPU LOAD_CPU; do
+  [[ ${!v} =~ ^[0-9]+$ ]] || die "$v must be a non-negative integer, not '${!v}'"
+done
 for p in $ONLY; do
   case $p in outpost|nginx|varnish) ;; *) die "ONLY: unknown proxy '$p' (outpost nginx varnish)";; esac
 done
@@ -94,10 +108,20 @@ if want outpost; then
     if [[ $SKIP_BUILD != 1 ]]; then
       log "building outpost (cargo build --release)"
       (cd "$REPO" && cargo build --release) || die "cargo build --release failed"
+      if ((RESTART_OBJECTS)) && [[ -z ${DISK_FILL_BIN:-} ]]; then
+        log "building examples/disk_fill (cargo build --release --example disk_fill)"
+        (cd "$REPO" && cargo build --release --example disk_fill) || die "cargo build --release --example disk_fill failed"
+      fi
     fi
     OUTPOST_BIN=$REPO/target/release/outpost
   fi
   [[ -x $OUTPOST_BIN ]] || die "outpost binary not found: $OUTPOST_BIN (unset SKIP_BUILD or set OUTPOST_BIN)"
+  if ((RESTART_OBJECTS)) && [[ -z ${DISK_FILL_BIN:-} ]]; then
+    for f in "$(dirname "$OUTPOST_BIN")/disk_fill" "$(dirname "$OUTPOST_BIN")/examples/disk_fill" \
+      "$REPO/target/release/examples/disk_fill"; do
+      [[ -x $f ]] && { DISK_FILL_BIN=$f; break; }
+    done
+  fi
 fi
 
 # ---------------------------------------------------------------------------------------------
@@ -116,6 +140,7 @@ descendants() { # pid -> the pid and all its descendants
 kill_tree() { # pid [timeout_s]
   local root=$1 wait_s=${2:-5} pids i
   pids=$(descendants "$root")
+  # shellcheck disable=SC2086  # one pid per word
   kill -TERM $pids 2>/dev/null || true
   for ((i = 0; i < wait_s * 10; i++)); do
     local alive=0 p
@@ -123,6 +148,7 @@ kill_tree() { # pid [timeout_s]
     ((alive)) || break
     sleep 0.1
   done
+  # shellcheck disable=SC2086
   kill -KILL $pids 2>/dev/null || true
   wait "$root" 2>/dev/null || true
 }
@@ -132,7 +158,11 @@ cleanup() {
   trap - EXIT INT TERM
   for p in "${STARTED[@]}"; do kill_tree "$p" 3; done
   if [[ $KEEP_TMP != 1 && -n ${T:-} && -d $T ]]; then
-    rm -rf "$T/nginx/cache" "$T/outpost/cache" "$T/varnish/work" "$T/origin/www"
+    [[ -d $T/restart-outpost/cache || -d $T/restart-nginx/cache ]] &&
+      log "removing the cache directories (millions of files after the restart step: minutes)"
+    rm -rf "$T/nginx/cache" "$T/outpost/cache" "$T/varnish/work" "$T/origin/www" \
+      "$T/outpost-disk/cache" "$T/varnish-disk/work" "$T/varnish-disk/storage.bin" \
+      "$T/restart-outpost/cache" "$T/restart-nginx/cache"
   fi
   [[ -n ${T:-} ]] && echo "raw wrk outputs and logs: $T" >&2
   exit "$rc"
@@ -163,6 +193,8 @@ setup_origin() {
   head -c 1024 /dev/urandom >"$d/www/kbody"
   head -c 1024 /dev/urandom >"$d/www/mbody"
   head -c 1024 /dev/urandom >"$d/www/pass"
+  head -c 102400 /dev/urandom >"$d/www/dbody"
+  head -c 512 /dev/urandom >"$d/www/rbody"
   chmod -R a+rX "$d/www"
   cat >"$d/nginx.conf" <<EOF
 worker_processes 1;
@@ -187,6 +219,8 @@ $(nginx_temp_paths "$d")
     location = /pass { add_header Cache-Control "no-store"; }
     location ~ "^/k/[0-9]{1,4}\$" { add_header Cache-Control "$CC_HIT"; try_files /kbody =404; }
     location ~ "^/m/[0-9]+\$"     { add_header Cache-Control "$CC_HIT"; try_files /mbody =404; }
+    location ~ "^/d/[0-9]+\$"     { add_header Cache-Control "$CC_HIT"; try_files /dbody =404; }
+    location ~ "^/r/[0-9]+\$"     { add_header Cache-Control "public, max-age=86400"; try_files /rbody =404; }
     location / { return 404; }
   }
 }
@@ -274,6 +308,31 @@ cpu_busy() { # cpu number -> "busy total" ticks of that CPU from /proc/stat
 }
 rss_kb() { awk '/^VmRSS:/ {print $2}' "/proc/$1/status" 2>/dev/null || echo 0; }
 
+# Outpost's Prometheus metrics
+METRICS_URL=http://127.0.0.1:$PORT_OUTPOST_METRICS/metrics
+scrape() { curl -s --max-time 5 "$METRICS_URL" >"$1" 2>/dev/null || : >"$1"; }
+metric() { # file 'name{labels}' -> value (0 when absent)
+  awk -v m="$2" '$1 == m {v = $2} END {printf "%.0f\n", v + 0}' "$1" 2>/dev/null || echo 0
+}
+metric_delta() { # before-file after-file 'name{labels}'
+  echo $(($(metric "$2" "$3") - $(metric "$1" "$3")))
+}
+DISK_HITS='outpost_cache_tier_hits_total{tier="disk"}'
+MEM_HITS='outpost_cache_tier_hits_total{tier="memory"}'
+
+# Wait until Outpost's disk tier holds `count` objects (writes land behind the responses).
+wait_disk_objects() { # count timeout_s
+  local i v=0 mf=$T/metrics.poll
+  for ((i = 0; i < $2 * 5; i++)); do
+    scrape "$mf"
+    v=$(metric "$mf" outpost_cache_disk_objects)
+    ((v >= $1)) && return 0
+    sleep 0.2
+  done
+  warn "outpost: disk tier holds $v objects after ${2}s, expected $1 (writes dropped: $(metric "$mf" outpost_cache_disk_writes_dropped_total), write errors: $(metric "$mf" outpost_cache_disk_write_errors_total))"
+  return 1
+}
+
 to_ms() { # wrk latency "1.23ms" / "512.00us" / "1.02s" / "1.00m" -> ms
   awk -v v="$1" 'BEGIN {
     if (v ~ /us$/) { sub(/us$/, "", v); printf "%.2f", v / 1000 }
@@ -283,14 +342,16 @@ to_ms() { # wrk latency "1.23ms" / "512.00us" / "1.02s" / "1.00m" -> ms
     else print "?" }'
 }
 
-declare -A RPS P99 REQS CPU EFF ORIG FLAG MEM DISK OTHER
+declare -A RPS P99 REQS CPU EFF ORIG FLAG MEM DISK OTHER TIER_D TIER_M
 FAILED=()
 SCENARIOS=(hit-1k hit-100k hit-10k-keys pass)
+((DISK_OBJECTS)) && SCENARIOS+=(disk-hits)
 declare -A SC_DESC=(
   [hit-1k]="hits /1k"
   [hit-100k]="hits /100k"
   [hit-10k-keys]="hits 10k keys"
   [pass]="pass no-store"
+  [disk-hits]="hits from disk"
 )
 
 # Headers of a GET (body discarded), and a cache-hit test per proxy.
@@ -326,7 +387,8 @@ run_wrk() { # proxy scenario url [lua args...]
   if [[ $WARMUP != 0 && $WARMUP != 0s ]]; then
     taskset -c "$LOAD_CPU" wrk -t1 -c"$CONNECTIONS" -d"$WARMUP" "${lua[@]}" >"$T/wrk-$proxy-$sc.warmup.txt" 2>&1 || true
   fi
-  local pids c0 c1 o0 o1 b0 b1
+  local pids c0 c1 o0 o1 b0 b1 mb=$T/metrics-$proxy-$sc.before ma=$T/metrics-$proxy-$sc.after
+  [[ $proxy == outpost ]] && scrape "$mb"
   mapfile -t pids < <(descendants "$PROXY_PID")
   o0=$(origin_count)
   b0=$(cpu_busy "$PROXY_CPU")
@@ -336,6 +398,7 @@ run_wrk() { # proxy scenario url [lua args...]
   c1=$(cpu_ticks "${pids[@]}")
   b1=$(cpu_busy "$PROXY_CPU")
   o1=$(origin_count)
+  [[ $proxy == outpost ]] && scrape "$ma"
   # Share of the proxy CPU used by anything but the proxy (other processes, softirq): noise.
   OTHER[$proxy,$sc]=$(awk -v b0="$b0" -v b1="$b1" -v p=$((c1 - c0)) 'BEGIN {
     split(b0, x, " "); split(b1, y, " "); t = y[2] - x[2]
@@ -344,7 +407,7 @@ run_wrk() { # proxy scenario url [lua args...]
   rps=$(awk '/^Requests\/sec:/ {print $2}' "$out")
   p99=$(awk '$1 == "99%" {print $2}' "$out")
   reqs=$(awk '/requests in/ {print $1}' "$out")
-  [[ -n $rps && -n $reqs ]] || { warn "$proxy $sc: could not parse wrk output ($out)"; rps=0 reqs=0 p99=?; }
+  [[ -n $rps && -n $reqs ]] || { warn "$proxy $sc: could not parse wrk output ($out)"; rps=0 reqs=0 p99="?"; }
   RPS[$proxy,$sc]=$(printf '%.0f' "$rps")
   P99[$proxy,$sc]=$(to_ms "$p99")
   REQS[$proxy,$sc]=$reqs
@@ -361,6 +424,14 @@ run_wrk() { # proxy scenario url [lua args...]
     FLAG[$proxy,$sc]='!'
   fi
   log "$proxy $sc: ${RPS[$proxy,$sc]} req/s, p99 ${P99[$proxy,$sc]} ms, cpu ${CPU[$proxy,$sc]} s, ${EFF[$proxy,$sc]} req/cpu-s, origin reqs $((o1 - o0)), other load on CPU $PROXY_CPU ${OTHER[$proxy,$sc]}"
+  if [[ $proxy == outpost ]]; then
+    TIER_D[$sc]=$(metric_delta "$mb" "$ma" "$DISK_HITS")
+    TIER_M[$sc]=$(metric_delta "$mb" "$ma" "$MEM_HITS")
+    if [[ ! -s $mb || ! -s $ma ]]; then
+      warn "outpost $sc: could not scrape $METRICS_URL"; TIER_D[$sc]="?" TIER_M[$sc]="?"
+    fi
+    log "outpost $sc: tier hits during the run: memory ${TIER_M[$sc]}, disk ${TIER_D[$sc]}, promotions $(metric_delta "$mb" "$ma" outpost_cache_promotions_total)"
+  fi
 }
 
 bench_proxy() { # proxy port
@@ -403,20 +474,43 @@ bench_proxy() { # proxy port
   if ((objs > 0)); then
     MEM[$proxy]=$(awk -v a="$r0" -v b="$r1" -v n="$objs" 'BEGIN {printf "%.0f", (b - a) * 1024 / n}')
   else
-    MEM[$proxy]=?
+    MEM[$proxy]='?'
   fi
+}
+
+# Hits from the disk tier: DISK_OBJECTS objects of 100 KiB (more than Outpost's memory tier of the
+# disk-hits instance holds), each fetched once, then random keys.
+bench_disk() { # proxy port
+  local proxy=$1 port=$2 base=http://127.0.0.1:$2 o0 o1 n k t0=$SECONDS
+  o0=$(origin_count)
+  walk "$port" /d/ "$DISK_OBJECTS" 180
+  o1=$(origin_count)
+  n=$(tail -n "+$((o0 + 1))" "$ORIGIN_LOG" | head -n "$((o1 - o0))" | awk '$1 ~ /^\/d\//' | sort -u | wc -l)
+  ((n == DISK_OBJECTS)) || warn "$proxy: warming fetched $n distinct /d/ keys from the origin, expected $DISK_OBJECTS"
+  log "$proxy: warmed $n objects of 100 KiB in $((SECONDS - t0)) s"
+  if [[ $proxy == outpost ]]; then
+    t0=$SECONDS
+    wait_disk_objects "$DISK_OBJECTS" 120 || FLAG[$proxy,disk-hits]='*'
+    log "outpost: disk writes landed $((SECONDS - t0)) s after the warm-up walk"
+  fi
+  for k in 0 $((DISK_OBJECTS / 2)) $((DISK_OBJECTS - 1)); do
+    warm_check "$proxy" "$base/d/$k" 102400 || FLAG[$proxy,disk-hits]='*'
+  done
+  run_wrk "$proxy" disk-hits "$base" "$DISK_OBJECTS" /d/
 }
 
 # ---------------------------------------------------------------------------------------------
 # Proxies
 # ---------------------------------------------------------------------------------------------
+# NGINX_DIR, NGINX_CACHE_ARGS (proxy_cache_path parameters) and NGINX_LOG_LEVEL override the
+# defaults (used by the restart measurement).
 start_nginx() {
-  local d=$T/nginx
+  local d=${NGINX_DIR:-$T/nginx}
   mkdir -p "$d/cache" "$d/tmp"
   cat >"$d/nginx.conf" <<EOF
 worker_processes 1;
 pid $d/nginx.pid;
-error_log $d/error.log warn;
+error_log $d/error.log ${NGINX_LOG_LEVEL:-warn};
 events { worker_connections 8192; }
 http {
   access_log off;
@@ -424,7 +518,7 @@ http {
   keepalive_requests 100000000;
   keepalive_timeout 300s;
 $(nginx_temp_paths "$d")
-  proxy_cache_path $d/cache levels=1:2 keys_zone=bench:64m max_size=4g inactive=1h use_temp_path=off;
+  proxy_cache_path $d/cache ${NGINX_CACHE_ARGS:-levels=1:2 keys_zone=bench:64m max_size=4g inactive=1h use_temp_path=off};
   upstream origin {
     server 127.0.0.1:$PORT_ORIGIN;
     keepalive 64;
@@ -443,22 +537,33 @@ $(nginx_temp_paths "$d")
   }
 }
 EOF
-  taskset -c "$PROXY_CPU" "$NGINX" -p "$d" -c "$d/nginx.conf" -e "$d/error.log" -g 'daemon off;' \
-    >"$d/stdout.log" 2>&1 &
-  PROXY_PID=$!
-  STARTED+=("$PROXY_PID")
+  spawn_nginx "$d"
   wait_port "$PORT_NGINX" "$PROXY_PID" 10 || { tail -n 20 "$d/error.log" "$d/stdout.log" >&2; return 1; }
-  local i
-  for ((i = 0; i < 50; i++)); do
-    MEM_PID=$(pgrep -P "$PROXY_PID" -f 'nginx: worker process' | head -1 || true)
-    [[ -n $MEM_PID ]] && break
-    sleep 0.1
-  done
-  [[ -n $MEM_PID ]] || { echo "no nginx worker process" >&2; return 1; }
+  nginx_worker || { echo "no nginx worker process" >&2; return 1; }
 }
 
+spawn_nginx() { # dir (holding nginx.conf) -> PROXY_PID, SPAWN_T0 (start time, EPOCHREALTIME)
+  SPAWN_T0=${EPOCHREALTIME/,/.}
+  taskset -c "$PROXY_CPU" "$NGINX" -p "$1" -c "$1/nginx.conf" -e "$1/error.log" -g 'daemon off;' \
+    >>"$1/stdout.log" 2>&1 &
+  PROXY_PID=$!
+  STARTED+=("$PROXY_PID")
+}
+
+nginx_worker() { # -> MEM_PID = the worker of nginx $PROXY_PID
+  local i
+  MEM_PID=
+  for ((i = 0; i < 50; i++)); do
+    MEM_PID=$(pgrep -P "$PROXY_PID" -f 'nginx: worker process' | head -1 || true)
+    [[ -n $MEM_PID ]] && return 0
+    sleep 0.1
+  done
+  return 1
+}
+
+start_varnish_disk() { VARNISH_DIR=$T/varnish-disk VARNISH_STORAGE="file,$T/varnish-disk/storage.bin,2G" start_varnish; }
 start_varnish() {
-  local d=$T/varnish
+  local d=${VARNISH_DIR:-$T/varnish}
   mkdir -p "$d/work"
   cat >"$d/default.vcl" <<EOF
 vcl 4.1;
@@ -469,7 +574,7 @@ backend default {
 EOF
   chmod 644 "$d/default.vcl"
   taskset -c "$PROXY_CPU" "$VARNISHD" -F -n "$d/work" -a "127.0.0.1:$PORT_VARNISH" -f "$d/default.vcl" \
-    -s malloc,1G -p thread_pools=1 -T none >"$d/varnishd.log" 2>&1 &
+    -s "${VARNISH_STORAGE:-malloc,1G}" -p thread_pools=1 -T none >"$d/varnishd.log" 2>&1 &
   PROXY_PID=$!
   STARTED+=("$PROXY_PID")
   wait_port "$PORT_VARNISH" "$PROXY_PID" 30 || { tail -n 30 "$d/varnishd.log" >&2; return 1; }
@@ -499,10 +604,8 @@ outpost_cmd() { # config -> argv on stdout, one per line
   fi
 }
 
-start_outpost() {
-  local d=$T/outpost
-  mkdir -p "$d/cache"
-  cat >"$d/outpost.toml" <<EOF
+outpost_config() { # dir "cache lines" -> TOML on stdout
+  cat <<EOF
 [node]
 name = "outpost"
 threads = 1
@@ -519,9 +622,8 @@ token = "bench-token"
 listen = "127.0.0.1:$PORT_OUTPOST_METRICS"
 
 [cache]
-dir = "$d/cache"
-memory_size = "2GiB"
-max_object_size = "1MiB"
+dir = "$1/cache"
+$2
 
 [[origins]]
 name = "origin"
@@ -531,23 +633,72 @@ url = "http://127.0.0.1:$PORT_ORIGIN"
 name = "default"
 action = "cache"
 EOF
+}
+
+outpost_check() { # dir (holding outpost.toml)
   if "$OUTPOST_BIN" check --help >/dev/null 2>&1; then
-    "$OUTPOST_BIN" check --config "$d/outpost.toml" >"$d/check.log" 2>&1 ||
-      { cat "$d/check.log" >&2; echo "outpost check --config rejected the generated config" >&2; return 1; }
+    "$OUTPOST_BIN" check --config "$1/outpost.toml" >"$1/check.log" 2>&1 ||
+      { cat "$1/check.log" >&2; echo "outpost check --config rejected the generated config $1/outpost.toml" >&2; return 1; }
   fi
+  return 0
+}
+
+spawn_outpost() { # dir (holding outpost.toml) log-file -> PROXY_PID, SPAWN_T0 (start time)
   local argv
-  mapfile -t argv < <(outpost_cmd "$d/outpost.toml")
+  mapfile -t argv < <(outpost_cmd "$1/outpost.toml")
   log "outpost: $OUTPOST_BIN ${argv[*]}"
-  taskset -c "$PROXY_CPU" "$OUTPOST_BIN" "${argv[@]}" >"$d/outpost.log" 2>&1 &
+  SPAWN_T0=${EPOCHREALTIME/,/.}
+  taskset -c "$PROXY_CPU" "$OUTPOST_BIN" "${argv[@]}" >"$2" 2>&1 &
   PROXY_PID=$!
   STARTED+=("$PROXY_PID")
+}
+
+launch_outpost() { # dir (holding outpost.toml) [log name]
+  local d=$1 logf=$1/${2:-outpost.log}
+  outpost_check "$d" || return 1
+  spawn_outpost "$d" "$logf"
   if ! wait_port "$PORT_OUTPOST" "$PROXY_PID" 30; then
     if kill -0 "$PROXY_PID" 2>/dev/null; then echo "outpost is running but not listening on :$PORT_OUTPOST after 30 s" >&2
     else wait "$PROXY_PID" && echo "outpost exited with status 0" >&2 || echo "outpost exited with status $?" >&2; fi
-    tail -n 30 "$d/outpost.log" >&2
+    tail -n 30 "$logf" >&2
     return 1
   fi
   MEM_PID=$PROXY_PID
+}
+
+start_outpost() {
+  local d=$T/outpost
+  mkdir -p "$d/cache"
+  outpost_config "$d" 'memory_size = "2GiB"
+max_object_size = "1MiB"' >"$d/outpost.toml"
+  launch_outpost "$d"
+}
+
+# The disk-hits instance: a memory tier far smaller than the DISK_OBJECTS x 100 KiB working set.
+start_outpost_disk() {
+  local d=$T/outpost-disk
+  mkdir -p "$d/cache"
+  outpost_config "$d" 'tiers = "memory+disk"
+memory_size = "8MiB"
+max_object_size = "1MiB"
+disk_size = "2GiB"' >"$d/outpost.toml"
+  launch_outpost "$d"
+}
+
+# Start a proxy with start_<name>; on failure warn and return 1. Sets PROXY_PID and MEM_PID.
+start_or_fail() { # label start-function [args...]
+  PROXY_PID=
+  if ! "${@:2}" 2> >(tee "$T/$1.start.err" >&2); then
+    sleep 0.2
+    warn "$1 failed to start: $(grep -v '^\[[0-9:]*\] ' "$T/$1.start.err" | tail -n 8 | tr '\n' ' ')"
+    [[ -n ${PROXY_PID:-} ]] && kill_tree "$PROXY_PID"
+    PROXY_PID=
+    return 1
+  fi
+  if ! kill -0 "$PROXY_PID" 2>/dev/null; then
+    warn "$1 died"; PROXY_PID=; return 1
+  fi
+  return 0
 }
 
 # How busy is the machine before we start? (Other work on the CPUs makes every number noisy.)
@@ -566,28 +717,217 @@ for proxy in $ONLY; do
     outpost) port=$PORT_OUTPOST ;;
   esac
   log "=== $proxy (CPU $PROXY_CPU), wrk + origin on CPU $LOAD_CPU, $CONNECTIONS connections, $DURATION per run"
-  if ! "start_$proxy" 2> >(tee "$T/$proxy.start.err" >&2); then
-    sleep 0.2
-    warn "$proxy failed to start: $(grep -v '^\[[0-9:]*\] ' "$T/$proxy.start.err" | tail -n 8 | tr '\n' ' ')"
-    FAILED+=("$proxy")
-    [[ -n ${PROXY_PID:-} ]] && kill_tree "$PROXY_PID"
+  if start_or_fail "$proxy" "start_$proxy"; then
+    bench_proxy "$proxy" "$port"
+    if ! kill -0 "$PROXY_PID" 2>/dev/null; then warn "$proxy exited during the benchmark"; FAILED+=("$proxy"); fi
+    if [[ $proxy == nginx ]]; then
+      local_du=$(du -sk "$T/nginx/cache" | awk '{print $1}')
+      DISK[nginx]=$(awk -v k="$local_du" -v n="$((KEYS + MEM_OBJECTS + 2))" 'BEGIN {printf "%.0f", k * 1024 / n}')
+      # nginx's bodies are on disk already: the disk-hits row runs on the same instance
+      if ((DISK_OBJECTS)) && kill -0 "$PROXY_PID" 2>/dev/null; then bench_disk nginx "$port"; fi
+    fi
+    kill_tree "$PROXY_PID" 10
     PROXY_PID=
-    continue
+  else
+    FAILED+=("$proxy")
   fi
-  if ! kill -0 "$PROXY_PID" 2>/dev/null; then
-    warn "$proxy died"; FAILED+=("$proxy"); continue
+  # Outpost and Varnish run the disk-hits row on an instance of their own (small memory tier /
+  # file storage).
+  if ((DISK_OBJECTS)) && [[ $proxy != nginx ]]; then
+    log "=== $proxy, hits from disk: $DISK_OBJECTS objects of 100 KiB"
+    if start_or_fail "$proxy-disk" "start_${proxy}_disk"; then
+      bench_disk "$proxy" "$port"
+      if ! kill -0 "$PROXY_PID" 2>/dev/null; then warn "$proxy (disk-hits instance) exited during the benchmark"; FAILED+=("$proxy-disk"); fi
+      kill_tree "$PROXY_PID" 10
+      PROXY_PID=
+    else
+      FAILED+=("$proxy-disk")
+      RPS[$proxy,disk-hits]=FAIL
+    fi
   fi
-  bench_proxy "$proxy" "$port"
-  if ! kill -0 "$PROXY_PID" 2>/dev/null; then warn "$proxy exited during the benchmark"; FAILED+=("$proxy"); fi
-  if [[ $proxy == nginx ]]; then
-    local_du=$(du -sk "$T/nginx/cache" | awk '{print $1}')
-    DISK[nginx]=$(awk -v k="$local_du" -v n="$((KEYS + MEM_OBJECTS + 2))" 'BEGIN {printf "%.0f", k * 1024 / n}')
+done
+
+# ---------------------------------------------------------------------------------------------
+# Restart to first hit on a large disk cache
+# ---------------------------------------------------------------------------------------------
+declare -A R
+PAGE_CACHE=
+drop_page_cache() {
+  sync
+  if (echo 3 >/proc/sys/vm/drop_caches) 2>/dev/null; then
+    PAGE_CACHE="cold page cache (dropped before each restart)"
+    return 0
+  fi
+  PAGE_CACHE="warm page cache (could not drop it: not root or in a container)"
+  return 1
+}
+secs() { awk -v a="$1" -v b="$2" 'BEGIN {printf "%.3f", b - a}'; } # from to (EPOCHREALTIME)
+strip_ansi() { sed 's/\x1b\[[0-9;]*m//g'; }
+
+# Poll until port accepts connections; T_LISTEN = when it did.
+wait_listen_timed() { # port pid timeout_s
+  local deadline=$((SECONDS + $3))
+  while ((SECONDS < deadline)); do
+    kill -0 "$2" 2>/dev/null || return 1
+    if port_in_use "$1"; then T_LISTEN=${EPOCHREALTIME/,/.}; return 0; fi
+    sleep 0.002
+  done
+  return 1
+}
+
+# One GET (the first request after the restart): FH = its response headers, T_HIT = when it ended.
+first_request() { # url
+  FH=$(curl -s -D - -o /dev/null --max-time 60 -w 'body-bytes: %{size_download}\n' "$1" | tr -d '\r' || true)
+  T_HIT=${EPOCHREALTIME/,/.}
+}
+header() { grep -i "^$1:" <<<"$2" | head -1 | cut -d: -f2- | sed 's/^ *//' || true; }
+
+# Outpost: disk_fill writes RESTART_OBJECTS objects stored under the cache keys of
+# http://127.0.0.1/r/<n> (512 B, fresh for a day) straight into the disk tier's directory; the
+# node restarted on it must answer /r/<n> as hits without asking the origin.
+restart_outpost() {
+  local d=$T/restart-outpost n=$RESTART_OBJECTS base=http://127.0.0.1:$PORT_OUTPOST o0 o1 t line h k
+  k=$((RESTART_OBJECTS / 2))
+  mkdir -p "$d/cache"
+  outpost_config "$d" 'tiers = "memory+disk"
+memory_size = "256MiB"
+max_object_size = "1MiB"
+disk_size = "64GiB"' >"$d/outpost.toml"
+  log "=== restart: outpost on a disk cache of $n objects"
+  log "restart/outpost: $DISK_FILL_BIN $d/cache $n 512 127.0.0.1 /r/ (3-4 min per million objects)"
+  t=$SECONDS
+  if ! "$DISK_FILL_BIN" "$d/cache" "$n" 512 127.0.0.1 /r/ >"$d/disk_fill.log" 2>&1; then
+    warn "restart/outpost: disk_fill failed: $(tail -n 3 "$d/disk_fill.log" | tr '\n' ' ')"
+    return 1
+  fi
+  R[outpost,fill]="disk_fill wrote $n objects in $((SECONDS - t)) s: $(tail -n 1 "$d/disk_fill.log")"
+  log "restart/outpost: ${R[outpost,fill]}"
+  drop_page_cache || true
+  outpost_check "$d" || { warn "restart/outpost: config rejected"; return 1; }
+  o0=$(origin_count)
+  spawn_outpost "$d" "$d/restart.log"
+  if ! wait_listen_timed "$PORT_OUTPOST" "$PROXY_PID" 120; then
+    warn "restart/outpost: not listening within 120 s: $(tail -n 5 "$d/restart.log" | strip_ansi | tr '\n' ' ')"
+    kill_tree "$PROXY_PID" 10; PROXY_PID=
+    return 1
+  fi
+  R[outpost,listen]=$(secs "$SPAWN_T0" "$T_LISTEN")
+  first_request "$base/r/$k"
+  R[outpost,hit]=$(secs "$SPAWN_T0" "$T_HIT")
+  R[outpost,resp]="Cache-Status: $(header cache-status "$FH"); Age: $(header age "$FH")"
+  if ! is_hit outpost "$FH" || [[ $(header body-bytes "$FH") != 512 ]]; then
+    warn "restart/outpost: the first request after the restart (/r/$k) was not a 512-byte hit: $(tr '\n' '|' <<<"$FH")"
+    R[outpost,hit]+=" (no hit)"
+  fi
+  log "restart/outpost: listening after ${R[outpost,listen]} s, first response after ${R[outpost,hit]} s (${R[outpost,resp]})"
+  line=
+  t=$SECONDS
+  while ((SECONDS - t < RESTART_TIMEOUT)) && kill -0 "$PROXY_PID" 2>/dev/null; do
+    line=$(grep -a 'disk tier index rebuilt' "$d/restart.log" | tail -n 1 | strip_ansi || true)
+    [[ -n $line ]] && break
+    sleep 0.2
+  done
+  if [[ -n $line ]]; then
+    R[outpost,scan]="$(secs "$SPAWN_T0" "${EPOCHREALTIME/,/.}") s (elapsed_ms=$(grep -oE 'elapsed_ms[=:" ]+[0-9]+' <<<"$line" | grep -oE '[0-9]+$'))"
+    R[outpost,objects]=$(grep -oE '(^|[^a-z_])objects[=:" ]+[0-9]+' <<<"$line" | grep -oE '[0-9]+$' || echo "?")
+    log "restart/outpost: $line"
+  else
+    R[outpost,scan]="not done after ${RESTART_TIMEOUT} s"
+    warn "restart/outpost: no 'disk tier index rebuilt' line within ${RESTART_TIMEOUT} s"
+  fi
+  sleep 1
+  R[outpost,rss]="$(($(rss_kb "$PROXY_PID") / 1024)) MiB"
+  # after the scan the filled objects must still be hits
+  h=$(get_headers "$base/r/$((k + 1))" || true)
+  is_hit outpost "$h" || warn "restart/outpost: /r/$((k + 1)) is not a hit after the index scan: $(tr -d '\r' <<<"$h" | tr '\n' '|')"
+  o1=$(origin_count)
+  R[outpost,orig]=$((o1 - o0))
+  ((o1 == o0)) || warn "restart/outpost: the origin received $((o1 - o0)) requests after the restart (expected 0)"
+  if grep -qaiE ' (WARN|ERROR) ' <(strip_ansi <"$d/restart.log"); then
+    warn "restart/outpost: the node logged warnings/errors: $(strip_ansi <"$d/restart.log" | grep -aiE ' (WARN|ERROR) ' | head -n 3 | tr '\n' ' ')"
   fi
   kill_tree "$PROXY_PID" 10
   PROXY_PID=
-done
+}
+
+# nginx: fill its proxy_cache with RESTART_OBJECTS objects /r/<n> through HTTP, restart it and
+# time the first hit on one of them. Its cache loader (default parameters) starts 60 s after
+# nginx and indexes the directory in the background; until it is done, nginx looks a missing
+# key up on disk ("cold" cache), so hits are served at once.
+restart_nginx() {
+  local d=$T/restart-nginx n=$RESTART_OBJECTS base=http://127.0.0.1:$PORT_NGINX o0 o1 t line h k
+  log "=== restart: nginx on a proxy_cache of $n objects"
+  NGINX_DIR=$d NGINX_LOG_LEVEL=notice \
+    NGINX_CACHE_ARGS="levels=1:2 keys_zone=bench:$((n / 8000 + 16))m max_size=64g inactive=30d use_temp_path=off" \
+    start_or_fail nginx-restart start_nginx || return 1
+  t=$SECONDS
+  o0=$(origin_count)
+  walk "$PORT_NGINX" /r/ "$n" $((120 + n / 500))
+  o1=$(origin_count)
+  kill_tree "$PROXY_PID" 10
+  PROXY_PID=
+  R[nginx,objects]=$(find "$d/cache" -type f | wc -l)
+  R[nginx,fill]="filled through HTTP in $((SECONDS - t)) s: the origin served $((o1 - o0)) requests, the cache dir holds ${R[nginx,objects]} files"
+  log "restart/nginx: ${R[nginx,fill]}"
+  ((R[nginx,objects] >= n)) || warn "restart/nginx: the cache dir holds ${R[nginx,objects]} files, expected $n"
+  mv "$d/error.log" "$d/error-fill.log" 2>/dev/null || true
+  drop_page_cache || true
+  o0=$(origin_count)
+  spawn_nginx "$d"
+  if ! wait_listen_timed "$PORT_NGINX" "$PROXY_PID" 60; then
+    warn "restart/nginx: not listening within 60 s: $(tail -n 5 "$d/error.log" | tr '\n' ' ')"
+    kill_tree "$PROXY_PID" 10; PROXY_PID=
+    return 1
+  fi
+  R[nginx,listen]=$(secs "$SPAWN_T0" "$T_LISTEN")
+  k=$((n / 2))
+  first_request "$base/r/$k"
+  R[nginx,hit]=$(secs "$SPAWN_T0" "$T_HIT")
+  R[nginx,resp]="X-Cache: $(header x-cache "$FH")"
+  if ! is_hit nginx "$FH" || [[ $(header body-bytes "$FH") != 512 ]]; then
+    warn "restart/nginx: the first request after the restart (/r/$k) was not a 512-byte hit: $(tr '\n' '|' <<<"$FH")"
+    R[nginx,hit]+=" (no hit)"
+  fi
+  log "restart/nginx: listening after ${R[nginx,listen]} s, first response after ${R[nginx,hit]} s (${R[nginx,resp]})"
+  line=
+  t=$SECONDS
+  while ((SECONDS - t < RESTART_TIMEOUT)) && kill -0 "$PROXY_PID" 2>/dev/null; do
+    line=$(grep -a 'http file cache: ' "$d/error.log" | tail -n 1 || true)
+    [[ -n $line ]] && break
+    sleep 0.2
+  done
+  if [[ -n $line ]]; then
+    R[nginx,scan]="$(secs "$SPAWN_T0" "${EPOCHREALTIME/,/.}") s (cache loader)"
+    log "restart/nginx: $line"
+  else
+    R[nginx,scan]="loader not done after ${RESTART_TIMEOUT} s"
+    warn "restart/nginx: the cache loader did not finish within ${RESTART_TIMEOUT} s"
+  fi
+  nginx_worker || true
+  R[nginx,rss]="$(($(rss_kb "${MEM_PID:-0}") / 1024)) MiB (worker) + zone"
+  h=$(get_headers "$base/r/$((k + 1))" || true)
+  is_hit nginx "$h" || warn "restart/nginx: /r/$((k + 1)) is not a hit after the cache loader: $(tr -d '\r' <<<"$h" | tr '\n' '|')"
+  o1=$(origin_count)
+  R[nginx,orig]=$((o1 - o0))
+  ((o1 == o0)) || warn "restart/nginx: the origin received $((o1 - o0)) requests after the restart (expected 0)"
+  kill_tree "$PROXY_PID" 10
+  PROXY_PID=
+}
+
+if ((RESTART_OBJECTS)); then
+  [[ -n ${ORIGIN_PID:-} ]] || setup_origin
+  if want outpost; then
+    if [[ -z ${DISK_FILL_BIN:-} || ! -x $DISK_FILL_BIN ]]; then
+      warn "restart: disk_fill binary not found (${DISK_FILL_BIN:-set DISK_FILL_BIN}): Outpost restart skipped"
+    else
+      restart_outpost || R[outpost,failed]=1
+    fi
+  fi
+  if want nginx && ((RESTART_NGINX)); then restart_nginx || R[nginx,failed]=1; fi
+fi
 
 for proxy in "${FAILED[@]}"; do
+  [[ $proxy == *-disk ]] && continue
   for sc in "${SCENARIOS[@]}"; do [[ -n ${RPS[$proxy,$sc]:-} ]] || RPS[$proxy,$sc]=FAIL; done
   [[ -n ${MEM[$proxy]:-} ]] || MEM[$proxy]=FAIL
 done
@@ -633,6 +973,18 @@ fmt='%-16s | %13s | %11s | %13s | %11s | %9s | %11s | %15s | %17s\n'
   echo "  while filling $MEM_OBJECTS distinct 1 KiB objects, divided by the objects fetched; ratio = outpost / varnish (lower is better;"
   echo "  varnish is the peer that also keeps bodies in memory)."
   [[ -n ${DISK[nginx]:-} ]] && echo "  nginx keeps bodies on disk (page cache, not RSS): its cache dir held ${DISK[nginx]} bytes/object; its RSS is the keys_zone."
+  if ((DISK_OBJECTS)); then
+    echo
+    echo "hits from disk: random GET /d/<n> over $DISK_OBJECTS objects of 100 KiB ($((DISK_OBJECTS * 100 / 1024)) MiB), each fetched once before."
+    echo "  outpost: own instance, tiers = \"memory+disk\", memory_size = \"8MiB\" (max_object_size 1MiB), disk_size = \"2GiB\";"
+    echo "  nginx: the same instance as above (proxy_cache files on disk, read through the page cache);"
+    echo "  varnish: own instance with -s file,<dir>/storage.bin,2G (an mmap'd file: also the page cache)."
+    if [[ ${TIER_D[disk-hits]:-} =~ ^[0-9]+$ && ${TIER_M[disk-hits]:-} =~ ^[0-9]+$ ]]; then
+      echo "  outpost tier hits during the measured run (outpost_cache_tier_hits_total): disk ${TIER_D[disk-hits]}, memory ${TIER_M[disk-hits]}:" \
+        "$(awk -v d="${TIER_D[disk-hits]}" -v m="${TIER_M[disk-hits]}" 'BEGIN {printf "%.1f%%", (d + m > 0 ? 100 * d / (d + m) : 0)}') of hits from the disk tier" \
+        "(requests ${REQS[outpost,disk-hits]:-?})"
+    fi
+  fi
   echo
   fmt2='%-16s | %17s | %17s | %17s | %12s | %12s | %12s | %16s\n'
   printf "$fmt2" scenario "outpost req/cpu-s" "nginx req/cpu-s" "varnish req/cpu-s" "outpost orig" "nginx orig" "varnish orig" "other load o/n/v"
@@ -649,6 +1001,26 @@ fmt='%-16s | %13s | %11s | %13s | %11s | %9s | %11s | %15s | %17s\n'
   echo " orig = requests the origin received during the measured run: ~0 for hit scenarios;"
   echo " other load = share of CPU $PROXY_CPU busy with anything but the proxy during the run (softirq, other processes): noise)"
   echo "flags: * = cache hit not confirmed before the run, ! = errors or origin traffic during the run (see warnings)"
+  if ((RESTART_OBJECTS)) && { [[ -n ${R[outpost,listen]:-}${R[outpost,failed]:-} ]] || [[ -n ${R[nginx,listen]:-}${R[nginx,failed]:-} ]]; }; then
+    echo
+    echo "restart to first hit on a large disk cache: $RESTART_OBJECTS objects of 512 B, ${PAGE_CACHE:-page cache state unknown}; times from process start"
+    fmt3='%-8s | %15s | %9s | %9s | %-48s | %30s | %27s | %11s\n'
+    printf "$fmt3" proxy "objects on disk" listening "first hit" "first response" "index scan / cache loader done" "RSS after the scan" "origin reqs"
+    printf '%s\n' "$(printf "$fmt3" | sed 's/[^|]/-/g')"
+    for p in outpost nginx; do
+      [[ -n ${R[$p,listen]:-}${R[$p,failed]:-} ]] || continue
+      if [[ -n ${R[$p,failed]:-} && -z ${R[$p,listen]:-} ]]; then printf "$fmt3" "$p" FAIL "" "" "" "" "" ""; continue; fi
+      printf "$fmt3" "$p" "$(val "${R[$p,objects]:-}")" "${R[$p,listen]} s" "${R[$p,hit]} s" "$(val "${R[$p,resp]:-}")" \
+        "$(val "${R[$p,scan]:-}")" "$(val "${R[$p,rss]:-}")" "$(val "${R[$p,orig]:-}")"
+    done
+    [[ -n ${R[outpost,fill]:-} ]] && echo "outpost: ${R[outpost,fill]}"
+    [[ -n ${R[outpost,listen]:-} ]] && echo "  first hit = GET /r/$((RESTART_OBJECTS / 2)), an object disk_fill wrote under that URL's cache key; scan time from the node's" &&
+      echo "  'disk tier index rebuilt' log line (elapsed_ms) and, first, when the script saw it; objects = the rebuilt index's count"
+    [[ -n ${R[nginx,fill]:-} ]] && echo "nginx: ${R[nginx,fill]}" &&
+      echo "  first hit = GET /r/$((RESTART_OBJECTS / 2)); cache loader with default parameters (starts 60 s after nginx, 100 files per 50 ms);" &&
+      echo "  until it is done nginx looks keys it does not know up on disk; its keys live in a shared-memory zone" &&
+      echo "  (keys_zone=$((RESTART_OBJECTS / 8000 + 16))m, about 8,000 keys per MiB) that the worker's RSS does not show"
+  fi
   if ((${#WARNINGS[@]})); then
     echo
     echo "warnings:"

@@ -7,6 +7,23 @@
 use crate::config::{KeyConfig, QueryMode};
 use http::HeaderMap;
 
+/// The cache key of a request for `host` + `path` + `query` under `spec`, hashed once (Pingora
+/// would otherwise re-hash the primary key for the predictor, the lock and every storage call).
+pub fn cache_key(
+    spec: &KeyConfig,
+    host: &str,
+    path: &str,
+    query: Option<&str>,
+    headers: &HeaderMap,
+) -> pingora_cache::CacheKey {
+    let mut primary = String::new();
+    build_primary(spec, host, path, query, headers, &mut primary);
+    let hash = pingora_cache::key::hash_key(&primary);
+    let mut key = pingora_cache::CacheKey::new(primary, String::new());
+    key.set_primary_bin_override(hash);
+    key
+}
+
 /// Append the primary cache key for a request to `out`.
 pub fn build_primary(
     spec: &KeyConfig,
