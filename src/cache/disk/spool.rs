@@ -238,8 +238,9 @@ impl Spool {
     /// Complete the body: store the object unless a fault or a purge got in the way. Returns
     /// the bytes stored (0 if not stored).
     pub async fn finish(mut self) -> u64 {
-        self.finished = true;
+        // if this future is dropped mid-commit, Drop fails the readers and cleans up
         let stored = self.commit().await;
+        self.finished = true;
         self.shared.set_status(Status::Complete);
         self.tier.end_spool(self.key, self.shared.id);
         let tmp = std::mem::take(&mut self.tmp);
