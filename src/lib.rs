@@ -12,6 +12,7 @@ pub mod config;
 pub mod metrics;
 pub mod node;
 pub mod proxy;
+pub mod purge;
 pub mod rules;
 pub mod server;
 pub mod upstream;

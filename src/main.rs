@@ -1,6 +1,7 @@
-//! The `outpost` command line: `run` a node, `check` a configuration.
+//! The `outpost` command line: `run` a node, `check` a configuration, `purge` through a node's
+//! admin API.
 
-use clap::{Parser, Subcommand};
+use clap::{ArgGroup, Parser, Subcommand};
 use outpost::config::{Config, Overrides};
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -47,6 +48,61 @@ enum Command {
         #[arg(long, short, default_value = "conf/outpost.toml")]
         config: PathBuf,
     },
+    /// Purge cached objects through a node's admin API (exit 1 if it refuses).
+    #[command(group(ArgGroup::new("target").required(true).args(["url", "prefix", "tag", "all"])))]
+    Purge {
+        /// The node's admin API, e.g. http://127.0.0.1:9091.
+        #[arg(long, value_name = "URL")]
+        admin: String,
+        /// Bearer token of the admin API.
+        #[arg(long, env = "OUTPOST_ADMIN_TOKEN", hide_env_values = true)]
+        token: String,
+        /// One URL, every stored variant of it, e.g. https://example.com/a.css.
+        #[arg(long, value_name = "URL")]
+        url: Option<String>,
+        /// Every URL whose path starts with this prefix (of --host, or of every host).
+        #[arg(long, value_name = "PATH")]
+        prefix: Option<String>,
+        /// With --prefix: only this host.
+        #[arg(long, requires = "prefix")]
+        host: Option<String>,
+        /// Every object tagged so (Surrogate-Key / Cache-Tag); repeat for several.
+        #[arg(long, value_name = "TAG")]
+        tag: Vec<String>,
+        /// Everything cached (needs --yes).
+        #[arg(long, requires = "yes")]
+        all: bool,
+        /// Confirm --all.
+        #[arg(long)]
+        yes: bool,
+        /// Mark stale (revalidate on next request) instead of removing.
+        #[arg(long)]
+        soft: bool,
+    },
+}
+
+/// The `POST /purge` body for the CLI's target arguments.
+fn purge_body(
+    url: Option<String>,
+    prefix: Option<String>,
+    host: Option<String>,
+    tags: Vec<String>,
+    all: bool,
+    soft: bool,
+) -> serde_json::Value {
+    let mut body = match (url, prefix) {
+        (Some(url), _) => serde_json::json!({ "url": url }),
+        (None, Some(prefix)) => match host {
+            Some(host) => serde_json::json!({ "prefix": prefix, "host": host }),
+            None => serde_json::json!({ "prefix": prefix }),
+        },
+        (None, None) if all => serde_json::json!({ "all": true, "confirm": true }),
+        (None, None) => serde_json::json!({ "tags": tags }),
+    };
+    if soft {
+        body["soft"] = serde_json::Value::Bool(true);
+    }
+    body
 }
 
 fn init_logging() {
@@ -69,6 +125,34 @@ fn init_logging() {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
+        Command::Purge {
+            admin,
+            token,
+            url,
+            prefix,
+            host,
+            tag,
+            all,
+            yes: _,
+            soft,
+        } => {
+            let body = purge_body(url, prefix, host, tag, all, soft).to_string();
+            match outpost::admin::client::post_json(&admin, "/purge", &token, &body) {
+                Ok(answer) => {
+                    println!("{}", answer.body.trim());
+                    if (200..300).contains(&answer.status) {
+                        ExitCode::SUCCESS
+                    } else {
+                        eprintln!("error: the admin API answered {}", answer.status);
+                        ExitCode::FAILURE
+                    }
+                }
+                Err(e) => {
+                    eprintln!("error: {e:#}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
         Command::Check { config } => match Config::load(&config, &Overrides::default()) {
             Ok(cfg) => {
                 print!("{}", cfg.describe());

@@ -5,6 +5,7 @@
 use crate::cache::{DiskTier, MemoryTier, TieredStorage};
 use crate::config::Config;
 use crate::metrics::Metrics;
+use crate::purge::BanList;
 use crate::rules::RuleSet;
 use crate::upstream::Origin;
 use anyhow::Context;
@@ -29,6 +30,10 @@ pub struct Node {
     pub predictor: &'static Predictor<16>,
     /// Prometheus metrics.
     pub metrics: Metrics,
+    /// Purges in force (durable when a disk tier runs).
+    pub bans: BanList,
+    /// When the node started.
+    pub started: std::time::Instant,
 }
 
 /// Request-specific reasons a response was not stored; the key may still be cacheable for
@@ -71,7 +76,22 @@ impl Node {
             Box::leak(CacheLock::new_boxed(config.cache.lock_age_timeout));
         let predictor: &'static Predictor<16> =
             Box::leak(Box::new(Predictor::new(4096, Some(request_specific))));
+        let bans = if cache.tiers.disk() {
+            let path = cache.dir.join("bans.jsonl");
+            BanList::open(&path).unwrap_or_else(|e| {
+                tracing::error!(
+                    file = %path.display(),
+                    error = %e,
+                    "cannot read or write the purge record: purges are kept in memory only"
+                );
+                BanList::in_memory()
+            })
+        } else {
+            BanList::in_memory()
+        };
         Ok(Arc::new(Node {
+            bans,
+            started: std::time::Instant::now(),
             config: Arc::new(config),
             rules: ArcSwap::from_pointee(rules),
             origins,

@@ -4,9 +4,10 @@
 use crate::cache::request::RequestDirectives;
 use crate::cache::status::{CacheStatus, Forward};
 use crate::cache::vary;
-use crate::cache::{freshness, ranges};
+use crate::cache::{entry, freshness, ranges};
 use crate::metrics::{label_index, RevalidationOutcome, StaleReason};
 use crate::node::Node;
+use crate::purge::{Verdict, TAG_HEADERS};
 use crate::rules::{key, normalize_host, Rule, RuleSet};
 use crate::upstream::Origin;
 use async_trait::async_trait;
@@ -368,6 +369,30 @@ impl ProxyHttp for OutpostProxy {
         is_fresh: bool,
         ctx: &mut RequestCtx,
     ) -> Result<Option<ForcedFreshness>> {
+        // purges: bans newer than the object that cover it
+        let key = session
+            .cache
+            .cache_key()
+            .primary_key_str()
+            .unwrap_or_default();
+        match self
+            .node
+            .bans
+            .check(key, entry::confirmed_at(meta), meta.headers())
+        {
+            Some(Verdict::Gone) => {
+                ctx.not_stored = None;
+                return Ok(Some(ForcedFreshness::ForceMiss));
+            }
+            Some(Verdict::Stale { since }) => {
+                ctx.was_stale = true;
+                ctx.revalidating = true;
+                return Ok(Some(ForcedFreshness::ForceExpiredServeStale {
+                    expired_at: Some(since),
+                }));
+            }
+            None => {}
+        }
         let req = session.req_header();
         if req.headers.contains_key(header::AUTHORIZATION)
             && !ctx.rule().config.cacheable.authorized
@@ -638,6 +663,10 @@ impl ProxyHttp for OutpostProxy {
     ) -> Result<()> {
         let status = self.cache_status(session, ctx);
         resp.insert_header("cache-status", status.render(&self.node.config.node.name))?;
+        // purge tags are for this cache, not for clients (they stay in the stored copy)
+        for (name, _) in TAG_HEADERS {
+            resp.remove_header(name);
+        }
         ctx.cache_status = Some(status);
         if !is_safe(&session.req_header().method)
             && (resp.status.is_success() || resp.status.is_redirection())

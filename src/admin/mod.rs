@@ -1,8 +1,11 @@
 //! The admin and metrics listeners: never on the data path.
 //!
 //! Admin: `GET /healthz` and `GET /readyz` are open (for probes); every other route needs
-//! `Authorization: Bearer <token>` (compared in constant time). Purge and reload land here in
-//! later issues. Metrics: `GET /metrics` in the Prometheus text format.
+//! `Authorization: Bearer <token>` (compared in constant time): `POST /purge` ([`purge`]) and
+//! `GET /status`. Metrics: `GET /metrics` in the Prometheus text format.
+
+pub mod client;
+pub mod purge;
 
 use crate::node::Node;
 use async_trait::async_trait;
@@ -28,6 +31,47 @@ fn respond(status: StatusCode, content_type: &str, body: impl Into<Vec<u8>>) -> 
 fn json_error(status: StatusCode, message: &str) -> Response<Vec<u8>> {
     let body = serde_json::json!({ "error": message }).to_string();
     respond(status, "application/json", body)
+}
+
+fn json(status: StatusCode, value: &serde_json::Value) -> Response<Vec<u8>> {
+    respond(status, "application/json", value.to_string())
+}
+
+/// The request body, at most [`purge::MAX_BODY`] bytes; `Err` is the response to send.
+async fn read_body(session: &mut ServerSession) -> Result<Vec<u8>, Response<Vec<u8>>> {
+    let too_large = || {
+        json_error(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            &format!("request body over {} bytes", purge::MAX_BODY),
+        )
+    };
+    let announced = session
+        .req_header()
+        .headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<usize>().ok());
+    if announced.is_some_and(|n| n > purge::MAX_BODY) {
+        return Err(too_large());
+    }
+    let mut body = Vec::new();
+    loop {
+        match session.read_request_body().await {
+            Ok(Some(chunk)) => {
+                if body.len() + chunk.len() > purge::MAX_BODY {
+                    return Err(too_large());
+                }
+                body.extend_from_slice(&chunk);
+            }
+            Ok(None) => return Ok(body),
+            Err(e) => {
+                return Err(json_error(
+                    StatusCode::BAD_REQUEST,
+                    &format!("could not read the request body: {e}"),
+                ))
+            }
+        }
+    }
 }
 
 /// Serves `/metrics`.
@@ -111,7 +155,87 @@ impl ServeHttp for AdminApp {
                 );
                 resp
             }
+            "/purge" if method == Method::POST => self.purge(session).await,
+            "/status" if method == Method::GET => self.status(),
+            "/purge" => json_error(StatusCode::METHOD_NOT_ALLOWED, "use POST"),
+            "/status" => json_error(StatusCode::METHOD_NOT_ALLOWED, "use GET"),
             _ => json_error(StatusCode::NOT_FOUND, "unknown admin route"),
         }
+    }
+}
+
+impl AdminApp {
+    async fn purge(&self, session: &mut ServerSession) -> Response<Vec<u8>> {
+        let body = match read_body(session).await {
+            Ok(b) => b,
+            Err(resp) => return resp,
+        };
+        let rules = self.node.rules.load();
+        let request = match purge::parse(&body, &rules) {
+            Ok(r) => r,
+            Err(bad) => {
+                return json(
+                    StatusCode::BAD_REQUEST,
+                    &serde_json::json!({ "error": bad.message, "field": bad.field }),
+                )
+            }
+        };
+        let (ban, persisted) = self.node.bans.add(request.target, request.soft);
+        if let (Some((host, path, query)), false) = (&request.url, request.soft) {
+            // free the stored entry now (variants stay until looked up: the ban covers them)
+            let rule = rules.get(rules.matching(&Method::GET, host, path));
+            let key = crate::rules::key::cache_key(
+                &rule.config.key,
+                host,
+                path,
+                query.as_deref(),
+                &http::HeaderMap::new(),
+            );
+            let span = pingora_cache::trace::Span::inactive().handle();
+            let _ = pingora_cache::storage::Storage::purge(
+                self.node.storage,
+                pingora_cache::storage::PurgeTarget::Active(&key.to_compact()),
+                pingora_cache::storage::PurgeType::Invalidation,
+                &span,
+            )
+            .await;
+        }
+        tracing::info!(id = ban.id, soft = ban.soft, target = ?ban.target, "purge");
+        let mut answer = serde_json::json!({
+            "id": ban.id,
+            "soft": ban.soft,
+            "target": ban.target,
+            "durable": persisted.is_ok(),
+        });
+        match persisted {
+            Ok(()) => json(StatusCode::OK, &answer),
+            Err(e) => {
+                tracing::error!(error = %e, "purge applied but not recorded on disk");
+                answer["error"] = serde_json::Value::String(format!(
+                    "purge applied, but it could not be recorded ({e}): it will not survive a restart"
+                ));
+                json(StatusCode::INTERNAL_SERVER_ERROR, &answer)
+            }
+        }
+    }
+
+    fn status(&self) -> Response<Vec<u8>> {
+        let node = &self.node;
+        let storage = node.storage;
+        json(
+            StatusCode::OK,
+            &serde_json::json!({
+                "version": env!("CARGO_PKG_VERSION"),
+                "node": node.config.node.name,
+                "uptime_seconds": node.started.elapsed().as_secs(),
+                "purges_in_force": node.bans.len(),
+                "memory": storage.memory().map(|m| serde_json::json!({
+                    "objects": m.objects(), "bytes": m.bytes(),
+                })),
+                "disk": storage.disk().map(|d| serde_json::json!({
+                    "objects": d.objects(), "bytes": d.bytes(),
+                })),
+            }),
+        )
     }
 }

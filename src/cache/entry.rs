@@ -8,7 +8,7 @@
 //! stored buffer.
 //!
 //! Head encoding, little endian: `format u8 | fresh_until_ms u64 | created_ms u64 |
-//! epoch_ms u64 | stale_while_revalidate u32 | stale_if_error u32 | has_variance u8 |
+//! epoch_ms u64 | updated_ms u64 | stale_while_revalidate u32 | stale_if_error u32 | has_variance u8 |
 //! variance [u8; 16] if present | header`, where header is `status u16 | version u8 |
 //! count u16 | (name_len u16, name, value_len u32, value)*`, names in their original case.
 //! Times are milliseconds since the Unix epoch (HTTP caching's unit is the second).
@@ -25,10 +25,23 @@ use pingora_error::{Error, ErrorType, Result};
 use pingora_http::ResponseHeader;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-/// The head format this build writes and reads.
-const FORMAT: u8 = 1;
+/// The head format this build writes; format 1 (no `updated_ms`) is still read.
+const FORMAT: u8 = 2;
 /// Bytes of the fixed freshness record before the optional variance.
-const FIXED: usize = 1 + 8 * 3 + 4 * 2 + 1;
+const FIXED: usize = 1 + 8 * 4 + 4 * 2 + 1;
+
+/// When the origin last confirmed a stored response: when it was stored or last revalidated
+/// (Pingora's `updated`, which `CacheMeta::new` cannot restore, so decoded metas carry it as
+/// this extension). Purges compare against it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Confirmed(pub SystemTime);
+
+/// When the origin last confirmed `meta` ([`Confirmed`]).
+pub fn confirmed_at(meta: &CacheMeta) -> SystemTime {
+    meta.extensions()
+        .get::<Confirmed>()
+        .map_or(meta.updated(), |c| c.0.max(meta.updated()))
+}
 
 fn to_ms(t: SystemTime) -> u64 {
     t.duration_since(UNIX_EPOCH)
@@ -64,6 +77,7 @@ pub fn encode_head(meta: &CacheMeta) -> Result<Vec<u8>> {
     out.put_u64_le(to_ms(meta.fresh_until()));
     out.put_u64_le(to_ms(meta.created()));
     out.put_u64_le(to_ms(meta.epoch()));
+    out.put_u64_le(to_ms(confirmed_at(meta)));
     out.put_u32_le(meta.stale_while_revalidate_sec());
     out.put_u32_le(meta.stale_if_error_sec());
     match meta.variance() {
@@ -80,12 +94,18 @@ pub fn encode_head(meta: &CacheMeta) -> Result<Vec<u8>> {
 /// Decode a head written by [`encode_head`]; header values share `head`'s memory.
 pub fn decode_head(head: &Bytes) -> Result<CacheMeta> {
     let mut r = Reader { buf: head, pos: 0 };
-    if r.take(1)?[0] != FORMAT {
+    let format = r.take(1)?[0];
+    if format != FORMAT && format != 1 {
         return Err(corrupt("stored head has an unknown format"));
     }
     let fresh_until = from_ms(r.u64()?);
     let created = from_ms(r.u64()?);
     let epoch_ms = r.u64()?;
+    let confirmed = if format == 1 {
+        created
+    } else {
+        from_ms(r.u64()?)
+    };
     let swr = r.u32()?;
     let sie = r.u32()?;
     let variance = match r.take(1)?[0] {
@@ -108,6 +128,9 @@ pub fn decode_head(head: &Bytes) -> Result<CacheMeta> {
     }
     if let Some(v) = variance {
         meta.set_variance(v);
+    }
+    if confirmed > created {
+        meta.extensions_mut().insert(Confirmed(confirmed));
     }
     Ok(meta)
 }
@@ -283,5 +306,33 @@ mod tests {
             (5, 7)
         );
         assert!((29..=31).contains(&back.age().as_secs()));
+    }
+
+    #[test]
+    fn confirmation_time_survives_and_format_1_heads_still_decode() {
+        let now = SystemTime::now();
+        let meta = CacheMeta::new(
+            now + Duration::from_secs(60),
+            now,
+            0,
+            0,
+            ResponseHeader::build(200, None).unwrap(),
+        );
+        let mut head = encode_head(&meta).unwrap();
+        assert_eq!(to_ms(confirmed_at(&meta)), to_ms(now));
+        // a revalidation 5 s later (Pingora keeps `created`, moves `updated`)
+        let later = to_ms(now) + 5_000;
+        head[25..33].copy_from_slice(&later.to_le_bytes());
+        let back = decode_head(&Bytes::from(head.clone())).unwrap();
+        assert_eq!(to_ms(back.created()), to_ms(now));
+        assert_eq!(to_ms(confirmed_at(&back)), later);
+        assert_eq!(encode_head(&back).unwrap(), head, "re-encoding keeps it");
+        // format 1: no confirmation field, confirmed when created
+        let mut v1 = head.clone();
+        v1.drain(25..33);
+        v1[0] = 1;
+        let old = decode_head(&Bytes::from(v1)).unwrap();
+        assert_eq!(to_ms(confirmed_at(&old)), to_ms(now));
+        assert_eq!(to_ms(old.fresh_until()), to_ms(meta.fresh_until()));
     }
 }

@@ -1,0 +1,386 @@
+//! `POST /purge` on the admin listener, black-box: each target (URL with all its variants,
+//! prefix, tags, everything) on objects in both tiers, soft purge causing a conditional
+//! revalidation, purges surviving a restart, tag headers kept from clients, and the API's
+//! answers to unauthorised, malformed, oversized and misrouted calls.
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+
+const TOKEN: &str = "Bearer test-token";
+
+/// POST `body` to the admin's /purge; (status, JSON answer).
+fn purge(node: &Node, body: &str) -> (u16, serde_json::Value) {
+    let r = node
+        .client()
+        .post(node.admin_url("/purge"))
+        .header("Authorization", TOKEN)
+        .header("Content-Type", "application/json")
+        .body(body.to_string())
+        .send()
+        .expect("POST /purge");
+    let status = r.status().as_u16();
+    let text = r.text().expect("answer");
+    let json = serde_json::from_str(&text).unwrap_or_else(|e| panic!("not JSON ({e}): {text}"));
+    (status, json)
+}
+
+fn purged_ok(node: &Node, body: &str) -> serde_json::Value {
+    let (status, answer) = purge(node, body);
+    assert_eq!(status, 200, "{body}: {answer}");
+    assert_eq!(answer["durable"], true, "{answer}");
+    answer
+}
+
+/// A cacheable response counting its fetches in the body.
+fn counted(cc: &str) -> Reply {
+    Reply::ok("v").header("Cache-Control", cc).body_counter()
+}
+
+fn wait_on_disk(node: &Node, n: usize) {
+    wait_metric(
+        node,
+        "outpost_cache_disk_objects",
+        &[],
+        |v| v >= n as f64,
+        Duration::from_secs(10),
+        "objects written to disk",
+    );
+}
+
+#[test]
+fn url_purge_removes_every_variant_from_both_tiers() {
+    let origin = TestOrigin::start();
+    origin.set(
+        "/page",
+        counted("max-age=600").header("Vary", "Accept-Language"),
+    );
+    let cfg = NodeConfig::new(&origin.url());
+    let node = cfg.start();
+    for lang in ["en", "fr"] {
+        get_with(&node, "/page?x=1", &[("Accept-Language", lang)]);
+    }
+    wait_on_disk(&node, 2);
+    for lang in ["en", "fr"] {
+        assert_hit(
+            &get_with(&node, "/page?x=1", &[("Accept-Language", lang)]),
+            lang,
+        );
+    }
+    let url = format!("http://{}/page?x=1", node.addr());
+    let answer = purged_ok(&node, &format!(r#"{{"url": "{url}"}}"#));
+    assert_eq!(answer["target"]["type"], "url");
+    for lang in ["en", "fr"] {
+        let r = get_with(&node, "/page?x=1", &[("Accept-Language", lang)]);
+        assert!(
+            !cs_has(&r.cache_status(), "hit"),
+            "{lang} variant survived: {}",
+            r.cache_status()
+        );
+    }
+    assert_eq!(origin.hits("/page"), 4);
+    // a different query is a different URL: untouched
+    get(&node, "/page?x=2");
+    assert_hit(&get(&node, "/page?x=2"), "other URL");
+
+    // and it stays purged after a restart (memory gone, disk files may remain)
+    node.stop();
+    let node = cfg.start();
+    for lang in ["en", "fr"] {
+        assert_hit(
+            &get_with(&node, "/page?x=1", &[("Accept-Language", lang)]),
+            "refetched after the purge",
+        );
+    }
+}
+
+#[test]
+fn prefix_purge_covers_its_host_and_path_prefix_only() {
+    let origin = TestOrigin::start();
+    for p in ["/static/a.css", "/static/js/b.js", "/other"] {
+        origin.set(p, counted("max-age=600"));
+    }
+    let node = NodeConfig::new(&origin.url()).start();
+    for p in ["/static/a.css", "/static/js/b.js", "/other"] {
+        get(&node, p);
+    }
+    purged_ok(
+        &node,
+        r#"{"prefix": "/static/", "host": "other-host.example"}"#,
+    );
+    assert_hit(&get(&node, "/static/a.css"), "another host's purge");
+    purged_ok(&node, r#"{"prefix": "/static/", "host": "127.0.0.1"}"#);
+    for p in ["/static/a.css", "/static/js/b.js"] {
+        assert_eq!(get(&node, p).text(), "v#2", "{p} not purged");
+    }
+    assert_hit(&get(&node, "/other"), "outside the prefix");
+}
+
+#[test]
+fn tag_purge_uses_surrogate_key_and_cache_tag_which_clients_never_see() {
+    let origin = TestOrigin::start();
+    origin.set(
+        "/a",
+        counted("max-age=600").header("Surrogate-Key", "product-1 home"),
+    );
+    origin.set(
+        "/b",
+        counted("max-age=600").header("Cache-Tag", "product-2,home"),
+    );
+    origin.set(
+        "/c",
+        counted("max-age=600").header("Surrogate-Key", "product-3"),
+    );
+    let node = NodeConfig::new(&origin.url()).start();
+    for p in ["/a", "/b", "/c"] {
+        let r = get(&node, p);
+        assert!(
+            r.header("surrogate-key").is_none() && r.header("cache-tag").is_none(),
+            "{p}"
+        );
+    }
+    wait_on_disk(&node, 3);
+    purged_ok(&node, r#"{"tags": ["home"]}"#);
+    assert_eq!(get(&node, "/a").text(), "v#2");
+    assert_eq!(get(&node, "/b").text(), "v#2");
+    assert_hit(&get(&node, "/c"), "untagged by home");
+    purged_ok(&node, r#"{"tags": ["nothing", "product-3"]}"#);
+    assert_eq!(get(&node, "/c").text(), "v#2");
+    // the refetched objects are tagged again and purgeable again
+    purged_ok(&node, r#"{"tags": ["product-1"]}"#);
+    assert_eq!(get(&node, "/a").text(), "v#3");
+    assert_hit(&get(&node, "/b"), "refetched after the first purge");
+}
+
+#[test]
+fn purge_everything_needs_confirmation() {
+    let origin = TestOrigin::start();
+    origin.set("/x", counted("max-age=600"));
+    origin.set("/y", counted("max-age=600"));
+    let node = NodeConfig::new(&origin.url()).start();
+    get(&node, "/x");
+    get(&node, "/y");
+    let (status, answer) = purge(&node, r#"{"all": true}"#);
+    assert_eq!(status, 400);
+    assert_eq!(answer["field"], "confirm");
+    assert_hit(&get(&node, "/x"), "an unconfirmed purge removed something");
+    purged_ok(&node, r#"{"all": true, "confirm": true}"#);
+    assert_eq!(get(&node, "/x").text(), "v#2");
+    assert_eq!(get(&node, "/y").text(), "v#2");
+}
+
+#[test]
+fn soft_purge_makes_the_next_request_revalidate_and_stale_if_error_still_applies() {
+    let origin = TestOrigin::start();
+    origin.set_handler("/doc", |req, _| {
+        if req.header("if-none-match").is_some() {
+            Reply::new(304)
+                .header("ETag", "\"d\"")
+                .header("Cache-Control", "max-age=600")
+        } else {
+            Reply::ok("doc")
+                .header("ETag", "\"d\"")
+                .header("Cache-Control", "max-age=600")
+        }
+    });
+    origin.set_handler("/kept", |_, n| {
+        if n == 1 {
+            Reply::ok("kept")
+                .header("Cache-Control", "max-age=600, stale-if-error=600")
+                .header("ETag", "\"k\"")
+        } else {
+            Reply::new(503)
+        }
+    });
+    let node = NodeConfig::new(&origin.url()).start();
+    get(&node, "/doc");
+    get(&node, "/kept");
+    let base = format!("http://{}", node.addr());
+    let answer = purged_ok(&node, &format!(r#"{{"url": "{base}/doc", "soft": true}}"#));
+    assert_eq!(answer["soft"], true);
+    let r = get(&node, "/doc");
+    assert_eq!(r.text(), "doc");
+    let reval = origin.requests("/doc");
+    assert_eq!(reval.len(), 2, "the soft-purged object was not revalidated");
+    assert_eq!(reval[1].header("if-none-match").as_deref(), Some("\"d\""));
+    assert_hit(&get(&node, "/doc"), "fresh again after the 304");
+    assert_eq!(origin.hits("/doc"), 2);
+
+    // soft purge + origin failing: the stale object saves the day
+    purged_ok(&node, &format!(r#"{{"url": "{base}/kept", "soft": true}}"#));
+    let r = get(&node, "/kept");
+    assert_eq!(r.status, 200);
+    assert_eq!(r.text(), "kept");
+    assert_eq!(
+        cs_get(&r.cache_status(), "detail").as_deref(),
+        Some("stale-if-error")
+    );
+}
+
+#[test]
+fn hard_purge_then_origin_down_is_an_error_not_the_purged_object() {
+    let origin = TestOrigin::start();
+    origin.set(
+        "/gone",
+        Reply::ok("old").header("Cache-Control", "max-age=600, stale-if-error=600"),
+    );
+    let node = NodeConfig::new(&origin.url()).start();
+    get(&node, "/gone");
+    purged_ok(&node, r#"{"tags": ["none"]}"#); // an unrelated ban changes nothing
+    assert_hit(&get(&node, "/gone"), "unrelated purge");
+    let url = format!("http://{}/gone", node.addr());
+    purged_ok(&node, &format!(r#"{{"url": "{url}"}}"#));
+    drop(origin);
+    let r = get(&node, "/gone");
+    assert_eq!(
+        r.status,
+        502,
+        "a hard-purged object was served: {}",
+        r.text()
+    );
+}
+
+#[test]
+fn admin_purge_answers_bad_calls_clearly() {
+    let origin = TestOrigin::start();
+    let node = NodeConfig::new(&origin.url()).start();
+    let c = node.client();
+    // unauthorised
+    for auth in [None, Some("Bearer wrong")] {
+        let mut rb = c.post(node.admin_url("/purge")).body(r#"{"tags": ["a"]}"#);
+        if let Some(a) = auth {
+            rb = rb.header("Authorization", a);
+        }
+        assert_eq!(rb.send().expect("send").status().as_u16(), 401, "{auth:?}");
+    }
+    // malformed: 400 naming the field
+    for (body, field) in [
+        ("{not json", "body"),
+        (r#"{"tagz": ["a"]}"#, "tagz"),
+        (r#"{"url": "no-scheme/path"}"#, "url"),
+        (r#"{"prefix": "x"}"#, "prefix"),
+        (r#"{"tags": ["a b"]}"#, "tags"),
+    ] {
+        let (status, answer) = purge(&node, body);
+        assert_eq!(status, 400, "{body}: {answer}");
+        assert_eq!(answer["field"], field, "{body}: {answer}");
+        assert!(answer["error"].as_str().is_some_and(|e| !e.is_empty()));
+    }
+    // wrong method, oversized body, unknown route
+    let r = c
+        .get(node.admin_url("/purge"))
+        .header("Authorization", TOKEN)
+        .send()
+        .expect("GET /purge");
+    assert_eq!(r.status().as_u16(), 405);
+    let big = format!(r#"{{"tags": ["{}"]}}"#, "a".repeat(100_000));
+    let r = c
+        .post(node.admin_url("/purge"))
+        .header("Authorization", TOKEN)
+        .body(big)
+        .send()
+        .expect("big POST");
+    assert_eq!(r.status().as_u16(), 413);
+    let r = c
+        .post(node.admin_url("/purgeall"))
+        .header("Authorization", TOKEN)
+        .send()
+        .expect("unknown route");
+    assert_eq!(r.status().as_u16(), 404);
+    // nothing was recorded by the refused calls
+    let status: serde_json::Value = c
+        .get(node.admin_url("/status"))
+        .header("Authorization", TOKEN)
+        .send()
+        .expect("status")
+        .json()
+        .expect("status JSON");
+    assert_eq!(status["purges_in_force"], 0, "{status}");
+    assert!(!node.log().contains("test-token"), "token in the log");
+}
+
+#[test]
+fn status_reports_version_uptime_and_tiers() {
+    let origin = TestOrigin::start();
+    origin.set("/s", counted("max-age=600"));
+    let node = NodeConfig::new(&origin.url()).start();
+    get(&node, "/s");
+    wait_on_disk(&node, 1);
+    let status: serde_json::Value = node
+        .client()
+        .get(node.admin_url("/status"))
+        .header("Authorization", TOKEN)
+        .send()
+        .expect("status")
+        .json()
+        .expect("status JSON");
+    assert_eq!(status["version"], env!("CARGO_PKG_VERSION"));
+    assert!(status["uptime_seconds"].as_u64().is_some());
+    assert_eq!(status["memory"]["objects"], 1, "{status}");
+    assert_eq!(status["disk"]["objects"], 1, "{status}");
+}
+
+#[test]
+fn purge_cli_sends_each_target_and_fails_clearly() {
+    let origin = TestOrigin::start();
+    origin.set("/t", counted("max-age=600").header("Surrogate-Key", "k1"));
+    origin.set("/p/x", counted("max-age=600"));
+    let node = NodeConfig::new(&origin.url()).start();
+    get(&node, "/t");
+    get(&node, "/p/x");
+    let admin = node.admin_url("").trim_end_matches('/').to_string();
+    let cli = |args: &[&str], token: Option<&str>| {
+        let mut cmd = std::process::Command::new(outpost_bin());
+        cmd.arg("purge").arg("--admin").arg(&admin).args(args);
+        cmd.env_remove("OUTPOST_ADMIN_TOKEN");
+        if let Some(t) = token {
+            cmd.env("OUTPOST_ADMIN_TOKEN", t);
+        }
+        cmd.output().expect("run outpost purge")
+    };
+    let out = cli(&["--tag", "k1"], Some("test-token"));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("\"tags\""));
+    assert_eq!(get(&node, "/t").text(), "v#2");
+    let out = cli(
+        &["--prefix", "/p/", "--host", "127.0.0.1", "--soft"],
+        Some("test-token"),
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        get(&node, "/p/x").text(),
+        "v#2",
+        "soft purge without a validator refetches"
+    );
+    // wrong token: exit 1 naming the refusal
+    let out = cli(&["--tag", "k1"], Some("wrong"));
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("401"));
+    // no target, or --all without --yes: usage errors
+    assert_eq!(cli(&[], Some("test-token")).status.code(), Some(2));
+    assert_eq!(cli(&["--all"], Some("test-token")).status.code(), Some(2));
+    // admin down: a clear error
+    let out = std::process::Command::new(outpost_bin())
+        .args([
+            "purge",
+            "--admin",
+            &format!("http://127.0.0.1:{}", free_port()),
+            "--token",
+            "t",
+            "--tag",
+            "a",
+        ])
+        .output()
+        .expect("run");
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("cannot connect"));
+}
