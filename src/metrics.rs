@@ -111,6 +111,18 @@ impl StaleMetrics {
     }
 }
 
+/// Purge counters.
+pub struct PurgeMetrics {
+    /// Purges accepted, by target type and mode.
+    pub purges: IntCounterVec,
+    /// Time to record and apply a purge (admin request handling).
+    pub duration: Histogram,
+    /// Bans in force (set at scrape).
+    pub bans: IntGauge,
+    /// Lookups that found a stored object purged (hard: refetched) or soft-purged (revalidated).
+    pub purged_lookups: IntCounter,
+}
+
 /// The node's metrics.
 pub struct Metrics {
     registry: Registry,
@@ -136,6 +148,8 @@ pub struct Metrics {
     pub storage: StorageMetrics,
     /// Revalidations, stale responses served, negative-cache hits.
     pub stale: StaleMetrics,
+    /// Purges.
+    pub purge: PurgeMetrics,
 }
 
 impl Metrics {
@@ -270,8 +284,33 @@ impl Metrics {
                 .map(|o| revalidations.with_label_values(&[o])),
             negative_hits: negative_hits.clone(),
         };
+        let purge = PurgeMetrics {
+            purges: IntCounterVec::new(
+                Opts::new(
+                    "outpost_purges_total",
+                    "Purges accepted, by target type and mode",
+                ),
+                &["type", "mode"],
+            )?,
+            duration: Histogram::with_opts(
+                HistogramOpts::new(
+                    "outpost_purge_duration_seconds",
+                    "Time to record (synced to disk) and apply a purge",
+                )
+                .buckets(LATENCY_BUCKETS.to_vec()),
+            )?,
+            bans: IntGauge::new("outpost_purge_bans", "Purges (bans) in force")?,
+            purged_lookups: IntCounter::new(
+                "outpost_purge_matched_lookups_total",
+                "Lookups that found a stored object covered by a purge",
+            )?,
+        };
         for c in [
-            Box::new(stale_served) as Box<dyn prometheus::core::Collector>,
+            Box::new(purge.purges.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(purge.duration.clone()),
+            Box::new(purge.bans.clone()),
+            Box::new(purge.purged_lookups.clone()),
+            Box::new(stale_served),
             Box::new(revalidations),
             Box::new(negative_hits),
             Box::new(tier_hits.clone()),
@@ -346,6 +385,7 @@ impl Metrics {
             disk_capacity,
             storage,
             stale,
+            purge,
         })
     }
 

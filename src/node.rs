@@ -104,6 +104,7 @@ impl Node {
 
     /// Refresh scrape-time gauges and render the metrics text.
     pub fn render_metrics(&self) -> Vec<u8> {
+        self.metrics.purge.bans.set(self.bans.len() as i64);
         if let Some(memory) = self.storage.memory() {
             self.metrics.memory_objects.set(memory.objects() as i64);
             self.metrics.memory_bytes.set(memory.bytes() as i64);

@@ -381,10 +381,12 @@ impl ProxyHttp for OutpostProxy {
             .check(key, entry::confirmed_at(meta), meta.headers())
         {
             Some(Verdict::Gone) => {
+                self.node.metrics.purge.purged_lookups.inc();
                 ctx.not_stored = None;
                 return Ok(Some(ForcedFreshness::ForceMiss));
             }
             Some(Verdict::Stale { since }) => {
+                self.node.metrics.purge.purged_lookups.inc();
                 ctx.was_stale = true;
                 ctx.revalidating = true;
                 return Ok(Some(ForcedFreshness::ForceExpiredServeStale {

@@ -151,6 +151,24 @@ fn tag_purge_uses_surrogate_key_and_cache_tag_which_clients_never_see() {
     purged_ok(&node, r#"{"tags": ["product-1"]}"#);
     assert_eq!(get(&node, "/a").text(), "v#3");
     assert_hit(&get(&node, "/b"), "refetched after the first purge");
+    let m = node.metrics();
+    assert_eq!(
+        metric_sum(
+            &m,
+            "outpost_purges_total",
+            &[("type", "tags"), ("mode", "hard")]
+        ),
+        3.0
+    );
+    assert_eq!(metric_sum(&m, "outpost_purge_bans", &[]), 3.0);
+    assert_eq!(
+        metric_sum(&m, "outpost_purge_matched_lookups_total", &[]),
+        4.0
+    );
+    assert_eq!(
+        metric_sum(&m, "outpost_purge_duration_seconds_count", &[]),
+        3.0
+    );
 }
 
 #[test]

@@ -7,6 +7,9 @@
 pub mod client;
 pub mod purge;
 
+/// The admin API's OpenAPI 3 document (`GET /openapi.json`; kept true by tests/admin_api.rs).
+pub const OPENAPI: &str = include_str!("openapi.json");
+
 use crate::node::Node;
 use async_trait::async_trait;
 use http::{header, Method, Response, StatusCode};
@@ -141,10 +144,26 @@ impl ServeHttp for AdminApp {
         let path = req.uri.path().to_string();
         let method = req.method.clone();
         match path.as_str() {
-            "/healthz" | "/readyz" if method == Method::GET => {
+            "/openapi.json" if method == Method::GET => {
+                respond(StatusCode::OK, "application/json", OPENAPI)
+            }
+            "/healthz" if method == Method::GET => {
                 respond(StatusCode::OK, "application/json", r#"{"status":"ok"}"#)
             }
-            "/healthz" | "/readyz" => json_error(StatusCode::METHOD_NOT_ALLOWED, "use GET"),
+            // Ready once the listeners are up: the disk tier answers lookups from its files
+            // while its index is rebuilt in the background (only eviction waits for it).
+            "/readyz" if method == Method::GET => json(
+                StatusCode::OK,
+                &serde_json::json!({
+                    "status": "ok",
+                    "disk_index": self.node.storage.disk().map(|d| {
+                        if d.index_complete() { "complete" } else { "scanning" }
+                    }),
+                }),
+            ),
+            "/healthz" | "/readyz" | "/openapi.json" => {
+                json_error(StatusCode::METHOD_NOT_ALLOWED, "use GET")
+            }
             _ if !self.authorized(session) => {
                 tracing::info!(path, "admin call refused: missing or wrong bearer token");
                 let mut resp =
@@ -166,6 +185,7 @@ impl ServeHttp for AdminApp {
 
 impl AdminApp {
     async fn purge(&self, session: &mut ServerSession) -> Response<Vec<u8>> {
+        let started = std::time::Instant::now();
         let body = match read_body(session).await {
             Ok(b) => b,
             Err(resp) => return resp,
@@ -200,6 +220,18 @@ impl AdminApp {
             )
             .await;
         }
+        let metrics = &self.node.metrics.purge;
+        let kind = match &ban.target {
+            crate::purge::BanTarget::Url { .. } => "url",
+            crate::purge::BanTarget::Prefix { .. } => "prefix",
+            crate::purge::BanTarget::Tags { .. } => "tags",
+            crate::purge::BanTarget::All => "all",
+        };
+        metrics
+            .purges
+            .with_label_values(&[kind, if ban.soft { "soft" } else { "hard" }])
+            .inc();
+        metrics.duration.observe(started.elapsed().as_secs_f64());
         tracing::info!(id = ban.id, soft = ban.soft, target = ?ban.target, "purge");
         let mut answer = serde_json::json!({
             "id": ban.id,
@@ -234,6 +266,7 @@ impl AdminApp {
                 })),
                 "disk": storage.disk().map(|d| serde_json::json!({
                     "objects": d.objects(), "bytes": d.bytes(),
+                    "index": if d.index_complete() { "complete" } else { "scanning" },
                 })),
             }),
         )

@@ -236,6 +236,11 @@ impl DiskTier {
         Ok(())
     }
 
+    /// Whether the start-up scan has rebuilt the index (lookups work before; eviction waits).
+    pub fn index_complete(&self) -> bool {
+        self.scanned.load(Ordering::Acquire)
+    }
+
     /// The largest body this tier stores.
     pub fn max_object(&self) -> u64 {
         self.max_object
