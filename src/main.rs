@@ -187,7 +187,7 @@ fn main() -> ExitCode {
                 }
             };
             init_logging();
-            match outpost::server::run(cfg) {
+            match outpost::server::run(cfg, Some((config, overrides))) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     eprintln!("error: {e:#}");

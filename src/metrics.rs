@@ -128,8 +128,9 @@ pub struct Metrics {
     registry: Registry,
     requests: Vec<IntCounter>,
     latency: Vec<Histogram>,
-    /// Per origin, in config order.
-    pub origins: Vec<OriginMetrics>,
+    /// Per origin, in start-up config order.
+    origins: Vec<OriginMetrics>,
+    origin_names: Vec<String>,
     /// Memory tier objects (set at scrape).
     pub memory_objects: IntGauge,
     /// Memory tier weighted bytes (set at scrape).
@@ -376,6 +377,7 @@ impl Metrics {
             requests,
             latency,
             origins,
+            origin_names: origin_names.to_vec(),
             memory_objects,
             memory_bytes,
             memory_capacity,
@@ -387,6 +389,13 @@ impl Metrics {
             stale,
             purge,
         })
+    }
+
+    /// The metrics of the origin named `name` (origins added by a reload have none until a
+    /// restart).
+    pub fn origin(&self, name: &str) -> Option<&OriginMetrics> {
+        let i = self.origin_names.iter().position(|n| n == name)?;
+        self.origins.get(i)
     }
 
     /// Record one finished client request.

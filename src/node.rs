@@ -3,7 +3,7 @@
 //! Pingora wants `&'static` storage, lock and predictor: they are leaked here, exactly once.
 
 use crate::cache::{DiskTier, MemoryTier, TieredStorage};
-use crate::config::Config;
+use crate::config::{Config, Overrides};
 use crate::metrics::Metrics;
 use crate::purge::BanList;
 use crate::rules::RuleSet;
@@ -14,14 +14,42 @@ use pingora_cache::lock::{CacheKeyLockImpl, CacheLock};
 use pingora_cache::predictor::Predictor;
 use std::sync::Arc;
 
-/// Shared state of one Outpost node.
-pub struct Node {
-    /// The configuration this node runs.
-    pub config: Arc<Config>,
-    /// Compiled cache rules (swappable on reload).
-    pub rules: ArcSwap<RuleSet>,
+/// What a configuration reload replaces, swapped as one: the rules and the origins they refer to.
+pub struct Routing {
+    /// Compiled cache rules.
+    pub rules: RuleSet,
     /// Origins, in config order (rules refer to them by index).
     pub origins: Vec<Origin>,
+}
+
+impl Routing {
+    fn new(config: &Config) -> anyhow::Result<Routing> {
+        Ok(Routing {
+            rules: RuleSet::new(config).context("compiling cache rules")?,
+            origins: config.origins.iter().cloned().map(Origin::new).collect(),
+        })
+    }
+}
+
+/// What a reload did.
+#[derive(Debug)]
+pub struct Reloaded {
+    /// Rules now in force.
+    pub rules: usize,
+    /// Origins now in force.
+    pub origins: usize,
+    /// Sections that changed but apply only after a restart.
+    pub restart_required: Vec<&'static str>,
+}
+
+/// Shared state of one Outpost node.
+pub struct Node {
+    /// The configuration this node started with (listeners, tiers, admin: not reloadable).
+    pub config: Arc<Config>,
+    /// Rules and origins; each request takes one snapshot, a reload swaps them atomically.
+    pub routing: ArcSwap<Routing>,
+    /// Where the configuration came from, for reloads.
+    source: Option<(std::path::PathBuf, Overrides)>,
     /// The storage tiers (memory over disk).
     pub storage: &'static TieredStorage,
     /// Request coalescing lock.
@@ -45,8 +73,16 @@ fn request_specific(reason: &'static str) -> bool {
 impl Node {
     /// Build the node for `config`. Call once per process: it leaks the storage.
     pub fn new(config: Config) -> anyhow::Result<Arc<Node>> {
-        let rules = RuleSet::new(&config).context("compiling cache rules")?;
-        let origins: Vec<Origin> = config.origins.iter().cloned().map(Origin::new).collect();
+        Self::with_source(config, None)
+    }
+
+    /// [`Node::new`], remembering the file and command-line overrides it came from so that
+    /// [`Node::reload`] can read it again.
+    pub fn with_source(
+        config: Config,
+        source: Option<(std::path::PathBuf, Overrides)>,
+    ) -> anyhow::Result<Arc<Node>> {
+        let routing = Routing::new(&config)?;
         let names: Vec<String> = config.origins.iter().map(|o| o.name.clone()).collect();
         let cache = &config.cache;
         let metrics = Metrics::new(&names, cache.memory_size, cache.disk_size)
@@ -93,13 +129,67 @@ impl Node {
             bans,
             started: std::time::Instant::now(),
             config: Arc::new(config),
-            rules: ArcSwap::from_pointee(rules),
-            origins,
+            routing: ArcSwap::from_pointee(routing),
+            source,
             storage,
             cache_lock,
             predictor,
             metrics,
         }))
+    }
+
+    /// Read the configuration file again and swap in its rules and origins, atomically:
+    /// requests in flight finish with the rules they started with. An invalid file changes
+    /// nothing (the error names the file and key). Changes to other sections are reported as
+    /// needing a restart.
+    pub fn reload(&self) -> Result<Reloaded, String> {
+        let Some((path, overrides)) = &self.source else {
+            return Err("this node was not started from a configuration file".into());
+        };
+        let next = Config::load(path, overrides).map_err(|e| e.to_string())?;
+        let routing = Routing::new(&next).map_err(|e| format!("{e:#}"))?;
+        let now = &self.config;
+        let mut restart_required = Vec::new();
+        for (section, changed) in [
+            (
+                "node",
+                format!("{:?}", now.node) != format!("{:?}", next.node),
+            ),
+            (
+                "listen",
+                format!("{:?}", now.listen) != format!("{:?}", next.listen),
+            ),
+            (
+                "admin",
+                format!("{:?}", now.admin) != format!("{:?}", next.admin),
+            ),
+            (
+                "metrics",
+                format!("{:?}", now.metrics) != format!("{:?}", next.metrics),
+            ),
+            (
+                "cache",
+                format!("{:?}", now.cache) != format!("{:?}", next.cache),
+            ),
+        ] {
+            if changed {
+                restart_required.push(section);
+            }
+        }
+        let reloaded = Reloaded {
+            rules: next.rules.len(),
+            origins: routing.origins.len(),
+            restart_required,
+        };
+        self.routing.store(Arc::new(routing));
+        tracing::info!(
+            file = %path.display(),
+            rules = reloaded.rules,
+            origins = reloaded.origins,
+            restart_required = ?reloaded.restart_required,
+            "configuration reloaded"
+        );
+        Ok(reloaded)
     }
 
     /// Refresh scrape-time gauges and render the metrics text.

@@ -7,8 +7,9 @@ use crate::cache::vary;
 use crate::cache::{entry, freshness, ranges};
 use crate::metrics::{label_index, RevalidationOutcome, StaleReason};
 use crate::node::Node;
+use crate::node::Routing;
 use crate::purge::{Verdict, TAG_HEADERS};
-use crate::rules::{key, normalize_host, Rule, RuleSet};
+use crate::rules::{key, normalize_host, Rule};
 use crate::upstream::Origin;
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -44,7 +45,8 @@ impl OutpostProxy {
 /// Per-request state carried between hooks.
 pub struct RequestCtx {
     start: Instant,
-    rules: Arc<RuleSet>,
+    /// Rules and origins as they were when the request started (a reload swaps them).
+    routing: Arc<Routing>,
     rule: Option<usize>,
     host: String,
     directives: RequestDirectives,
@@ -71,7 +73,7 @@ pub struct RequestCtx {
 
 impl RequestCtx {
     fn rule(&self) -> &Rule {
-        self.rules.get(self.rule)
+        self.routing.rules.get(self.rule)
     }
 }
 
@@ -127,8 +129,8 @@ fn seconds_between(later: SystemTime, earlier: SystemTime) -> i64 {
 
 impl OutpostProxy {
     /// The origin this request's rule fetches from.
-    fn origin(&self, ctx: &RequestCtx) -> Option<&Origin> {
-        self.node.origins.get(ctx.rule().config.origin)
+    fn origin<'a>(&self, ctx: &'a RequestCtx) -> Option<&'a Origin> {
+        ctx.routing.origins.get(ctx.rule().config.origin)
     }
 
     /// What the cache did for this request, from the cache phase and what the hooks saw.
@@ -244,9 +246,10 @@ impl OutpostProxy {
         }
         let span = pingora_cache::trace::Span::inactive().handle();
         for (path, query) in targets {
-            let rule = ctx
-                .rules
-                .get(ctx.rules.matching(&Method::GET, &ctx.host, &path));
+            let rule =
+                ctx.routing
+                    .rules
+                    .get(ctx.routing.rules.matching(&Method::GET, &ctx.host, &path));
             if !rule.caches() {
                 continue;
             }
@@ -277,7 +280,7 @@ impl ProxyHttp for OutpostProxy {
     fn new_ctx(&self) -> RequestCtx {
         RequestCtx {
             start: Instant::now(),
-            rules: self.node.rules.load_full(),
+            routing: self.node.routing.load_full(),
             rule: None,
             host: String::new(),
             directives: RequestDirectives::default(),
@@ -310,7 +313,10 @@ impl ProxyHttp for OutpostProxy {
             }
         };
         ctx.host = normalize_host(host).into_owned();
-        ctx.rule = ctx.rules.matching(&req.method, &ctx.host, req.uri.path());
+        ctx.rule = ctx
+            .routing
+            .rules
+            .matching(&req.method, &ctx.host, req.uri.path());
         Ok(false)
     }
 
@@ -541,7 +547,7 @@ impl ProxyHttp for OutpostProxy {
         ctx: &mut RequestCtx,
     ) -> Result<Box<HttpPeer>> {
         let index = ctx.rule().config.origin;
-        match self.node.origins.get(index) {
+        match ctx.routing.origins.get(index) {
             Some(origin) => Ok(origin.peer()),
             None => Error::e_explain(ErrorType::InternalError, "rule refers to a missing origin"),
         }
@@ -553,7 +559,7 @@ impl ProxyHttp for OutpostProxy {
         upstream: &mut RequestHeader,
         ctx: &mut RequestCtx,
     ) -> Result<()> {
-        if let Some(host) = &self.node.origins[ctx.rule().config.origin].config.host {
+        if let Some(host) = self.origin(ctx).and_then(|o| o.config.host.as_ref()) {
             upstream.insert_header(header::HOST, host.as_str())?;
         }
         if let Some(addr) = session.client_addr().and_then(|a| a.as_inet()) {
@@ -599,7 +605,10 @@ impl ProxyHttp for OutpostProxy {
             ctx.not_modified = Some(resp.headers.clone());
         }
         if let Some(start) = ctx.origin_start {
-            if let Some(m) = self.node.metrics.origins.get(ctx.rule().config.origin) {
+            if let Some(m) = self
+                .origin(ctx)
+                .and_then(|o| self.node.metrics.origin(&o.config.name))
+            {
                 m.record(status, start.elapsed().as_secs_f64());
             }
         }
@@ -696,7 +705,10 @@ impl ProxyHttp for OutpostProxy {
             },
         };
         if e.esource() == &ErrorSource::Upstream {
-            if let Some(m) = self.node.metrics.origins.get(ctx.rule().config.origin) {
+            if let Some(m) = self
+                .origin(ctx)
+                .and_then(|o| self.node.metrics.origin(&o.config.name))
+            {
                 m.errors.inc();
             }
             if let Some(origin) = self.origin(ctx) {

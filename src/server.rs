@@ -2,7 +2,7 @@
 
 use crate::admin::{AdminApp, MetricsApp};
 use crate::cache::DiskTier;
-use crate::config::Config;
+use crate::config::{Config, Overrides};
 use crate::node::Node;
 use crate::proxy::OutpostProxy;
 use anyhow::{bail, Context};
@@ -13,6 +13,7 @@ use pingora_core::server::ShutdownWatch;
 use pingora_core::services::background::{background_service, BackgroundService};
 use pingora_core::services::listening::Service;
 use std::net::{SocketAddr, TcpListener};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -44,8 +45,45 @@ impl BackgroundService for FlushOnShutdown {
     }
 }
 
+/// Reloads the configuration on SIGHUP (as `POST /config/reload` does).
+struct ReloadOnHangup {
+    node: Arc<Node>,
+}
+
+#[async_trait]
+impl BackgroundService for ReloadOnHangup {
+    async fn start(&self, mut shutdown: ShutdownWatch) {
+        use tokio::signal::unix::{signal, SignalKind};
+        let mut hangups = match signal(SignalKind::hangup()) {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot listen for SIGHUP: reload through the admin API");
+                return;
+            }
+        };
+        loop {
+            tokio::select! {
+                _ = shutdown.changed() => return,
+                got = hangups.recv() => {
+                    if got.is_none() {
+                        return;
+                    }
+                    let node = self.node.clone();
+                    match tokio::task::spawn_blocking(move || node.reload()).await {
+                        Ok(Ok(_)) => {}
+                        Ok(Err(e)) => tracing::error!(error = %e, "SIGHUP: configuration not reloaded"),
+                        Err(e) => tracing::error!(error = %e, "SIGHUP: reload failed"),
+                    }
+                }
+            }
+        }
+    }
+}
+
 /// Run a node with `config` until it is told to stop (SIGTERM: graceful, SIGINT: fast).
-pub fn run(config: Config) -> anyhow::Result<()> {
+/// `source` (the file and command-line overrides) is what SIGHUP and `POST /config/reload`
+/// read again.
+pub fn run(config: Config, source: Option<(PathBuf, Overrides)>) -> anyhow::Result<()> {
     let mut seen = Vec::new();
     for (what, addr) in config
         .listen
@@ -77,7 +115,7 @@ pub fn run(config: Config) -> anyhow::Result<()> {
     let mut server = Server::new_with_opt_and_conf(Opt::default(), conf);
     server.bootstrap();
 
-    let node = Node::new(config)?;
+    let node = Node::with_source(config, source)?;
     let cfg = node.config.clone();
 
     let mut proxy = pingora_proxy::http_proxy_service_with_name(
@@ -106,6 +144,10 @@ pub fn run(config: Config) -> anyhow::Result<()> {
             },
         ));
     }
+    server.add_service(background_service(
+        "config reload",
+        ReloadOnHangup { node: node.clone() },
+    ));
     server.add_service(proxy);
     server.add_service(metrics);
     server.add_service(admin);

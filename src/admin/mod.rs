@@ -175,6 +175,8 @@ impl ServeHttp for AdminApp {
                 resp
             }
             "/purge" if method == Method::POST => self.purge(session).await,
+            "/config/reload" if method == Method::POST => self.reload().await,
+            "/config/reload" => json_error(StatusCode::METHOD_NOT_ALLOWED, "use POST"),
             "/status" if method == Method::GET => self.status(),
             "/purge" => json_error(StatusCode::METHOD_NOT_ALLOWED, "use POST"),
             "/status" => json_error(StatusCode::METHOD_NOT_ALLOWED, "use GET"),
@@ -190,8 +192,9 @@ impl AdminApp {
             Ok(b) => b,
             Err(resp) => return resp,
         };
-        let rules = self.node.rules.load();
-        let request = match purge::parse(&body, &rules) {
+        let routing = self.node.routing.load();
+        let rules = &routing.rules;
+        let request = match purge::parse(&body, rules) {
             Ok(r) => r,
             Err(bad) => {
                 return json(
@@ -248,6 +251,32 @@ impl AdminApp {
                 ));
                 json(StatusCode::INTERNAL_SERVER_ERROR, &answer)
             }
+        }
+    }
+
+    async fn reload(&self) -> Response<Vec<u8>> {
+        let node = self.node.clone();
+        match tokio::task::spawn_blocking(move || node.reload()).await {
+            Ok(Ok(r)) => json(
+                StatusCode::OK,
+                &serde_json::json!({
+                    "reloaded": true,
+                    "rules": r.rules,
+                    "origins": r.origins,
+                    "restart_required": r.restart_required,
+                }),
+            ),
+            Ok(Err(e)) => {
+                tracing::error!(error = %e, "configuration not reloaded");
+                json(
+                    StatusCode::BAD_REQUEST,
+                    &serde_json::json!({ "reloaded": false, "error": e }),
+                )
+            }
+            Err(e) => json_error(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                &format!("reload failed: {e}"),
+            ),
         }
     }
 
