@@ -121,6 +121,8 @@ pub struct PurgeMetrics {
     pub bans: IntGauge,
     /// Lookups that found a stored object purged (hard: refetched) or soft-purged (revalidated).
     pub purged_lookups: IntCounter,
+    /// Admin calls refused for a missing or wrong token.
+    pub unauthorized: IntCounter,
 }
 
 /// The node's metrics.
@@ -305,12 +307,17 @@ impl Metrics {
                 "outpost_purge_matched_lookups_total",
                 "Lookups that found a stored object covered by a purge",
             )?,
+            unauthorized: IntCounter::new(
+                "outpost_admin_unauthorized_total",
+                "Admin calls refused for a missing or wrong bearer token",
+            )?,
         };
         for c in [
             Box::new(purge.purges.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(purge.duration.clone()),
             Box::new(purge.bans.clone()),
             Box::new(purge.purged_lookups.clone()),
+            Box::new(purge.unauthorized.clone()),
             Box::new(stale_served),
             Box::new(revalidations),
             Box::new(negative_hits),

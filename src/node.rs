@@ -114,16 +114,16 @@ impl Node {
             Box::leak(Box::new(Predictor::new(4096, Some(request_specific))));
         let bans = if cache.tiers.disk() {
             let path = cache.dir.join("bans.jsonl");
-            BanList::open(&path).unwrap_or_else(|e| {
+            BanList::open(&path, config.purge.tag_headers.clone()).unwrap_or_else(|e| {
                 tracing::error!(
                     file = %path.display(),
                     error = %e,
                     "cannot read or write the purge record: purges are kept in memory only"
                 );
-                BanList::in_memory()
+                BanList::in_memory(config.purge.tag_headers.clone())
             })
         } else {
-            BanList::in_memory()
+            BanList::in_memory(config.purge.tag_headers.clone())
         };
         Ok(Arc::new(Node {
             bans,

@@ -8,7 +8,7 @@ use crate::cache::{entry, freshness, ranges};
 use crate::metrics::{label_index, RevalidationOutcome, StaleReason};
 use crate::node::Node;
 use crate::node::Routing;
-use crate::purge::{Verdict, TAG_HEADERS};
+use crate::purge::Verdict;
 use crate::rules::{key, normalize_host, Rule};
 use crate::upstream::Origin;
 use async_trait::async_trait;
@@ -675,8 +675,11 @@ impl ProxyHttp for OutpostProxy {
         let status = self.cache_status(session, ctx);
         resp.insert_header("cache-status", status.render(&self.node.config.node.name))?;
         // purge tags are for this cache, not for clients (they stay in the stored copy)
-        for (name, _) in TAG_HEADERS {
-            resp.remove_header(name);
+        let purge = &self.node.config.purge;
+        if purge.strip_tag_headers {
+            for name in &purge.tag_headers {
+                resp.remove_header(name);
+            }
         }
         ctx.cache_status = Some(status);
         if !is_safe(&session.req_header().method)

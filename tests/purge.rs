@@ -272,6 +272,10 @@ fn admin_purge_answers_bad_calls_clearly() {
         }
         assert_eq!(rb.send().expect("send").status().as_u16(), 401, "{auth:?}");
     }
+    assert_eq!(
+        metric_sum(&node.metrics(), "outpost_admin_unauthorized_total", &[]),
+        2.0
+    );
     // malformed: 400 naming the field
     for (body, field) in [
         ("{not json", "body"),
@@ -401,4 +405,37 @@ fn purge_cli_sends_each_target_and_fails_clearly() {
         .expect("run");
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("cannot connect"));
+}
+
+#[test]
+fn tag_headers_are_configurable_and_can_reach_clients() {
+    let origin = TestOrigin::start();
+    origin.set(
+        "/x",
+        counted("max-age=600").header("X-Tags", "alpha,beta gamma"),
+    );
+    origin.set("/y", counted("max-age=600").header("Surrogate-Key", "beta"));
+    let node = NodeConfig::new(&origin.url())
+        .extra("[purge]\ntag_headers = [\"X-Tags\"]\nstrip_tag_headers = false")
+        .start();
+    let r = get(&node, "/x");
+    assert_eq!(
+        r.header("x-tags").as_deref(),
+        Some("alpha,beta gamma"),
+        "not stripped"
+    );
+    get(&node, "/y");
+    purged_ok(&node, r#"{"tags": ["gamma"]}"#);
+    assert_eq!(get(&node, "/x").text(), "v#2");
+    // Surrogate-Key is not a tag header here
+    purged_ok(&node, r#"{"tags": ["beta"]}"#);
+    assert_eq!(get(&node, "/x").text(), "v#3");
+    assert_hit(&get(&node, "/y"), "Surrogate-Key is not configured");
+    let bad = run_check(
+        &NodeConfig::new(&origin.url())
+            .extra("[purge]\ntag_headers = [\"bad header\"]")
+            .config_text(),
+    );
+    assert!(!bad.status.success());
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("purge.tag_headers[0]"));
 }

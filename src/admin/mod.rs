@@ -166,6 +166,7 @@ impl ServeHttp for AdminApp {
             }
             _ if !self.authorized(session) => {
                 tracing::info!(path, "admin call refused: missing or wrong bearer token");
+                self.node.metrics.purge.unauthorized.inc();
                 let mut resp =
                     json_error(StatusCode::UNAUTHORIZED, "missing or invalid bearer token");
                 resp.headers_mut().insert(

@@ -81,6 +81,13 @@ pub(super) fn describe(c: &Config) -> String {
         }
         let _ = writeln!(o, "failure_backoff = {}\n", dur(og.failure_backoff));
     }
+    let tags: Vec<&str> = c.purge.tag_headers.iter().map(|h| h.as_str()).collect();
+    let _ = writeln!(
+        o,
+        "[purge]\ntag_headers = {}\nstrip_tag_headers = {}\n",
+        list(&tags),
+        c.purge.strip_tag_headers
+    );
     for (i, r) in c.rules.iter().enumerate() {
         let _ = writeln!(o, "[[rules]]  # rules[{i}], checked in this order");
         let _ = writeln!(

@@ -31,6 +31,19 @@ pub struct FileConfig {
     /// `[[rules]]`: ordered cache rules.
     #[serde(default)]
     pub rules: Vec<RuleSection>,
+    /// `[purge]`: purge tags.
+    #[serde(default)]
+    pub purge: PurgeSection,
+}
+
+/// `[purge]`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PurgeSection {
+    /// Response header fields whose values tag an object.
+    pub tag_headers: Option<Vec<String>>,
+    /// Remove those fields from client responses.
+    pub strip_tag_headers: Option<bool>,
 }
 
 /// A size: an integer number of bytes or a string with a unit ("256MiB").

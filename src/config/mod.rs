@@ -35,6 +35,17 @@ pub struct Config {
     pub origins: Vec<OriginConfig>,
     /// Ordered cache rules; first match wins.
     pub rules: Vec<RuleConfig>,
+    /// Purge tags.
+    pub purge: PurgeConfig,
+}
+
+/// How stored objects are tagged for purges.
+#[derive(Debug, Clone)]
+pub struct PurgeConfig {
+    /// Response header fields whose values (separated by spaces or commas) are an object's tags.
+    pub tag_headers: Vec<HeaderName>,
+    /// Remove those fields from client responses (they stay in the stored copy).
+    pub strip_tag_headers: bool,
 }
 
 /// `[node]`.

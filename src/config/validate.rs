@@ -283,6 +283,28 @@ pub(super) fn validate(f: FileConfig, path: &Path) -> Result<Config, ConfigError
         rules.push(rule);
     }
 
+    let tag_headers = f
+        .purge
+        .tag_headers
+        .clone()
+        .unwrap_or_else(|| vec!["Surrogate-Key".into(), "Cache-Tag".into()])
+        .iter()
+        .enumerate()
+        .filter_map(|(i, name)| match HeaderName::from_bytes(name.as_bytes()) {
+            Ok(h) => Some(h),
+            Err(_) => {
+                errs.push(
+                    format!("purge.tag_headers[{i}]"),
+                    format!("{name:?} is not a header field name"),
+                );
+                None
+            }
+        })
+        .collect();
+    let purge = PurgeConfig {
+        tag_headers,
+        strip_tag_headers: f.purge.strip_tag_headers.unwrap_or(true),
+    };
     if !errs.0.is_empty() {
         return Err(ConfigError::Invalid {
             file: path.to_path_buf(),
@@ -298,6 +320,7 @@ pub(super) fn validate(f: FileConfig, path: &Path) -> Result<Config, ConfigError
         cache,
         origins,
         rules,
+        purge,
     })
 }
 

@@ -9,12 +9,13 @@
 //!   acknowledged, and the file is read at start, so a purged object never comes back after a
 //!   restart (its files may still be on disk: it is still banned).
 //! - An object matches an exact-URL ban by its primary cache key's host and path (so every
-//!   `Vary` variant and both tiers), a prefix ban by host and path prefix, a tag ban by any tag of
-//!   its stored `Surrogate-Key` (space separated) or `Cache-Tag` (comma separated) header.
+//!   `Vary` variant and both tiers), a prefix ban by host and path prefix, a tag ban by any tag in
+//!   its stored tag header fields (`purge.tag_headers`, default `Surrogate-Key` and `Cache-Tag`;
+//!   values separated by spaces or commas).
 //! - Objects the origin confirmed after a ban (a refetch, a 304 revalidation) are not affected
 //!   by it.
 
-use http::HeaderMap;
+use http::{HeaderMap, HeaderName};
 use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
 use std::fs::{File, OpenOptions};
@@ -23,9 +24,6 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
-
-/// Response header fields that tag a stored object, with the separator of their values.
-pub const TAG_HEADERS: [(&str, char); 2] = [("surrogate-key", ' '), ("cache-tag", ',')];
 
 /// What a purge removes.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -91,26 +89,31 @@ fn split_key(key: &str) -> (&str, &str) {
     (host, rest.split('\n').next().unwrap_or(""))
 }
 
-fn has_tag(headers: &HeaderMap, wanted: &[String]) -> bool {
-    TAG_HEADERS.iter().any(|(name, sep)| {
+fn has_tag(tag_headers: &[HeaderName], headers: &HeaderMap, wanted: &[String]) -> bool {
+    tag_headers.iter().any(|name| {
         headers
-            .get_all(*name)
+            .get_all(name)
             .iter()
             .filter_map(|v| v.to_str().ok())
-            .flat_map(|v| v.split(*sep))
-            .map(str::trim)
+            .flat_map(|v| v.split(|c: char| c == ',' || c.is_ascii_whitespace()))
             .any(|t| !t.is_empty() && wanted.iter().any(|w| w == t))
     })
 }
 
 impl Ban {
-    fn covers(&self, host: &str, path: &str, headers: &HeaderMap) -> bool {
+    fn covers(
+        &self,
+        tag_headers: &[HeaderName],
+        host: &str,
+        path: &str,
+        headers: &HeaderMap,
+    ) -> bool {
         match &self.target {
             BanTarget::Url { host: h, path: p } => h == host && p == path,
             BanTarget::Prefix { host: h, prefix } => {
                 h.as_deref().is_none_or(|h| h == host) && path.starts_with(prefix.as_str())
             }
-            BanTarget::Tags { tags } => has_tag(headers, tags),
+            BanTarget::Tags { tags } => has_tag(tag_headers, headers, tags),
             BanTarget::All => true,
         }
     }
@@ -124,22 +127,24 @@ pub struct BanList {
     log: Mutex<()>,
     path: Option<PathBuf>,
     next_id: AtomicU64,
+    tag_headers: Vec<HeaderName>,
 }
 
 impl BanList {
-    /// Bans that live only in memory (no disk tier).
-    pub fn in_memory() -> BanList {
+    /// Bans that live only in memory (no disk tier); objects are tagged by `tag_headers`.
+    pub fn in_memory(tag_headers: Vec<HeaderName>) -> BanList {
         BanList {
             bans: arc_swap::ArcSwap::from_pointee(Vec::new()),
             log: Mutex::new(()),
             path: None,
             next_id: AtomicU64::new(1),
+            tag_headers,
         }
     }
 
     /// The bans recorded in `path` (created if missing). A line that does not parse (a write
     /// cut short by a crash) is skipped with a warning; an unreadable file is an error.
-    pub fn open(path: &Path) -> io::Result<BanList> {
+    pub fn open(path: &Path, tag_headers: Vec<HeaderName>) -> io::Result<BanList> {
         let mut bans = Vec::new();
         match File::open(path) {
             Ok(f) => {
@@ -189,6 +194,7 @@ impl BanList {
             log: Mutex::new(()),
             path: Some(path.to_path_buf()),
             next_id: AtomicU64::new(next_id),
+            tag_headers,
         })
     }
 
@@ -246,7 +252,7 @@ impl BanList {
             if ban.at_ms <= created_ms {
                 break;
             }
-            if ban.covers(host, path, headers) {
+            if ban.covers(&self.tag_headers, host, path, headers) {
                 if !ban.soft {
                     return Some(Verdict::Gone);
                 }
@@ -265,6 +271,13 @@ mod tests {
     use super::*;
     use std::time::Duration;
 
+    fn default_tags() -> Vec<HeaderName> {
+        vec![
+            HeaderName::from_static("surrogate-key"),
+            HeaderName::from_static("cache-tag"),
+        ]
+    }
+
     fn headers(pairs: &[(&str, &str)]) -> HeaderMap {
         let mut h = HeaderMap::new();
         for (k, v) in pairs {
@@ -278,7 +291,7 @@ mod tests {
 
     #[test]
     fn bans_cover_objects_created_before_them_only() {
-        let bans = BanList::in_memory();
+        let bans = BanList::in_memory(default_tags());
         let before = SystemTime::now() - Duration::from_secs(5);
         let none = HeaderMap::new();
         let key = "example.com\n/a/b?x=1\n";
@@ -305,7 +318,7 @@ mod tests {
 
     #[test]
     fn prefix_tags_all_and_soft_bans_match_as_documented() {
-        let bans = BanList::in_memory();
+        let bans = BanList::in_memory(default_tags());
         let old = SystemTime::now() - Duration::from_secs(5);
         let tagged = headers(&[("Surrogate-Key", "red  blue"), ("Cache-Tag", "x, y")]);
         let none = HeaderMap::new();
@@ -356,7 +369,7 @@ mod tests {
         let path = dir.path().join("bans.jsonl");
         let old = SystemTime::now() - Duration::from_secs(5);
         {
-            let bans = BanList::open(&path).expect("open");
+            let bans = BanList::open(&path, default_tags()).expect("open");
             bans.add(
                 BanTarget::Tags {
                     tags: vec!["t".into()],
@@ -369,7 +382,7 @@ mod tests {
         let mut f = OpenOptions::new().append(true).open(&path).expect("append");
         f.write_all(b"{\"id\":9,\"at_ms\":12").expect("torn write");
         drop(f);
-        let bans = BanList::open(&path).expect("reopen");
+        let bans = BanList::open(&path, default_tags()).expect("reopen");
         assert_eq!(bans.len(), 1);
         let tagged = headers(&[("surrogate-key", "t")]);
         assert_eq!(bans.check("h\n/\n", old, &tagged), Some(Verdict::Gone));
@@ -377,6 +390,11 @@ mod tests {
         persisted.expect("persisted");
         assert_eq!(ban.id, 2);
         drop(bans);
-        assert_eq!(BanList::open(&path).expect("third open").len(), 2);
+        assert_eq!(
+            BanList::open(&path, default_tags())
+                .expect("third open")
+                .len(),
+            2
+        );
     }
 }
