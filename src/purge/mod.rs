@@ -231,10 +231,37 @@ impl BanList {
                 .map_err(|e| io::Error::new(e.kind(), format!("{}: {e}", path.display()))),
             None => Ok(()),
         };
-        let mut next: Vec<Ban> = self.bans.load().as_ref().clone();
-        next.push(ban.clone());
+        let next = if ban.target == BanTarget::All && !ban.soft {
+            // everything confirmed before it is gone: the older bans can say nothing more
+            let next = vec![ban.clone()];
+            if persisted.is_ok() {
+                if let Err(e) = self.rewrite(&next) {
+                    tracing::warn!(error = %e, "could not compact the purge record (it stays longer)");
+                }
+            }
+            next
+        } else {
+            let mut next: Vec<Ban> = self.bans.load().as_ref().clone();
+            next.push(ban.clone());
+            next
+        };
         self.bans.store(Arc::new(next));
         (ban, persisted)
+    }
+
+    /// Replace the record with `bans` (written aside, synced, renamed over it).
+    fn rewrite(&self, bans: &[Ban]) -> io::Result<()> {
+        let Some(path) = &self.path else {
+            return Ok(());
+        };
+        let tmp = path.with_extension("jsonl.tmp");
+        let mut f = File::create(&tmp)?;
+        for ban in bans {
+            let line = serde_json::to_string(ban).map_err(io::Error::other)?;
+            f.write_all(format!("{line}\n").as_bytes())?;
+        }
+        f.sync_data()?;
+        std::fs::rename(&tmp, path)
     }
 
     /// What the bans say about an object stored under primary key `key`, last confirmed by the
@@ -361,6 +388,11 @@ mod tests {
         );
         let _ = bans.add(BanTarget::All, false);
         assert_eq!(bans.check("z.com\n/\n", old, &none), Some(Verdict::Gone));
+        assert_eq!(
+            bans.len(),
+            1,
+            "a hard purge of everything makes older bans moot"
+        );
     }
 
     #[test]
@@ -390,11 +422,17 @@ mod tests {
         persisted.expect("persisted");
         assert_eq!(ban.id, 2);
         drop(bans);
+        let bans = BanList::open(&path, default_tags()).expect("third open");
+        assert_eq!(bans.len(), 2);
+        // a hard purge of everything compacts the record to itself
+        bans.add(BanTarget::All, false).1.expect("persisted");
+        drop(bans);
+        let bans = BanList::open(&path, default_tags()).expect("fourth open");
+        assert_eq!(bans.len(), 1);
         assert_eq!(
-            BanList::open(&path, default_tags())
-                .expect("third open")
-                .len(),
-            2
+            bans.check("h\n/\n", old, &HeaderMap::new()),
+            Some(Verdict::Gone)
         );
+        assert_eq!(bans.add(BanTarget::All, true).0.id, 4, "ids keep growing");
     }
 }
