@@ -674,6 +674,11 @@ impl ProxyHttp for OutpostProxy {
     ) -> Result<()> {
         let status = self.cache_status(session, ctx);
         resp.insert_header("cache-status", status.render(&self.node.config.node.name))?;
+        if matches!(status, CacheStatus::StaleOnError { .. }) {
+            // Pingora drops the client connection after serving stale for a failed fetch; say
+            // so, or the client reuses it and its next request dies on a reset
+            session.downstream_session.set_keepalive(None);
+        }
         // purge tags are for this cache, not for clients (they stay in the stored copy)
         let purge = &self.node.config.purge;
         if purge.strip_tag_headers {

@@ -54,6 +54,8 @@ fn assert_stale_on_error(f: &Fetched, fwd_status: Option<&str>, what: &str) {
             && cs_ttl(&cs).is_some_and(|t| t < 0),
         "{what}: expected stale-if-error with fwd-status {fwd_status:?}, Cache-Status: {cs:?}"
     );
+    // the node closes the connection after such a response: it must say so
+    assert_eq!(f.header("connection").as_deref(), Some("close"), "{what}");
 }
 
 /// Refreshes answer `fresh#<n>` after `delay`, fresh for a minute.
