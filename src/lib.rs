@@ -2,7 +2,8 @@
 //!
 //! Module map (see `shared/design/architecture.md`): `config` (TOML -> typed), `rules`
 //! (policy), `cache` (storage tiers and HTTP caching semantics), `upstream` (origins),
-//! `proxy` (the request path), `admin` and `metrics` (own listeners), `server` (bootstrap).
+//! `proxy` (the request path), `purge` (bans), `admin` and `metrics` (own listeners), `server`
+//! (bootstrap).
 
 #![deny(missing_docs)]
 
