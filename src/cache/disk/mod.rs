@@ -316,26 +316,9 @@ impl DiskTier {
         }
     }
 
-    /// The object stored under `key`, read whole and verified; `None` when absent, unreadable
-    /// or corrupt (a corrupt entry is deleted and counted).
-    pub fn lookup(&self, key: u128) -> Option<DiskObject> {
-        if let Some(p) = self.pending.lock().get(&key) {
-            self.metrics.disk.hits.inc();
-            return Some(p.object.clone());
-        }
-        if self.surely_absent(key) {
-            self.metrics.disk.misses.inc();
-            return None;
-        }
-        let (head_path, body_path) = self.paths(key);
-        let read =
-            read_record(key, &head_path).and_then(|record| self.read_body(&body_path, record));
-        self.settle(key, &head_path, read)
-    }
-
-    /// A hit on `key`: objects of up to `whole_up_to` bytes (and any not block-hashed) are
-    /// read whole, larger ones are streamed ([`StreamHit`]). Like [`DiskTier::lookup`]
-    /// otherwise.
+    /// A hit on `key`, verified; `None` when absent, unreadable or corrupt (a corrupt entry is
+    /// deleted and counted). Objects of up to `whole_up_to` bytes (and any not block-hashed)
+    /// are read whole, larger ones are streamed ([`StreamHit`]).
     pub async fn lookup_hit(self: &Arc<Self>, key: u128, whole_up_to: u64) -> Option<DiskHit> {
         if let Some(p) = self.pending.lock().get(&key) {
             self.metrics.disk.hits.inc();
