@@ -209,23 +209,6 @@ fn body_files(cache: &Path) -> Vec<PathBuf> {
     out
 }
 
-/// Every regular file under `dir`, recursively, sorted.
-fn files_under(dir: &Path) -> Vec<PathBuf> {
-    let mut out = Vec::new();
-    let Ok(entries) = fs::read_dir(dir) else {
-        return out;
-    };
-    for e in entries.flatten() {
-        match e.file_type() {
-            Ok(t) if t.is_dir() => out.extend(files_under(&e.path())),
-            Ok(t) if t.is_file() => out.push(e.path()),
-            _ => {}
-        }
-    }
-    out.sort();
-    out
-}
-
 fn stop_ok(node: Node, what: &str) {
     let status = node.stop();
     assert!(

@@ -33,23 +33,6 @@ fn cache_dir(cfg: &NodeConfig) -> PathBuf {
     cfg.dir().join("cache")
 }
 
-/// Every regular file under `dir`, recursively (none if `dir` does not exist).
-fn files_under(dir: &Path) -> Vec<PathBuf> {
-    let mut out = Vec::new();
-    let Ok(entries) = fs::read_dir(dir) else {
-        return out;
-    };
-    for e in entries.flatten() {
-        let path = e.path();
-        match e.file_type() {
-            Ok(t) if t.is_dir() => out.extend(files_under(&path)),
-            Ok(t) if t.is_file() => out.push(path),
-            _ => {}
-        }
-    }
-    out
-}
-
 /// Summed sizes of the files under `dir`.
 fn bytes_under(dir: &Path) -> u64 {
     files_under(dir)
@@ -57,30 +40,6 @@ fn bytes_under(dir: &Path) -> u64 {
         .filter_map(|p| fs::metadata(p).ok())
         .map(|m| m.len())
         .sum()
-}
-
-/// The files `<cache>/objects/*/*.<ext>`, sorted.
-fn object_files(cache: &Path, ext: &str) -> Vec<PathBuf> {
-    let mut out = Vec::new();
-    let Ok(shards) = fs::read_dir(cache.join("objects")) else {
-        return out;
-    };
-    for shard in shards.flatten() {
-        if !shard.file_type().map(|t| t.is_dir()).unwrap_or(false) {
-            continue;
-        }
-        let Ok(files) = fs::read_dir(shard.path()) else {
-            continue;
-        };
-        for f in files.flatten() {
-            let p = f.path();
-            if p.extension().and_then(|x| x.to_str()) == Some(ext) {
-                out.push(p);
-            }
-        }
-    }
-    out.sort();
-    out
 }
 
 fn is_hex(s: &str, len: usize) -> bool {
@@ -144,21 +103,6 @@ fn metric(node: &Node, name: &str, labels: &[(&str, &str)]) -> f64 {
     metric_sum(&node.metrics(), name, labels)
 }
 
-/// Waits until the disk tier reports at least `n` objects (the background writes are done).
-fn wait_disk_objects(node: &Node, n: usize, what: &str) {
-    wait_metric(node, DISK_OBJECTS, &[], |v| v >= n as f64, WAIT, what);
-}
-
-/// Graceful stop that must succeed.
-fn stop_ok(node: Node, what: &str) {
-    let status = node.stop();
-    assert!(
-        status.success(),
-        "{what}: graceful stop exited with {status}\n--- log (tail) ---\n{}",
-        node.log_tail(60)
-    );
-}
-
 fn assert_not_served_from_cache(f: &Fetched, what: &str) {
     let cs = f.cache_status();
     assert!(
@@ -206,7 +150,7 @@ fn restart_after_graceful_stop_serves_hits_from_disk() {
             "two new keys missed the {tier:?} tier, yet {TIER_MISSES}{tier:?} = {misses}"
         );
     }
-    wait_disk_objects(&node, 2, "both objects written to disk");
+    wait_disk_objects(&node, 2, WAIT, "both objects written to disk");
     assert_layout(&cache_dir(&cfg), 2, "before the restart");
 
     // Let the objects age, so that the Age after the restart shows their residence time.
@@ -263,7 +207,7 @@ fn restart_after_sigkill_serves_hits_from_disk() {
     let r = fetch_ok(&node, "/aged");
     assert_eq!(r.status, 200);
     assert_stored_miss(&r, "/aged");
-    wait_disk_objects(&node, 1, "/aged written to disk");
+    wait_disk_objects(&node, 1, WAIT, "/aged written to disk");
     node.kill();
     drop(node);
 
@@ -310,7 +254,7 @@ fn damaged_entry_is_refetched(what: &str, damage: impl FnOnce(&Path, &Path)) {
     assert_eq!(r.status, 200);
     assert!(r.body == expected(1), "{what}: first body");
     assert_stored_miss(&r, &format!("{what}: first request"));
-    wait_disk_objects(&node, 1, &format!("{what}: /obj written to disk"));
+    wait_disk_objects(&node, 1, WAIT, &format!("{what}: /obj written to disk"));
     stop_ok(node, what);
 
     let cache = cache_dir(&cfg);
@@ -583,7 +527,7 @@ fn cache_dir_removed_at_runtime_keeps_serving_and_recovers() {
 
     let r = fetch_ok(&node, "/a");
     assert_eq!(r.status, 200);
-    wait_disk_objects(&node, 1, "/a written to disk");
+    wait_disk_objects(&node, 1, WAIT, "/a written to disk");
     assert_layout(&cache, 1, "before the removal");
 
     fs::remove_dir_all(&cache).expect("remove the cache dir");
@@ -659,7 +603,7 @@ fn disk_only_tier_serves_hits_from_disk() {
     let r = fetch_ok(&node, "/d");
     assert_eq!(r.status, 200);
     assert_stored_miss(&r, "/d first request");
-    wait_disk_objects(&node, 1, "/d written to disk");
+    wait_disk_objects(&node, 1, WAIT, "/d written to disk");
     assert_layout(&cache_dir(&cfg), 1, "disk-only tier");
 
     let before = metric(&node, TIER_HITS, DISK);
@@ -740,7 +684,7 @@ fn disk_hit_is_promoted_to_memory() {
 
     let r = fetch_ok(&node, "/p");
     assert_stored_miss(&r, "/p first request");
-    wait_disk_objects(&node, 1, "/p written to disk");
+    wait_disk_objects(&node, 1, WAIT, "/p written to disk");
     stop_ok(node, "first node");
 
     let node = cfg.start();

@@ -13,7 +13,6 @@ const MIB: usize = 1 << 20;
 /// Deadline for background work (disk writes) to show up in the metrics.
 const WAIT: Duration = Duration::from_secs(30);
 
-const DISK_OBJECTS: &str = "outpost_cache_disk_objects";
 const MEMORY_OBJECTS: &str = "outpost_cache_memory_objects";
 const CORRUPT: &str = "outpost_cache_disk_corrupt_total";
 
@@ -60,10 +59,6 @@ fn metric(node: &Node, name: &str) -> f64 {
     metric_sum(&node.metrics(), name, &[])
 }
 
-fn wait_disk_objects(node: &Node, n: usize, what: &str) {
-    wait_metric(node, DISK_OBJECTS, &[], |v| v >= n as f64, WAIT, what);
-}
-
 /// The one `.body` file under the node's cache directory.
 fn only_body_file(cfg: &NodeConfig) -> PathBuf {
     fn walk(dir: &Path, out: &mut Vec<PathBuf>) {
@@ -103,7 +98,7 @@ fn object_of_200_mib_is_spooled_and_streamed_from_disk_with_bounded_memory() {
     assert_eq!(first.status, 200);
     assert_stored_miss(&first, "/huge, first request");
     assert_body(&first, &expected, "/huge, first request");
-    wait_disk_objects(&node, 1, "the 200 MiB object written to disk");
+    wait_disk_objects(&node, 1, WAIT, "the 200 MiB object written to disk");
     assert_eq!(
         metric(&node, MEMORY_OBJECTS),
         0.0,
@@ -153,7 +148,7 @@ fn chunked_object_outgrowing_memory_spills_to_disk_with_bounded_memory() {
     assert_eq!(first.status, 200);
     assert_stored_miss(&first, "/chunked, first request");
     assert_body(&first, &expected, "/chunked, first request");
-    wait_disk_objects(&node, 1, "the spilled object on disk");
+    wait_disk_objects(&node, 1, WAIT, "the spilled object on disk");
     assert_eq!(metric(&node, MEMORY_OBJECTS), 0.0);
     assert_eq!(
         fs::metadata(only_body_file(&cfg)).expect("body file").len(),
@@ -186,7 +181,7 @@ fn disk_only_tier_spools_and_streams_large_objects() {
         assert_stored_miss(&first, path);
         assert_body(&first, &expected, path);
     }
-    wait_disk_objects(&node, 2, "both objects on disk");
+    wait_disk_objects(&node, 2, WAIT, "both objects on disk");
     for path in ["/known", "/unknown"] {
         let hit = fetch_ok(&node, path, &[]);
         assert_hit(&hit, path);
@@ -207,7 +202,7 @@ fn stored_then_damaged(
     let expected = generated_body(0, len);
     let first = fetch_ok(&node, "/obj", &[]);
     assert_body(&first, &expected, "first request");
-    wait_disk_objects(&node, 1, "the object on disk");
+    wait_disk_objects(&node, 1, WAIT, "the object on disk");
     damage(&only_body_file(cfg));
     (node, expected)
 }
@@ -290,7 +285,7 @@ fn ranges_of_a_large_disk_object_are_served_from_its_blocks() {
     let node = cfg.start();
     let expected = generated_body(0, len);
     assert_body(&fetch_ok(&node, "/ranged", &[]), &expected, "fill");
-    wait_disk_objects(&node, 1, "the object on disk");
+    wait_disk_objects(&node, 1, WAIT, "the object on disk");
 
     let cases: &[(&str, usize, usize)] = &[
         ("bytes=1048000-1049999", 1_048_000, 1_049_999), // across a block boundary
@@ -362,7 +357,7 @@ fn coalesced_readers_follow_large_fills_when_fills_stream() {
             "{path}: coalesced readers went to the origin"
         );
     }
-    wait_disk_objects(&node, 2, "both objects on disk");
+    wait_disk_objects(&node, 2, WAIT, "both objects on disk");
     for path in ["/known", "/unknown"] {
         let hit = fetch_ok(&node, path, &[]);
         assert_hit(&hit, path);

@@ -38,17 +38,6 @@ fn counted(cc: &str) -> Reply {
     Reply::ok("v").header("Cache-Control", cc).body_counter()
 }
 
-fn wait_on_disk(node: &Node, n: usize) {
-    wait_metric(
-        node,
-        "outpost_cache_disk_objects",
-        &[],
-        |v| v >= n as f64,
-        Duration::from_secs(10),
-        "objects written to disk",
-    );
-}
-
 #[test]
 fn url_purge_removes_every_variant_from_both_tiers() {
     let origin = TestOrigin::start();
@@ -61,7 +50,7 @@ fn url_purge_removes_every_variant_from_both_tiers() {
     for lang in ["en", "fr"] {
         get_with(&node, "/page?x=1", &[("Accept-Language", lang)]);
     }
-    wait_on_disk(&node, 2);
+    wait_disk_objects(&node, 2, Duration::from_secs(10), "objects written to disk");
     for lang in ["en", "fr"] {
         assert_hit(
             &get_with(&node, "/page?x=1", &[("Accept-Language", lang)]),
@@ -140,7 +129,7 @@ fn tag_purge_uses_surrogate_key_and_cache_tag_which_clients_never_see() {
             "{p}"
         );
     }
-    wait_on_disk(&node, 3);
+    wait_disk_objects(&node, 3, Duration::from_secs(10), "objects written to disk");
     purged_ok(&node, r#"{"tags": ["home"]}"#);
     assert_eq!(get(&node, "/a").text(), "v#2");
     assert_eq!(get(&node, "/b").text(), "v#2");
@@ -328,7 +317,7 @@ fn status_reports_version_uptime_and_tiers() {
     origin.set("/s", counted("max-age=600"));
     let node = NodeConfig::new(&origin.url()).start();
     get(&node, "/s");
-    wait_on_disk(&node, 1);
+    wait_disk_objects(&node, 1, Duration::from_secs(10), "objects written to disk");
     let status: serde_json::Value = node
         .client()
         .get(node.admin_url("/status"))

@@ -20,7 +20,6 @@ const LEN: usize = 10_000;
 /// Deadline for background work (disk writes) to show up in the metrics.
 const WAIT: Duration = Duration::from_secs(10);
 
-const DISK_OBJECTS: &str = "outpost_cache_disk_objects";
 const TIER_HITS: &str = "outpost_cache_tier_hits_total";
 const MEMORY: &[(&str, &str)] = &[("tier", "memory")];
 const DISK: &[(&str, &str)] = &[("tier", "disk")];
@@ -299,21 +298,6 @@ fn body_files(cache: &Path) -> Vec<PathBuf> {
         }
     }
     out
-}
-
-/// Waits until the disk tier reports at least `n` objects (their files are written).
-fn wait_disk_objects(node: &Node, n: usize, what: &str) {
-    wait_metric(node, DISK_OBJECTS, &[], |v| v >= n as f64, WAIT, what);
-}
-
-/// Graceful stop that must succeed.
-fn stop_ok(node: Node, what: &str) {
-    let status = node.stop();
-    assert!(
-        status.success(),
-        "{what}: graceful stop exited with {status}\n--- log (tail) ---\n{}",
-        node.log_tail(60)
-    );
 }
 
 /// Fills `path` with a plain GET: a stored miss with the whole body.
@@ -937,7 +921,7 @@ fn fill_disk_cases(node: &Node, cfg: &NodeConfig) {
     for case in &cases {
         fill(node, &case.path, &case.body());
     }
-    wait_disk_objects(node, cases.len(), "the fills written to disk");
+    wait_disk_objects(node, cases.len(), WAIT, "the fills written to disk");
     let files = body_files(&cache_dir(cfg));
     assert_eq!(files.len(), cases.len(), "object files on disk: {files:?}");
 }

@@ -5,23 +5,10 @@ mod common;
 
 use std::fs;
 use std::os::unix::fs::MetadataExt;
-use std::path::{Path, PathBuf};
+
 use std::time::Duration;
 
 use common::*;
-
-fn files(dir: &Path, ext: &str) -> Vec<PathBuf> {
-    let mut out = Vec::new();
-    for e in fs::read_dir(dir).into_iter().flatten().flatten() {
-        let p = e.path();
-        if p.is_dir() {
-            out.extend(files(&p, ext));
-        } else if p.extension().is_some_and(|x| x == ext) {
-            out.push(p);
-        }
-    }
-    out
-}
 
 #[test]
 fn weak_etags_revalidate_and_client_if_none_match_compares_weakly() {
@@ -76,17 +63,10 @@ fn a_304_on_the_disk_tier_rewrites_the_head_and_never_the_body() {
     let cfg = NodeConfig::new(&origin.url()).cache("tiers = \"disk\"");
     let node = cfg.start();
     assert_stored_miss(&get(&node, "/doc"), "fill");
-    let objects = cfg.dir().join("cache").join("objects");
-    wait_metric(
-        &node,
-        "outpost_cache_disk_objects",
-        &[],
-        |v| v >= 1.0,
-        Duration::from_secs(10),
-        "on disk",
-    );
-    let body_file = files(&objects, "body").pop().expect("body file");
-    let head_file = files(&objects, "head").pop().expect("head file");
+    let cache = cfg.dir().join("cache");
+    wait_disk_objects(&node, 1, Duration::from_secs(10), "on disk");
+    let body_file = object_files(&cache, "body").pop().expect("body file");
+    let head_file = object_files(&cache, "head").pop().expect("head file");
     let (body_before, head_before) = (
         fs::metadata(&body_file).expect("body meta"),
         fs::metadata(&head_file).expect("head meta"),

@@ -3,10 +3,12 @@
 #![allow(unused_imports)]
 
 pub mod asserts;
+pub mod disk;
 pub mod node;
 pub mod origin;
 
 pub use asserts::{assert_hit, assert_stored_miss};
+pub use disk::{files_under, object_files, stop_ok, wait_disk_objects};
 pub use node::{free_port, outpost_bin, run_check, Node, NodeConfig};
 pub use origin::{generated_body, http_date, parse_http_date, Recorded, Reply, TestOrigin};
 
