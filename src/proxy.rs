@@ -75,6 +75,11 @@ impl RequestCtx {
     fn rule(&self) -> &Rule {
         self.routing.rules.get(self.rule)
     }
+
+    /// The origin this request's rule fetches from.
+    fn origin(&self) -> Option<&Origin> {
+        self.routing.origins.get(self.rule().config.origin)
+    }
 }
 
 /// The origin failed this request: the fetch went past `total_timeout`.
@@ -128,11 +133,6 @@ fn seconds_between(later: SystemTime, earlier: SystemTime) -> i64 {
 }
 
 impl OutpostProxy {
-    /// The origin this request's rule fetches from.
-    fn origin<'a>(&self, ctx: &'a RequestCtx) -> Option<&'a Origin> {
-        ctx.routing.origins.get(ctx.rule().config.origin)
-    }
-
     /// What the cache did for this request, from the cache phase and what the hooks saw.
     fn cache_status(&self, session: &Session, ctx: &RequestCtx) -> CacheStatus {
         let now = SystemTime::now();
@@ -375,17 +375,19 @@ impl ProxyHttp for OutpostProxy {
         is_fresh: bool,
         ctx: &mut RequestCtx,
     ) -> Result<Option<ForcedFreshness>> {
-        // purges: bans newer than the object that cover it
-        let key = session
-            .cache
-            .cache_key()
-            .primary_key_str()
-            .unwrap_or_default();
-        match self
-            .node
-            .bans
-            .check(key, entry::confirmed_at(meta), meta.headers())
-        {
+        // purges: bans newer than the object that cover it (nothing to look at without bans)
+        let bans = &self.node.bans;
+        let verdict = if bans.is_empty() {
+            None
+        } else {
+            let key = session
+                .cache
+                .cache_key()
+                .primary_key_str()
+                .unwrap_or_default();
+            bans.check(key, entry::confirmed_at(meta), meta.headers())
+        };
+        match verdict {
             Some(Verdict::Gone) => {
                 self.node.metrics.purge.purged_lookups.inc();
                 ctx.not_stored = None;
@@ -435,7 +437,7 @@ impl ProxyHttp for OutpostProxy {
             }
             // The origin failed moments ago: within the stale-if-error window, answer stale
             // without asking it again, so an outage does not pile requests onto it.
-            if meta.serve_stale_if_error(now) && self.origin(ctx).is_some_and(Origin::is_failing) {
+            if meta.serve_stale_if_error(now) && ctx.origin().is_some_and(Origin::is_failing) {
                 ctx.stale = Some((StaleReason::IfError, None));
                 return Ok(Some(ForcedFreshness::ForceFresh));
             }
@@ -506,7 +508,7 @@ impl ProxyHttp for OutpostProxy {
             Some(_) => return false,
         };
         if error.is_some() {
-            if let Some(origin) = self.origin(ctx) {
+            if let Some(origin) = ctx.origin() {
                 origin.record_failure();
             }
         }
@@ -559,7 +561,7 @@ impl ProxyHttp for OutpostProxy {
         upstream: &mut RequestHeader,
         ctx: &mut RequestCtx,
     ) -> Result<()> {
-        if let Some(host) = self.origin(ctx).and_then(|o| o.config.host.as_ref()) {
+        if let Some(host) = ctx.origin().and_then(|o| o.config.host.as_ref()) {
             upstream.insert_header(header::HOST, host.as_str())?;
         }
         if let Some(addr) = session.client_addr().and_then(|a| a.as_inet()) {
@@ -587,7 +589,7 @@ impl ProxyHttp for OutpostProxy {
         ctx.upstream_status = Some(status);
         // RFC 9110 2.5: we answer with our own HTTP version, whatever the origin spoke.
         resp.set_version(http::Version::HTTP_11);
-        if let Some(origin) = self.origin(ctx) {
+        if let Some(origin) = ctx.origin() {
             if matches!(status, 500 | 502 | 503 | 504) {
                 origin.record_failure();
             }
@@ -605,8 +607,8 @@ impl ProxyHttp for OutpostProxy {
             ctx.not_modified = Some(resp.headers.clone());
         }
         if let Some(start) = ctx.origin_start {
-            if let Some(m) = self
-                .origin(ctx)
+            if let Some(m) = ctx
+                .origin()
                 .and_then(|o| self.node.metrics.origin(&o.config.name))
             {
                 m.record(status, start.elapsed().as_secs_f64());
@@ -622,7 +624,7 @@ impl ProxyHttp for OutpostProxy {
         _end_of_stream: bool,
         ctx: &mut RequestCtx,
     ) -> Result<Option<Duration>> {
-        if let (Some(origin), Some(start)) = (self.origin(ctx), ctx.origin_start) {
+        if let (Some(origin), Some(start)) = (ctx.origin(), ctx.origin_start) {
             if origin.past_total_timeout(start) {
                 origin.record_failure();
                 return Err(total_timeout_error());
@@ -713,13 +715,13 @@ impl ProxyHttp for OutpostProxy {
             },
         };
         if e.esource() == &ErrorSource::Upstream {
-            if let Some(m) = self
-                .origin(ctx)
+            if let Some(m) = ctx
+                .origin()
                 .and_then(|o| self.node.metrics.origin(&o.config.name))
             {
                 m.errors.inc();
             }
-            if let Some(origin) = self.origin(ctx) {
+            if let Some(origin) = ctx.origin() {
                 origin.record_failure();
             }
         }
