@@ -40,7 +40,6 @@ fn main() -> anyhow::Result<()> {
     header.append_header("content-length", body_len.to_string())?;
     header.append_header("cache-control", "public, max-age=86400")?;
     let meta = CacheMeta::new(now + Duration::from_secs(86_400), now, 0, 0, header);
-    let head = Bytes::from(encode_head(&meta)?);
     let body = Bytes::from(vec![b'x'; body_len]);
     let spec = KeyConfig {
         query: QueryMode::Full,
@@ -50,9 +49,10 @@ fn main() -> anyhow::Result<()> {
     let started = Instant::now();
     for i in 0..n {
         let path = format!("{prefix}{i}");
-        let key = hash(&cache_key(&spec, &host, &path, None, &no_headers));
+        let cache_key = cache_key(&spec, &host, &path, None, &no_headers);
+        let key = hash(&cache_key);
         let object = DiskObject {
-            head: head.clone(),
+            head: Bytes::from(encode_head(&meta, cache_key.primary_key())?),
             body: body.clone(),
         };
         while !disk.put(key, object.clone()) {

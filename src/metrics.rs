@@ -123,6 +123,10 @@ pub struct PurgeMetrics {
     pub purged_lookups: IntCounter,
     /// Admin calls refused for a missing or wrong token.
     pub unauthorized: IntCounter,
+    /// Stored objects the background purge pass removed or made stale, by action.
+    pub swept: IntCounterVec,
+    /// Purges (bans) retired after a pass applied them to every stored object.
+    pub retired: IntCounter,
 }
 
 /// The node's metrics.
@@ -311,6 +315,17 @@ impl Metrics {
                 "outpost_admin_unauthorized_total",
                 "Admin calls refused for a missing or wrong bearer token",
             )?,
+            swept: IntCounterVec::new(
+                Opts::new(
+                    "outpost_purge_swept_objects_total",
+                    "Stored objects the background purge pass removed or made stale",
+                ),
+                &["action"],
+            )?,
+            retired: IntCounter::new(
+                "outpost_purge_bans_retired_total",
+                "Purges retired after the background pass applied them to every stored object",
+            )?,
         };
         for c in [
             Box::new(purge.purges.clone()) as Box<dyn prometheus::core::Collector>,
@@ -318,6 +333,8 @@ impl Metrics {
             Box::new(purge.bans.clone()),
             Box::new(purge.purged_lookups.clone()),
             Box::new(purge.unauthorized.clone()),
+            Box::new(purge.swept.clone()),
+            Box::new(purge.retired.clone()),
             Box::new(stale_served),
             Box::new(revalidations),
             Box::new(negative_hits),

@@ -80,6 +80,54 @@ impl BackgroundService for ReloadOnHangup {
     }
 }
 
+/// Applies purges to stored objects in the background and retires them
+/// ([`crate::purge::lurker`]).
+struct PurgeLurker {
+    node: Arc<Node>,
+}
+
+#[async_trait]
+impl BackgroundService for PurgeLurker {
+    async fn start(&self, mut shutdown: ShutdownWatch) {
+        let node = &self.node;
+        let mut tick = tokio::time::interval(node.config.purge.lurker_interval);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = shutdown.changed() => return,
+                _ = tick.tick() => {}
+            }
+            let started = std::time::Instant::now();
+            match crate::purge::lurker::pass(&node.bans, node.storage).await {
+                Ok(None) => {}
+                Ok(Some(done)) => {
+                    let m = &node.metrics.purge;
+                    m.swept
+                        .with_label_values(&["removed"])
+                        .inc_by(done.sweep.removed);
+                    m.swept
+                        .with_label_values(&["expired"])
+                        .inc_by(done.sweep.expired);
+                    m.retired.inc_by(done.retired as u64);
+                    tracing::info!(
+                        visited = done.sweep.visited,
+                        removed = done.sweep.removed,
+                        expired = done.sweep.expired,
+                        unreadable = done.sweep.unreadable,
+                        retired = done.retired,
+                        in_force = node.bans.len(),
+                        took_ms = started.elapsed().as_millis() as u64,
+                        "purge pass"
+                    );
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "purge pass: changes not durable, purges kept")
+                }
+            }
+        }
+    }
+}
+
 /// Run a node with `config` until it is told to stop (SIGTERM: graceful, SIGINT: fast).
 /// `source` (the file and command-line overrides) is what SIGHUP and `POST /config/reload`
 /// read again.
@@ -144,6 +192,10 @@ pub fn run(config: Config, source: Option<(PathBuf, Overrides)>) -> anyhow::Resu
             },
         ));
     }
+    server.add_service(background_service(
+        "purge lurker",
+        PurgeLurker { node: node.clone() },
+    ));
     server.add_service(background_service(
         "config reload",
         ReloadOnHangup { node: node.clone() },

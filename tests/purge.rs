@@ -428,3 +428,143 @@ fn tag_headers_are_configurable_and_can_reach_clients() {
     assert!(!bad.status.success());
     assert!(String::from_utf8_lossy(&bad.stderr).contains("purge.tag_headers[0]"));
 }
+
+/// Lines of the purge record that are bans (not its id-sequence line).
+fn recorded_bans(cfg: &NodeConfig) -> usize {
+    std::fs::read_to_string(cfg.dir().join("cache/bans.jsonl"))
+        .unwrap_or_default()
+        .lines()
+        .filter(|l| l.contains("\"target\""))
+        .count()
+}
+
+#[test]
+fn purges_are_applied_to_stored_objects_then_retired_for_good() {
+    let origin = TestOrigin::start();
+    for p in ["/t/a", "/t/b"] {
+        origin.set(p, counted("max-age=600").header("Surrogate-Key", "red"));
+    }
+    origin.set("/keep", counted("max-age=600"));
+    origin.set_handler("/soft", |req, n| {
+        if req.header("if-none-match").is_some() {
+            Reply::new(304)
+                .header("ETag", "\"s\"")
+                .header("Cache-Control", "max-age=600")
+        } else {
+            Reply::ok(format!("soft#{n}"))
+                .header("ETag", "\"s\"")
+                .header("Cache-Control", "max-age=600")
+        }
+    });
+    let cfg = NodeConfig::new(&origin.url()).extra("[purge]\nlurker_interval = \"200ms\"");
+    let node = cfg.start();
+    for p in ["/t/a", "/t/b", "/keep", "/soft"] {
+        get(&node, p);
+    }
+    wait_disk_objects(&node, 4, Duration::from_secs(10), "objects written to disk");
+    purged_ok(&node, r#"{"tags": ["red"]}"#);
+    let base = format!("http://{}", node.addr());
+    purged_ok(&node, &format!(r#"{{"url": "{base}/soft", "soft": true}}"#));
+    assert_eq!(recorded_bans(&cfg), 2);
+
+    // a pass applies both purges to both tiers, then retires them from memory and the file
+    wait_metric(
+        &node,
+        "outpost_purge_bans_retired_total",
+        &[],
+        |v| v >= 2.0,
+        Duration::from_secs(20),
+        "purges retired",
+    );
+    let m = node.metrics();
+    assert_eq!(metric_sum(&m, "outpost_purge_bans", &[]), 0.0);
+    assert_eq!(
+        metric_sum(
+            &m,
+            "outpost_purge_swept_objects_total",
+            &[("action", "removed")]
+        ),
+        4.0,
+        "two tagged objects, each in memory and on disk"
+    );
+    assert_eq!(
+        metric_sum(
+            &m,
+            "outpost_purge_swept_objects_total",
+            &[("action", "expired")]
+        ),
+        2.0,
+        "the soft-purged object, in memory and on disk"
+    );
+    assert_eq!(recorded_bans(&cfg), 0, "the record keeps retired purges");
+    assert_eq!(
+        object_files(&cfg.dir().join("cache"), "head").len(),
+        2,
+        "the purged objects' files are deleted (disk space reclaimed)"
+    );
+
+    // with the purges retired, what they did stays done, across a restart too
+    stop_ok(node, "first run");
+    let node = cfg.start();
+    assert_eq!(
+        get(&node, "/t/a").text(),
+        "v#2",
+        "hard-purged object came back"
+    );
+    assert_hit(&get(&node, "/keep"), "uncovered object");
+    assert_eq!(get(&node, "/soft").text(), "soft#1");
+    let soft = origin.requests("/soft");
+    assert_eq!(soft.len(), 2, "the soft-purged object was not revalidated");
+    assert_eq!(soft[1].header("if-none-match").as_deref(), Some("\"s\""));
+    assert_hit(&get(&node, "/soft"), "fresh again after the 304");
+    // ids are not reused after the purges holding the highest ones were retired
+    let next = purged_ok(&node, r#"{"tags": ["blue"]}"#);
+    assert_eq!(next["id"], 3, "{next}");
+}
+
+#[test]
+fn a_purge_is_not_retired_before_a_fill_it_covers_has_landed() {
+    let origin = TestOrigin::start();
+    origin.set(
+        "/slow",
+        counted("max-age=600")
+            .header("Surrogate-Key", "slow")
+            .stall_after(0, Duration::from_secs(4)),
+    );
+    let cfg = NodeConfig::new(&origin.url())
+        .origin("read_timeout = \"10s\"")
+        .extra("[purge]\nlurker_interval = \"200ms\"");
+    let node = cfg.start();
+    let client = node.client();
+    let url = node.url("/slow");
+    let first = std::thread::spawn(move || client.get(url).send().and_then(|r| r.text()));
+    // the response head has arrived (the fill is running) when the purge comes
+    let start = std::time::Instant::now();
+    while origin.hits("/slow") == 0 {
+        assert!(start.elapsed() < Duration::from_secs(5), "origin not asked");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    purged_ok(&node, r#"{"tags": ["slow"]}"#);
+    // passes run every 200 ms meanwhile; the fill lands ~4 s after its head
+    assert_eq!(
+        first.join().expect("client thread").expect("first body"),
+        "v#1"
+    );
+    let r = get(&node, "/slow");
+    assert_eq!(
+        r.text(),
+        "v#2",
+        "an object fetched before the purge was served after it: {}",
+        r.cache_status()
+    );
+    wait_metric(
+        &node,
+        "outpost_purge_bans",
+        &[],
+        |v| v == 0.0,
+        Duration::from_secs(20),
+        "purge retired once nothing it covers can land",
+    );
+    assert_hit(&get(&node, "/slow"), "refetched after the purge");
+}

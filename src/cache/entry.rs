@@ -9,9 +9,11 @@
 //!
 //! Head encoding, little endian: `format u8 | fresh_until_ms u64 | created_ms u64 |
 //! epoch_ms u64 | updated_ms u64 | stale_while_revalidate u32 | stale_if_error u32 | has_variance u8 |
-//! variance [u8; 16] if present | header`, where header is `status u16 | version u8 |
+//! variance [u8; 16] if present | key_len u16 | primary key | header`, where header is `status u16 | version u8 |
 //! count u16 | (name_len u16, name, value_len u32, value)*`, names in their original case.
-//! Times are milliseconds since the Unix epoch (HTTP caching's unit is the second).
+//! Times are milliseconds since the Unix epoch (HTTP caching's unit is the second). The
+//! primary cache key is kept so that a background pass can tell which purges cover an object
+//! (the tiers index objects by hash only); hits skip it.
 //!
 //! Fidelity: `CacheMeta::new` is the only public constructor, so provenance is restored as the
 //! creation time. Provenance is only ever earlier than creation after a full refetch of an
@@ -25,8 +27,9 @@ use pingora_error::{Error, ErrorType, Result};
 use pingora_http::ResponseHeader;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-/// The head format this build writes; format 1 (no `updated_ms`) is still read.
-const FORMAT: u8 = 2;
+/// The head format this build writes; formats 1 (no `updated_ms`, no key) and 2 (no key) are
+/// still read.
+const FORMAT: u8 = 3;
 /// Bytes of the fixed freshness record before the optional variance.
 const FIXED: usize = 1 + 8 * 4 + 4 * 2 + 1;
 
@@ -67,12 +70,14 @@ fn head_len(meta: &CacheMeta) -> usize {
             .map(|(n, v)| 6 + n.as_str().len() + v.len())
             .sum()
     };
-    FIXED + meta.variance().map_or(0, |_| 16) + 5 + fields
+    FIXED + meta.variance().map_or(0, |_| 16) + 2 + 5 + fields
 }
 
-/// Encode `meta` (freshness fields and response header) into an exact-size buffer.
-pub fn encode_head(meta: &CacheMeta) -> Result<Vec<u8>> {
-    let mut out = Vec::with_capacity(head_len(meta));
+/// Encode `meta` (freshness fields and response header) and the object's `primary` cache key
+/// into an exact-size buffer. An empty `primary` records that the key is not known.
+pub fn encode_head(meta: &CacheMeta, primary: &[u8]) -> Result<Vec<u8>> {
+    let key_len = u16::try_from(primary.len()).map_err(|_| too_long())?;
+    let mut out = Vec::with_capacity(head_len(meta) + primary.len());
     out.put_u8(FORMAT);
     out.put_u64_le(to_ms(meta.fresh_until()));
     out.put_u64_le(to_ms(meta.created()));
@@ -87,15 +92,34 @@ pub fn encode_head(meta: &CacheMeta) -> Result<Vec<u8>> {
         }
         None => out.put_u8(0),
     }
+    out.put_u16_le(key_len);
+    out.put_slice(primary);
     encode_header(meta.response_header(), &mut out)?;
     Ok(out)
 }
 
+/// A stored head decoded with its primary cache key.
+pub struct Stored {
+    /// The primary cache key, if the head records it (heads of formats 1 and 2 do not).
+    pub primary: Option<Bytes>,
+    /// Freshness fields and response header.
+    pub meta: CacheMeta,
+}
+
 /// Decode a head written by [`encode_head`]; header values share `head`'s memory.
 pub fn decode_head(head: &Bytes) -> Result<CacheMeta> {
+    decode(head, false).map(|s| s.meta)
+}
+
+/// Decode a head written by [`encode_head`], with its primary key.
+pub fn decode_stored(head: &Bytes) -> Result<Stored> {
+    decode(head, true)
+}
+
+fn decode(head: &Bytes, want_key: bool) -> Result<Stored> {
     let mut r = Reader { buf: head, pos: 0 };
     let format = r.take(1)?[0];
-    if format != FORMAT && format != 1 {
+    if !(1..=FORMAT).contains(&format) {
         return Err(corrupt("stored head has an unknown format"));
     }
     let fresh_until = from_ms(r.u64()?);
@@ -118,6 +142,15 @@ pub fn decode_head(head: &Bytes) -> Result<CacheMeta> {
         }
         _ => return Err(corrupt("stored head has an invalid variance flag")),
     };
+    let mut primary = None;
+    if format >= 3 {
+        let len = r.u16()? as usize;
+        if want_key && len > 0 {
+            primary = Some(r.take(len)?);
+        } else {
+            r.skip(len)?;
+        }
+    }
     let header = decode_header(&mut r)?;
     if r.pos != head.len() {
         return Err(corrupt("stored head has trailing bytes"));
@@ -132,7 +165,7 @@ pub fn decode_head(head: &Bytes) -> Result<CacheMeta> {
     if confirmed > created {
         meta.extensions_mut().insert(Confirmed(confirmed));
     }
-    Ok(meta)
+    Ok(Stored { primary, meta })
 }
 
 fn too_long() -> Box<Error> {
@@ -183,12 +216,16 @@ struct Reader<'a> {
 }
 
 impl Reader<'_> {
+    fn skip(&mut self, n: usize) -> Result<usize> {
+        let start = self.pos;
+        let end = start.checked_add(n).filter(|&e| e <= self.buf.len());
+        self.pos = end.ok_or_else(|| corrupt("stored header truncated"))?;
+        Ok(start)
+    }
+
     fn take(&mut self, n: usize) -> Result<Bytes> {
-        let end = self.pos.checked_add(n).filter(|&e| e <= self.buf.len());
-        let end = end.ok_or_else(|| corrupt("stored header truncated"))?;
-        let out = self.buf.slice(self.pos..end);
-        self.pos = end;
-        Ok(out)
+        let start = self.skip(n)?;
+        Ok(self.buf.slice(start..self.pos))
     }
 
     fn u16(&mut self) -> Result<u16> {
@@ -248,7 +285,7 @@ mod tests {
         h.append_header("set-cookie", "a=1").unwrap();
         h.append_header("set-cookie", "b=2").unwrap();
         let meta = meta_with(h.clone());
-        let head = encode_head(&meta).unwrap();
+        let head = encode_head(&meta, b"example.com\n/x\n").unwrap();
         assert_eq!(head.len(), head.capacity(), "exact-size buffer");
         let d = decode_head(&Bytes::from(head)).unwrap();
         assert_eq!(d.response_header().status.as_u16(), 404);
@@ -268,7 +305,7 @@ mod tests {
         h.append_header("ETag", "\"x\"").unwrap();
         let mut meta = meta_with(h);
         meta.set_variance([9; 16]);
-        let full = Bytes::from(encode_head(&meta).unwrap());
+        let full = Bytes::from(encode_head(&meta, b"k").unwrap());
         for cut in 0..full.len() {
             assert!(decode_head(&full.slice(..cut)).is_err(), "cut at {cut}");
         }
@@ -292,7 +329,7 @@ mod tests {
         );
         meta.set_epoch_override(now - Duration::from_secs(30));
         meta.set_variance([3; 16]);
-        let back = decode_head(&Bytes::from(encode_head(&meta).unwrap())).unwrap();
+        let back = decode_head(&Bytes::from(encode_head(&meta, b"").unwrap())).unwrap();
         assert_eq!(to_ms(back.fresh_until()), to_ms(meta.fresh_until()));
         assert_eq!(to_ms(back.created()), to_ms(meta.created()));
         assert_eq!(to_ms(back.epoch()), to_ms(meta.epoch()));
@@ -318,7 +355,7 @@ mod tests {
             0,
             ResponseHeader::build(200, None).unwrap(),
         );
-        let mut head = encode_head(&meta).unwrap();
+        let mut head = encode_head(&meta, b"").unwrap();
         assert_eq!(to_ms(confirmed_at(&meta)), to_ms(now));
         // a revalidation 5 s later (Pingora keeps `created`, moves `updated`)
         let later = to_ms(now) + 5_000;
@@ -326,13 +363,43 @@ mod tests {
         let back = decode_head(&Bytes::from(head.clone())).unwrap();
         assert_eq!(to_ms(back.created()), to_ms(now));
         assert_eq!(to_ms(confirmed_at(&back)), later);
-        assert_eq!(encode_head(&back).unwrap(), head, "re-encoding keeps it");
-        // format 1: no confirmation field, confirmed when created
+        assert_eq!(
+            encode_head(&back, b"").unwrap(),
+            head,
+            "re-encoding keeps it"
+        );
+        // format 1: no confirmation field, no key; confirmed when created
         let mut v1 = head.clone();
+        v1.drain(FIXED..FIXED + 2);
         v1.drain(25..33);
         v1[0] = 1;
         let old = decode_head(&Bytes::from(v1)).unwrap();
         assert_eq!(to_ms(confirmed_at(&old)), to_ms(now));
         assert_eq!(to_ms(old.fresh_until()), to_ms(meta.fresh_until()));
+    }
+
+    #[test]
+    fn the_primary_key_is_kept_and_format_2_heads_still_decode() {
+        let mut h = ResponseHeader::build(200, None).unwrap();
+        h.append_header("Surrogate-Key", "a b").unwrap();
+        let meta = meta_with(h);
+        let key = b"example.com\n/p?q=1\n";
+        let head = Bytes::from(encode_head(&meta, key).unwrap());
+        let stored = decode_stored(&head).unwrap();
+        assert_eq!(stored.primary.as_deref(), Some(&key[..]));
+        assert_eq!(stored.meta.headers()["surrogate-key"], "a b");
+        assert_eq!(
+            decode_head(&head).unwrap().headers()["surrogate-key"],
+            "a b"
+        );
+        let unknown = Bytes::from(encode_head(&meta, b"").unwrap());
+        assert!(decode_stored(&unknown).unwrap().primary.is_none());
+        // format 2: the same without the key field
+        let mut v2 = unknown.to_vec();
+        v2.drain(FIXED..FIXED + 2);
+        v2[0] = 2;
+        let old = decode_stored(&Bytes::from(v2)).unwrap();
+        assert!(old.primary.is_none());
+        assert_eq!(old.meta.headers()["surrogate-key"], "a b");
     }
 }

@@ -15,7 +15,7 @@
 //! entry, the whole per-object budget; quick_cache's is ~120 (see issue 2's note and
 //! `examples/memory_per_object.rs`).
 
-use super::entry::{decode_head, encode_head};
+use super::entry::{decode_head, decode_stored, encode_head};
 use async_trait::async_trait;
 use bytes::Bytes;
 use parking_lot::{Mutex, RwLock};
@@ -70,8 +70,13 @@ impl Entry {
         }
     }
 
+    /// The encoded head, sharing the entry's memory.
+    fn head_bytes(self: &Arc<Self>) -> Bytes {
+        Bytes::from_owner(HeadOf(self.clone()))
+    }
+
     fn meta(self: &Arc<Self>) -> Result<CacheMeta> {
-        decode_head(&Bytes::from_owner(HeadOf(self.clone())))
+        decode_head(&self.head_bytes())
     }
 }
 
@@ -256,9 +261,35 @@ impl MemoryTier {
         true
     }
 
+    /// Every stored object's key and encoded head (objects stored while this runs may or may
+    /// not be included; every object stored before it starts and not removed is).
+    pub fn heads(&self) -> impl Iterator<Item = (u128, Bytes)> + '_ {
+        self.entries
+            .iter()
+            .map(|(key, entry)| (key, entry.head_bytes()))
+    }
+
+    /// Remove the object stored under `key`; true if there was one.
+    pub fn remove(&self, key: u128) -> bool {
+        self.entries.remove(&key).is_some()
+    }
+
+    /// Replace the head of the object stored under `key`, keeping its body; false if none.
+    pub fn replace_head(&self, key: u128, head: &[u8]) -> bool {
+        let Some(entry) = self.entries.get(&key) else {
+            return false;
+        };
+        let updated = Entry {
+            head: Box::from(head),
+            body: entry.body.clone(),
+        };
+        self.entries.insert(key, Arc::new(updated));
+        true
+    }
+
     /// Start a fill of `key` (the miss handler of this tier, as its concrete type).
     pub fn begin_fill(&'static self, key: &CacheKey, meta: &CacheMeta) -> Result<MemoryMiss> {
-        let head = Bytes::from(encode_head(meta)?);
+        let head = Bytes::from(encode_head(meta, key.primary_key())?);
         let id = self.next_fill_id.fetch_add(1, Ordering::Relaxed);
         let (progress, _) = watch::channel(0);
         let fill = Arc::new(Fill {
@@ -313,10 +344,17 @@ impl MemoryTier {
         }
     }
 
-    /// Store `meta` for an existing object: a new head, the same (shared) body.
-    fn replace_meta(&self, key: u128, entry: &Entry, meta: &CacheMeta) -> Result<()> {
+    /// Store `meta` for an existing object with primary key `primary`: a new head, the same
+    /// (shared) body.
+    fn replace_meta(
+        &self,
+        key: u128,
+        entry: &Entry,
+        meta: &CacheMeta,
+        primary: &[u8],
+    ) -> Result<()> {
         let updated = Entry {
-            head: encode_head(meta)?.into_boxed_slice(),
+            head: encode_head(meta, primary)?.into_boxed_slice(),
             body: entry.body.clone(),
         };
         self.entries.insert(key, Arc::new(updated));
@@ -418,9 +456,11 @@ impl Storage for MemoryTier {
         let Some(entry) = self.entries.get(&h) else {
             return Ok(PurgeOutcome::NotFound);
         };
-        let mut meta = entry.meta()?;
+        let stored = decode_stored(&entry.head_bytes())?;
+        let mut meta = stored.meta;
         meta.expire_at(SystemTime::now());
-        self.replace_meta(h, &entry, &meta)?;
+        let primary = stored.primary.unwrap_or_default();
+        self.replace_meta(h, &entry, &meta, &primary)?;
         Ok(PurgeOutcome::Expired)
     }
 
@@ -435,7 +475,7 @@ impl Storage for MemoryTier {
             return Ok(false);
         };
         // The body is shared, not copied: a 304 never rewrites it.
-        self.replace_meta(h, &entry, meta)?;
+        self.replace_meta(h, &entry, meta, key.primary_key())?;
         Ok(true)
     }
 

@@ -12,17 +12,24 @@
 //! - 304 freshening, expiry and purges apply to both tiers; a purge also drops a queued write
 //!   and cancels in-flight fills.
 //! - Either tier may be absent (`cache.tiers`).
+//! - Background passes ([`TieredStorage::sweep`]) visit every stored object in both tiers
+//!   and remove it or lower its freshness as told. Objects still on their way in (fills,
+//!   spools, queued writes) are counted by the time the origin confirmed them
+//!   ([`TieredStorage::oldest_arriving`]): a pass may miss them, so whoever acts on a pass
+//!   must not assume it covered objects at least that old. A promotion that raced a pass
+//!   acting on its object's disk copy is undone.
 
 use super::disk::record::BLOCK;
 use super::disk::spool::{Spool, SpoolShared, SPOOL_TAG};
 use super::disk::{DiskHit, DiskObject, DiskTier};
-use super::entry::{decode_head, encode_head};
+use super::entry::{confirmed_at, decode_head, decode_stored, encode_head, Stored};
 use super::memory::{
     concat, hash, purged, Committed, CompleteHit, Continuation, MemoryMiss, MemoryTier,
 };
 use crate::metrics::StorageMetrics;
 use async_trait::async_trait;
 use bytes::Bytes;
+use parking_lot::Mutex;
 use pingora_cache::eviction::CacheEntryKey;
 use pingora_cache::key::CacheKey;
 use pingora_cache::storage::{
@@ -33,14 +40,70 @@ use pingora_cache::trace::SpanHandle;
 use pingora_cache::CacheMeta;
 use pingora_error::Result;
 use std::any::Any;
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+/// Disk heads a sweep reads per trip to the blocking pool.
+const SWEEP_BATCH: usize = 256;
 
 /// The node's storage: an optional memory tier over an optional disk tier.
 pub struct TieredStorage {
     memory: Option<&'static MemoryTier>,
     disk: Option<Arc<DiskTier>>,
     metrics: StorageMetrics,
+    /// Objects on their way in, by confirmation time (ms since the epoch): how many of each.
+    arriving: Mutex<BTreeMap<u64, usize>>,
+    /// Bumped after a sweep changes an object on disk (promotions check it).
+    sweeps: AtomicU64,
+}
+
+/// What a sweep does with one stored object.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SweepAction {
+    /// Leave it.
+    Keep,
+    /// Remove it from both tiers.
+    Remove,
+    /// Make it stale from this time on (if it is fresh longer).
+    ExpireAt(SystemTime),
+}
+
+/// What a sweep did.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct SweepReport {
+    /// Objects looked at (an object in both tiers counts twice).
+    pub visited: u64,
+    /// Objects removed.
+    pub removed: u64,
+    /// Objects made stale.
+    pub expired: u64,
+    /// Objects whose head could not be read or decoded (left alone).
+    pub unreadable: u64,
+}
+
+/// An object on its way into the tiers (see [`TieredStorage::oldest_arriving`]).
+struct Arriving {
+    storage: &'static TieredStorage,
+    ms: u64,
+}
+
+impl Drop for Arriving {
+    fn drop(&mut self) {
+        let mut arriving = self.storage.arriving.lock();
+        if let Some(n) = arriving.get_mut(&self.ms) {
+            *n -= 1;
+            if *n == 0 {
+                arriving.remove(&self.ms);
+            }
+        }
+    }
+}
+
+fn to_ms(t: SystemTime) -> u64 {
+    t.duration_since(UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }
 
 impl TieredStorage {
@@ -54,7 +117,82 @@ impl TieredStorage {
             memory,
             disk,
             metrics,
+            arriving: Mutex::new(BTreeMap::new()),
+            sweeps: AtomicU64::new(0),
         }
+    }
+
+    /// Count an object confirmed by the origin at `confirmed` as arriving until the guard
+    /// drops (after it is stored or abandoned).
+    fn arriving(&'static self, confirmed: SystemTime) -> Arriving {
+        let ms = to_ms(confirmed);
+        *self.arriving.lock().entry(ms).or_default() += 1;
+        Arriving { storage: self, ms }
+    }
+
+    /// The earliest origin confirmation time of the objects on their way into the tiers (a
+    /// sweep may not see them), if any.
+    pub fn oldest_arriving(&self) -> Option<SystemTime> {
+        let arriving = self.arriving.lock();
+        let ms = *arriving.keys().next()?;
+        Some(UNIX_EPOCH + Duration::from_millis(ms))
+    }
+
+    /// Visit every stored object, disk first, then memory, and do what `judge` says with it.
+    /// Every object stored before the sweep starts and not removed meanwhile is visited (see
+    /// [`TieredStorage::oldest_arriving`] for the rest). Disk reads run on the blocking pool.
+    pub async fn sweep<J>(&'static self, judge: J) -> SweepReport
+    where
+        J: Fn(&Stored) -> SweepAction + Send + Sync + 'static,
+    {
+        let judge = Arc::new(judge);
+        let mut report = SweepReport::default();
+        if let Some(disk) = &self.disk {
+            let keys = disk.keys();
+            for batch in keys.chunks(SWEEP_BATCH) {
+                let batch = batch.to_vec();
+                let (disk, judge) = (disk.clone(), judge.clone());
+                let done = tokio::task::spawn_blocking(move || {
+                    let mut report = SweepReport::default();
+                    for key in batch {
+                        sweep_disk_object(&disk, key, judge.as_ref(), &mut report);
+                    }
+                    report
+                })
+                .await
+                .unwrap_or_default();
+                report.add(done);
+                if done.removed + done.expired > 0 {
+                    self.sweeps.fetch_add(1, Ordering::SeqCst);
+                }
+            }
+        }
+        if let Some(memory) = self.memory {
+            // after the disk: a promotion landing after this started is undone (see disk_hit)
+            let mut seen = 0u32;
+            for (key, head) in memory.heads() {
+                report.visited += 1;
+                match decode_stored(&head) {
+                    Ok(stored) => match judge(&stored) {
+                        SweepAction::Keep => {}
+                        SweepAction::Remove => {
+                            report.removed += u64::from(memory.remove(key));
+                        }
+                        SweepAction::ExpireAt(at) => {
+                            if let Some(head) = expired_head(stored, at) {
+                                report.expired += u64::from(memory.replace_head(key, &head));
+                            }
+                        }
+                    },
+                    Err(_) => report.unreadable += 1,
+                }
+                seen += 1;
+                if seen.is_multiple_of(4096) {
+                    tokio::task::yield_now().await;
+                }
+            }
+        }
+        report
     }
 
     /// The memory tier, if running.
@@ -83,18 +221,76 @@ impl TieredStorage {
                 return Ok(Some(spool_hit(&spool)?));
             }
         }
+        let sweeps = self.sweeps.load(Ordering::SeqCst);
         match disk.lookup_hit(key, self.spill_above()).await {
             None => Ok(None),
             Some(DiskHit::Whole(object)) => {
                 let meta = decode_head(&object.head)?;
                 if let Some(memory) = self.memory {
                     if memory.insert(key, &object.head, object.body.clone()) {
-                        self.metrics.promotions.inc();
+                        if self.sweeps.load(Ordering::SeqCst) != sweeps {
+                            // a sweep changed disk objects since this one was read: it may
+                            // have been one of them, and the memory sweep may be past it
+                            memory.remove(key);
+                        } else {
+                            self.metrics.promotions.inc();
+                        }
                     }
                 }
                 Ok(Some((meta, Box::new(CompleteHit::new(object.body)))))
             }
             Some(DiskHit::Stream { head, hit }) => Ok(Some((decode_head(&head)?, Box::new(hit)))),
+        }
+    }
+}
+
+impl SweepReport {
+    fn add(&mut self, other: SweepReport) {
+        self.visited += other.visited;
+        self.removed += other.removed;
+        self.expired += other.expired;
+        self.unreadable += other.unreadable;
+    }
+}
+
+/// `stored`'s head made stale from `at`, or `None` if it already is.
+fn expired_head(stored: Stored, at: SystemTime) -> Option<Vec<u8>> {
+    let Stored { primary, mut meta } = stored;
+    if meta.fresh_until() <= at {
+        return None;
+    }
+    meta.expire_at(at);
+    encode_head(&meta, &primary.unwrap_or_default()).ok()
+}
+
+/// One disk object of a sweep (blocking).
+fn sweep_disk_object<J>(disk: &DiskTier, key: u128, judge: &J, report: &mut SweepReport)
+where
+    J: Fn(&Stored) -> SweepAction,
+{
+    let Some(head) = disk.head(key) else {
+        return; // removed meanwhile
+    };
+    report.visited += 1;
+    let Ok(stored) = decode_stored(&head) else {
+        report.unreadable += 1;
+        return;
+    };
+    match judge(&stored) {
+        SweepAction::Keep => {}
+        SweepAction::Remove => report.removed += u64::from(disk.remove(key)),
+        SweepAction::ExpireAt(at) => {
+            let Some(head) = expired_head(stored, at) else {
+                return;
+            };
+            match disk.replace_head_now(key, Bytes::from(head)) {
+                Ok(done) => report.expired += u64::from(done),
+                Err(e) => {
+                    // it stays fresh on disk: drop it rather than serve it past the purge
+                    tracing::warn!(error = %e, "cannot rewrite a disk cache head; removing the object");
+                    report.removed += u64::from(disk.remove(key));
+                }
+            }
         }
     }
 }
@@ -164,11 +360,12 @@ impl Storage for TieredStorage {
         meta: &CacheMeta,
         _trace: &SpanHandle,
     ) -> Result<MissHandler> {
+        let arriving = self.arriving(confirmed_at(meta));
         let h = hash(key);
         let spill_above = self.spill_above();
         let spool = match (&self.disk, content_length(meta)) {
             (Some(disk), Some(len)) if len > spill_above && len <= disk.max_object() => {
-                disk.begin_spool(h, Bytes::from(encode_head(meta)?))
+                disk.begin_spool(h, Bytes::from(encode_head(meta, key.primary_key())?))
             }
             _ => None,
         };
@@ -176,7 +373,7 @@ impl Storage for TieredStorage {
             (Some(spool), _) => Fill::Spool(Box::new(spool)),
             (None, Some(memory)) => Fill::Memory(memory.begin_fill(key, meta)?),
             (None, None) => Fill::Buffer {
-                head: Bytes::from(encode_head(meta)?),
+                head: Bytes::from(encode_head(meta, key.primary_key())?),
                 chunks: Vec::new(),
                 len: 0,
             },
@@ -187,6 +384,7 @@ impl Storage for TieredStorage {
             disk: self.disk.clone(),
             spill_above,
             spill_tried: false,
+            _arriving: arriving,
         }))
     }
 
@@ -225,9 +423,10 @@ impl Storage for TieredStorage {
         }
         if let Some(disk) = &self.disk {
             if let Some(head) = disk.head(key) {
-                let mut meta = decode_head(&head)?;
+                let Stored { primary, mut meta } = decode_stored(&head)?;
                 meta.expire_at(SystemTime::now());
-                found |= disk.update_head(key, Bytes::from(encode_head(&meta)?));
+                let primary = primary.unwrap_or_default();
+                found |= disk.update_head(key, Bytes::from(encode_head(&meta, &primary)?));
             }
         }
         Ok(if found {
@@ -249,7 +448,10 @@ impl Storage for TieredStorage {
         }
         if let Some(disk) = &self.disk {
             // the body file is kept as is
-            found |= disk.update_head(hash(key), Bytes::from(encode_head(meta)?));
+            found |= disk.update_head(
+                hash(key),
+                Bytes::from(encode_head(meta, key.primary_key())?),
+            );
         }
         Ok(found)
     }
@@ -284,6 +486,8 @@ struct TieredMiss {
     disk: Option<Arc<DiskTier>>,
     spill_above: u64,
     spill_tried: bool,
+    /// Counted as arriving until stored or abandoned.
+    _arriving: Arriving,
 }
 
 impl TieredMiss {
@@ -347,7 +551,11 @@ impl HandleMiss for TieredMiss {
 
     async fn finish(self: Box<Self>) -> Result<MissFinishType> {
         let TieredMiss {
-            fill, key, disk, ..
+            fill,
+            key,
+            disk,
+            _arriving,
+            ..
         } = *self;
         let object = match fill {
             Fill::Memory(m) => match m.commit() {

@@ -84,9 +84,10 @@ pub(super) fn describe(c: &Config) -> String {
     let tags: Vec<&str> = c.purge.tag_headers.iter().map(|h| h.as_str()).collect();
     let _ = writeln!(
         o,
-        "[purge]\ntag_headers = {}\nstrip_tag_headers = {}\n",
+        "[purge]\ntag_headers = {}\nstrip_tag_headers = {}\nlurker_interval = {}\n",
         list(&tags),
-        c.purge.strip_tag_headers
+        c.purge.strip_tag_headers,
+        dur(c.purge.lurker_interval)
     );
     for (i, r) in c.rules.iter().enumerate() {
         let _ = writeln!(o, "[[rules]]  # rules[{i}], checked in this order");

@@ -44,6 +44,8 @@ pub struct PurgeSection {
     pub tag_headers: Option<Vec<String>>,
     /// Remove those fields from client responses.
     pub strip_tag_headers: Option<bool>,
+    /// How often the background pass applying and retiring purges runs.
+    pub lurker_interval: Option<String>,
 }
 
 /// A size: an integer number of bytes or a string with a unit ("256MiB").

@@ -46,6 +46,9 @@ pub struct PurgeConfig {
     pub tag_headers: Vec<HeaderName>,
     /// Remove those fields from client responses (they stay in the stored copy).
     pub strip_tag_headers: bool,
+    /// How often the background pass that applies purges to stored objects (removing or
+    /// marking them stale) and then retires them runs, while purges are in force.
+    pub lurker_interval: Duration,
 }
 
 /// `[node]`.

@@ -301,9 +301,19 @@ pub(super) fn validate(f: FileConfig, path: &Path) -> Result<Config, ConfigError
             }
         })
         .collect();
+    let lurker_interval = duration(
+        &mut errs,
+        "purge.lurker_interval",
+        f.purge.lurker_interval.as_ref(),
+        Duration::from_secs(10),
+    );
+    if lurker_interval.is_zero() {
+        errs.push("purge.lurker_interval", "must be more than 0");
+    }
     let purge = PurgeConfig {
         tag_headers,
         strip_tag_headers: f.purge.strip_tag_headers.unwrap_or(true),
+        lurker_interval,
     };
     if !errs.0.is_empty() {
         return Err(ConfigError::Invalid {

@@ -14,6 +14,9 @@
 //!   values separated by spaces or commas).
 //! - Objects the origin confirmed after a ban (a refetch, a 304 revalidation) are not affected
 //!   by it.
+//! - Bans do not pile up: a background pass ([`lurker`]) applies them to every stored object
+//!   (removing it, or making it stale for a soft purge: reclaiming disk space as it goes),
+//!   makes that durable, then retires them from the list and the file.
 
 use http::{HeaderMap, HeaderName};
 use parking_lot::Mutex;
@@ -24,6 +27,8 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
+
+pub mod lurker;
 
 /// What a purge removes.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -66,6 +71,13 @@ pub struct Ban {
     pub target: BanTarget,
 }
 
+/// A record line keeping the id sequence when the bans that used it are retired.
+#[derive(Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NextId {
+    next_id: u64,
+}
+
 /// What a ban does to an object it covers.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Verdict {
@@ -89,6 +101,35 @@ fn split_key(key: &str) -> (&str, &str) {
     (host, rest.split('\n').next().unwrap_or(""))
 }
 
+/// What the `bans` newer than `created_ms` say about an object with primary key `key` (if
+/// known: otherwise every URL and prefix ban is taken to cover it) and stored header fields
+/// `headers`.
+fn verdict(
+    bans: &[Ban],
+    tag_headers: &[HeaderName],
+    key: Option<&str>,
+    created_ms: u64,
+    headers: &HeaderMap,
+) -> Option<Verdict> {
+    let url = key.map(split_key);
+    let mut verdict = None;
+    for ban in bans.iter().rev() {
+        if ban.at_ms <= created_ms {
+            break;
+        }
+        if ban.covers(tag_headers, url, headers) {
+            if !ban.soft {
+                return Some(Verdict::Gone);
+            }
+            // the oldest covering soft ban is when it went stale
+            verdict = Some(Verdict::Stale {
+                since: UNIX_EPOCH + std::time::Duration::from_millis(ban.at_ms),
+            });
+        }
+    }
+    verdict
+}
+
 fn has_tag(tag_headers: &[HeaderName], headers: &HeaderMap, wanted: &[String]) -> bool {
     tag_headers.iter().any(|name| {
         headers
@@ -101,21 +142,49 @@ fn has_tag(tag_headers: &[HeaderName], headers: &HeaderMap, wanted: &[String]) -
 }
 
 impl Ban {
+    /// Whether this ban covers an object of `url` (host and path; unknown: assumed covered by
+    /// URL and prefix bans) with stored header fields `headers`.
     fn covers(
         &self,
         tag_headers: &[HeaderName],
-        host: &str,
-        path: &str,
+        url: Option<(&str, &str)>,
         headers: &HeaderMap,
     ) -> bool {
         match &self.target {
-            BanTarget::Url { host: h, path: p } => h == host && p == path,
-            BanTarget::Prefix { host: h, prefix } => {
-                h.as_deref().is_none_or(|h| h == host) && path.starts_with(prefix.as_str())
+            BanTarget::Url { host: h, path: p } => {
+                url.is_none_or(|(host, path)| h == host && p == path)
             }
+            BanTarget::Prefix { host: h, prefix } => url.is_none_or(|(host, path)| {
+                h.as_deref().is_none_or(|h| h == host) && path.starts_with(prefix.as_str())
+            }),
             BanTarget::Tags { tags } => has_tag(tag_headers, headers, tags),
             BanTarget::All => true,
         }
+    }
+}
+
+/// The bans in force at one moment ([`BanList::snapshot`]).
+pub struct Snapshot {
+    bans: Arc<Vec<Ban>>,
+    tag_headers: Vec<HeaderName>,
+}
+
+impl Snapshot {
+    /// The id of the newest ban in it, if any.
+    pub fn last_id(&self) -> Option<u64> {
+        self.bans.last().map(|b| b.id)
+    }
+
+    /// What these bans say about an object stored under primary key `key` (`None` if the
+    /// stored object does not record it: URL and prefix bans are then taken to cover it),
+    /// confirmed by the origin at `created`, with stored header fields `headers`.
+    pub fn judge(
+        &self,
+        key: Option<&str>,
+        created: SystemTime,
+        headers: &HeaderMap,
+    ) -> Option<Verdict> {
+        verdict(&self.bans, &self.tag_headers, key, to_ms(created), headers)
     }
 }
 
@@ -146,6 +215,7 @@ impl BanList {
     /// cut short by a crash) is skipped with a warning; an unreadable file is an error.
     pub fn open(path: &Path, tag_headers: Vec<HeaderName>) -> io::Result<BanList> {
         let mut bans = Vec::new();
+        let mut next_id = 1;
         match File::open(path) {
             Ok(f) => {
                 for (n, line) in BufReader::new(f).lines().enumerate() {
@@ -155,12 +225,15 @@ impl BanList {
                     }
                     match serde_json::from_str::<Ban>(&line) {
                         Ok(ban) => bans.push(ban),
-                        Err(e) => tracing::warn!(
-                            file = %path.display(),
-                            line = n + 1,
-                            error = %e,
-                            "skipping an unreadable purge record"
-                        ),
+                        Err(e) => match serde_json::from_str::<NextId>(&line) {
+                            Ok(n) => next_id = next_id.max(n.next_id),
+                            Err(_) => tracing::warn!(
+                                file = %path.display(),
+                                line = n + 1,
+                                error = %e,
+                                "skipping an unreadable purge record"
+                            ),
+                        },
                     }
                 }
             }
@@ -168,7 +241,7 @@ impl BanList {
             Err(e) => return Err(e),
         }
         bans.sort_by_key(|b| (b.at_ms, b.id));
-        let next_id = bans.iter().map(|b| b.id).max().unwrap_or(0) + 1;
+        let next_id = next_id.max(bans.iter().map(|b| b.id).max().unwrap_or(0) + 1);
         if let Some(dir) = path.parent() {
             std::fs::create_dir_all(dir)?;
         }
@@ -256,6 +329,12 @@ impl BanList {
         };
         let tmp = path.with_extension("jsonl.tmp");
         let mut f = File::create(&tmp)?;
+        // ids stay unique after the bans holding the highest ones are gone
+        let next = serde_json::to_string(&NextId {
+            next_id: self.next_id.load(Ordering::Relaxed),
+        })
+        .map_err(io::Error::other)?;
+        f.write_all(format!("{next}\n").as_bytes())?;
         for ban in bans {
             let line = serde_json::to_string(ban).map_err(io::Error::other)?;
             f.write_all(format!("{line}\n").as_bytes())?;
@@ -272,24 +351,37 @@ impl BanList {
         if bans.is_empty() {
             return None;
         }
-        let created_ms = to_ms(created);
-        let (host, path) = split_key(key);
-        let mut verdict = None;
-        for ban in bans.iter().rev() {
-            if ban.at_ms <= created_ms {
-                break;
-            }
-            if ban.covers(&self.tag_headers, host, path, headers) {
-                if !ban.soft {
-                    return Some(Verdict::Gone);
-                }
-                // the oldest covering soft ban is when it went stale
-                verdict = Some(Verdict::Stale {
-                    since: UNIX_EPOCH + std::time::Duration::from_millis(ban.at_ms),
-                });
-            }
+        verdict(&bans, &self.tag_headers, Some(key), to_ms(created), headers)
+    }
+
+    /// The bans in force now, to judge stored objects against them alone.
+    pub fn snapshot(&self) -> Snapshot {
+        Snapshot {
+            bans: self.bans.load_full(),
+            tag_headers: self.tag_headers.clone(),
         }
-        verdict
+    }
+
+    /// Retire the bans with ids up to `through` that were issued at or before `issued_by`:
+    /// every stored object they cover has been removed or made stale, durably. The record is
+    /// rewritten without them (if that fails they stay, and the error says why). Returns how
+    /// many were retired.
+    pub fn retire(&self, through: u64, issued_by: SystemTime) -> io::Result<usize> {
+        let _appending = self.log.lock();
+        let by_ms = to_ms(issued_by);
+        let now = self.bans.load_full();
+        let keep: Vec<Ban> = now
+            .iter()
+            .filter(|b| b.id > through || b.at_ms > by_ms)
+            .cloned()
+            .collect();
+        let retired = now.len() - keep.len();
+        if retired == 0 {
+            return Ok(0);
+        }
+        self.rewrite(&keep)?;
+        self.bans.store(Arc::new(keep));
+        Ok(retired)
     }
 }
 
@@ -434,5 +526,57 @@ mod tests {
             Some(Verdict::Gone)
         );
         assert_eq!(bans.add(BanTarget::All, true).0.id, 4, "ids keep growing");
+    }
+
+    #[test]
+    fn retired_bans_leave_the_record_and_ids_are_never_reused() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("bans.jsonl");
+        let bans = BanList::open(&path, default_tags()).expect("open");
+        let tags = |t: &str| BanTarget::Tags {
+            tags: vec![t.into()],
+        };
+        for t in ["a", "b", "c"] {
+            bans.add(tags(t), false).1.expect("persisted");
+        }
+        let now = SystemTime::now() + Duration::from_secs(1);
+        let old = SystemTime::now() - Duration::from_secs(5);
+        let b_tagged = headers(&[("Surrogate-Key", "b")]);
+        // only those up to the given id, and only those issued by the given time
+        assert_eq!(bans.retire(2, now).expect("retire"), 2);
+        assert_eq!(bans.retire(3, old).expect("retire"), 0, "too recent");
+        assert_eq!(bans.len(), 1);
+        assert_eq!(bans.check("h\n/\n", old, &b_tagged), None);
+        drop(bans);
+        let bans = BanList::open(&path, default_tags()).expect("reopen");
+        assert_eq!(bans.len(), 1, "the record was rewritten");
+        assert_eq!(bans.retire(3, now).expect("retire"), 1);
+        drop(bans);
+        let bans = BanList::open(&path, default_tags()).expect("reopen empty");
+        assert!(bans.is_empty());
+        assert_eq!(bans.add(tags("d"), true).0.id, 4, "ids keep growing");
+    }
+
+    #[test]
+    fn a_snapshot_judges_objects_without_a_known_key_conservatively() {
+        let bans = BanList::in_memory(default_tags());
+        let old = SystemTime::now() - Duration::from_secs(5);
+        let _ = bans.add(
+            BanTarget::Url {
+                host: "a.com".into(),
+                path: "/x".into(),
+            },
+            true,
+        );
+        let snap = bans.snapshot();
+        let none = HeaderMap::new();
+        assert!(matches!(
+            snap.judge(None, old, &none),
+            Some(Verdict::Stale { .. })
+        ));
+        assert_eq!(snap.judge(Some("a.com\n/y\n"), old, &none), None);
+        let _ = bans.add(BanTarget::All, false);
+        assert_eq!(snap.last_id(), Some(1), "a snapshot does not change");
+        assert_eq!(snap.judge(Some("b.com\n/\n"), old, &none), None);
     }
 }

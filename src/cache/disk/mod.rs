@@ -446,6 +446,40 @@ impl DiskTier {
         true
     }
 
+    /// Every object on disk or queued for it (a snapshot: objects placed later are not in it).
+    pub fn keys(&self) -> Vec<u128> {
+        let mut keys: Vec<u128> = self.index.lock().map.keys().copied().collect();
+        keys.extend(self.pending.lock().keys().copied());
+        keys
+    }
+
+    /// Replace the stored head of `key` now (not behind the write queue), keeping its body;
+    /// false if it is not stored. Blocking.
+    pub fn replace_head_now(&self, key: u128, head: Bytes) -> io::Result<bool> {
+        let queued = self.pending.lock().get(&key).map(|p| p.object.body.clone());
+        if let Some(body) = queued {
+            // a new write supersedes the queued one (and one in progress deletes its files)
+            return Ok(self.put(key, DiskObject { head, body }));
+        }
+        match self.rewrite_head(key, &head) {
+            Ok(()) => Ok(true),
+            Err(e) if e.kind() == ErrorKind::NotFound => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Make what was written and deleted durable (`syncfs` of the cache's file system).
+    /// Blocking.
+    pub fn sync(&self) -> io::Result<()> {
+        use std::os::fd::AsRawFd;
+        let dir = File::open(&self.objects)?;
+        // SAFETY: `dir` is an open descriptor for the duration of the call.
+        if unsafe { libc::syncfs(dir.as_raw_fd()) } != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(())
+    }
+
     /// Remove `key` from disk (and from the write queue); true if it was there.
     pub fn remove(&self, key: u128) -> bool {
         let spooling = self.cancel_spools(key);
@@ -464,11 +498,21 @@ impl DiskTier {
 
     /// Wait until queued writes have landed, at most `timeout`; true if drained.
     pub fn flush(&self, timeout: Duration) -> bool {
+        self.flush_queued(u64::MAX, timeout)
+    }
+
+    /// Wait until the writes queued before this call have landed (or were dropped), at most
+    /// `timeout`; true if they have. Writes queued meanwhile are not waited for.
+    pub fn flush_queued_so_far(&self, timeout: Duration) -> bool {
+        self.flush_queued(self.next_seq.load(Ordering::Acquire), timeout)
+    }
+
+    fn flush_queued(&self, before_seq: u64, timeout: Duration) -> bool {
         let deadline = Instant::now() + timeout;
         let mut pending = self.pending.lock();
-        while !pending.is_empty() {
+        while pending.values().any(|p| p.seq < before_seq) {
             if self.drained.wait_until(&mut pending, deadline).timed_out() {
-                return pending.is_empty();
+                return !pending.values().any(|p| p.seq < before_seq);
             }
         }
         true
@@ -485,7 +529,7 @@ impl DiskTier {
             self.queued_bytes
                 .fetch_sub(p.object.size(), Ordering::AcqRel);
         }
-        if pending.is_empty() {
+        if taken.is_some() {
             self.drained.notify_all();
         }
         taken.is_some()
