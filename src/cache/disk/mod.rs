@@ -652,9 +652,13 @@ impl DiskTier {
     /// Rebuild the index from the files on disk, then enforce the capacity.
     fn scan(&self) {
         let started = Instant::now();
+        // leftovers of earlier processes; this one's writes (`<pid>-<seq>.*`) may have begun
+        let ours = format!("{}-", std::process::id());
         if let Ok(entries) = fs::read_dir(&self.tmp) {
             for e in entries.flatten() {
-                let _ = fs::remove_file(e.path());
+                if !e.file_name().to_string_lossy().starts_with(&ours) {
+                    let _ = fs::remove_file(e.path());
+                }
             }
         }
         let mut found = 0u64;
