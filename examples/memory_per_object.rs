@@ -18,15 +18,7 @@ use std::time::{Duration, SystemTime};
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn rss_bytes() -> u64 {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("VmRSS:"))
-                .and_then(|l| l.split_whitespace().nth(1))
-                .and_then(|kb| kb.parse::<u64>().ok())
-        })
-        .map_or(0, |kb| kb * 1024)
+    outpost::metrics::rss_bytes().unwrap_or(0)
 }
 
 /// The header nginx sends for a static file, as the load benchmark's origin does.

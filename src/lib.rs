@@ -12,6 +12,7 @@ pub mod cache;
 pub mod config;
 pub mod metrics;
 pub mod node;
+pub mod policy;
 pub mod proxy;
 pub mod purge;
 pub mod rules;

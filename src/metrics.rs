@@ -129,6 +129,12 @@ pub struct PurgeMetrics {
     pub retired: IntCounter,
 }
 
+/// Traffic policy counters.
+pub struct PolicyMetrics {
+    /// Requests refused by a rate limit, by limit name.
+    pub rate_limited: IntCounterVec,
+}
+
 /// The node's metrics.
 pub struct Metrics {
     registry: Registry,
@@ -157,6 +163,8 @@ pub struct Metrics {
     pub stale: StaleMetrics,
     /// Purges.
     pub purge: PurgeMetrics,
+    /// Traffic policy.
+    pub policy: PolicyMetrics,
 }
 
 impl Metrics {
@@ -396,7 +404,18 @@ impl Metrics {
                 errors: origin_errors.with_label_values(&[name]),
             })
             .collect();
+        let policy = PolicyMetrics {
+            rate_limited: IntCounterVec::new(
+                Opts::new(
+                    "outpost_rate_limited_total",
+                    "Requests refused (429) by a rate limit, by limit name",
+                ),
+                &["limit"],
+            )?,
+        };
+        registry.register(Box::new(policy.rate_limited.clone()))?;
         Ok(Metrics {
+            policy,
             registry,
             requests,
             latency,
@@ -448,4 +467,17 @@ impl Metrics {
 /// Index of a cache status label in [`LABELS`].
 pub fn label_index(label: &str) -> usize {
     LABELS.iter().position(|l| *l == label).unwrap_or(0)
+}
+
+/// This process's resident set size in bytes (`VmRSS`), if the platform reports it.
+pub fn rss_bytes() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let kb = status
+        .lines()
+        .find(|l| l.starts_with("VmRSS:"))?
+        .split_whitespace()
+        .nth(1)?
+        .parse::<u64>()
+        .ok()?;
+    Some(kb * 1024)
 }

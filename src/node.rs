@@ -3,8 +3,9 @@
 //! Pingora wants `&'static` storage, lock and predictor: they are leaked here, exactly once.
 
 use crate::cache::{DiskTier, MemoryTier, TieredStorage};
-use crate::config::{Config, Overrides};
+use crate::config::{ClientIpConfig, Config, Overrides};
 use crate::metrics::Metrics;
+use crate::policy::ratelimit::{Buckets, Limits};
 use crate::purge::BanList;
 use crate::rules::RuleSet;
 use crate::upstream::Origin;
@@ -20,6 +21,10 @@ pub struct Routing {
     pub rules: RuleSet,
     /// Origins, in config order (rules refer to them by index).
     pub origins: Vec<Origin>,
+    /// Compiled rate limits.
+    pub limits: Limits,
+    /// How the client's address is found behind proxies.
+    pub client_ip: ClientIpConfig,
 }
 
 impl Routing {
@@ -27,6 +32,8 @@ impl Routing {
         Ok(Routing {
             rules: RuleSet::new(config).context("compiling cache rules")?,
             origins: config.origins.iter().cloned().map(Origin::new).collect(),
+            limits: Limits::new(&config.rate_limit).context("compiling rate limits")?,
+            client_ip: config.client_ip.clone(),
         })
     }
 }
@@ -60,6 +67,8 @@ pub struct Node {
     pub metrics: Metrics,
     /// Purges in force (durable when a disk tier runs).
     pub bans: BanList,
+    /// Rate-limit buckets (kept across reloads).
+    pub buckets: Buckets,
     /// When the node started.
     pub started: std::time::Instant,
 }
@@ -126,6 +135,7 @@ impl Node {
             BanList::in_memory(config.purge.tag_headers.clone())
         };
         Ok(Arc::new(Node {
+            buckets: Buckets::new(config.rate_limit.max_keys),
             bans,
             started: std::time::Instant::now(),
             config: Arc::new(config),
@@ -170,6 +180,10 @@ impl Node {
             (
                 "cache",
                 format!("{:?}", now.cache) != format!("{:?}", next.cache),
+            ),
+            (
+                "rate_limit.max_keys",
+                now.rate_limit.max_keys != next.rate_limit.max_keys,
             ),
         ] {
             if changed {

@@ -8,6 +8,8 @@ use crate::cache::{entry, freshness, ranges};
 use crate::metrics::{label_index, RevalidationOutcome, StaleReason};
 use crate::node::Node;
 use crate::node::Routing;
+use crate::policy::client_ip::client_ip;
+use crate::policy::ratelimit::{Outcome, Phase};
 use crate::purge::Verdict;
 use crate::rules::{key, normalize_host, Rule};
 use crate::upstream::Origin;
@@ -69,6 +71,10 @@ pub struct RequestCtx {
     not_modified: Option<http::HeaderMap>,
     origin_start: Option<Instant>,
     cache_status: Option<CacheStatus>,
+    /// Verdicts of the rate limits that counted this request.
+    limits: Vec<Outcome>,
+    /// Answered by traffic policy (a 429) without the cache.
+    refused: bool,
 }
 
 impl RequestCtx {
@@ -134,6 +140,67 @@ fn seconds_between(later: SystemTime, earlier: SystemTime) -> i64 {
 
 impl OutpostProxy {
     /// What the cache did for this request, from the cache phase and what the hooks saw.
+    /// Count the request against the rate limits of `phase`; if one refuses it, answer 429
+    /// and return true. Background refreshes are not counted.
+    async fn rate_limit(
+        &self,
+        session: &mut Session,
+        ctx: &mut RequestCtx,
+        phase: Phase,
+    ) -> Result<bool> {
+        let limits = &ctx.routing.limits;
+        if limits.is_empty()
+            || (phase == Phase::Misses && !limits.has_miss_limits())
+            || session.subrequest_ctx.is_some()
+        {
+            return Ok(false);
+        }
+        let req = session.req_header();
+        let Some(peer) = session.client_addr().and_then(|a| a.as_inet()) else {
+            return Ok(false);
+        };
+        let client = client_ip(&ctx.routing.client_ip, peer.ip(), &req.headers);
+        let refused = limits.check(
+            &self.node.buckets,
+            phase,
+            (&req.method, &ctx.host, req.uri.path()),
+            client,
+            &req.headers,
+            &mut ctx.limits,
+        );
+        let Some(refused) = refused else {
+            return Ok(false);
+        };
+        let name = &limits.rule(refused.rule).name;
+        self.node
+            .metrics
+            .policy
+            .rate_limited
+            .with_label_values(&[name])
+            .inc();
+        let retry = refused.retry_after.unwrap_or(1);
+        tracing::debug!(%client, limit = %name, retry_after = retry, "rate limited");
+        let body = Bytes::from(format!(
+            "429 Too Many Requests: rate limit {name:?}; retry after {retry} s\n"
+        ));
+        let mut resp = ResponseHeader::build(StatusCode::TOO_MANY_REQUESTS, Some(8))?;
+        resp.insert_header(header::CONTENT_TYPE, "text/plain; charset=utf-8")?;
+        resp.insert_header(header::CONTENT_LENGTH, body.len().to_string())?;
+        resp.insert_header(header::CACHE_CONTROL, "no-store")?;
+        resp.insert_header(header::RETRY_AFTER, retry.to_string())?;
+        resp.insert_header("ratelimit-policy", limits.policy_field(&ctx.limits))?;
+        resp.insert_header("ratelimit", limits.state_field(&ctx.limits))?;
+        ctx.refused = true;
+        let head_only = req.method == Method::HEAD;
+        session
+            .write_response_header(Box::new(resp), head_only)
+            .await?;
+        if !head_only {
+            session.write_response_body(Some(body), true).await?;
+        }
+        Ok(true)
+    }
+
     fn cache_status(&self, session: &Session, ctx: &RequestCtx) -> CacheStatus {
         let now = SystemTime::now();
         if let (Some((StaleReason::IfError, status)), Some(meta), Some(_)) = (
@@ -295,6 +362,8 @@ impl ProxyHttp for OutpostProxy {
             not_modified: None,
             origin_start: None,
             cache_status: None,
+            limits: Vec::new(),
+            refused: false,
         }
     }
 
@@ -317,7 +386,7 @@ impl ProxyHttp for OutpostProxy {
             .routing
             .rules
             .matching(&req.method, &ctx.host, req.uri.path());
-        Ok(false)
+        self.rate_limit(session, ctx, Phase::Every).await
     }
 
     fn request_cache_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<()> {
@@ -539,6 +608,10 @@ impl ProxyHttp for OutpostProxy {
             ctx.cache_status = Some(status);
             return Ok(false);
         }
+        if self.rate_limit(session, ctx, Phase::Misses).await? {
+            session.cache.disable(NoCacheReason::Custom("rate-limited"));
+            return Ok(false);
+        }
         ctx.origin_start = Some(Instant::now());
         Ok(true)
     }
@@ -681,6 +754,11 @@ impl ProxyHttp for OutpostProxy {
             // so, or the client reuses it and its next request dies on a reset
             session.downstream_session.set_keepalive(None);
         }
+        if !ctx.limits.is_empty() {
+            let limits = &ctx.routing.limits;
+            resp.insert_header("ratelimit-policy", limits.policy_field(&ctx.limits))?;
+            resp.insert_header("ratelimit", limits.state_field(&ctx.limits))?;
+        }
         // purge tags are for this cache, not for clients (they stay in the stored copy)
         let purge = &self.node.config.purge;
         if purge.strip_tag_headers {
@@ -784,10 +862,11 @@ impl ProxyHttp for OutpostProxy {
 
     async fn logging(&self, session: &mut Session, _e: Option<&Error>, ctx: &mut RequestCtx) {
         let status = session.response_written().map_or(0, |r| r.status.as_u16());
-        let label = ctx
-            .cache_status
-            .as_ref()
-            .map_or("error", CacheStatus::label);
+        let label = match &ctx.cache_status {
+            _ if ctx.refused => "refused",
+            Some(status) => status.label(),
+            None => "error",
+        };
         let metrics = &self.node.metrics;
         metrics.record_request(
             label_index(label),

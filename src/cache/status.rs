@@ -150,8 +150,10 @@ impl CacheStatus {
     }
 }
 
-/// Every value [`CacheStatus::label`] can return (metrics are pre-registered for each).
+/// Every value [`CacheStatus::label`] can return (metrics are pre-registered for each), and
+/// `refused`: answered by the node's traffic policy (a rate limit) without the cache.
 pub const LABELS: &[&str] = &[
+    "refused",
     "hit",
     "stale",
     "bypass",

@@ -12,6 +12,57 @@ fn list<T: fmt::Display>(items: &[T]) -> String {
     format!("[{}]", inner.join(", "))
 }
 
+fn describe_match(o: &mut String, table: &str, m: &MatchConfig) {
+    let _ = writeln!(o, "[{table}]  # empty lists match everything");
+    let _ = writeln!(
+        o,
+        "hosts = {}\npath_prefix = {}\npaths = {}\nmethods = {}",
+        list(&m.hosts),
+        list(&m.path_prefix),
+        list(&m.paths),
+        list(&m.methods)
+    );
+}
+
+/// `[client_ip]` and `[rate_limit]`.
+fn describe_traffic(c: &Config, o: &mut String) {
+    let _ = writeln!(
+        o,
+        "[client_ip]\ntrusted_proxies = {}\nheader = \"{}\"\n",
+        list(&c.client_ip.trusted_proxies),
+        match c.client_ip.header {
+            ForwardedHeader::XForwardedFor => "X-Forwarded-For",
+            ForwardedHeader::Forwarded => "Forwarded",
+        }
+    );
+    let rl = &c.rate_limit;
+    let _ = writeln!(
+        o,
+        "[rate_limit]\nallow = {}\nmax_keys = {}\n",
+        list(&rl.allow),
+        rl.max_keys
+    );
+    for (i, r) in rl.rules.iter().enumerate() {
+        let per = match r.per.as_secs() {
+            1 => "s",
+            60 => "min",
+            _ => "h",
+        };
+        let key = match &r.key {
+            LimitKey::Ip => "ip".to_string(),
+            LimitKey::IpPath => "ip_path".to_string(),
+            LimitKey::Header(h) => format!("header:{h}"),
+        };
+        let _ = writeln!(
+            o,
+            "[[rate_limit.rules]]  # rate_limit.rules[{i}]; every matching limit applies\nname = \"{}\"\nlimit = \"{}/{per}\"\nburst = {}\nkey = \"{key}\"\nonly_misses = {}",
+            r.name, r.count, r.burst, r.only_misses
+        );
+        describe_match(o, "rate_limit.rules.match", &r.matcher);
+        let _ = writeln!(o);
+    }
+}
+
 /// Render `c` as TOML with every default filled in; the admin token is redacted.
 pub(super) fn describe(c: &Config) -> String {
     let mut o = String::new();
@@ -89,6 +140,7 @@ pub(super) fn describe(c: &Config) -> String {
         c.purge.strip_tag_headers,
         dur(c.purge.lurker_interval)
     );
+    describe_traffic(c, &mut o);
     for (i, r) in c.rules.iter().enumerate() {
         let _ = writeln!(o, "[[rules]]  # rules[{i}], checked in this order");
         let _ = writeln!(
@@ -101,16 +153,7 @@ pub(super) fn describe(c: &Config) -> String {
                 Action::Bypass => "bypass",
             }
         );
-        let m = &r.matcher;
-        let _ = writeln!(o, "[rules.match]  # empty lists match everything");
-        let _ = writeln!(
-            o,
-            "hosts = {}\npath_prefix = {}\npaths = {}\nmethods = {}",
-            list(&m.hosts),
-            list(&m.path_prefix),
-            list(&m.paths),
-            list(&m.methods)
-        );
+        describe_match(&mut o, "rules.match", &r.matcher);
         if r.action == Action::Cache {
             let _ = writeln!(o, "[rules.ttl]  # precedence: override > s-maxage > max-age > Expires > not_found/server_error (404/410, 5xx) > default > heuristic");
             if let Some(t) = r.ttl.override_ttl {

@@ -34,6 +34,54 @@ pub struct FileConfig {
     /// `[purge]`: purge tags.
     #[serde(default)]
     pub purge: PurgeSection,
+    /// `[client_ip]`: which proxies' forwarding headers name the client.
+    #[serde(default)]
+    pub client_ip: ClientIpSection,
+    /// `[rate_limit]`: request rate limits.
+    #[serde(default)]
+    pub rate_limit: RateLimitSection,
+}
+
+/// `[client_ip]`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClientIpSection {
+    /// Peers (CIDRs) whose forwarding header is believed.
+    pub trusted_proxies: Option<Vec<String>>,
+    /// "X-Forwarded-For" or "Forwarded".
+    pub header: Option<String>,
+}
+
+/// `[rate_limit]`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RateLimitSection {
+    /// Clients (CIDRs) never limited.
+    pub allow: Option<Vec<String>>,
+    /// Most distinct keys tracked.
+    pub max_keys: Option<i64>,
+    /// `[[rate_limit.rules]]`.
+    #[serde(default)]
+    pub rules: Vec<RateLimitRuleSection>,
+}
+
+/// `[[rate_limit.rules]]`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RateLimitRuleSection {
+    /// Name (metrics label, RateLimit-Policy name).
+    pub name: Option<String>,
+    /// "<n>/s", "<n>/min" or "<n>/h".
+    pub limit: Option<String>,
+    /// Requests allowed at once beyond the steady rate.
+    pub burst: Option<i64>,
+    /// "ip", "ip_path" or "header:<name>".
+    pub key: Option<String>,
+    /// Count only requests that go to the origin.
+    pub only_misses: Option<bool>,
+    /// `[rate_limit.rules.match]`.
+    #[serde(default, rename = "match")]
+    pub matcher: MatchSection,
 }
 
 /// `[purge]`.

@@ -4,10 +4,12 @@
 mod describe;
 mod error;
 pub mod file;
+pub mod traffic;
 mod units;
 mod validate;
 
 pub use error::{ConfigError, FieldError};
+pub use traffic::{ClientIpConfig, ForwardedHeader, LimitKey, LimitRule, RateLimitConfig};
 pub use units::{parse_duration, parse_size};
 
 use http::{HeaderName, Method};
@@ -37,6 +39,10 @@ pub struct Config {
     pub rules: Vec<RuleConfig>,
     /// Purge tags.
     pub purge: PurgeConfig,
+    /// How the client's address is found behind proxies.
+    pub client_ip: ClientIpConfig,
+    /// Request rate limits.
+    pub rate_limit: RateLimitConfig,
 }
 
 /// How stored objects are tagged for purges.

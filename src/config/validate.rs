@@ -2,6 +2,7 @@
 
 use super::error::{ConfigError, Errors};
 use super::file::{self, FileConfig, SizeValue};
+use super::traffic;
 use super::units::{parse_duration, parse_size};
 use super::*;
 use std::net::ToSocketAddrs;
@@ -310,6 +311,8 @@ pub(super) fn validate(f: FileConfig, path: &Path) -> Result<Config, ConfigError
     if lurker_interval.is_zero() {
         errs.push("purge.lurker_interval", "must be more than 0");
     }
+    let client_ip = traffic::client_ip(&mut errs, &f.client_ip);
+    let rate_limit = traffic::rate_limit(&mut errs, &f.rate_limit);
     let purge = PurgeConfig {
         tag_headers,
         strip_tag_headers: f.purge.strip_tag_headers.unwrap_or(true),
@@ -322,6 +325,8 @@ pub(super) fn validate(f: FileConfig, path: &Path) -> Result<Config, ConfigError
         });
     }
     Ok(Config {
+        client_ip,
+        rate_limit,
         source: path.to_path_buf(),
         node,
         listen,
@@ -456,60 +461,7 @@ fn rule(
         }
     };
 
-    let m = &r.matcher;
-    let mut globs = |field: &str, list: &Option<Vec<String>>| -> Vec<String> {
-        let list = list.clone().unwrap_or_default();
-        for (j, g) in list.iter().enumerate() {
-            if let Err(e) = globset::Glob::new(g) {
-                errs.push(
-                    format!("rules[{i}].match.{field}[{j}]"),
-                    format!("invalid glob {g:?}: {}", e.kind()),
-                );
-            }
-        }
-        list
-    };
-    let hosts = globs("hosts", &m.hosts)
-        .into_iter()
-        .map(|h| h.to_ascii_lowercase())
-        .collect();
-    let paths = globs("paths", &m.paths);
-    for (j, p) in paths.iter().enumerate() {
-        if !p.starts_with('/') && !p.starts_with('*') {
-            errs.push(
-                format!("rules[{i}].match.paths[{j}]"),
-                format!("path glob {p:?} must start with '/'"),
-            );
-        }
-    }
-    let path_prefix = m.path_prefix.clone().unwrap_or_default();
-    for (j, p) in path_prefix.iter().enumerate() {
-        if !p.starts_with('/') {
-            errs.push(
-                format!("rules[{i}].match.path_prefix[{j}]"),
-                format!("path prefix {p:?} must start with '/'"),
-            );
-        }
-    }
-    let methods = m
-        .methods
-        .clone()
-        .unwrap_or_default()
-        .iter()
-        .enumerate()
-        .filter_map(
-            |(j, s)| match Method::from_bytes(s.to_ascii_uppercase().as_bytes()) {
-                Ok(m) => Some(m),
-                Err(_) => {
-                    errs.push(
-                        format!("rules[{i}].match.methods[{j}]"),
-                        format!("invalid method {s:?}"),
-                    );
-                    None
-                }
-            },
-        )
-        .collect();
+    let matcher = match_config(errs, &format!("rules[{i}].match"), &r.matcher);
 
     let ttl = TtlConfig {
         override_ttl: opt_duration(errs, &key("ttl.override"), r.ttl.override_ttl.as_ref()),
@@ -624,12 +576,7 @@ fn rule(
         name,
         origin,
         action,
-        matcher: MatchConfig {
-            hosts,
-            path_prefix,
-            paths,
-            methods,
-        },
+        matcher,
         ttl,
         key: KeyConfig { query, headers },
         cacheable: CacheableConfig {
@@ -638,5 +585,69 @@ fn rule(
             authorized: r.cacheable.authorized.unwrap_or(false),
         },
         stale,
+    }
+}
+
+/// Validate a `match` table found at key path `prefix`.
+pub(super) fn match_config(errs: &mut Errors, prefix: &str, m: &file::MatchSection) -> MatchConfig {
+    let mut globs = |field: &str, list: &Option<Vec<String>>| -> Vec<String> {
+        let list = list.clone().unwrap_or_default();
+        for (j, g) in list.iter().enumerate() {
+            if let Err(e) = globset::Glob::new(g) {
+                errs.push(
+                    format!("{prefix}.{field}[{j}]"),
+                    format!("invalid glob {g:?}: {}", e.kind()),
+                );
+            }
+        }
+        list
+    };
+    let hosts = globs("hosts", &m.hosts)
+        .into_iter()
+        .map(|h| h.to_ascii_lowercase())
+        .collect();
+    let paths = globs("paths", &m.paths);
+    for (j, p) in paths.iter().enumerate() {
+        if !p.starts_with('/') && !p.starts_with('*') {
+            errs.push(
+                format!("{prefix}.paths[{j}]"),
+                format!("path glob {p:?} must start with '/'"),
+            );
+        }
+    }
+    let path_prefix = m.path_prefix.clone().unwrap_or_default();
+    for (j, p) in path_prefix.iter().enumerate() {
+        if !p.starts_with('/') {
+            errs.push(
+                format!("{prefix}.path_prefix[{j}]"),
+                format!("path prefix {p:?} must start with '/'"),
+            );
+        }
+    }
+    let methods = m
+        .methods
+        .clone()
+        .unwrap_or_default()
+        .iter()
+        .enumerate()
+        .filter_map(
+            |(j, s)| match Method::from_bytes(s.to_ascii_uppercase().as_bytes()) {
+                Ok(m) => Some(m),
+                Err(_) => {
+                    errs.push(
+                        format!("{prefix}.methods[{j}]"),
+                        format!("invalid method {s:?}"),
+                    );
+                    None
+                }
+            },
+        )
+        .collect();
+
+    MatchConfig {
+        hosts,
+        path_prefix,
+        paths,
+        methods,
     }
 }

@@ -5,17 +5,24 @@
 
 pub mod key;
 
-use crate::config::{Action, Config, RuleConfig};
+use crate::config::{Action, Config, MatchConfig, RuleConfig};
 use globset::{GlobBuilder, GlobSet, GlobSetBuilder};
 use http::Method;
+
+/// A request matcher (`match` of a cache rule, a rate limit, a header rule) compiled.
+#[derive(Debug)]
+pub struct Matcher {
+    config: MatchConfig,
+    hosts: Option<GlobSet>,
+    paths: Option<GlobSet>,
+}
 
 /// A rule with its matchers compiled.
 #[derive(Debug)]
 pub struct Rule {
     /// The validated rule.
     pub config: RuleConfig,
-    hosts: Option<GlobSet>,
-    paths: Option<GlobSet>,
+    matcher: Matcher,
 }
 
 /// The ordered rules of one configuration plus the built-in fallback.
@@ -29,8 +36,10 @@ pub struct RuleSet {
 #[derive(Debug, thiserror::Error)]
 #[error("rule {rule:?}: {source}")]
 pub struct RuleError {
-    rule: String,
-    source: globset::Error,
+    /// The rule's name.
+    pub rule: String,
+    /// What was wrong.
+    pub source: globset::Error,
 }
 
 fn glob_set(
@@ -52,24 +61,19 @@ fn glob_set(
     b.build().map(Some)
 }
 
-impl Rule {
-    fn compile(config: RuleConfig) -> Result<Rule, RuleError> {
-        let err = |source| RuleError {
-            rule: config.name.clone(),
-            source,
-        };
-        let hosts = glob_set(&config.matcher.hosts, true).map_err(err)?;
-        let paths = glob_set(&config.matcher.paths, false).map_err(err)?;
-        Ok(Rule {
+impl Matcher {
+    /// Compile `config` (its globs were validated with the configuration).
+    pub fn compile(config: MatchConfig) -> Result<Matcher, globset::Error> {
+        Ok(Matcher {
+            hosts: glob_set(&config.hosts, true)?,
+            paths: glob_set(&config.paths, false)?,
             config,
-            hosts,
-            paths,
         })
     }
 
-    /// Whether this rule applies to a request. `host` is lowercase without port.
+    /// Whether a request matches. `host` is lowercase without port.
     pub fn matches(&self, method: &Method, host: &str, path: &str) -> bool {
-        let m = &self.config.matcher;
+        let m = &self.config;
         if !m.methods.is_empty() && !m.methods.iter().any(|x| x == method) {
             return false;
         }
@@ -85,6 +89,21 @@ impl Rule {
             (Some(globs), true) => globs.is_match(path),
             (Some(globs), false) => prefix_ok || globs.is_match(path),
         }
+    }
+}
+
+impl Rule {
+    fn compile(config: RuleConfig) -> Result<Rule, RuleError> {
+        let matcher = Matcher::compile(config.matcher.clone()).map_err(|source| RuleError {
+            rule: config.name.clone(),
+            source,
+        })?;
+        Ok(Rule { config, matcher })
+    }
+
+    /// Whether this rule applies to a request. `host` is lowercase without port.
+    pub fn matches(&self, method: &Method, host: &str, path: &str) -> bool {
+        self.matcher.matches(method, host, path)
     }
 
     /// Whether matching requests are cached at all.

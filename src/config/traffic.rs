@@ -1,0 +1,232 @@
+//! Traffic policy sections: `[client_ip]` and `[rate_limit]`, typed and validated.
+
+use super::error::Errors;
+use super::file::{ClientIpSection, RateLimitSection};
+use super::validate::match_config;
+use super::MatchConfig;
+use http::HeaderName;
+use ipnet::IpNet;
+use std::time::Duration;
+
+/// Default bound on the distinct rate-limit keys tracked (clients, API keys...).
+pub const DEFAULT_MAX_KEYS: usize = 1_000_000;
+
+/// Which request header names the client when the peer is a trusted proxy.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ForwardedHeader {
+    /// `X-Forwarded-For: client, proxy1, proxy2`.
+    XForwardedFor,
+    /// RFC 7239 `Forwarded: for=client, for=proxy1`.
+    Forwarded,
+}
+
+/// How the client's address is found (nginx's `set_real_ip_from` + `real_ip_header`).
+#[derive(Debug, Clone)]
+pub struct ClientIpConfig {
+    /// Peers whose forwarding header is believed; the client is the rightmost address in it
+    /// that is not itself a trusted proxy.
+    pub trusted_proxies: Vec<IpNet>,
+    /// The forwarding header read.
+    pub header: ForwardedHeader,
+}
+
+/// What a rate limit counts requests by.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LimitKey {
+    /// The client address.
+    Ip,
+    /// The client address and the request path.
+    IpPath,
+    /// A request header (an API key); requests without it are counted by client address.
+    Header(HeaderName),
+}
+
+/// One rate limit.
+#[derive(Debug, Clone)]
+pub struct LimitRule {
+    /// Name: metrics label and `RateLimit-Policy` name.
+    pub name: String,
+    /// Which requests it applies to.
+    pub matcher: MatchConfig,
+    /// Requests allowed per `per`.
+    pub count: u32,
+    /// The period of `count`.
+    pub per: Duration,
+    /// Requests allowed at once beyond the steady rate.
+    pub burst: u32,
+    /// What requests are counted by.
+    pub key: LimitKey,
+    /// Count (and refuse) only requests that would go to the origin: hits are never limited.
+    pub only_misses: bool,
+}
+
+/// Request rate limits.
+#[derive(Debug, Clone, Default)]
+pub struct RateLimitConfig {
+    /// Clients never limited.
+    pub allow: Vec<IpNet>,
+    /// Most distinct keys tracked at once (least recently seen forgotten first).
+    pub max_keys: usize,
+    /// The limits; every one that matches a request applies.
+    pub rules: Vec<LimitRule>,
+}
+
+fn cidrs(errs: &mut Errors, key: &str, list: Option<&Vec<String>>) -> Vec<IpNet> {
+    let mut out = Vec::new();
+    for (i, text) in list.into_iter().flatten().enumerate() {
+        let parsed = text
+            .parse::<IpNet>()
+            .or_else(|_| text.parse::<std::net::IpAddr>().map(IpNet::from));
+        match parsed {
+            Ok(net) => out.push(net.trunc()),
+            Err(_) => errs.push(
+                format!("{key}[{i}]"),
+                format!("{text:?} is not an IP address or CIDR block (e.g. \"10.0.0.0/8\")"),
+            ),
+        }
+    }
+    out
+}
+
+/// Validate `[client_ip]`.
+pub(super) fn client_ip(errs: &mut Errors, s: &ClientIpSection) -> ClientIpConfig {
+    let header = match s.header.as_deref().map(str::to_ascii_lowercase).as_deref() {
+        None | Some("x-forwarded-for") => ForwardedHeader::XForwardedFor,
+        Some("forwarded") => ForwardedHeader::Forwarded,
+        Some(_) => {
+            errs.push(
+                "client_ip.header",
+                "use \"X-Forwarded-For\" or \"Forwarded\"",
+            );
+            ForwardedHeader::XForwardedFor
+        }
+    };
+    ClientIpConfig {
+        trusted_proxies: cidrs(
+            errs,
+            "client_ip.trusted_proxies",
+            s.trusted_proxies.as_ref(),
+        ),
+        header,
+    }
+}
+
+/// Parse "<n>/s", "<n>/min" or "<n>/h" (also "second", "minute", "hour").
+fn rate(text: &str) -> Option<(u32, Duration)> {
+    let (n, unit) = text.split_once('/')?;
+    let n: u32 = n.trim().parse().ok().filter(|&n| n > 0)?;
+    let per = match unit.trim() {
+        "s" | "sec" | "second" => Duration::from_secs(1),
+        "m" | "min" | "minute" => Duration::from_secs(60),
+        "h" | "hour" => Duration::from_secs(3600),
+        _ => return None,
+    };
+    Some((n, per))
+}
+
+/// Validate `[rate_limit]`.
+pub(super) fn rate_limit(errs: &mut Errors, s: &RateLimitSection) -> RateLimitConfig {
+    let max_keys = match s.max_keys {
+        None => DEFAULT_MAX_KEYS,
+        Some(n) if (1..=1 << 32).contains(&n) => n as usize,
+        Some(n) => {
+            errs.push(
+                "rate_limit.max_keys",
+                format!("{n} is out of range: use 1 to 4294967296"),
+            );
+            DEFAULT_MAX_KEYS
+        }
+    };
+    let mut rules: Vec<LimitRule> = Vec::new();
+    for (i, r) in s.rules.iter().enumerate() {
+        let key = |k: &str| format!("rate_limit.rules[{i}].{k}");
+        let name = r.name.clone().unwrap_or_else(|| format!("limit{i}"));
+        if name.is_empty()
+            || !name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+        {
+            errs.push(
+                key("name"),
+                format!("invalid name {name:?}: use letters, digits, '-', '_' or '.'"),
+            );
+        } else if rules.iter().any(|o| o.name == name) {
+            errs.push(key("name"), format!("duplicate rate limit name {name:?}"));
+        }
+        let (count, per) = match r.limit.as_deref() {
+            None => {
+                errs.push(key("limit"), "required, e.g. \"100/s\" or \"600/min\"");
+                (1, Duration::from_secs(1))
+            }
+            Some(text) => rate(text).unwrap_or_else(|| {
+                errs.push(
+                    key("limit"),
+                    format!("invalid limit {text:?}: use \"<n>/s\", \"<n>/min\" or \"<n>/h\" with n > 0"),
+                );
+                (1, Duration::from_secs(1))
+            }),
+        };
+        let burst = match r.burst {
+            None => 0,
+            Some(b) if (0..=1_000_000).contains(&b) => b as u32,
+            Some(b) => {
+                errs.push(
+                    key("burst"),
+                    format!("{b} is out of range: use 0 to 1000000"),
+                );
+                0
+            }
+        };
+        let limit_key = match r.key.as_deref() {
+            None | Some("ip") => LimitKey::Ip,
+            Some("ip_path") => LimitKey::IpPath,
+            Some(other) => {
+                match other.strip_prefix("header:") {
+                    Some(h) => match HeaderName::from_bytes(h.trim().as_bytes()) {
+                        Ok(h) => LimitKey::Header(h),
+                        Err(_) => {
+                            errs.push(key("key"), format!("{h:?} is not a header field name"));
+                            LimitKey::Ip
+                        }
+                    },
+                    None => {
+                        errs.push(
+                        key("key"),
+                        format!("unknown key {other:?}: use \"ip\", \"ip_path\" or \"header:<name>\""),
+                    );
+                        LimitKey::Ip
+                    }
+                }
+            }
+        };
+        rules.push(LimitRule {
+            matcher: match_config(errs, &key("match"), &r.matcher),
+            name,
+            count,
+            per,
+            burst,
+            key: limit_key,
+            only_misses: r.only_misses.unwrap_or(false),
+        });
+    }
+    RateLimitConfig {
+        allow: cidrs(errs, "rate_limit.allow", s.allow.as_ref()),
+        max_keys,
+        rules,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rates_parse_with_their_units() {
+        assert_eq!(rate("100/s"), Some((100, Duration::from_secs(1))));
+        assert_eq!(rate("600 / min"), Some((600, Duration::from_secs(60))));
+        assert_eq!(rate("5/hour"), Some((5, Duration::from_secs(3600))));
+        for bad in ["0/s", "-1/s", "10", "10/day", "x/s", "/s"] {
+            assert_eq!(rate(bad), None, "{bad}");
+        }
+    }
+}
