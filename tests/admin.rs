@@ -60,3 +60,52 @@ fn metrics_listener_serves_only_metrics() {
     );
     assert_eq!(origin.total_hits(), 0);
 }
+
+#[test]
+fn readyz_waits_for_the_disk_index_while_the_node_already_serves() {
+    let origin = TestOrigin::start();
+    origin.set("/p", Reply::ok("v").header("Cache-Control", "max-age=60"));
+    let cfg = NodeConfig::new(&origin.url());
+    // a disk tier of 75,000 (empty) objects: the start-up scan takes a moment to index them
+    let objects = cfg.dir().join("cache/objects");
+    for shard in 0..=255u32 {
+        std::fs::create_dir_all(objects.join(format!("{shard:02x}"))).expect("mkdir");
+    }
+    for i in 0..75_000u128 {
+        let key = (i << 112) | i;
+        let dir = objects.join(format!("{:02x}", (key >> 120) as u8));
+        for ext in ["body", "head"] {
+            std::fs::File::create(dir.join(format!("{key:032x}.{ext}"))).expect("create");
+        }
+    }
+    let node = cfg.start();
+    let c = node.client();
+    let mut seen = Vec::new();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+    loop {
+        let r = c.get(node.admin_url("/readyz")).send().expect("readyz");
+        let status = r.status().as_u16();
+        let body: serde_json::Value = r.json().expect("JSON");
+        if seen.last() != Some(&(status, body.clone())) {
+            seen.push((status, body.clone()));
+        }
+        if status == 200 {
+            assert_eq!(body["disk_index"], "complete", "{seen:?}");
+            break;
+        }
+        assert_eq!(status, 503, "{body}");
+        assert_eq!(body["status"], "starting");
+        assert_eq!(body["disk_index"], "scanning");
+        // not ready, yet serving
+        assert_eq!(get(&node, "/p").status, 200);
+        assert!(
+            std::time::Instant::now() < deadline,
+            "never ready: {seen:?}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    assert!(
+        seen.first().is_some_and(|(s, _)| *s == 503),
+        "ready before the index scan finished: {seen:?}"
+    );
+}

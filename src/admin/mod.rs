@@ -152,15 +152,27 @@ impl ServeHttp for AdminApp {
             }
             // Ready once the listeners are up: the disk tier answers lookups from its files
             // while its index is rebuilt in the background (only eviction waits for it).
-            "/readyz" if method == Method::GET => json(
-                StatusCode::OK,
-                &serde_json::json!({
-                    "status": "ok",
-                    "disk_index": self.node.storage.disk().map(|d| {
-                        if d.index_complete() { "complete" } else { "scanning" }
+            "/readyz" if method == Method::GET => {
+                let scanning = self
+                    .node
+                    .storage
+                    .disk()
+                    .is_some_and(|d| !d.index_complete());
+                let ready = !scanning || self.node.config.admin.ready_during_disk_scan;
+                json(
+                    if ready {
+                        StatusCode::OK
+                    } else {
+                        StatusCode::SERVICE_UNAVAILABLE
+                    },
+                    &serde_json::json!({
+                        "status": if ready { "ok" } else { "starting" },
+                        "disk_index": self.node.storage.disk().map(|_| {
+                            if scanning { "scanning" } else { "complete" }
+                        }),
                     }),
-                }),
-            ),
+                )
+            }
             "/healthz" | "/readyz" | "/openapi.json" => {
                 json_error(StatusCode::METHOD_NOT_ALLOWED, "use GET")
             }

@@ -78,8 +78,9 @@ pub(super) fn describe(c: &Config) -> String {
     let _ = writeln!(o, "[listen]\nhttp = {}\n", list(&c.listen.http));
     let _ = writeln!(
         o,
-        "[admin]\nlisten = \"{}\"\ntoken = {}\n",
+        "[admin]\nlisten = \"{}\"\nready_during_disk_scan = {}\ntoken = {}\n",
         c.admin.listen,
+        c.admin.ready_during_disk_scan,
         if c.admin.token.is_some() {
             "\"<redacted>\""
         } else {

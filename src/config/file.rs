@@ -138,6 +138,8 @@ pub struct AdminSection {
     pub token: Option<String>,
     /// Name of an environment variable holding the bearer token.
     pub token_env: Option<String>,
+    /// Report ready before the disk tier's index scan completes.
+    pub ready_during_disk_scan: Option<bool>,
 }
 
 /// `[metrics]`.

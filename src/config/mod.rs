@@ -85,6 +85,10 @@ pub struct AdminConfig {
     pub listen: SocketAddr,
     /// Bearer token; `None` means admin calls other than health checks are refused.
     pub token: Option<Secret>,
+    /// `GET /readyz` answers ready while the disk tier's index is still being rebuilt (the
+    /// node serves meanwhile: lookups read the files directly). Default false: ready once the
+    /// listeners are up and the index scan is complete.
+    pub ready_during_disk_scan: bool,
 }
 
 /// A secret string that never prints itself.

@@ -147,6 +147,7 @@ pub(super) fn validate(f: FileConfig, path: &Path) -> Result<Config, ConfigError
             "127.0.0.1:9091",
         ),
         token: token.filter(|t| !t.is_empty()).map(Secret::new),
+        ready_during_disk_scan: f.admin.ready_during_disk_scan.unwrap_or(false),
     };
     let metrics = MetricsConfig {
         listen: addr(
