@@ -3,7 +3,7 @@
 //! Pingora wants `&'static` storage, lock and predictor: they are leaked here, exactly once.
 
 use crate::cache::{DiskTier, MemoryTier, TieredStorage};
-use crate::config::{ClientIpConfig, Config, Overrides};
+use crate::config::{ClientIpConfig, Config, HeaderPolicy, Overrides};
 use crate::metrics::Metrics;
 use crate::policy::ratelimit::{Buckets, Limits};
 use crate::purge::BanList;
@@ -25,6 +25,8 @@ pub struct Routing {
     pub limits: Limits,
     /// How the client's address is found behind proxies.
     pub client_ip: ClientIpConfig,
+    /// Header rules for every request and response (before the matching rule's).
+    pub headers: HeaderPolicy,
 }
 
 impl Routing {
@@ -34,6 +36,7 @@ impl Routing {
             origins: config.origins.iter().cloned().map(Origin::new).collect(),
             limits: Limits::new(&config.rate_limit).context("compiling rate limits")?,
             client_ip: config.client_ip.clone(),
+            headers: config.headers.clone(),
         })
     }
 }

@@ -9,6 +9,7 @@ use crate::metrics::{label_index, RevalidationOutcome, StaleReason};
 use crate::node::Node;
 use crate::node::Routing;
 use crate::policy::client_ip::client_ip;
+use crate::policy::headers::{self, Via};
 use crate::policy::ratelimit::{Outcome, Phase};
 use crate::purge::Verdict;
 use crate::rules::{key, normalize_host, Rule};
@@ -35,12 +36,16 @@ const MAX_RANGES: usize = 200;
 /// The Outpost proxy: one per node, shared by every request.
 pub struct OutpostProxy {
     node: Arc<Node>,
+    via: Via,
 }
 
 impl OutpostProxy {
     /// A proxy serving `node`.
     pub fn new(node: Arc<Node>) -> Self {
-        OutpostProxy { node }
+        OutpostProxy {
+            via: Via::new(&node.config.node.name),
+            node,
+        }
     }
 }
 
@@ -649,6 +654,15 @@ impl ProxyHttp for OutpostProxy {
             };
             upstream.insert_header("x-forwarded-for", value)?;
         }
+        if self.node.config.node.via {
+            let via = self.via.value(
+                session.req_header().version,
+                upstream.headers.get_all(header::VIA),
+            );
+            upstream.insert_header(header::VIA, via)?;
+        }
+        headers::apply_request(&ctx.routing.headers.request, upstream)?;
+        headers::apply_request(&ctx.rule().config.headers.request, upstream)?;
         Ok(())
     }
 
@@ -766,6 +780,14 @@ impl ProxyHttp for OutpostProxy {
                 resp.remove_header(name);
             }
         }
+        if self.node.config.node.via {
+            let via = self
+                .via
+                .value(resp.version, resp.headers.get_all(header::VIA));
+            resp.insert_header(header::VIA, via)?;
+        }
+        headers::apply_response(&ctx.routing.headers.response, resp)?;
+        headers::apply_response(&ctx.rule().config.headers.response, resp)?;
         ctx.cache_status = Some(status);
         if !is_safe(&session.req_header().method)
             && (resp.status.is_success() || resp.status.is_redirection())

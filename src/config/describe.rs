@@ -24,6 +24,22 @@ fn describe_match(o: &mut String, table: &str, m: &MatchConfig) {
     );
 }
 
+fn describe_headers(o: &mut String, table: &str, p: &HeaderPolicy) {
+    for (side, rules) in [("request", &p.request), ("response", &p.response)] {
+        if rules.is_empty() {
+            continue;
+        }
+        let removed: Vec<&str> = rules.remove.iter().map(|h| h.as_str()).collect();
+        let _ = writeln!(o, "[{table}.{side}]\nremove = {}", list(&removed));
+        let set: Vec<String> = rules
+            .set
+            .iter()
+            .map(|(n, v)| format!("{:?} = {:?}", n.as_str(), v.to_str().unwrap_or("")))
+            .collect();
+        let _ = writeln!(o, "set = {{ {} }}", set.join(", "));
+    }
+}
+
 /// `[client_ip]` and `[rate_limit]`.
 fn describe_traffic(c: &Config, o: &mut String) {
     let _ = writeln!(
@@ -69,11 +85,12 @@ pub(super) fn describe(c: &Config) -> String {
     let _ = writeln!(o, "# effective configuration of {}", c.source.display());
     let _ = writeln!(
         o,
-        "[node]\nname = \"{}\"\nthreads = {}\nshutdown_grace = {}\nwork_stealing = {}\n",
+        "[node]\nname = \"{}\"\nthreads = {}\nshutdown_grace = {}\nwork_stealing = {}\nvia = {}\n",
         c.node.name,
         c.node.threads,
         dur(c.node.shutdown_grace),
-        c.node.work_stealing
+        c.node.work_stealing,
+        c.node.via
     );
     let _ = writeln!(o, "[listen]\nhttp = {}\n", list(&c.listen.http));
     let _ = writeln!(
@@ -142,6 +159,8 @@ pub(super) fn describe(c: &Config) -> String {
         dur(c.purge.lurker_interval)
     );
     describe_traffic(c, &mut o);
+    describe_headers(&mut o, "headers", &c.headers);
+    let _ = writeln!(o);
     for (i, r) in c.rules.iter().enumerate() {
         let _ = writeln!(o, "[[rules]]  # rules[{i}], checked in this order");
         let _ = writeln!(
@@ -155,6 +174,7 @@ pub(super) fn describe(c: &Config) -> String {
             }
         );
         describe_match(&mut o, "rules.match", &r.matcher);
+        describe_headers(&mut o, "rules.headers", &r.headers);
         if r.action == Action::Cache {
             let _ = writeln!(o, "[rules.ttl]  # precedence: override > s-maxage > max-age > Expires > not_found/server_error (404/410, 5xx) > default > heuristic");
             if let Some(t) = r.ttl.override_ttl {

@@ -40,6 +40,29 @@ pub struct FileConfig {
     /// `[rate_limit]`: request rate limits.
     #[serde(default)]
     pub rate_limit: RateLimitSection,
+    /// `[headers]`: header rules for every request and response.
+    #[serde(default)]
+    pub headers: HeadersSection,
+}
+
+/// `[headers]` or `[rules.headers]`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HeadersSection {
+    /// Changes to the request sent to the origin.
+    pub request: Option<HeaderRulesSection>,
+    /// Changes to the response sent to the client.
+    pub response: Option<HeaderRulesSection>,
+}
+
+/// `[headers.request]`, `[headers.response]` (and the same under `[rules.headers]`).
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HeaderRulesSection {
+    /// Fields set (replacing any of the same name).
+    pub set: Option<std::collections::BTreeMap<String, String>>,
+    /// Fields removed.
+    pub remove: Option<Vec<String>>,
 }
 
 /// `[client_ip]`.
@@ -118,6 +141,8 @@ pub struct NodeSection {
     pub shutdown_grace: Option<String>,
     /// Share tasks between worker threads.
     pub work_stealing: Option<bool>,
+    /// Add `Via` to forwarded requests and responses.
+    pub via: Option<bool>,
 }
 
 /// `[listen]`.
@@ -221,6 +246,9 @@ pub struct RuleSection {
     /// `[rules.stale]`.
     #[serde(default)]
     pub stale: StaleSection,
+    /// `[rules.headers]`.
+    #[serde(default)]
+    pub headers: HeadersSection,
 }
 
 /// `[rules.stale]`.

@@ -9,7 +9,10 @@ mod units;
 mod validate;
 
 pub use error::{ConfigError, FieldError};
-pub use traffic::{ClientIpConfig, ForwardedHeader, LimitKey, LimitRule, RateLimitConfig};
+pub use traffic::{
+    ClientIpConfig, ForwardedHeader, HeaderPolicy, HeaderRules, LimitKey, LimitRule,
+    RateLimitConfig,
+};
 pub use units::{parse_duration, parse_size};
 
 use http::{HeaderName, Method};
@@ -43,6 +46,9 @@ pub struct Config {
     pub client_ip: ClientIpConfig,
     /// Request rate limits.
     pub rate_limit: RateLimitConfig,
+    /// Header rules for every request to the origin and response to a client (before the
+    /// matching rule's own).
+    pub headers: HeaderPolicy,
 }
 
 /// How stored objects are tagged for purges.
@@ -69,6 +75,9 @@ pub struct NodeConfig {
     /// One work-stealing runtime for all workers (`true`) or one single-threaded runtime per
     /// worker, each connection staying on its thread like an nginx worker (`false`).
     pub work_stealing: bool,
+    /// Add `Via: <version> <name>` to requests sent to origins and responses sent to clients
+    /// (RFC 9110 7.6.3).
+    pub via: bool,
 }
 
 /// `[listen]`.
@@ -239,6 +248,8 @@ pub struct RuleConfig {
     pub cacheable: CacheableConfig,
     /// Stale serving defaults.
     pub stale: StaleConfig,
+    /// Header rules of this rule (after the global ones).
+    pub headers: HeaderPolicy,
 }
 
 /// How long a rule lets stale responses be served when the origin's directives do not say

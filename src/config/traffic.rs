@@ -1,10 +1,11 @@
-//! Traffic policy sections: `[client_ip]` and `[rate_limit]`, typed and validated.
+//! Traffic policy sections: `[client_ip]`, `[rate_limit]` and header rules (`[headers]`,
+//! `[rules.headers]`), typed and validated.
 
 use super::error::Errors;
-use super::file::{ClientIpSection, RateLimitSection};
+use super::file::{ClientIpSection, HeaderRulesSection, HeadersSection, RateLimitSection};
 use super::validate::match_config;
 use super::MatchConfig;
-use http::HeaderName;
+use http::{HeaderName, HeaderValue};
 use ipnet::IpNet;
 use std::time::Duration;
 
@@ -69,6 +70,110 @@ pub struct RateLimitConfig {
     pub max_keys: usize,
     /// The limits; every one that matches a request applies.
     pub rules: Vec<LimitRule>,
+}
+
+/// Changes to one side's header fields: removals, then fields set (replacing).
+#[derive(Debug, Clone, Default)]
+pub struct HeaderRules {
+    /// Fields removed.
+    pub remove: Vec<HeaderName>,
+    /// Fields set, replacing any of the same name.
+    pub set: Vec<(HeaderName, HeaderValue)>,
+}
+
+impl HeaderRules {
+    /// Whether there is nothing to change.
+    pub fn is_empty(&self) -> bool {
+        self.remove.is_empty() && self.set.is_empty()
+    }
+}
+
+/// Header rules for requests to the origin and responses to clients.
+#[derive(Debug, Clone, Default)]
+pub struct HeaderPolicy {
+    /// Applied to the request sent to the origin.
+    pub request: HeaderRules,
+    /// Applied to every response sent to the client (hits included).
+    pub response: HeaderRules,
+}
+
+/// Fields a header rule may not touch: message framing, connection management, and the
+/// origin's Host (`origins[].host` sets it).
+const RESERVED: &[&str] = &[
+    "content-length",
+    "transfer-encoding",
+    "connection",
+    "keep-alive",
+    "upgrade",
+    "te",
+    "trailer",
+    "proxy-connection",
+    "host",
+];
+
+fn header_rules(
+    errs: &mut Errors,
+    key: &str,
+    s: Option<&HeaderRulesSection>,
+    node_name: &str,
+) -> HeaderRules {
+    let mut rules = HeaderRules::default();
+    let Some(s) = s else {
+        return rules;
+    };
+    let name_at = |errs: &mut Errors, at: String, text: &str| -> Option<HeaderName> {
+        match HeaderName::from_bytes(text.as_bytes()) {
+            Ok(n) if RESERVED.contains(&n.as_str()) => {
+                errs.push(at, format!("{text:?} cannot be changed by a header rule"));
+                None
+            }
+            Ok(n) => Some(n),
+            Err(_) => {
+                errs.push(at, format!("{text:?} is not a header field name"));
+                None
+            }
+        }
+    };
+    for (i, text) in s.remove.iter().flatten().enumerate() {
+        if let Some(n) = name_at(errs, format!("{key}.remove[{i}]"), text) {
+            rules.remove.push(n);
+        }
+    }
+    for (name, value) in s.set.iter().flatten() {
+        let at = format!("{key}.set.{name}");
+        let Some(n) = name_at(errs, at.clone(), name) else {
+            continue;
+        };
+        let value = value.replace("{node}", node_name);
+        match HeaderValue::from_str(&value) {
+            Ok(v) => rules.set.push((n, v)),
+            Err(_) => errs.push(at, format!("{value:?} is not a valid header field value")),
+        }
+    }
+    rules
+}
+
+/// Validate a `headers` table at key path `key` (`{node}` in values is the node's name).
+pub(super) fn header_policy(
+    errs: &mut Errors,
+    key: &str,
+    s: &HeadersSection,
+    node_name: &str,
+) -> HeaderPolicy {
+    HeaderPolicy {
+        request: header_rules(
+            errs,
+            &format!("{key}.request"),
+            s.request.as_ref(),
+            node_name,
+        ),
+        response: header_rules(
+            errs,
+            &format!("{key}.response"),
+            s.response.as_ref(),
+            node_name,
+        ),
+    }
 }
 
 fn cidrs(errs: &mut Errors, key: &str, list: Option<&Vec<String>>) -> Vec<IpNet> {

@@ -111,6 +111,7 @@ pub(super) fn validate(f: FileConfig, path: &Path) -> Result<Config, ConfigError
             Duration::from_secs(5),
         ),
         work_stealing: f.node.work_stealing.unwrap_or(true),
+        via: f.node.via.unwrap_or(true),
     };
 
     let http_addrs = f
@@ -275,7 +276,7 @@ pub(super) fn validate(f: FileConfig, path: &Path) -> Result<Config, ConfigError
 
     let mut rules = Vec::new();
     for (i, r) in f.rules.iter().enumerate() {
-        let rule = rule(&mut errs, i, r, &f.origins);
+        let rule = rule(&mut errs, i, r, &f.origins, &node.name);
         if rules.iter().any(|x: &RuleConfig| x.name == rule.name) {
             errs.push(
                 format!("rules[{i}].name"),
@@ -313,6 +314,7 @@ pub(super) fn validate(f: FileConfig, path: &Path) -> Result<Config, ConfigError
         errs.push("purge.lurker_interval", "must be more than 0");
     }
     let client_ip = traffic::client_ip(&mut errs, &f.client_ip);
+    let headers = traffic::header_policy(&mut errs, "headers", &f.headers, &node.name);
     let rate_limit = traffic::rate_limit(&mut errs, &f.rate_limit);
     let purge = PurgeConfig {
         tag_headers,
@@ -326,6 +328,7 @@ pub(super) fn validate(f: FileConfig, path: &Path) -> Result<Config, ConfigError
         });
     }
     Ok(Config {
+        headers,
         client_ip,
         rate_limit,
         source: path.to_path_buf(),
@@ -432,6 +435,7 @@ fn rule(
     i: usize,
     r: &file::RuleSection,
     origins: &[file::OriginSection],
+    node_name: &str,
 ) -> RuleConfig {
     let key = |k: &str| format!("rules[{i}].{k}");
     let name = r.name.clone().unwrap_or_else(|| format!("rule{i}"));
@@ -586,6 +590,7 @@ fn rule(
             authorized: r.cacheable.authorized.unwrap_or(false),
         },
         stale,
+        headers: traffic::header_policy(errs, &key("headers"), &r.headers, node_name),
     }
 }
 

@@ -143,6 +143,7 @@ impl RuleSet {
                 authorized: false,
             },
             stale: Default::default(),
+            headers: Default::default(),
         })?;
         Ok(RuleSet { rules, fallback })
     }

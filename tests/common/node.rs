@@ -91,6 +91,7 @@ fn keys_of(lines: &[String]) -> Vec<String> {
 /// reuses the ports and the cache directory.
 pub struct NodeConfig {
     origin_url: String,
+    node: Vec<String>,
     rules: Vec<String>,
     cache: Vec<String>,
     origin: Vec<String>,
@@ -112,6 +113,7 @@ impl NodeConfig {
         }
         NodeConfig {
             origin_url: origin_url.to_string(),
+            node: Vec::new(),
             rules: Vec::new(),
             cache: Vec::new(),
             origin: Vec::new(),
@@ -131,6 +133,12 @@ impl NodeConfig {
     /// Raw TOML with `[[rules]]` tables, appended. Without any, one default caching rule.
     pub fn rules(mut self, toml: &str) -> Self {
         self.rules.push(toml.to_string());
+        self
+    }
+
+    /// Extra `key = value` lines inside `[node]`.
+    pub fn node(mut self, toml: &str) -> Self {
+        self.node.push(toml.to_string());
         self
     }
 
@@ -175,7 +183,12 @@ impl NodeConfig {
     /// The generated configuration file.
     pub fn config_text(&self) -> String {
         let mut s = String::new();
-        s.push_str("[node]\nname = \"outpost\"\nthreads = 2\nshutdown_grace = \"1s\"\n\n");
+        s.push_str("[node]\nname = \"outpost\"\nthreads = 2\nshutdown_grace = \"1s\"\n");
+        for n in &self.node {
+            s.push_str(n.trim());
+            s.push('\n');
+        }
+        s.push('\n');
         s.push_str(&format!(
             "[listen]\nhttp = [\"127.0.0.1:{}\"]\n\n",
             self.http_port

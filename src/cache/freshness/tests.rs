@@ -22,6 +22,7 @@ fn rule(ttl: TtlConfig) -> RuleConfig {
             authorized: false,
         },
         stale: Default::default(),
+        headers: Default::default(),
     }
 }
 
