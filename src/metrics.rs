@@ -133,6 +133,8 @@ pub struct PurgeMetrics {
 pub struct PolicyMetrics {
     /// Requests refused by a rate limit, by limit name.
     pub rate_limited: IntCounterVec,
+    /// Requests and connections refused by the hardening limits, by reason.
+    pub rejected: IntCounterVec,
 }
 
 /// The node's metrics.
@@ -412,8 +414,23 @@ impl Metrics {
                 ),
                 &["limit"],
             )?,
+            rejected: IntCounterVec::new(
+                Opts::new(
+                    "outpost_rejected_requests_total",
+                    "Requests (and connections) refused as malformed, oversized or too slow, by reason",
+                ),
+                &["reason"],
+            )?,
         };
         registry.register(Box::new(policy.rate_limited.clone()))?;
+        for reason in crate::policy::hardening::Rejection::ALL
+            .iter()
+            .map(|r| r.reason())
+            .chain(["header_timeout", "max_connections"])
+        {
+            policy.rejected.with_label_values(&[reason]);
+        }
+        registry.register(Box::new(policy.rejected.clone()))?;
         Ok(Metrics {
             policy,
             registry,

@@ -184,6 +184,7 @@ impl Node {
                 "cache",
                 format!("{:?}", now.cache) != format!("{:?}", next.cache),
             ),
+            ("limits", now.limits != next.limits),
             (
                 "rate_limit.max_keys",
                 now.rate_limit.max_keys != next.rate_limit.max_keys,

@@ -9,6 +9,8 @@ use crate::metrics::{label_index, RevalidationOutcome, StaleReason};
 use crate::node::Node;
 use crate::node::Routing;
 use crate::policy::client_ip::client_ip;
+use crate::policy::connections;
+use crate::policy::hardening::{self, Rejection};
 use crate::policy::headers::{self, Via};
 use crate::policy::ratelimit::{Outcome, Phase};
 use crate::purge::Verdict;
@@ -78,8 +80,10 @@ pub struct RequestCtx {
     cache_status: Option<CacheStatus>,
     /// Verdicts of the rate limits that counted this request.
     limits: Vec<Outcome>,
-    /// Answered by traffic policy (a 429) without the cache.
+    /// Answered by traffic policy (a 429, a refused request) without the cache.
     refused: bool,
+    /// Request body bytes received so far.
+    body_bytes: u64,
 }
 
 impl RequestCtx {
@@ -145,6 +149,46 @@ fn seconds_between(later: SystemTime, earlier: SystemTime) -> i64 {
 
 impl OutpostProxy {
     /// What the cache did for this request, from the cache phase and what the hooks saw.
+    /// Answer a request refused by the hardening checks (and close the connection: its framing
+    /// may not be what the client meant).
+    async fn reject(
+        &self,
+        session: &mut Session,
+        ctx: &mut RequestCtx,
+        rejection: Rejection,
+    ) -> Result<()> {
+        self.count_rejection(session, ctx, rejection);
+        let body = Bytes::from_static(rejection.message().as_bytes());
+        let mut resp = ResponseHeader::build(rejection.status(), Some(4))?;
+        resp.insert_header(header::CONTENT_TYPE, "text/plain; charset=utf-8")?;
+        resp.insert_header(header::CONTENT_LENGTH, body.len().to_string())?;
+        resp.insert_header(header::CACHE_CONTROL, "no-store")?;
+        session.set_keepalive(None);
+        session.write_response_header(Box::new(resp), false).await?;
+        session.write_response_body(Some(body), true).await?;
+        Ok(())
+    }
+
+    /// Count and log a refused request.
+    fn count_rejection(&self, session: &Session, ctx: &mut RequestCtx, rejection: Rejection) {
+        ctx.refused = true;
+        self.node
+            .metrics
+            .policy
+            .rejected
+            .with_label_values(&[rejection.reason()])
+            .inc();
+        let req = session.req_header();
+        tracing::info!(
+            reason = rejection.reason(),
+            status = rejection.status(),
+            client = ?session.client_addr(),
+            method = %req.method,
+            uri_bytes = req.raw_path().len(),
+            "request refused"
+        );
+    }
+
     /// Count the request against the rate limits of `phase`; if one refuses it, answer 429
     /// and return true. Background refreshes are not counted.
     async fn rate_limit(
@@ -369,10 +413,35 @@ impl ProxyHttp for OutpostProxy {
             cache_status: None,
             limits: Vec::new(),
             refused: false,
+            body_bytes: 0,
         }
     }
 
+    async fn early_request_filter(
+        &self,
+        _session: &mut Session,
+        _ctx: &mut RequestCtx,
+    ) -> Result<()> {
+        connections::header_received();
+        Ok(())
+    }
+
     async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
+        let limits = &self.node.config.limits;
+        let raw = session
+            .req_header()
+            .headers
+            .contains_key(header::TRANSFER_ENCODING)
+            .then(|| session.as_http1().map(|h1| h1.get_headers_raw_bytes()))
+            .flatten();
+        if let Err(rejection) =
+            hardening::check_request(limits, session.req_header(), raw.as_deref())
+        {
+            self.reject(session, ctx, rejection).await?;
+            return Ok(true);
+        }
+        // between reads of the request body (the header's deadline is the listener's)
+        session.set_read_timeout(Some(limits.body_timeout));
         let req = session.req_header();
         let host = match request_host(req) {
             Some(host) => host,
@@ -380,9 +449,7 @@ impl ProxyHttp for OutpostProxy {
             None if req.version <= http::Version::HTTP_10 => "",
             // RFC 9112 3.2: an HTTP/1.1 request without Host gets a 400.
             None => {
-                session
-                    .respond_error_with_body(400, Bytes::from_static(b"missing Host header\n"))
-                    .await?;
+                self.reject(session, ctx, Rejection::MissingHost).await?;
                 return Ok(true);
             }
         };
@@ -621,6 +688,26 @@ impl ProxyHttp for OutpostProxy {
         Ok(true)
     }
 
+    async fn request_body_filter(
+        &self,
+        session: &mut Session,
+        body: &mut Option<Bytes>,
+        _end_of_stream: bool,
+        ctx: &mut RequestCtx,
+    ) -> Result<()> {
+        ctx.body_bytes += body.as_ref().map_or(0, |b| b.len() as u64);
+        if ctx.body_bytes > self.node.config.limits.max_body_bytes {
+            // a chunked body past the limit (a declared length was checked up front)
+            self.count_rejection(session, ctx, Rejection::BodyTooLarge);
+            session.set_keepalive(None);
+            return Error::e_explain(
+                ErrorType::HTTPStatus(413),
+                "request body larger than limits.max_body_bytes",
+            );
+        }
+        Ok(())
+    }
+
     async fn upstream_peer(
         &self,
         _session: &mut Session,
@@ -639,6 +726,10 @@ impl ProxyHttp for OutpostProxy {
         upstream: &mut RequestHeader,
         ctx: &mut RequestCtx,
     ) -> Result<()> {
+        // first: a client must not be able to name our own fields for removal
+        for name in hardening::hop_by_hop(&upstream.headers) {
+            upstream.remove_header(&name);
+        }
         if let Some(host) = ctx.origin().and_then(|o| o.config.host.as_ref()) {
             upstream.insert_header(header::HOST, host.as_str())?;
         }
@@ -676,6 +767,10 @@ impl ProxyHttp for OutpostProxy {
         ctx.upstream_status = Some(status);
         // RFC 9110 2.5: we answer with our own HTTP version, whatever the origin spoke.
         resp.set_version(http::Version::HTTP_11);
+        // fields about the origin's connection are neither stored nor passed on
+        for name in hardening::hop_by_hop(&resp.headers) {
+            resp.remove_header(&name);
+        }
         if let Some(origin) = ctx.origin() {
             if matches!(status, 500 | 502 | 503 | 504) {
                 origin.record_failure();
@@ -805,6 +900,11 @@ impl ProxyHttp for OutpostProxy {
     ) -> FailToProxy {
         let code = match e.etype() {
             ErrorType::HTTPStatus(code) => *code,
+            // the client's body stalled past limits.body_timeout
+            ErrorType::ReadTimedout if e.esource() == &ErrorSource::Downstream => {
+                self.count_rejection(session, ctx, Rejection::BodyTimeout);
+                408
+            }
             ErrorType::ConnectTimedout | ErrorType::ReadTimedout | ErrorType::WriteTimedout => 504,
             _ => match e.esource() {
                 ErrorSource::Upstream => 502,
@@ -844,6 +944,8 @@ impl ProxyHttp for OutpostProxy {
                 502 => "502 Bad Gateway: the origin could not be reached or failed mid-response\n",
                 504 => "504 Gateway Timeout: the origin did not answer in time\n",
                 400 => "400 Bad Request\n",
+                408 => Rejection::BodyTimeout.message(),
+                413 => Rejection::BodyTooLarge.message(),
                 _ => "the request could not be completed\n",
             };
             let written = async {

@@ -4,6 +4,7 @@ use crate::admin::{AdminApp, MetricsApp};
 use crate::cache::DiskTier;
 use crate::config::{Config, Overrides};
 use crate::node::Node;
+use crate::policy::connections::Guarded;
 use crate::proxy::OutpostProxy;
 use anyhow::{bail, Context};
 use async_trait::async_trait;
@@ -166,10 +167,20 @@ pub fn run(config: Config, source: Option<(PathBuf, Overrides)>) -> anyhow::Resu
     let node = Node::with_source(config, source)?;
     let cfg = node.config.clone();
 
-    let mut proxy = pingora_proxy::http_proxy_service_with_name(
-        &server.configuration,
+    let mut app = pingora_proxy::HttpProxy::new(
         OutpostProxy::new(node.clone()),
-        "outpost proxy",
+        server.configuration.clone(),
+    );
+    app.handle_init_modules();
+    let limits = &cfg.limits;
+    let mut proxy = Service::new(
+        "outpost proxy".into(),
+        Guarded::new(
+            app,
+            limits.max_connections,
+            limits.header_timeout,
+            node.metrics.policy.rejected.clone(),
+        ),
     );
     for addr in &cfg.listen.http {
         proxy.add_tcp(&addr.to_string());

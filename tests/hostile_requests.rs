@@ -3,33 +3,9 @@
 mod common;
 
 use common::*;
-use std::io::{Read, Write};
+use std::io::Write;
 use std::net::TcpStream;
 use std::time::Duration;
-
-/// Send raw bytes, return what came back before the server closed or went quiet.
-fn raw(node: &Node, bytes: &[u8]) -> String {
-    let mut s = TcpStream::connect(node.addr()).expect("connect");
-    s.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
-    let _ = s.write_all(bytes);
-    let mut out = Vec::new();
-    let mut buf = [0u8; 4096];
-    loop {
-        match s.read(&mut buf) {
-            Ok(0) | Err(_) => break,
-            Ok(n) => out.extend_from_slice(&buf[..n]),
-        }
-        if out.windows(4).any(|w| w == b"\r\n\r\n") && out.len() > 12 {
-            // one response head is enough for these checks
-            break;
-        }
-    }
-    String::from_utf8_lossy(&out).to_string()
-}
-
-fn status_of(resp: &str) -> Option<u16> {
-    resp.split_whitespace().nth(1).and_then(|s| s.parse().ok())
-}
 
 fn node_with_cached_object() -> (TestOrigin, Node) {
     let origin = TestOrigin::start();

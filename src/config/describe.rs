@@ -158,6 +158,18 @@ pub(super) fn describe(c: &Config) -> String {
         c.purge.strip_tag_headers,
         dur(c.purge.lurker_interval)
     );
+    let l = &c.limits;
+    let _ = writeln!(
+        o,
+        "[limits]\nmax_connections = {}\nheader_timeout = {}\nbody_timeout = {}\nmax_header_bytes = {}\nmax_headers = {}\nmax_uri_bytes = {}\nmax_body_bytes = {}\n",
+        l.max_connections,
+        dur(l.header_timeout),
+        dur(l.body_timeout),
+        l.max_header_bytes,
+        l.max_headers,
+        l.max_uri_bytes,
+        l.max_body_bytes
+    );
     describe_traffic(c, &mut o);
     describe_headers(&mut o, "headers", &c.headers);
     let _ = writeln!(o);

@@ -43,6 +43,29 @@ pub struct FileConfig {
     /// `[headers]`: header rules for every request and response.
     #[serde(default)]
     pub headers: HeadersSection,
+    /// `[limits]`: request hardening.
+    #[serde(default)]
+    pub limits: LimitsSection,
+}
+
+/// `[limits]`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LimitsSection {
+    /// Concurrent client connections at most.
+    pub max_connections: Option<i64>,
+    /// Time allowed to receive a request header (idle keep-alive included).
+    pub header_timeout: Option<String>,
+    /// Time allowed between reads of a request body.
+    pub body_timeout: Option<String>,
+    /// Request line and header fields, bytes at most.
+    pub max_header_bytes: Option<SizeValue>,
+    /// Header fields at most.
+    pub max_headers: Option<i64>,
+    /// Request target, bytes at most.
+    pub max_uri_bytes: Option<SizeValue>,
+    /// Request body, bytes at most.
+    pub max_body_bytes: Option<SizeValue>,
 }
 
 /// `[headers]` or `[rules.headers]`.

@@ -10,7 +10,7 @@ mod validate;
 
 pub use error::{ConfigError, FieldError};
 pub use traffic::{
-    ClientIpConfig, ForwardedHeader, HeaderPolicy, HeaderRules, LimitKey, LimitRule,
+    ClientIpConfig, ForwardedHeader, HeaderPolicy, HeaderRules, LimitKey, LimitRule, LimitsConfig,
     RateLimitConfig,
 };
 pub use units::{parse_duration, parse_size};
@@ -49,6 +49,8 @@ pub struct Config {
     /// Header rules for every request to the origin and response to a client (before the
     /// matching rule's own).
     pub headers: HeaderPolicy,
+    /// Request hardening.
+    pub limits: LimitsConfig,
 }
 
 /// How stored objects are tagged for purges.

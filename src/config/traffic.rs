@@ -1,9 +1,11 @@
-//! Traffic policy sections: `[client_ip]`, `[rate_limit]` and header rules (`[headers]`,
-//! `[rules.headers]`), typed and validated.
+//! Traffic policy sections: `[client_ip]`, `[rate_limit]`, header rules (`[headers]`,
+//! `[rules.headers]`) and request hardening (`[limits]`), typed and validated.
 
 use super::error::Errors;
-use super::file::{ClientIpSection, HeaderRulesSection, HeadersSection, RateLimitSection};
-use super::validate::match_config;
+use super::file::{
+    ClientIpSection, HeaderRulesSection, HeadersSection, LimitsSection, RateLimitSection,
+};
+use super::validate::{duration, match_config, size};
 use super::MatchConfig;
 use http::{HeaderName, HeaderValue};
 use ipnet::IpNet;
@@ -173,6 +175,100 @@ pub(super) fn header_policy(
             s.response.as_ref(),
             node_name,
         ),
+    }
+}
+
+/// Request hardening: what a client may send and how slowly (nginx's `client_*` settings).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LimitsConfig {
+    /// Concurrent client connections at most; new ones beyond are closed at once.
+    pub max_connections: usize,
+    /// Time from waiting for a request (idle keep-alive included) until its header is complete;
+    /// slower clients are disconnected (slowloris).
+    pub header_timeout: Duration,
+    /// Time allowed between reads of a request body (408 when it passes).
+    pub body_timeout: Duration,
+    /// Request line plus header fields, bytes at most (431).
+    pub max_header_bytes: u64,
+    /// Header fields at most (431).
+    pub max_headers: usize,
+    /// Request target, bytes at most (414).
+    pub max_uri_bytes: u64,
+    /// Request body, bytes at most (413).
+    pub max_body_bytes: u64,
+}
+
+fn count(errs: &mut Errors, key: &str, v: Option<i64>, default: u64, max: u64) -> u64 {
+    match v {
+        None => default,
+        Some(n) if n >= 1 && (n as u64) <= max => n as u64,
+        Some(n) => {
+            errs.push(key, format!("{n} is out of range: use 1 to {max}"));
+            default
+        }
+    }
+}
+
+/// Validate `[limits]`.
+pub(super) fn limits(errs: &mut Errors, s: &LimitsSection) -> LimitsConfig {
+    let nonzero = |errs: &mut Errors, key: &str, v: u64| {
+        if v == 0 {
+            errs.push(key, "must be more than 0");
+        }
+        v
+    };
+    let max_header_bytes = size(
+        errs,
+        "limits.max_header_bytes",
+        s.max_header_bytes.as_ref(),
+        32 << 10,
+    );
+    let max_uri_bytes = size(
+        errs,
+        "limits.max_uri_bytes",
+        s.max_uri_bytes.as_ref(),
+        8 << 10,
+    );
+    let max_body_bytes = size(
+        errs,
+        "limits.max_body_bytes",
+        s.max_body_bytes.as_ref(),
+        16 << 20,
+    );
+    let header_timeout = duration(
+        errs,
+        "limits.header_timeout",
+        s.header_timeout.as_ref(),
+        Duration::from_secs(30),
+    );
+    let body_timeout = duration(
+        errs,
+        "limits.body_timeout",
+        s.body_timeout.as_ref(),
+        Duration::from_secs(60),
+    );
+    for (key, zero) in [
+        ("limits.header_timeout", header_timeout.is_zero()),
+        ("limits.body_timeout", body_timeout.is_zero()),
+    ] {
+        if zero {
+            errs.push(key, "must be more than 0");
+        }
+    }
+    LimitsConfig {
+        max_connections: count(
+            errs,
+            "limits.max_connections",
+            s.max_connections,
+            10_000,
+            10_000_000,
+        ) as usize,
+        header_timeout,
+        body_timeout,
+        max_header_bytes: nonzero(errs, "limits.max_header_bytes", max_header_bytes),
+        max_headers: count(errs, "limits.max_headers", s.max_headers, 100, 10_000) as usize,
+        max_uri_bytes: nonzero(errs, "limits.max_uri_bytes", max_uri_bytes),
+        max_body_bytes,
     }
 }
 

@@ -32,7 +32,12 @@ pub(super) fn apply_overrides(file: &mut FileConfig, o: &Overrides) {
     }
 }
 
-fn duration(errs: &mut Errors, key: &str, value: Option<&String>, default: Duration) -> Duration {
+pub(super) fn duration(
+    errs: &mut Errors,
+    key: &str,
+    value: Option<&String>,
+    default: Duration,
+) -> Duration {
     match value {
         None => default,
         Some(text) => parse_duration(text).unwrap_or_else(|e| {
@@ -52,7 +57,7 @@ fn opt_duration(errs: &mut Errors, key: &str, value: Option<&String>) -> Option<
     })
 }
 
-fn size(errs: &mut Errors, key: &str, value: Option<&SizeValue>, default: u64) -> u64 {
+pub(super) fn size(errs: &mut Errors, key: &str, value: Option<&SizeValue>, default: u64) -> u64 {
     match value {
         None => default,
         Some(v) => parse_size(v).unwrap_or_else(|e| {
@@ -314,6 +319,7 @@ pub(super) fn validate(f: FileConfig, path: &Path) -> Result<Config, ConfigError
         errs.push("purge.lurker_interval", "must be more than 0");
     }
     let client_ip = traffic::client_ip(&mut errs, &f.client_ip);
+    let limits = traffic::limits(&mut errs, &f.limits);
     let headers = traffic::header_policy(&mut errs, "headers", &f.headers, &node.name);
     let rate_limit = traffic::rate_limit(&mut errs, &f.rate_limit);
     let purge = PurgeConfig {
@@ -328,6 +334,7 @@ pub(super) fn validate(f: FileConfig, path: &Path) -> Result<Config, ConfigError
         });
     }
     Ok(Config {
+        limits,
         headers,
         client_ip,
         rate_limit,

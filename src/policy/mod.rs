@@ -1,6 +1,8 @@
 //! Traffic policy applied on the request path: who the client is behind proxies, request rate
-//! limits, and header rules.
+//! limits, header rules, and request hardening.
 
 pub mod client_ip;
+pub mod connections;
+pub mod hardening;
 pub mod headers;
 pub mod ratelimit;

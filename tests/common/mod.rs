@@ -227,3 +227,31 @@ pub fn wait_metric(
         std::thread::sleep(std::time::Duration::from_millis(100));
     }
 }
+
+/// Sends `bytes` on a new connection to `node` and returns what comes back up to the end of
+/// the first response head (or until the connection closes or 3 s pass).
+pub fn raw(node: &Node, bytes: &[u8]) -> String {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(node.addr()).expect("connect");
+    s.set_read_timeout(Some(std::time::Duration::from_secs(3)))
+        .unwrap();
+    let _ = s.write_all(bytes);
+    let mut out = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        match s.read(&mut buf) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => out.extend_from_slice(&buf[..n]),
+        }
+        if out.windows(4).any(|w| w == b"\r\n\r\n") && out.len() > 12 {
+            // one response head is enough for these checks
+            break;
+        }
+    }
+    String::from_utf8_lossy(&out).to_string()
+}
+
+/// The status code of a raw response.
+pub fn status_of(resp: &str) -> Option<u16> {
+    resp.split_whitespace().nth(1).and_then(|s| s.parse().ok())
+}

@@ -1,0 +1,253 @@
+//! Request hardening, black-box: size limits (414, 431, 413 declared and chunked), request
+//! smuggling attempts (400/501, nothing reaches the origin), slow clients (header deadline,
+//! body timeout 408), the connection limit, and hop-by-hop fields stripped both ways.
+mod common;
+
+use common::*;
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::time::{Duration, Instant};
+
+const LIMITS: &str = r#"
+[limits]
+max_uri_bytes = 100
+max_headers = 20
+max_header_bytes = "2KiB"
+max_body_bytes = "1KiB"
+header_timeout = "1s"
+body_timeout = "1s"
+max_connections = 3
+"#;
+
+fn node() -> (TestOrigin, Node) {
+    let origin = TestOrigin::start();
+    origin.set("/a", Reply::ok("a").header("Cache-Control", "max-age=60"));
+    origin.set("/post", Reply::ok("posted"));
+    let node = NodeConfig::new(&origin.url()).extra(LIMITS).start();
+    (origin, node)
+}
+
+fn rejected(node: &Node, reason: &str) -> f64 {
+    metric_sum(
+        &node.metrics(),
+        "outpost_rejected_requests_total",
+        &[("reason", reason)],
+    )
+}
+
+/// Whether the server closed `s` within `limit` (reading until EOF or an error).
+fn closed_within(s: &mut TcpStream, limit: Duration) -> bool {
+    s.set_read_timeout(Some(limit)).expect("timeout");
+    let mut buf = [0u8; 1024];
+    let start = Instant::now();
+    loop {
+        match s.read(&mut buf) {
+            Ok(0) => return true,
+            Ok(_) => continue,
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => return true,
+            Err(_) => return start.elapsed() < limit,
+        }
+    }
+}
+
+#[test]
+fn oversized_requests_get_their_status_and_never_reach_the_origin() {
+    let (origin, node) = node();
+    let long = format!("/a?{}", "x".repeat(120));
+    assert_eq!(get(&node, &long).status, 414);
+    let many: Vec<(String, String)> = (0..25).map(|i| (format!("X-H{i}"), "v".into())).collect();
+    let many: Vec<(&str, &str)> = many.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    assert_eq!(get_with(&node, "/a", &many).status, 431);
+    let big = "v".repeat(3000);
+    assert_eq!(
+        get_with(&node, "/a", &[("X-Big", big.as_str())]).status,
+        431
+    );
+    let r = node
+        .client()
+        .post(node.url("/post"))
+        .body(vec![b'x'; 2000])
+        .send()
+        .expect("POST");
+    assert_eq!(r.status().as_u16(), 413);
+    assert_eq!(
+        origin.total_hits(),
+        0,
+        "a refused request reached the origin"
+    );
+    // a chunked body that grows past the limit
+    let mut req = b"POST /post HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n".to_vec();
+    for _ in 0..3 {
+        req.extend_from_slice(b"200\r\n");
+        req.extend_from_slice(&[b'y'; 0x200]);
+        req.extend_from_slice(b"\r\n");
+    }
+    req.extend_from_slice(b"0\r\n\r\n");
+    let resp = raw(&node, &req);
+    assert_eq!(status_of(&resp), Some(413), "{resp}");
+    for reason in [
+        "uri_too_long",
+        "too_many_headers",
+        "header_too_large",
+        "body_too_large",
+    ] {
+        assert!(rejected(&node, reason) >= 1.0, "{reason} not counted");
+    }
+    assert!(node.log().contains("request refused"), "no log line");
+    assert_eq!(get(&node, "/a").status, 200, "the node still serves");
+}
+
+#[test]
+fn smuggling_attempts_are_refused_before_the_origin() {
+    let (origin, node) = node();
+    for (req, status) in [
+        (&b"POST /post HTTP/1.1\r\nHost: x\r\nContent-Length: 4\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\nGET /smuggled HTTP/1.1\r\nHost: x\r\n\r\n"[..], 400),
+        (b"POST /post HTTP/1.1\r\nHost: x\r\nContent-Length: 4\r\nContent-Length: 40\r\n\r\nabcdGET /smuggled HTTP/1.1\r\nHost: x\r\n\r\n", 400),
+        (b"POST /post HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: gzip, chunked\r\n\r\n0\r\n\r\n", 501),
+    ] {
+        let resp = raw(&node, req);
+        assert_eq!(status_of(&resp), Some(status), "{resp}");
+        assert!(resp.to_ascii_lowercase().contains("connection: close"), "{resp}");
+    }
+    std::thread::sleep(Duration::from_millis(200));
+    assert_eq!(origin.hits("/smuggled"), 0);
+    assert_eq!(origin.hits("/post"), 0);
+    // (differing Content-Lengths are refused by Pingora's parser, before any hook can count)
+    assert!(rejected(&node, "conflicting_framing") >= 1.0);
+    assert!(rejected(&node, "bad_transfer_encoding") >= 1.0);
+    let r = get_with(&node, "/a", &[("Content-Length", "abc")]);
+    assert_eq!(r.status, 400);
+}
+
+#[test]
+fn a_header_trickled_past_its_deadline_is_cut_off_and_a_stalled_body_gets_408() {
+    let (origin, node) = node();
+    let mut s = TcpStream::connect(node.addr()).expect("connect");
+    s.write_all(b"GET /a HTTP/1.1\r\nHost: x\r\n")
+        .expect("write");
+    // one header byte every 200 ms: each read is quick, the header never completes
+    let dripper = {
+        let mut s = s.try_clone().expect("clone");
+        std::thread::spawn(move || {
+            for _ in 0..50 {
+                if s.write_all(b"X").is_err() {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(200));
+            }
+        })
+    };
+    assert!(
+        closed_within(&mut s, Duration::from_secs(8)),
+        "a trickled header kept its connection"
+    );
+    let _ = dripper.join();
+    assert!(rejected(&node, "header_timeout") >= 1.0);
+
+    let mut s = TcpStream::connect(node.addr()).expect("connect");
+    s.write_all(b"POST /post HTTP/1.1\r\nHost: x\r\nContent-Length: 10\r\n\r\nab")
+        .expect("write");
+    s.set_read_timeout(Some(Duration::from_secs(8)))
+        .expect("timeout");
+    let mut buf = vec![0u8; 4096];
+    let n = s.read(&mut buf).unwrap_or(0);
+    let resp = String::from_utf8_lossy(&buf[..n]).to_string();
+    assert_eq!(status_of(&resp), Some(408), "{resp}");
+    assert!(rejected(&node, "body_timeout") >= 1.0);
+    assert_eq!(get(&node, "/a").status, 200);
+    drop(origin);
+}
+
+#[test]
+fn connections_beyond_the_limit_are_closed_and_slots_come_back() {
+    let (_origin, node) = node();
+    // three idle connections take every slot
+    let idle: Vec<TcpStream> = (0..3)
+        .map(|_| TcpStream::connect(node.addr()).expect("connect"))
+        .collect();
+    std::thread::sleep(Duration::from_millis(200));
+    let mut fourth = TcpStream::connect(node.addr()).expect("the kernel still accepts");
+    let _ = fourth.write_all(b"GET /a HTTP/1.1\r\nHost: x\r\n\r\n");
+    assert!(
+        closed_within(&mut fourth, Duration::from_secs(3)),
+        "a connection beyond max_connections was served"
+    );
+    assert!(rejected(&node, "max_connections") >= 1.0);
+    drop(idle);
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(get(&node, "/a").status, 200, "slots are given back");
+}
+
+#[test]
+fn hop_by_hop_fields_are_not_forwarded_either_way() {
+    let origin = TestOrigin::start();
+    origin.set(
+        "/h",
+        Reply::ok("h")
+            .header("Cache-Control", "max-age=60")
+            .header("Keep-Alive", "timeout=5")
+            .header("Proxy-Connection", "keep-alive"),
+    );
+    let node = NodeConfig::new(&origin.url()).start();
+    let r = get_with(
+        &node,
+        "/h",
+        &[
+            ("Connection", "keep-alive, X-Secret"),
+            ("X-Secret", "1"),
+            ("Keep-Alive", "timeout=5"),
+            ("TE", "trailers"),
+        ],
+    );
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert!(r.header("keep-alive").is_none());
+    assert!(r.header("proxy-connection").is_none());
+    let seen = &origin.requests("/h")[0];
+    assert!(
+        seen.header("x-secret").is_none(),
+        "Connection-listed field forwarded"
+    );
+    assert!(seen.header("keep-alive").is_none());
+    assert!(seen.header("te").is_none());
+    assert!(seen.header("x-forwarded-for").is_some());
+    // naming a field the proxy adds does not drop it (or the request is refused outright)
+    origin.set("/h2", Reply::ok("h2"));
+    let r = get_with(&node, "/h2", &[("Connection", "close, X-Forwarded-For")]);
+    if r.status == 200 {
+        assert!(origin.requests("/h2")[0]
+            .header("x-forwarded-for")
+            .is_some());
+    } else {
+        assert_eq!(r.status, 400);
+    }
+    // stored without them: a hit is clean too
+    let hit = get(&node, "/h");
+    assert_hit(&hit, "stored");
+    assert!(hit.header("keep-alive").is_none());
+}
+
+#[test]
+fn bad_limits_are_errors_naming_the_key() {
+    for (extra, key) in [
+        ("[limits]\nmax_connections = 0", "limits.max_connections"),
+        ("[limits]\nheader_timeout = \"0s\"", "limits.header_timeout"),
+        (
+            "[limits]\nmax_body_bytes = \"lots\"",
+            "limits.max_body_bytes",
+        ),
+        ("[limits]\nmax_uri_bytes = 0", "limits.max_uri_bytes"),
+        ("[limits]\nmax_header = 5", "max_header"),
+    ] {
+        let out = run_check(
+            &NodeConfig::new("http://127.0.0.1:9")
+                .extra(extra)
+                .config_text(),
+        );
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{extra}: accepted");
+        assert!(
+            err.contains(key),
+            "{extra}: error does not name {key}: {err}"
+        );
+    }
+}
