@@ -164,8 +164,13 @@ impl OutpostProxy {
         resp.insert_header(header::CONTENT_LENGTH, body.len().to_string())?;
         resp.insert_header(header::CACHE_CONTROL, "no-store")?;
         session.set_keepalive(None);
-        session.write_response_header(Box::new(resp), false).await?;
-        session.write_response_body(Some(body), true).await?;
+        let head_only = session.req_header().method == Method::HEAD;
+        session
+            .write_response_header(Box::new(resp), head_only)
+            .await?;
+        if !head_only {
+            session.write_response_body(Some(body), true).await?;
+        }
         Ok(())
     }
 

@@ -55,6 +55,9 @@ fn oversized_requests_get_their_status_and_never_reach_the_origin() {
     let (origin, node) = node();
     let long = format!("/a?{}", "x".repeat(120));
     assert_eq!(get(&node, &long).status, 414);
+    let head = request_with(&node, "HEAD", &long, &[]);
+    assert_eq!(head.status, 414);
+    assert!(head.body.is_empty(), "a body in an answer to HEAD");
     let many: Vec<(String, String)> = (0..25).map(|i| (format!("X-H{i}"), "v".into())).collect();
     let many: Vec<(&str, &str)> = many.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
     assert_eq!(get_with(&node, "/a", &many).status, 431);
