@@ -135,6 +135,30 @@ pub struct PolicyMetrics {
     pub rate_limited: IntCounterVec,
     /// Requests and connections refused by the hardening limits, by reason.
     pub rejected: IntCounterVec,
+    /// Responses this node compressed (each once, before storing), by encoding.
+    pub compressed: IntCounterVec,
+    /// Bytes of those responses as the origin sent them (when it said), by encoding.
+    pub compression_in: IntCounterVec,
+    /// Bytes of those responses once encoded, by encoding.
+    pub compression_out: IntCounterVec,
+}
+
+impl PolicyMetrics {
+    /// Count a response compressed into `encoding`.
+    pub fn compressed(&self, encoding: &str) {
+        self.compressed.with_label_values(&[encoding]).inc();
+    }
+
+    /// Count `out` encoded bytes of a response compressed into `encoding`; at its end, the
+    /// origin's length `origin_len` if it was known.
+    pub fn compression_bytes(&self, encoding: &str, out: u64, origin_len: Option<u64>) {
+        self.compression_out
+            .with_label_values(&[encoding])
+            .inc_by(out);
+        if let Some(n) = origin_len {
+            self.compression_in.with_label_values(&[encoding]).inc_by(n);
+        }
+    }
 }
 
 /// The node's metrics.
@@ -414,6 +438,27 @@ impl Metrics {
                 ),
                 &["limit"],
             )?,
+            compressed: IntCounterVec::new(
+                Opts::new(
+                    "outpost_compressed_responses_total",
+                    "Responses this node compressed before storing them (hits are never recompressed), by encoding",
+                ),
+                &["encoding"],
+            )?,
+            compression_in: IntCounterVec::new(
+                Opts::new(
+                    "outpost_compression_bytes_in_total",
+                    "Bytes of compressed responses as the origin sent them (when it gave a length), by encoding",
+                ),
+                &["encoding"],
+            )?,
+            compression_out: IntCounterVec::new(
+                Opts::new(
+                    "outpost_compression_bytes_out_total",
+                    "Bytes of compressed responses once encoded, by encoding",
+                ),
+                &["encoding"],
+            )?,
             rejected: IntCounterVec::new(
                 Opts::new(
                     "outpost_rejected_requests_total",
@@ -431,6 +476,16 @@ impl Metrics {
             policy.rejected.with_label_values(&[reason]);
         }
         registry.register(Box::new(policy.rejected.clone()))?;
+        for c in [
+            &policy.compressed,
+            &policy.compression_in,
+            &policy.compression_out,
+        ] {
+            for encoding in ["br", "gzip"] {
+                c.with_label_values(&[encoding]);
+            }
+            registry.register(Box::new(c.clone()))?;
+        }
         Ok(Metrics {
             policy,
             registry,

@@ -5,10 +5,12 @@ use crate::cache::request::RequestDirectives;
 use crate::cache::status::{CacheStatus, Forward};
 use crate::cache::vary;
 use crate::cache::{entry, freshness, ranges};
+use crate::config::Encoding;
 use crate::metrics::{label_index, RevalidationOutcome, StaleReason};
 use crate::node::Node;
 use crate::node::Routing;
 use crate::policy::client_ip::client_ip;
+use crate::policy::compression;
 use crate::policy::connections;
 use crate::policy::hardening::{self, Rejection};
 use crate::policy::headers::{self, Via};
@@ -25,6 +27,7 @@ use pingora_cache::{
     CacheKey, CacheMeta, CacheOptionOverrides, CachePhase, ForcedFreshness, HitHandler,
     NoCacheReason, RespCacheable,
 };
+use pingora_core::protocols::http::compression::Algorithm;
 use pingora_core::upstreams::peer::HttpPeer;
 use pingora_error::{Error, ErrorSource, ErrorType, Result};
 use pingora_http::{RequestHeader, ResponseHeader};
@@ -84,6 +87,15 @@ pub struct RequestCtx {
     refused: bool,
     /// Request body bytes received so far.
     body_bytes: u64,
+    /// The encoding negotiated for this client (compression on).
+    encoding: Option<Encoding>,
+    /// This response is one the node compresses (by type and size): it varies on
+    /// `Accept-Encoding` whatever this client got.
+    compressible: bool,
+    /// The node encoded this response body: (encoding, the origin's Content-Length if known).
+    compressing: Option<(Encoding, Option<u64>)>,
+    /// The origin's `Content-Encoding` header was present.
+    origin_encoded: bool,
 }
 
 impl RequestCtx {
@@ -104,6 +116,29 @@ fn total_timeout_error() -> Box<Error> {
         "origin fetch exceeded total_timeout",
     )
     .into_up()
+}
+
+/// Add `field` to `resp`'s `Vary` unless it is there (or `*` is).
+fn add_vary(resp: &mut ResponseHeader, field: &str) -> Result<()> {
+    let present: Vec<String> = resp
+        .headers
+        .get_all(header::VARY)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(|f| f.trim().to_ascii_lowercase())
+        .filter(|f| !f.is_empty())
+        .collect();
+    if present.iter().any(|f| f == field || f == "*") {
+        return Ok(());
+    }
+    let value = if present.is_empty() {
+        field.to_string()
+    } else {
+        format!("{}, {field}", present.join(", "))
+    };
+    resp.insert_header(header::VARY, value)?;
+    Ok(())
 }
 
 fn is_safe(method: &Method) -> bool {
@@ -149,6 +184,17 @@ fn seconds_between(later: SystemTime, earlier: SystemTime) -> i64 {
 
 impl OutpostProxy {
     /// What the cache did for this request, from the cache phase and what the hooks saw.
+    /// The encoding negotiated for `req` when compression is on.
+    fn negotiated(&self, req: &RequestHeader) -> Option<Encoding> {
+        let c = &self.node.config.compression;
+        c.enabled.then(|| {
+            compression::negotiate(
+                req.headers.get_all(header::ACCEPT_ENCODING).iter(),
+                &c.encodings,
+            )
+        })
+    }
+
     /// Answer a request refused by the hardening checks (and close the connection: its framing
     /// may not be what the client meant).
     async fn reject(
@@ -419,6 +465,10 @@ impl ProxyHttp for OutpostProxy {
             limits: Vec::new(),
             refused: false,
             body_bytes: 0,
+            encoding: None,
+            compressible: false,
+            compressing: None,
+            origin_encoded: false,
         }
     }
 
@@ -627,7 +677,8 @@ impl ProxyHttp for OutpostProxy {
         ctx: &mut RequestCtx,
         req: &RequestHeader,
     ) -> Option<HashBinary> {
-        let variance = vary::variance(meta.headers(), req);
+        let encoding = self.negotiated(req);
+        let variance = vary::variance(meta.headers(), req, encoding.map(Encoding::token));
         if variance.is_some() {
             ctx.vary_seen = true;
         }
@@ -759,6 +810,53 @@ impl ProxyHttp for OutpostProxy {
         }
         headers::apply_request(&ctx.routing.headers.request, upstream)?;
         headers::apply_request(&ctx.rule().config.headers.request, upstream)?;
+        if let Some(encoding) = self.negotiated(session.req_header()) {
+            // the origin is asked for this client's variant only; what it cannot encode,
+            // Pingora's upstream compression does before the body is stored
+            upstream.insert_header(header::ACCEPT_ENCODING, encoding.token())?;
+            ctx.encoding = Some(encoding);
+            let c = &self.node.config.compression;
+            let module = &mut session.upstream_compression;
+            module.adjust_algorithm_level(Algorithm::Brotli, c.brotli_level);
+            module.adjust_algorithm_level(Algorithm::Gzip, c.gzip_level);
+            module.adjust_decompression(true);
+        }
+        Ok(())
+    }
+
+    async fn adjust_upstream_modules(
+        &self,
+        session: &mut Session,
+        resp: &ResponseHeader,
+        _end_of_stream: bool,
+        ctx: &mut RequestCtx,
+    ) -> Result<()> {
+        let Some(encoding) = ctx.encoding else {
+            return Ok(());
+        };
+        if resp.status.is_informational() {
+            return Ok(());
+        }
+        let module = &mut session.upstream_compression;
+        ctx.origin_encoded = resp.headers.contains_key(header::CONTENT_ENCODING);
+        if resp.status != StatusCode::OK {
+            // no transformation of partial, error or redirect bodies
+            module.adjust_level(0);
+            module.adjust_decompression(false);
+            return Ok(());
+        }
+        ctx.compressible = compression::eligible(&self.node.config.compression, resp);
+        if !ctx.compressible {
+            // decoding for a client that cannot read the origin's encoding stays on
+            module.adjust_level(0);
+        } else if !ctx.origin_encoded && encoding != Encoding::Identity {
+            let length = resp
+                .headers
+                .get(header::CONTENT_LENGTH)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.trim().parse().ok());
+            ctx.compressing = Some((encoding, length));
+        }
         Ok(())
     }
 
@@ -775,6 +873,21 @@ impl ProxyHttp for OutpostProxy {
         // fields about the origin's connection are neither stored nor passed on
         for name in hardening::hop_by_hop(&resp.headers) {
             resp.remove_header(&name);
+        }
+        if ctx.compressible || ctx.origin_encoded {
+            // every variant of it (identity too) depends on what the client accepts
+            add_vary(resp, "accept-encoding")?;
+        }
+        if let Some((encoding, _)) = ctx.compressing {
+            let produced = resp.headers.get(header::CONTENT_ENCODING).is_some_and(|v| {
+                v.as_bytes()
+                    .eq_ignore_ascii_case(encoding.token().as_bytes())
+            });
+            if produced {
+                self.node.metrics.policy.compressed(encoding.token());
+            } else {
+                ctx.compressing = None;
+            }
         }
         if let Some(origin) = ctx.origin() {
             if matches!(status, 500 | 502 | 503 | 504) {
@@ -807,10 +920,26 @@ impl ProxyHttp for OutpostProxy {
     fn upstream_response_body_filter(
         &self,
         _session: &mut Session,
-        _body: &mut Option<Bytes>,
-        _end_of_stream: bool,
+        body: &mut Option<Bytes>,
+        end_of_stream: bool,
         ctx: &mut RequestCtx,
     ) -> Result<Option<Duration>> {
+        if let Some((encoding, origin_len)) = ctx.compressing {
+            if end_of_stream && encoding == Encoding::Brotli {
+                // Pingora's brotli encoder ends with a flush, not a finished stream (strict
+                // decoders refuse it); after a flush the stream is byte-aligned, and one empty
+                // last meta-block (ISLAST, ISLASTEMPTY: 0x03) ends it properly
+                let mut last = body.take().map(Vec::from).unwrap_or_default();
+                last.push(0x03);
+                *body = Some(Bytes::from(last));
+            }
+            let out = body.as_ref().map_or(0, |b| b.len() as u64);
+            self.node.metrics.policy.compression_bytes(
+                encoding.token(),
+                out,
+                end_of_stream.then_some(origin_len).flatten(),
+            );
+        }
         if let (Some(origin), Some(start)) = (ctx.origin(), ctx.origin_start) {
             if origin.past_total_timeout(start) {
                 origin.record_failure();

@@ -280,14 +280,35 @@ pub fn build_meta(resp: &ResponseHeader, decision: &Decision, now: SystemTime) -
 }
 
 /// The stored header updated with the fields of a 304 (RFC 9111 4.3.4 / 3.2): every field of
-/// the 304 replaces the stored one, except `Content-Length` and fields never stored.
+/// the 304 replaces the stored one, except `Content-Length` and fields never stored. A variant
+/// this node encoded keeps its weak `ETag` (the origin's 304 names the strong tag of the
+/// unencoded body) and its `Vary: Accept-Encoding`.
 pub fn merge_not_modified(stored: &ResponseHeader, not_modified: &HeaderMap) -> ResponseHeader {
     let mut merged = stored.clone();
+    let stored_etag = stored.headers.get(http::header::ETAG).cloned();
+    let weakened = |strong: &http::HeaderValue| {
+        stored_etag
+            .as_ref()
+            .is_some_and(|w| w.as_bytes().strip_prefix(b"W/") == Some(strong.as_bytes()))
+    };
+    let varies_on_encoding = |h: &HeaderMap| {
+        h.get_all(http::header::VARY)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .any(|f| f.trim().eq_ignore_ascii_case("accept-encoding"))
+    };
     for name in not_modified.keys() {
         let n = name.as_str();
         if HOP_BY_HOP.contains(&n)
             || matches!(n, "content-length" | "content-range" | "transfer-encoding")
         {
+            continue;
+        }
+        if n == "etag" && not_modified.get(name).is_some_and(weakened) {
+            continue;
+        }
+        if n == "vary" && varies_on_encoding(&stored.headers) && !varies_on_encoding(not_modified) {
             continue;
         }
         merged.remove_header(name);

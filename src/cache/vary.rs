@@ -10,8 +10,10 @@ use pingora_http::{HMap, RequestHeader};
 /// The variance of `req` for the stored response headers `stored`, or `None` without `Vary`.
 ///
 /// Field names are compared case-insensitively and each field counts once; an absent request
-/// field and an empty one are treated alike (RFC 9111 4.1 allows normalisation).
-pub fn variance(stored: &HMap, req: &RequestHeader) -> Option<HashBinary> {
+/// field and an empty one are treated alike (RFC 9111 4.1 allows normalisation). With
+/// `encoding`, `Accept-Encoding` is normalised to it: the encoding negotiated for the request,
+/// so that clients whose lists differ but get the same encoding share one variant.
+pub fn variance(stored: &HMap, req: &RequestHeader, encoding: Option<&str>) -> Option<HashBinary> {
     let mut vary = stored.get_all(header::VARY).iter().peekable();
     vary.peek()?;
     let mut names: Vec<String> = vary
@@ -27,6 +29,10 @@ pub fn variance(stored: &HMap, req: &RequestHeader) -> Option<HashBinary> {
     names.dedup();
     let mut builder = VarianceBuilder::new();
     for name in names {
+        if let (Some(token), "accept-encoding") = (encoding, name.as_str()) {
+            builder.add_owned_name_value(name, token.as_bytes().to_vec());
+            continue;
+        }
         let mut value = Vec::new();
         for (i, v) in req.headers.get_all(name.as_str()).iter().enumerate() {
             if i > 0 {
@@ -51,6 +57,10 @@ mod tests {
         r
     }
 
+    fn variance_(s: &HMap, r: &RequestHeader) -> Option<HashBinary> {
+        variance(s, r, None)
+    }
+
     fn stored(vary: &str) -> HMap {
         let mut m = HMap::new();
         m.insert(header::VARY, vary.parse().unwrap());
@@ -60,8 +70,8 @@ mod tests {
     #[test]
     fn same_vary_values_share_a_variant_and_different_ones_do_not() {
         let s = stored("Accept-Encoding, X-Lang");
-        let a = variance(&s, &req(&[("accept-encoding", "gzip"), ("x-lang", "en")]));
-        let b = variance(
+        let a = variance_(&s, &req(&[("accept-encoding", "gzip"), ("x-lang", "en")]));
+        let b = variance_(
             &s,
             &req(&[
                 ("accept-encoding", "gzip"),
@@ -69,7 +79,7 @@ mod tests {
                 ("other", "1"),
             ]),
         );
-        let c = variance(&s, &req(&[("accept-encoding", "br"), ("x-lang", "en")]));
+        let c = variance_(&s, &req(&[("accept-encoding", "br"), ("x-lang", "en")]));
         assert!(a.is_some());
         assert_eq!(a, b);
         assert_ne!(a, c);
@@ -77,11 +87,25 @@ mod tests {
 
     #[test]
     fn no_vary_means_no_variance_and_field_case_is_ignored() {
-        assert_eq!(variance(&HMap::new(), &req(&[])), None);
+        assert_eq!(variance_(&HMap::new(), &req(&[])), None);
         let r = req(&[("x-lang", "en")]);
         assert_eq!(
-            variance(&stored("X-LANG"), &r),
-            variance(&stored("x-lang"), &r)
+            variance_(&stored("X-LANG"), &r),
+            variance_(&stored("x-lang"), &r)
         );
+    }
+
+    #[test]
+    fn a_negotiated_encoding_stands_for_accept_encoding() {
+        let s = stored("Accept-Encoding");
+        let a = variance(&s, &req(&[("accept-encoding", "gzip, br")]), Some("br"));
+        let b = variance(
+            &s,
+            &req(&[("accept-encoding", "br;q=1, *;q=0.1")]),
+            Some("br"),
+        );
+        let c = variance(&s, &req(&[("accept-encoding", "gzip, br")]), Some("gzip"));
+        assert_eq!(a, b);
+        assert_ne!(a, c);
     }
 }

@@ -170,6 +170,18 @@ pub(super) fn describe(c: &Config) -> String {
         l.max_uri_bytes,
         l.max_body_bytes
     );
+    let z = &c.compression;
+    let encodings: Vec<&str> = z.encodings.iter().map(|e| e.token()).collect();
+    let _ = writeln!(
+        o,
+        "[compression]\nenabled = {}\nencodings = {}\ntypes = {}\nmin_size = {}\nbrotli_level = {}\ngzip_level = {}\n",
+        z.enabled,
+        list(&encodings),
+        list(&z.types),
+        z.min_size,
+        z.brotli_level,
+        z.gzip_level
+    );
     describe_traffic(c, &mut o);
     describe_headers(&mut o, "headers", &c.headers);
     let _ = writeln!(o);

@@ -46,6 +46,27 @@ pub struct FileConfig {
     /// `[limits]`: request hardening.
     #[serde(default)]
     pub limits: LimitsSection,
+    /// `[compression]`: response compression.
+    #[serde(default)]
+    pub compression: CompressionSection,
+}
+
+/// `[compression]`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CompressionSection {
+    /// Compress at all.
+    pub enabled: Option<bool>,
+    /// Encodings produced, in preference order ("br", "gzip").
+    pub encodings: Option<Vec<String>>,
+    /// Media types compressed ("text/*", "application/json").
+    pub types: Option<Vec<String>>,
+    /// Smallest body compressed, when its length is known.
+    pub min_size: Option<SizeValue>,
+    /// Brotli quality, 0-11.
+    pub brotli_level: Option<i64>,
+    /// gzip level, 1-9.
+    pub gzip_level: Option<i64>,
 }
 
 /// `[limits]`.

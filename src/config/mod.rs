@@ -10,8 +10,8 @@ mod validate;
 
 pub use error::{ConfigError, FieldError};
 pub use traffic::{
-    ClientIpConfig, ForwardedHeader, HeaderPolicy, HeaderRules, LimitKey, LimitRule, LimitsConfig,
-    RateLimitConfig,
+    ClientIpConfig, CompressionConfig, Encoding, ForwardedHeader, HeaderPolicy, HeaderRules,
+    LimitKey, LimitRule, LimitsConfig, RateLimitConfig,
 };
 pub use units::{parse_duration, parse_size};
 
@@ -51,6 +51,8 @@ pub struct Config {
     pub headers: HeaderPolicy,
     /// Request hardening.
     pub limits: LimitsConfig,
+    /// Response compression.
+    pub compression: CompressionConfig,
 }
 
 /// How stored objects are tagged for purges.

@@ -1,9 +1,10 @@
 //! Traffic policy sections: `[client_ip]`, `[rate_limit]`, header rules (`[headers]`,
-//! `[rules.headers]`) and request hardening (`[limits]`), typed and validated.
+//! `[rules.headers]`), request hardening (`[limits]`) and `[compression]`, typed and validated.
 
 use super::error::Errors;
 use super::file::{
-    ClientIpSection, HeaderRulesSection, HeadersSection, LimitsSection, RateLimitSection,
+    ClientIpSection, CompressionSection, HeaderRulesSection, HeadersSection, LimitsSection,
+    RateLimitSection,
 };
 use super::validate::{duration, match_config, size};
 use super::MatchConfig;
@@ -269,6 +270,120 @@ pub(super) fn limits(errs: &mut Errors, s: &LimitsSection) -> LimitsConfig {
         max_headers: count(errs, "limits.max_headers", s.max_headers, 100, 10_000) as usize,
         max_uri_bytes: nonzero(errs, "limits.max_uri_bytes", max_uri_bytes),
         max_body_bytes,
+    }
+}
+
+/// A content coding this node produces.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Encoding {
+    /// `br` (RFC 7932).
+    Brotli,
+    /// `gzip`.
+    Gzip,
+    /// No coding.
+    Identity,
+}
+
+impl Encoding {
+    /// The `Content-Encoding` / `Accept-Encoding` token.
+    pub fn token(self) -> &'static str {
+        match self {
+            Encoding::Brotli => "br",
+            Encoding::Gzip => "gzip",
+            Encoding::Identity => "identity",
+        }
+    }
+}
+
+/// Response compression: which responses, which encodings, how hard.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CompressionConfig {
+    /// Compress at all.
+    pub enabled: bool,
+    /// Encodings produced, in preference order (ties of the client's q-values).
+    pub encodings: Vec<Encoding>,
+    /// Media types compressed: `type/subtype` or `type/*`, lowercase.
+    pub types: Vec<String>,
+    /// Bodies shorter than this (when their length is known) are not compressed.
+    pub min_size: u64,
+    /// Brotli quality (0-11).
+    pub brotli_level: u32,
+    /// gzip level (1-9).
+    pub gzip_level: u32,
+}
+
+/// The media types compressed unless `compression.types` says otherwise.
+pub const DEFAULT_COMPRESSIBLE: &[&str] = &[
+    "text/*",
+    "application/json",
+    "application/javascript",
+    "application/xml",
+    "application/xhtml+xml",
+    "application/rss+xml",
+    "application/atom+xml",
+    "application/manifest+json",
+    "application/ld+json",
+    "application/wasm",
+    "image/svg+xml",
+    "image/x-icon",
+    "font/ttf",
+    "font/otf",
+];
+
+/// Validate `[compression]`.
+pub(super) fn compression(errs: &mut Errors, s: &CompressionSection) -> CompressionConfig {
+    let mut encodings = Vec::new();
+    for (i, e) in s
+        .encodings
+        .clone()
+        .unwrap_or_else(|| vec!["br".into(), "gzip".into()])
+        .iter()
+        .enumerate()
+    {
+        match e.to_ascii_lowercase().as_str() {
+            "br" => encodings.push(Encoding::Brotli),
+            "gzip" => encodings.push(Encoding::Gzip),
+            _ => errs.push(
+                format!("compression.encodings[{i}]"),
+                format!("unknown encoding {e:?}: use \"br\" or \"gzip\""),
+            ),
+        }
+    }
+    let mut types = Vec::new();
+    match &s.types {
+        None => types.extend(DEFAULT_COMPRESSIBLE.iter().map(|t| t.to_string())),
+        Some(list) => {
+            for (i, t) in list.iter().enumerate() {
+                let t = t.trim().to_ascii_lowercase();
+                let valid = t
+                    .split_once('/')
+                    .is_some_and(|(a, b)| !a.is_empty() && !b.is_empty() && !a.contains('*'));
+                if valid {
+                    types.push(t);
+                } else {
+                    errs.push(
+                        format!("compression.types[{i}]"),
+                        format!("{t:?} is not a media type like \"text/html\" or \"text/*\""),
+                    );
+                }
+            }
+        }
+    }
+    let level = |errs: &mut Errors, key: &str, v: Option<i64>, default: u32, max: i64| match v {
+        None => default,
+        Some(n) if (0..=max).contains(&n) => n as u32,
+        Some(n) => {
+            errs.push(key, format!("{n} is out of range: use 0 to {max}"));
+            default
+        }
+    };
+    CompressionConfig {
+        enabled: s.enabled.unwrap_or(true),
+        encodings,
+        types,
+        min_size: size(errs, "compression.min_size", s.min_size.as_ref(), 1024),
+        brotli_level: level(errs, "compression.brotli_level", s.brotli_level, 5, 11),
+        gzip_level: level(errs, "compression.gzip_level", s.gzip_level, 6, 9).max(1),
     }
 }
 

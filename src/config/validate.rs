@@ -320,6 +320,7 @@ pub(super) fn validate(f: FileConfig, path: &Path) -> Result<Config, ConfigError
     }
     let client_ip = traffic::client_ip(&mut errs, &f.client_ip);
     let limits = traffic::limits(&mut errs, &f.limits);
+    let compression = traffic::compression(&mut errs, &f.compression);
     let headers = traffic::header_policy(&mut errs, "headers", &f.headers, &node.name);
     let rate_limit = traffic::rate_limit(&mut errs, &f.rate_limit);
     let purge = PurgeConfig {
@@ -334,6 +335,7 @@ pub(super) fn validate(f: FileConfig, path: &Path) -> Result<Config, ConfigError
         });
     }
     Ok(Config {
+        compression,
         limits,
         headers,
         client_ip,

@@ -2,6 +2,7 @@
 //! limits, header rules, and request hardening.
 
 pub mod client_ip;
+pub mod compression;
 pub mod connections;
 pub mod hardening;
 pub mod headers;
