@@ -254,16 +254,6 @@ fn compression_can_be_configured_and_bad_settings_name_their_key() {
         ),
         ("[compression]\nmin_size = \"big\"", "compression.min_size"),
     ] {
-        let out = run_check(
-            &NodeConfig::new("http://127.0.0.1:9")
-                .extra(extra)
-                .config_text(),
-        );
-        let err = String::from_utf8_lossy(&out.stderr);
-        assert!(!out.status.success(), "{extra}: accepted");
-        assert!(
-            err.contains(key),
-            "{extra}: error does not name {key}: {err}"
-        );
+        assert_refused(extra, key);
     }
 }

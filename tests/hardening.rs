@@ -241,16 +241,6 @@ fn bad_limits_are_errors_naming_the_key() {
         ("[limits]\nmax_uri_bytes = 0", "limits.max_uri_bytes"),
         ("[limits]\nmax_header = 5", "max_header"),
     ] {
-        let out = run_check(
-            &NodeConfig::new("http://127.0.0.1:9")
-                .extra(extra)
-                .config_text(),
-        );
-        let err = String::from_utf8_lossy(&out.stderr);
-        assert!(!out.status.success(), "{extra}: accepted");
-        assert!(
-            err.contains(key),
-            "{extra}: error does not name {key}: {err}"
-        );
+        assert_refused(extra, key);
     }
 }

@@ -9,7 +9,9 @@ pub mod origin;
 
 pub use asserts::{assert_hit, assert_stored_miss};
 pub use disk::{files_under, object_files, stop_ok, wait_disk_objects};
-pub use node::{free_port, outpost_bin, run_check, Node, NodeConfig};
+pub use node::{
+    assert_refused, assert_refused_text, free_port, outpost_bin, run_check, Node, NodeConfig,
+};
 pub use origin::{generated_body, http_date, parse_http_date, Recorded, Reply, TestOrigin};
 
 /// The `Cache-Status` header of a response ("" if absent).

@@ -56,6 +56,28 @@ pub fn run_check(toml: &str) -> Output {
         .expect("spawn outpost check")
 }
 
+/// `outpost check` must refuse the harness configuration with `extra` appended, naming `key`.
+pub fn assert_refused(extra: &str, key: &str) {
+    assert_refused_text(
+        &NodeConfig::new("http://127.0.0.1:9")
+            .extra(extra)
+            .config_text(),
+        extra,
+        key,
+    );
+}
+
+/// `outpost check` must refuse `toml` (made with `what`), naming `key`.
+pub fn assert_refused_text(toml: &str, what: &str, key: &str) {
+    let out = run_check(toml);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{what}: accepted");
+    assert!(
+        err.contains(key),
+        "{what}: error does not name {key}: {err}"
+    );
+}
+
 fn toml_str(s: &str) -> String {
     let mut out = String::from("\"");
     for c in s.chars() {
