@@ -195,6 +195,10 @@ setup_origin() {
   head -c 1024 /dev/urandom >"$d/www/pass"
   head -c 102400 /dev/urandom >"$d/www/dbody"
   head -c 512 /dev/urandom >"$d/www/rbody"
+  # a compressible 100 KiB page: HTML-like lines with varying numbers
+  awk 'BEGIN { for (i = 0; ; i++) { line = sprintf("<li class=\"item\"><a href=\"/p/%d\">product %d</a> %d</li>\n", i, i, (i * 7919) % 1000);
+                 n += length(line); if (n > 102400) break; printf "%s", line } }' >"$d/www/page.html"
+  truncate -s 102400 "$d/www/page.html"
   chmod -R a+rX "$d/www"
   cat >"$d/nginx.conf" <<EOF
 worker_processes 1;
@@ -217,6 +221,7 @@ $(nginx_temp_paths "$d")
     location = /1k   { add_header Cache-Control "$CC_HIT"; }
     location = /100k { add_header Cache-Control "$CC_HIT"; }
     location = /pass { add_header Cache-Control "no-store"; }
+    location = /page.html { types { } default_type text/html; add_header Cache-Control "$CC_HIT"; }
     location ~ "^/k/[0-9]{1,4}\$" { add_header Cache-Control "$CC_HIT"; try_files /kbody =404; }
     location ~ "^/m/[0-9]+\$"     { add_header Cache-Control "$CC_HIT"; try_files /mbody =404; }
     location ~ "^/d/[0-9]+\$"     { add_header Cache-Control "$CC_HIT"; try_files /dbody =404; }
@@ -344,13 +349,14 @@ to_ms() { # wrk latency "1.23ms" / "512.00us" / "1.02s" / "1.00m" -> ms
 
 declare -A RPS P99 REQS CPU EFF ORIG FLAG MEM DISK OTHER TIER_D TIER_M
 FAILED=()
-SCENARIOS=(hit-1k hit-100k hit-10k-keys pass)
+SCENARIOS=(hit-1k hit-100k hit-10k-keys pass hit-page-br)
 ((DISK_OBJECTS)) && SCENARIOS+=(disk-hits)
 declare -A SC_DESC=(
   [hit-1k]="hits /1k"
   [hit-100k]="hits /100k"
   [hit-10k-keys]="hits 10k keys"
   [pass]="pass no-store"
+  [hit-page-br]="hits html br|gz"
   [disk-hits]="hits from disk"
 )
 
@@ -384,6 +390,7 @@ run_wrk() { # proxy scenario url [lua args...]
   local proxy=$1 sc=$2 url=$3; shift 3
   local out=$T/wrk-$proxy-$sc.txt lua=()
   if (($#)); then lua=(-s "$T/random_keys.lua" "$url" -- "$@"); else lua=("$url"); fi
+  [[ -n ${WRK_HEADER:-} ]] && lua=(-H "$WRK_HEADER" "${lua[@]}")
   if [[ $WARMUP != 0 && $WARMUP != 0s ]]; then
     taskset -c "$LOAD_CPU" wrk -t1 -c"$CONNECTIONS" -d"$WARMUP" "${lua[@]}" >"$T/wrk-$proxy-$sc.warmup.txt" 2>&1 || true
   fi
@@ -456,6 +463,17 @@ bench_proxy() { # proxy port
   o1=$(origin_count)
   ((o1 - o0 == 2)) || warn "$proxy: /pass: origin saw $((o1 - o0)) of 2 requests (no-store response cached?)"
   run_wrk "$proxy" pass "$base/pass"
+  # (e) a compressible 100 KiB page for clients accepting br and gzip: Outpost stores the br
+  # variant once and serves it; nginx (no brotli in Debian's nginx-light) gzips every response
+  if [[ $proxy != varnish ]]; then
+    local ae="Accept-Encoding: br, gzip" h enc
+    for _ in 1 2 3; do h=$(curl -s -D - -o /dev/null --max-time 10 -H "$ae" "$base/page.html") || true; sleep 0.05; done
+    enc=$(tr -d '\r' <<<"$h" | awk -F': *' 'tolower($1) == "content-encoding" {print $2}')
+    [[ -n $enc ]] || warn "$proxy: /page.html was not compressed for '$ae'"
+    is_hit "$proxy" "$h" || FLAG[$proxy,hit-page-br]='*'
+    log "$proxy: /page.html served as ${enc:-identity} ($(curl -s -o /dev/null -w '%{size_download}' -H "$ae" "$base/page.html") bytes)"
+    WRK_HEADER=$ae run_wrk "$proxy" hit-page-br "$base/page.html"
+  fi
   # Memory per object: fill MEM_OBJECTS distinct /m/<n> objects
   sleep 1
   local r0 r1 objs
@@ -533,6 +551,12 @@ $(nginx_temp_paths "$d")
       proxy_cache bench;
       proxy_cache_key \$scheme\$host\$request_uri;
       add_header X-Cache \$upstream_cache_status;
+      # the origin is asked for identity; nginx compresses on every response, hits included
+      proxy_set_header Accept-Encoding "";
+      gzip on;
+      gzip_types text/html;
+      gzip_comp_level 6;
+      gzip_vary on;
     }
   }
 }
