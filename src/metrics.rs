@@ -481,7 +481,7 @@ impl Metrics {
             &policy.compression_in,
             &policy.compression_out,
         ] {
-            for encoding in ["br", "gzip"] {
+            for encoding in ["br", "zstd", "gzip"] {
                 c.with_label_values(&[encoding]);
             }
             registry.register(Box::new(c.clone()))?;

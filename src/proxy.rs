@@ -819,6 +819,7 @@ impl ProxyHttp for OutpostProxy {
             let module = &mut session.upstream_compression;
             module.adjust_algorithm_level(Algorithm::Brotli, c.brotli_level);
             module.adjust_algorithm_level(Algorithm::Gzip, c.gzip_level);
+            module.adjust_algorithm_level(Algorithm::Zstd, c.zstd_level);
             module.adjust_decompression(true);
         }
         Ok(())

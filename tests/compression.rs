@@ -72,7 +72,8 @@ fn negotiation_picks_by_q_value_and_each_encoding_is_made_once() {
         ("br;q=0, gzip;q=0", "identity"),
         ("identity", "identity"),
         ("*", "br"),
-        ("*;q=0.2, br;q=0", "gzip"),
+        ("*;q=0.2, br;q=0, zstd;q=0", "gzip"),
+        ("gzip, zstd", "zstd"),
     ] {
         for round in ["first", "again"] {
             let r = get_ae(&node, "/page", ae);
@@ -81,6 +82,7 @@ fn negotiation_picks_by_q_value_and_each_encoding_is_made_once() {
             let decoded = match want {
                 "br" => unbrotli(&r.body),
                 "gzip" => gunzip(&r.body),
+                "zstd" => zstd::decode_all(&r.body[..]).expect("valid zstd"),
                 _ => r.body.clone(),
             };
             assert_eq!(
@@ -107,10 +109,11 @@ fn negotiation_picks_by_q_value_and_each_encoding_is_made_once() {
             }
         }
     }
-    // one origin fetch per variant (br, gzip, identity), one compression per encoding
-    assert_eq!(origin.hits("/page"), 3);
+    // one origin fetch per variant (br, gzip, identity, zstd), one compression per encoding
+    assert_eq!(origin.hits("/page"), 4);
     assert_eq!(compressed(&node, "br"), 1.0);
     assert_eq!(compressed(&node, "gzip"), 1.0);
+    assert_eq!(compressed(&node, "zstd"), 1.0);
     let hit = get_ae(&node, "/page", "br, gzip");
     assert_hit(&hit, "a br hit");
     assert_eq!(
@@ -244,9 +247,10 @@ fn compression_can_be_configured_and_bad_settings_name_their_key() {
 
     for (extra, key) in [
         (
-            "[compression]\nencodings = [\"zstd\"]",
+            "[compression]\nencodings = [\"lz4\"]",
             "compression.encodings[0]",
         ),
+        ("[compression]\nzstd_level = 20", "compression.zstd_level"),
         ("[compression]\ntypes = [\"html\"]", "compression.types[0]"),
         (
             "[compression]\nbrotli_level = 12",

@@ -174,13 +174,14 @@ pub(super) fn describe(c: &Config) -> String {
     let encodings: Vec<&str> = z.encodings.iter().map(|e| e.token()).collect();
     let _ = writeln!(
         o,
-        "[compression]\nenabled = {}\nencodings = {}\ntypes = {}\nmin_size = {}\nbrotli_level = {}\ngzip_level = {}\n",
+        "[compression]\nenabled = {}\nencodings = {}\ntypes = {}\nmin_size = {}\nbrotli_level = {}\ngzip_level = {}\nzstd_level = {}\n",
         z.enabled,
         list(&encodings),
         list(&z.types),
         z.min_size,
         z.brotli_level,
-        z.gzip_level
+        z.gzip_level,
+        z.zstd_level
     );
     describe_traffic(c, &mut o);
     describe_headers(&mut o, "headers", &c.headers);

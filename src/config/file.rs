@@ -57,7 +57,7 @@ pub struct FileConfig {
 pub struct CompressionSection {
     /// Compress at all.
     pub enabled: Option<bool>,
-    /// Encodings produced, in preference order ("br", "gzip").
+    /// Encodings produced, in preference order ("br", "zstd", "gzip").
     pub encodings: Option<Vec<String>>,
     /// Media types compressed ("text/*", "application/json").
     pub types: Option<Vec<String>>,
@@ -67,6 +67,8 @@ pub struct CompressionSection {
     pub brotli_level: Option<i64>,
     /// gzip level, 1-9.
     pub gzip_level: Option<i64>,
+    /// zstd level, 1-19.
+    pub zstd_level: Option<i64>,
 }
 
 /// `[limits]`.

@@ -278,6 +278,8 @@ pub(super) fn limits(errs: &mut Errors, s: &LimitsSection) -> LimitsConfig {
 pub enum Encoding {
     /// `br` (RFC 7932).
     Brotli,
+    /// `zstd` (RFC 8878).
+    Zstd,
     /// `gzip`.
     Gzip,
     /// No coding.
@@ -289,6 +291,7 @@ impl Encoding {
     pub fn token(self) -> &'static str {
         match self {
             Encoding::Brotli => "br",
+            Encoding::Zstd => "zstd",
             Encoding::Gzip => "gzip",
             Encoding::Identity => "identity",
         }
@@ -310,6 +313,8 @@ pub struct CompressionConfig {
     pub brotli_level: u32,
     /// gzip level (1-9).
     pub gzip_level: u32,
+    /// zstd level (1-19).
+    pub zstd_level: u32,
 }
 
 /// The media types compressed unless `compression.types` says otherwise.
@@ -336,16 +341,17 @@ pub(super) fn compression(errs: &mut Errors, s: &CompressionSection) -> Compress
     for (i, e) in s
         .encodings
         .clone()
-        .unwrap_or_else(|| vec!["br".into(), "gzip".into()])
+        .unwrap_or_else(|| vec!["br".into(), "zstd".into(), "gzip".into()])
         .iter()
         .enumerate()
     {
         match e.to_ascii_lowercase().as_str() {
             "br" => encodings.push(Encoding::Brotli),
+            "zstd" => encodings.push(Encoding::Zstd),
             "gzip" => encodings.push(Encoding::Gzip),
             _ => errs.push(
                 format!("compression.encodings[{i}]"),
-                format!("unknown encoding {e:?}: use \"br\" or \"gzip\""),
+                format!("unknown encoding {e:?}: use \"br\", \"zstd\" or \"gzip\""),
             ),
         }
     }
@@ -384,6 +390,7 @@ pub(super) fn compression(errs: &mut Errors, s: &CompressionSection) -> Compress
         min_size: size(errs, "compression.min_size", s.min_size.as_ref(), 1024),
         brotli_level: level(errs, "compression.brotli_level", s.brotli_level, 5, 11),
         gzip_level: level(errs, "compression.gzip_level", s.gzip_level, 6, 9).max(1),
+        zstd_level: level(errs, "compression.zstd_level", s.zstd_level, 3, 19).max(1),
     }
 }
 

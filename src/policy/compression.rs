@@ -144,6 +144,7 @@ mod tests {
             min_size: 100,
             brotli_level: 5,
             gzip_level: 6,
+            zstd_level: 3,
         }
     }
 
