@@ -471,7 +471,7 @@ impl Metrics {
         for reason in crate::policy::hardening::Rejection::ALL
             .iter()
             .map(|r| r.reason())
-            .chain(["header_timeout", "max_connections"])
+            .chain(["header_timeout", "max_connections", "malformed"])
         {
             policy.rejected.with_label_values(&[reason]);
         }

@@ -118,6 +118,17 @@ fn smuggling_attempts_are_refused_before_the_origin() {
     // (differing Content-Lengths are refused by Pingora's parser, before any hook can count)
     assert!(rejected(&node, "conflicting_framing") >= 1.0);
     assert!(rejected(&node, "bad_transfer_encoding") >= 1.0);
+    assert!(
+        rejected(&node, "malformed") >= 1.0,
+        "Pingora's own 400 for differing lengths is counted"
+    );
+    // a request line that is not HTTP: Pingora's parser answers 400, the node logs and counts it
+    let before = rejected(&node, "malformed");
+    let resp = raw(&node, b"GET /a\x01 HTTP/1.1 junk\r\n\r\n");
+    assert_eq!(status_of(&resp), Some(400), "{resp}");
+    std::thread::sleep(Duration::from_millis(200));
+    assert_eq!(rejected(&node, "malformed"), before + 1.0);
+    assert!(node.log().contains("not a valid HTTP request"));
     let r = get_with(&node, "/a", &[("Content-Length", "abc")]);
     assert_eq!(r.status, 400);
 }
@@ -176,6 +187,9 @@ fn connections_beyond_the_limit_are_closed_and_slots_come_back() {
         "a connection beyond max_connections was served"
     );
     assert!(rejected(&node, "max_connections") >= 1.0);
+    // idle connections closed at header_timeout are not slow clients
+    std::thread::sleep(Duration::from_millis(1500));
+    assert_eq!(rejected(&node, "header_timeout"), 0.0);
     drop(idle);
     std::thread::sleep(Duration::from_millis(300));
     assert_eq!(get(&node, "/a").status, 200, "slots are given back");

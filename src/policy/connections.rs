@@ -6,25 +6,220 @@
 //! to each read, not to the whole header.
 //!
 //! The proxy marks a header as received from its first hook ([`header_received`]); the mark is
-//! a task-local of the connection's task.
+//! a task-local of the connection's task. The connection is watched ([`Tracked`]: bytes read,
+//! the status line written) so that a request Pingora's parser refused with a 400 before any
+//! hook ran is logged and counted too, and an idle keep-alive connection closed by the header
+//! deadline is not taken for a slow client.
 
 use async_trait::async_trait;
 use pingora_core::apps::ServerApp;
-use pingora_core::protocols::{Stream, ALPN};
+use pingora_core::protocols::raw_connect::ProxyDigest;
+use pingora_core::protocols::tls::{SslDigest, TlsRef};
+use pingora_core::protocols::{
+    GetProxyDigest, GetSocketDigest, GetTimingDigest, Peek, Shutdown, SocketDigest, Ssl, Stream,
+    TimingDigest, UniqueID, UniqueIDType, ALPN,
+};
 use pingora_core::server::ShutdownWatch;
 use prometheus::IntCounterVec;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::io;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, AtomicU16, AtomicU64, Ordering};
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::sync::Semaphore;
 
 tokio::task_local! {
-    static HEADER_SEEN: Arc<AtomicBool>;
+    static WATCHED: Arc<SeenCell>;
 }
 
 /// Mark the current connection's request header as received (from the proxy's first hook).
 pub fn header_received() {
-    let _ = HEADER_SEEN.try_with(|seen| seen.store(true, Ordering::Relaxed));
+    let _ = WATCHED.try_with(|seen| seen.0.header.store(true, Ordering::Relaxed));
+}
+
+/// What a connection did while one request was read and answered.
+#[derive(Default)]
+struct Seen {
+    bytes_read: AtomicU64,
+    /// Status code of the first response written (0: none yet).
+    status: AtomicU16,
+    /// The request header was parsed (the proxy's first hook ran).
+    header: AtomicBool,
+}
+
+/// A client connection watched for [`Seen`].
+#[derive(Debug)]
+pub struct Tracked {
+    inner: Stream,
+    seen: Arc<SeenCell>,
+}
+
+/// [`Seen`] with a `Debug` impl (required of streams).
+#[derive(Default)]
+struct SeenCell(Seen);
+
+impl std::fmt::Debug for SeenCell {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Seen")
+            .field("bytes_read", &self.0.bytes_read.load(Ordering::Relaxed))
+            .field("status", &self.0.status.load(Ordering::Relaxed))
+            .finish()
+    }
+}
+
+/// The status code of an HTTP/1 status line at the start of `buf` (`HTTP/1.1 400 ...`).
+fn status_of(buf: &[u8]) -> Option<u16> {
+    let rest = buf.strip_prefix(b"HTTP/1.")?.get(2..5)?;
+    std::str::from_utf8(rest).ok()?.parse().ok()
+}
+
+impl AsyncRead for Tracked {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let before = buf.filled().len();
+        let polled = Pin::new(&mut *self.inner).poll_read(cx, buf);
+        let n = buf.filled().len() - before;
+        if n > 0 {
+            self.seen
+                .0
+                .bytes_read
+                .fetch_add(n as u64, Ordering::Relaxed);
+        }
+        polled
+    }
+}
+
+impl AsyncWrite for Tracked {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        if self.seen.0.status.load(Ordering::Relaxed) == 0 {
+            if let Some(code) = status_of(buf) {
+                self.seen.0.status.store(code, Ordering::Relaxed);
+            }
+        }
+        Pin::new(&mut *self.inner).poll_write(cx, buf)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut *self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut *self.inner).poll_shutdown(cx)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        if self.seen.0.status.load(Ordering::Relaxed) == 0 {
+            if let Some(code) = bufs.first().and_then(|b| status_of(b)) {
+                self.seen.0.status.store(code, Ordering::Relaxed);
+            }
+        }
+        Pin::new(&mut *self.inner).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+}
+
+#[async_trait]
+impl Shutdown for Tracked {
+    async fn shutdown(&mut self) {
+        self.inner.shutdown().await
+    }
+}
+
+impl UniqueID for Tracked {
+    fn id(&self) -> UniqueIDType {
+        self.inner.id()
+    }
+}
+
+impl Ssl for Tracked {
+    fn get_ssl(&self) -> Option<&TlsRef> {
+        self.inner.get_ssl()
+    }
+
+    fn get_ssl_digest(&self) -> Option<Arc<SslDigest>> {
+        self.inner.get_ssl_digest()
+    }
+
+    fn selected_alpn_proto(&self) -> Option<ALPN> {
+        self.inner.selected_alpn_proto()
+    }
+}
+
+impl GetTimingDigest for Tracked {
+    fn get_timing_digest(&self) -> Vec<Option<TimingDigest>> {
+        self.inner.get_timing_digest()
+    }
+
+    fn get_read_pending_time(&self) -> Duration {
+        self.inner.get_read_pending_time()
+    }
+
+    fn get_write_pending_time(&self) -> Duration {
+        self.inner.get_write_pending_time()
+    }
+}
+
+impl GetProxyDigest for Tracked {
+    fn get_proxy_digest(&self) -> Option<Arc<ProxyDigest>> {
+        self.inner.get_proxy_digest()
+    }
+
+    fn set_proxy_digest(&mut self, digest: ProxyDigest) {
+        self.inner.set_proxy_digest(digest)
+    }
+}
+
+impl GetSocketDigest for Tracked {
+    fn get_socket_digest(&self) -> Option<Arc<SocketDigest>> {
+        self.inner.get_socket_digest()
+    }
+
+    fn set_socket_digest(&mut self, digest: SocketDigest) {
+        self.inner.set_socket_digest(digest)
+    }
+}
+
+#[async_trait]
+impl Peek for Tracked {
+    async fn try_peek(&mut self, buf: &mut [u8]) -> io::Result<bool> {
+        self.inner.try_peek(buf).await
+    }
+}
+
+/// `stream` watched, its [`Seen`] reset for a new request (a kept-alive connection keeps its
+/// watch: nothing is allocated per request).
+fn track(stream: Stream) -> (Stream, Arc<SeenCell>) {
+    if let Some(tracked) = stream.as_any().downcast_ref::<Tracked>() {
+        let seen = tracked.seen.clone();
+        seen.0.bytes_read.store(0, Ordering::Relaxed);
+        seen.0.status.store(0, Ordering::Relaxed);
+        seen.0.header.store(false, Ordering::Relaxed);
+        return (stream, seen);
+    }
+    let seen = Arc::new(SeenCell::default());
+    (
+        Box::new(Tracked {
+            inner: stream,
+            seen: seen.clone(),
+        }),
+        seen,
+    )
 }
 
 /// A server application with connection limits around it.
@@ -37,8 +232,9 @@ pub struct Guarded<A> {
 
 impl<A> Guarded<A> {
     /// `inner` with at most `max_connections` connections and `header_timeout` per request
-    /// header; refusals are counted in `rejected` (reasons `max_connections`, `header_timeout`:
-    /// idle keep-alive connections closed count there too).
+    /// header; refusals are counted in `rejected` (reasons `max_connections`, `header_timeout`
+    /// for a header begun but not finished in time, `malformed` for requests Pingora's parser
+    /// refused with a 400).
     pub fn new(
         inner: A,
         max_connections: usize,
@@ -70,24 +266,44 @@ impl<A: ServerApp + Send + Sync + 'static> ServerApp for Guarded<A> {
             // one call serves the whole HTTP/2 connection; its streams are separate tasks
             return self.inner.process_new(stream, shutdown).await;
         }
-        let seen = Arc::new(AtomicBool::new(false));
-        let served = HEADER_SEEN.scope(seen.clone(), self.inner.process_new(stream, shutdown));
+        let (stream, watched) = track(stream);
+        let seen = &watched.0.header;
+        let served = WATCHED.scope(watched.clone(), self.inner.process_new(stream, shutdown));
         tokio::pin!(served);
-        tokio::select! {
+        let reused = tokio::select! {
             biased;
-            reused = &mut served => return reused,
-            _ = tokio::time::sleep(self.header_timeout) => {}
+            reused = &mut served => Some(reused),
+            _ = tokio::time::sleep(self.header_timeout) => None,
+        };
+        let reused = match reused {
+            Some(reused) => reused,
+            None if seen.load(Ordering::Relaxed) => served.await,
+            None => {
+                // no complete request header in time: dropping the future closes the connection
+                if watched.0.bytes_read.load(Ordering::Relaxed) > 0 {
+                    self.rejected.with_label_values(&["header_timeout"]).inc();
+                    tracing::info!(
+                        timeout = ?self.header_timeout,
+                        reason = "header_timeout",
+                        "request refused: header not complete within limits.header_timeout"
+                    );
+                } else {
+                    tracing::debug!("idle keep-alive connection closed at limits.header_timeout");
+                }
+                return None;
+            }
+        };
+        if !seen.load(Ordering::Relaxed) && watched.0.status.load(Ordering::Relaxed) == 400 {
+            // Pingora's parser refused the request before any hook could see it
+            self.rejected.with_label_values(&["malformed"]).inc();
+            tracing::info!(
+                status = 400,
+                reason = "malformed",
+                bytes_read = watched.0.bytes_read.load(Ordering::Relaxed),
+                "request refused: not a valid HTTP request"
+            );
         }
-        if seen.load(Ordering::Relaxed) {
-            return served.await;
-        }
-        // no complete request header in time: dropping the future closes the connection
-        self.rejected.with_label_values(&["header_timeout"]).inc();
-        tracing::debug!(
-            timeout = ?self.header_timeout,
-            "no complete request header within limits.header_timeout: connection closed"
-        );
-        None
+        reused
     }
 
     async fn cleanup(&self) {
