@@ -188,8 +188,26 @@ fn stale_if_error_covers_an_unreachable_origin_within_its_window_only() {
         "past the window the error goes through: {}",
         r.text()
     );
-    assert_eq!(metric(&node, STALE_SERVED, &[("reason", "if-error")]), 1.0);
-    assert_eq!(metric(&node, REVALIDATIONS, &[("outcome", "error")]), 2.0);
+    // counted when each request is logged, just after its response is sent
+    let limit = Duration::from_secs(5);
+    let labels = [("reason", "if-error")];
+    wait_metric(
+        &node,
+        STALE_SERVED,
+        &labels,
+        |v| v == 1.0,
+        limit,
+        "stale served",
+    );
+    let labels = [("outcome", "error")];
+    wait_metric(
+        &node,
+        REVALIDATIONS,
+        &labels,
+        |v| v == 2.0,
+        limit,
+        "revalidations",
+    );
 }
 
 #[test]
@@ -344,7 +362,15 @@ fn not_found_is_cached_briefly_and_server_errors_only_when_configured() {
         "404 ttl should be the 10 s default: {}",
         r.cache_status()
     );
-    assert_eq!(metric(&node, NEGATIVE_HITS, &[]), 3.0);
+    // counted when the request is logged, just after its response is sent
+    wait_metric(
+        &node,
+        NEGATIVE_HITS,
+        &[],
+        |v| v == 3.0,
+        Duration::from_secs(5),
+        "negative hits counted",
+    );
 
     let node2 = NodeConfig::new(&origin.url())
         .rules(
