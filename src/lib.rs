@@ -2,8 +2,9 @@
 //!
 //! Module map (see `shared/design/architecture.md`): `config` (TOML -> typed), `rules`
 //! (policy), `cache` (storage tiers and HTTP caching semantics), `upstream` (origins),
-//! `proxy` (the request path), `purge` (bans), `admin` and `metrics` (own listeners), `server`
-//! (bootstrap).
+//! `policy` (client address, rate limits, header rules, hardening, compression), `proxy` (the
+//! request path), `purge` (bans and their lurker), `admin` and `metrics` (own listeners),
+//! `server` (bootstrap).
 
 #![deny(missing_docs)]
 
