@@ -228,6 +228,10 @@ pub struct Guarded<A> {
     slots: Semaphore,
     header_timeout: Duration,
     rejected: IntCounterVec,
+    /// When the connection-limit warning was last logged (ms since `started`): at most one a
+    /// second, so that an overload does not also flood the log.
+    warned: AtomicU64,
+    started: std::time::Instant,
 }
 
 impl<A> Guarded<A> {
@@ -246,7 +250,20 @@ impl<A> Guarded<A> {
             slots: Semaphore::new(max_connections.min(Semaphore::MAX_PERMITS)),
             header_timeout,
             rejected,
+            warned: AtomicU64::new(0),
+            started: std::time::Instant::now(),
         }
+    }
+
+    /// Whether to log the connection-limit warning now (once a second at most).
+    fn may_warn(&self) -> bool {
+        let now = u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX) + 1000;
+        let last = self.warned.load(Ordering::Relaxed);
+        now.saturating_sub(last) >= 1000
+            && self
+                .warned
+                .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
+                .is_ok()
     }
 }
 
@@ -258,8 +275,14 @@ impl<A: ServerApp + Send + Sync + 'static> ServerApp for Guarded<A> {
         shutdown: &ShutdownWatch,
     ) -> Option<Stream> {
         let Ok(_slot) = self.slots.try_acquire() else {
-            self.rejected.with_label_values(&["max_connections"]).inc();
-            tracing::warn!("limits.max_connections reached: connection closed");
+            let refused = self.rejected.with_label_values(&["max_connections"]);
+            refused.inc();
+            if self.may_warn() {
+                tracing::warn!(
+                    refused_so_far = refused.get(),
+                    "limits.max_connections reached: new connections are closed"
+                );
+            }
             return None;
         };
         if matches!(stream.selected_alpn_proto(), Some(ALPN::H2)) {
