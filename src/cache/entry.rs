@@ -46,12 +46,14 @@ pub fn confirmed_at(meta: &CacheMeta) -> SystemTime {
         .map_or(meta.updated(), |c| c.0.max(meta.updated()))
 }
 
-fn to_ms(t: SystemTime) -> u64 {
+/// `t` in milliseconds since the Unix epoch (0 before it), the unit of stored times.
+pub fn to_ms(t: SystemTime) -> u64 {
     t.duration_since(UNIX_EPOCH)
         .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }
 
-fn from_ms(ms: u64) -> SystemTime {
+/// The time `ms` milliseconds after the Unix epoch.
+pub fn from_ms(ms: u64) -> SystemTime {
     UNIX_EPOCH + Duration::from_millis(ms)
 }
 

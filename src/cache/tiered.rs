@@ -22,7 +22,7 @@
 use super::disk::record::BLOCK;
 use super::disk::spool::{Spool, SpoolShared, SPOOL_TAG};
 use super::disk::{DiskHit, DiskObject, DiskTier};
-use super::entry::{confirmed_at, decode_head, decode_stored, encode_head, Stored};
+use super::entry::{confirmed_at, decode_head, decode_stored, encode_head, from_ms, to_ms, Stored};
 use super::memory::{
     concat, hash, purged, Committed, CompleteHit, Continuation, MemoryMiss, MemoryTier,
 };
@@ -43,7 +43,7 @@ use std::any::Any;
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::SystemTime;
 
 /// Disk heads a sweep reads per trip to the blocking pool.
 const SWEEP_BATCH: usize = 256;
@@ -101,11 +101,6 @@ impl Drop for Arriving {
     }
 }
 
-fn to_ms(t: SystemTime) -> u64 {
-    t.duration_since(UNIX_EPOCH)
-        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
-}
-
 impl TieredStorage {
     /// Compose the tiers; at least one should be present (a storage with neither never hits).
     pub fn new(
@@ -135,7 +130,7 @@ impl TieredStorage {
     pub fn oldest_arriving(&self) -> Option<SystemTime> {
         let arriving = self.arriving.lock();
         let ms = *arriving.keys().next()?;
-        Some(UNIX_EPOCH + Duration::from_millis(ms))
+        Some(from_ms(ms))
     }
 
     /// Visit every stored object, disk first, then memory, and do what `judge` says with it.

@@ -18,6 +18,7 @@
 //!   (removing it, or making it stale for a soft purge: reclaiming disk space as it goes),
 //!   makes that durable, then retires them from the list and the file.
 
+use crate::cache::entry::{from_ms, to_ms};
 use http::{HeaderMap, HeaderName};
 use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
@@ -26,7 +27,7 @@ use std::io::{self, BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::SystemTime;
 
 pub mod lurker;
 
@@ -90,11 +91,6 @@ pub enum Verdict {
     },
 }
 
-fn to_ms(t: SystemTime) -> u64 {
-    t.duration_since(UNIX_EPOCH)
-        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
-}
-
 /// The host and the path-and-query of a primary cache key (`host \n path?query \n ...`).
 fn split_key(key: &str) -> (&str, &str) {
     let (host, rest) = key.split_once('\n').unwrap_or((key, ""));
@@ -123,7 +119,7 @@ fn verdict(
             }
             // the oldest covering soft ban is when it went stale
             verdict = Some(Verdict::Stale {
-                since: UNIX_EPOCH + std::time::Duration::from_millis(ban.at_ms),
+                since: from_ms(ban.at_ms),
             });
         }
     }
