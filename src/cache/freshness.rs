@@ -4,6 +4,7 @@
 //! [`evaluate`] in `response_cache_filter`; the result is what Pingora stores.
 
 use crate::config::RuleConfig;
+use crate::policy::hardening::{connection_named, HOP_BY_HOP};
 use http::{header, HeaderMap, StatusCode};
 use pingora_cache::cache_control::CacheControl;
 use pingora_cache::CacheMeta;
@@ -20,16 +21,6 @@ fn heuristically_cacheable(status: StatusCode) -> bool {
         200 | 203 | 204 | 300 | 301 | 308 | 404 | 405 | 410 | 414 | 501
     )
 }
-
-/// Hop-by-hop fields never stored (RFC 9110 7.6.1); `Connection`-listed ones are removed too.
-const HOP_BY_HOP: &[&str] = &[
-    "connection",
-    "keep-alive",
-    "proxy-connection",
-    "te",
-    "trailer",
-    "upgrade",
-];
 
 fn http_date(headers: &HeaderMap, name: header::HeaderName) -> Option<Result<SystemTime, ()>> {
     headers.get(name).map(|v| {
@@ -234,20 +225,11 @@ pub fn decide(
 pub fn build_meta(resp: &ResponseHeader, decision: &Decision, now: SystemTime) -> CacheMeta {
     let mut header = resp.clone();
     let cc = CacheControl::from_resp_headers(resp);
-    let connection_listed: Vec<String> = resp
-        .headers
-        .get_all(header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|s| s.split(','))
-        .map(|s| s.trim().to_ascii_lowercase())
-        .filter(|s| !s.is_empty())
-        .collect();
-    for name in HOP_BY_HOP
-        .iter()
-        .copied()
-        .chain(connection_listed.iter().map(String::as_str))
-    {
+    // hop-by-hop fields are never stored (RFC 9110 7.6.1), `Connection`-listed ones included
+    for name in connection_named(&resp.headers) {
+        header.remove_header(&name);
+    }
+    for name in HOP_BY_HOP {
         header.remove_header(name);
     }
     header.remove_header(&header::AGE);

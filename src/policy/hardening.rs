@@ -169,40 +169,46 @@ pub fn check_request(
     Ok(())
 }
 
-/// Fields that describe one connection, never forwarded (RFC 9110 7.6.1), besides those
-/// `Connection` names. `Upgrade` is left to Pingora's upgrade handling.
-const HOP_BY_HOP: [&str; 5] = [
+/// Fields that describe one connection (RFC 9110 7.6.1), never stored nor passed on as they
+/// came, besides those `Connection` names.
+pub const HOP_BY_HOP: [&str; 7] = [
+    "connection",
     "keep-alive",
     "proxy-connection",
     "te",
     "trailer",
+    "upgrade",
     "proxy-authenticate",
 ];
 
-/// The hop-by-hop fields of a message about to be forwarded: the standard ones and those listed
-/// in `Connection` (`Connection` itself and `Upgrade` stay for Pingora, which manages the
-/// connection).
-pub fn hop_by_hop(headers: &HeaderMap) -> Vec<HeaderName> {
-    let mut out: Vec<HeaderName> = headers
+/// The fields the `Connection` header of `headers` names.
+pub fn connection_named(headers: &HeaderMap) -> impl Iterator<Item = HeaderName> + '_ {
+    headers
         .get_all(header::CONNECTION)
         .iter()
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(','))
         .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
+}
+
+/// The hop-by-hop fields of a message about to be forwarded: the standard ones and those listed
+/// in `Connection` (`Connection` itself and `Upgrade` stay for Pingora, which manages the
+/// connection).
+pub fn hop_by_hop(headers: &HeaderMap) -> Vec<HeaderName> {
+    let managed = |n: &str| matches!(n, "connection" | "upgrade");
+    connection_named(headers)
         .filter(|n| {
-            !matches!(
-                n.as_str(),
-                "close" | "keep-alive" | "upgrade" | "connection" | "host"
-            ) && headers.contains_key(n)
+            !matches!(n.as_str(), "close" | "keep-alive" | "host")
+                && !managed(n.as_str())
+                && headers.contains_key(n)
         })
-        .collect();
-    out.extend(
-        HOP_BY_HOP
-            .iter()
-            .filter(|n| headers.contains_key(**n))
-            .map(|n| HeaderName::from_static(n)),
-    );
-    out
+        .chain(
+            HOP_BY_HOP
+                .iter()
+                .filter(|n| !managed(n) && headers.contains_key(**n))
+                .map(|n| HeaderName::from_static(n)),
+        )
+        .collect()
 }
 
 #[cfg(test)]
