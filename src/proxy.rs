@@ -118,29 +118,6 @@ fn total_timeout_error() -> Box<Error> {
     .into_up()
 }
 
-/// Add `field` to `resp`'s `Vary` unless it is there (or `*` is).
-fn add_vary(resp: &mut ResponseHeader, field: &str) -> Result<()> {
-    let present: Vec<String> = resp
-        .headers
-        .get_all(header::VARY)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .map(|f| f.trim().to_ascii_lowercase())
-        .filter(|f| !f.is_empty())
-        .collect();
-    if present.iter().any(|f| f == field || f == "*") {
-        return Ok(());
-    }
-    let value = if present.is_empty() {
-        field.to_string()
-    } else {
-        format!("{}, {field}", present.join(", "))
-    };
-    resp.insert_header(header::VARY, value)?;
-    Ok(())
-}
-
 fn is_safe(method: &Method) -> bool {
     matches!(
         *method,
@@ -851,12 +828,7 @@ impl ProxyHttp for OutpostProxy {
             // decoding for a client that cannot read the origin's encoding stays on
             module.adjust_level(0);
         } else if !ctx.origin_encoded && encoding != Encoding::Identity {
-            let length = resp
-                .headers
-                .get(header::CONTENT_LENGTH)
-                .and_then(|v| v.to_str().ok())
-                .and_then(|v| v.trim().parse().ok());
-            ctx.compressing = Some((encoding, length));
+            ctx.compressing = Some((encoding, ranges::announced_length(&resp.headers)));
         }
         Ok(())
     }
@@ -877,7 +849,7 @@ impl ProxyHttp for OutpostProxy {
         }
         if ctx.compressible || ctx.origin_encoded {
             // every variant of it (identity too) depends on what the client accepts
-            add_vary(resp, "accept-encoding")?;
+            vary::add(resp, "accept-encoding")?;
         }
         if let Some((encoding, _)) = ctx.compressing {
             let produced = resp.headers.get(header::CONTENT_ENCODING).is_some_and(|v| {

@@ -274,11 +274,9 @@ pub fn merge_not_modified(stored: &ResponseHeader, not_modified: &HeaderMap) -> 
             .is_some_and(|w| w.as_bytes().strip_prefix(b"W/") == Some(strong.as_bytes()))
     };
     let varies_on_encoding = |h: &HeaderMap| {
-        h.get_all(http::header::VARY)
+        super::vary::fields(h)
             .iter()
-            .filter_map(|v| v.to_str().ok())
-            .flat_map(|v| v.split(','))
-            .any(|f| f.trim().eq_ignore_ascii_case("accept-encoding"))
+            .any(|f| f == "accept-encoding")
     };
     for name in not_modified.keys() {
         let n = name.as_str();

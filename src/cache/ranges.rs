@@ -12,6 +12,14 @@ use pingora_cache::HitHandler;
 use pingora_http::ResponseHeader;
 use std::time::{Duration, SystemTime};
 
+/// The body length `headers` announce (`Content-Length`), if they do and it reads as a number.
+pub fn announced_length(headers: &http::HeaderMap) -> Option<u64> {
+    headers
+        .get(http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse().ok())
+}
+
 /// Whether `If-Range: if_range` lets a range of the stored response `resp` be served.
 pub fn if_range_allows(if_range: &HeaderValue, resp: &ResponseHeader) -> bool {
     let Ok(ir) = if_range.to_str() else {

@@ -26,6 +26,7 @@ use super::entry::{confirmed_at, decode_head, decode_stored, encode_head, from_m
 use super::memory::{
     concat, hash, purged, Committed, CompleteHit, Continuation, MemoryMiss, MemoryTier,
 };
+use super::ranges::announced_length;
 use crate::metrics::StorageMetrics;
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -303,14 +304,6 @@ impl Continuation for SpoolContinuation {
     }
 }
 
-/// The body length a response announces, if it does.
-fn content_length(meta: &CacheMeta) -> Option<u64> {
-    meta.headers()
-        .get(http::header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.trim().parse().ok())
-}
-
 #[async_trait]
 impl Storage for TieredStorage {
     async fn lookup(
@@ -358,7 +351,7 @@ impl Storage for TieredStorage {
         let arriving = self.arriving(confirmed_at(meta));
         let h = hash(key);
         let spill_above = self.spill_above();
-        let spool = match (&self.disk, content_length(meta)) {
+        let spool = match (&self.disk, announced_length(meta.headers())) {
             (Some(disk), Some(len)) if len > spill_above && len <= disk.max_object() => {
                 disk.begin_spool(h, Bytes::from(encode_head(meta, key.primary_key())?))
             }

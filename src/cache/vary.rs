@@ -5,7 +5,34 @@
 use http::header;
 use pingora_cache::key::HashBinary;
 use pingora_cache::VarianceBuilder;
-use pingora_http::{HMap, RequestHeader};
+use pingora_http::{HMap, RequestHeader, ResponseHeader};
+
+/// The field names `headers`' `Vary` lists, lowercase, in order (`*` as it is).
+pub fn fields(headers: &HMap) -> Vec<String> {
+    headers
+        .get_all(header::VARY)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(|f| f.trim().to_ascii_lowercase())
+        .filter(|f| !f.is_empty())
+        .collect()
+}
+
+/// Add `field` (lowercase) to `resp`'s `Vary` unless it is there (or `*` is).
+pub fn add(resp: &mut ResponseHeader, field: &str) -> pingora_error::Result<()> {
+    let present = fields(&resp.headers);
+    if present.iter().any(|f| f == field || f == "*") {
+        return Ok(());
+    }
+    let value = if present.is_empty() {
+        field.to_string()
+    } else {
+        format!("{}, {field}", present.join(", "))
+    };
+    resp.insert_header(header::VARY, value)?;
+    Ok(())
+}
 
 /// The variance of `req` for the stored response headers `stored`, or `None` without `Vary`.
 ///
@@ -14,14 +41,7 @@ use pingora_http::{HMap, RequestHeader};
 /// `encoding`, `Accept-Encoding` is normalised to it: the encoding negotiated for the request,
 /// so that clients whose lists differ but get the same encoding share one variant.
 pub fn variance(stored: &HMap, req: &RequestHeader, encoding: Option<&str>) -> Option<HashBinary> {
-    let mut vary = stored.get_all(header::VARY).iter().peekable();
-    vary.peek()?;
-    let mut names: Vec<String> = vary
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .map(|f| f.trim().to_ascii_lowercase())
-        .filter(|f| !f.is_empty())
-        .collect();
+    let mut names = fields(stored);
     if names.is_empty() {
         return None;
     }

@@ -3,6 +3,7 @@
 //! `upstream_compression`, which runs before the cache stores the body: each encoding is
 //! produced once per object and stored as its own variant, so a hit never recompresses.
 
+use crate::cache::ranges::announced_length;
 use crate::config::{CompressionConfig, Encoding};
 use http::header::{self, HeaderValue};
 use pingora_http::ResponseHeader;
@@ -81,11 +82,7 @@ pub fn eligible(config: &CompressionConfig, resp: &ResponseHeader) -> bool {
     {
         return false;
     }
-    let length = h
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.trim().parse::<u64>().ok());
-    if length.is_some_and(|n| n < config.min_size) {
+    if announced_length(h).is_some_and(|n| n < config.min_size) {
         return false;
     }
     let Some(media) = h
