@@ -170,6 +170,16 @@ fn decode(head: &Bytes, want_key: bool) -> Result<Stored> {
     Ok(Stored { primary, meta })
 }
 
+/// `stored`'s head made stale from `at` (keeping its key), or `None` if it already is.
+pub fn expire_stored(stored: Stored, at: SystemTime) -> Result<Option<Vec<u8>>> {
+    let Stored { primary, mut meta } = stored;
+    if meta.fresh_until() <= at {
+        return Ok(None);
+    }
+    meta.expire_at(at);
+    encode_head(&meta, &primary.unwrap_or_default()).map(Some)
+}
+
 fn too_long() -> Box<Error> {
     Error::explain(ErrorType::InternalError, "header field too long to store")
 }

@@ -15,7 +15,7 @@
 //! entry, the whole per-object budget; quick_cache's is ~120 (see issue 2's note and
 //! `examples/memory_per_object.rs`).
 
-use super::entry::{decode_head, decode_stored, encode_head};
+use super::entry::{decode_head, decode_stored, encode_head, expire_stored};
 use async_trait::async_trait;
 use bytes::Bytes;
 use parking_lot::{Mutex, RwLock};
@@ -456,11 +456,9 @@ impl Storage for MemoryTier {
         let Some(entry) = self.entries.get(&h) else {
             return Ok(PurgeOutcome::NotFound);
         };
-        let stored = decode_stored(&entry.head_bytes())?;
-        let mut meta = stored.meta;
-        meta.expire_at(SystemTime::now());
-        let primary = stored.primary.unwrap_or_default();
-        self.replace_meta(h, &entry, &meta, &primary)?;
+        if let Some(head) = expire_stored(decode_stored(&entry.head_bytes())?, SystemTime::now())? {
+            self.replace_head(h, &head);
+        }
         Ok(PurgeOutcome::Expired)
     }
 

@@ -22,7 +22,9 @@
 use super::disk::record::BLOCK;
 use super::disk::spool::{Spool, SpoolShared, SPOOL_TAG};
 use super::disk::{DiskHit, DiskObject, DiskTier};
-use super::entry::{confirmed_at, decode_head, decode_stored, encode_head, from_ms, to_ms, Stored};
+use super::entry::{
+    confirmed_at, decode_head, decode_stored, encode_head, expire_stored, from_ms, to_ms, Stored,
+};
 use super::memory::{
     concat, hash, purged, Committed, CompleteHit, Continuation, MemoryMiss, MemoryTier,
 };
@@ -175,7 +177,7 @@ impl TieredStorage {
                             report.removed += u64::from(memory.remove(key));
                         }
                         SweepAction::ExpireAt(at) => {
-                            if let Some(head) = expired_head(stored, at) {
+                            if let Ok(Some(head)) = expire_stored(stored, at) {
                                 report.expired += u64::from(memory.replace_head(key, &head));
                             }
                         }
@@ -249,16 +251,6 @@ impl SweepReport {
     }
 }
 
-/// `stored`'s head made stale from `at`, or `None` if it already is.
-fn expired_head(stored: Stored, at: SystemTime) -> Option<Vec<u8>> {
-    let Stored { primary, mut meta } = stored;
-    if meta.fresh_until() <= at {
-        return None;
-    }
-    meta.expire_at(at);
-    encode_head(&meta, &primary.unwrap_or_default()).ok()
-}
-
 /// One disk object of a sweep (blocking).
 fn sweep_disk_object<J>(disk: &DiskTier, key: u128, judge: &J, report: &mut SweepReport)
 where
@@ -276,7 +268,7 @@ where
         SweepAction::Keep => {}
         SweepAction::Remove => report.removed += u64::from(disk.remove(key)),
         SweepAction::ExpireAt(at) => {
-            let Some(head) = expired_head(stored, at) else {
+            let Ok(Some(head)) = expire_stored(stored, at) else {
                 return;
             };
             match disk.replace_head_now(key, Bytes::from(head)) {
@@ -411,10 +403,10 @@ impl Storage for TieredStorage {
         }
         if let Some(disk) = &self.disk {
             if let Some(head) = disk.head(key) {
-                let Stored { primary, mut meta } = decode_stored(&head)?;
-                meta.expire_at(SystemTime::now());
-                let primary = primary.unwrap_or_default();
-                found |= disk.update_head(key, Bytes::from(encode_head(&meta, &primary)?));
+                found = true;
+                if let Some(head) = expire_stored(decode_stored(&head)?, SystemTime::now())? {
+                    disk.update_head(key, Bytes::from(head));
+                }
             }
         }
         Ok(if found {
