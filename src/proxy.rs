@@ -87,7 +87,7 @@ pub struct RequestCtx {
     refused: bool,
     /// Request body bytes received so far.
     body_bytes: u64,
-    /// The encoding negotiated for this client (compression on).
+    /// The encoding negotiated for this client (compression on), once asked for.
     encoding: Option<Encoding>,
     /// This response is one the node compresses (by type and size): it varies on
     /// `Accept-Encoding` whatever this client got.
@@ -160,16 +160,17 @@ fn seconds_between(later: SystemTime, earlier: SystemTime) -> i64 {
 }
 
 impl OutpostProxy {
-    /// What the cache did for this request, from the cache phase and what the hooks saw.
-    /// The encoding negotiated for `req` when compression is on.
-    fn negotiated(&self, req: &RequestHeader) -> Option<Encoding> {
+    /// The encoding negotiated for `req` when compression is on (once per request: kept in
+    /// `ctx`).
+    fn negotiated(&self, req: &RequestHeader, ctx: &mut RequestCtx) -> Option<Encoding> {
         let c = &self.node.config.compression;
-        c.enabled.then(|| {
-            compression::negotiate(
+        if c.enabled && ctx.encoding.is_none() {
+            ctx.encoding = Some(compression::negotiate(
                 req.headers.get_all(header::ACCEPT_ENCODING).iter(),
                 &c.encodings,
-            )
-        })
+            ));
+        }
+        ctx.encoding
     }
 
     /// Answer a request refused by the hardening checks (and close the connection: its framing
@@ -278,6 +279,7 @@ impl OutpostProxy {
         Ok(true)
     }
 
+    /// What the cache did for this request, from the cache phase and what the hooks saw.
     fn cache_status(&self, session: &Session, ctx: &RequestCtx) -> CacheStatus {
         let now = SystemTime::now();
         if let (Some((StaleReason::IfError, status)), Some(meta), Some(_)) = (
@@ -654,7 +656,7 @@ impl ProxyHttp for OutpostProxy {
         ctx: &mut RequestCtx,
         req: &RequestHeader,
     ) -> Option<HashBinary> {
-        let encoding = self.negotiated(req);
+        let encoding = self.negotiated(req, ctx);
         let variance = vary::variance(meta.headers(), req, encoding.map(Encoding::token));
         if variance.is_some() {
             ctx.vary_seen = true;
@@ -787,11 +789,10 @@ impl ProxyHttp for OutpostProxy {
         }
         headers::apply_request(&ctx.routing.headers.request, upstream)?;
         headers::apply_request(&ctx.rule().config.headers.request, upstream)?;
-        if let Some(encoding) = self.negotiated(session.req_header()) {
+        if let Some(encoding) = self.negotiated(session.req_header(), ctx) {
             // the origin is asked for this client's variant only; what it cannot encode,
             // Pingora's upstream compression does before the body is stored
             upstream.insert_header(header::ACCEPT_ENCODING, encoding.token())?;
-            ctx.encoding = Some(encoding);
             let c = &self.node.config.compression;
             let module = &mut session.upstream_compression;
             module.adjust_algorithm_level(Algorithm::Brotli, c.brotli_level);
