@@ -31,16 +31,16 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::sync::Semaphore;
 
 tokio::task_local! {
-    static WATCHED: Arc<SeenCell>;
+    static WATCHED: Arc<Seen>;
 }
 
 /// Mark the current connection's request header as received (from the proxy's first hook).
 pub fn header_received() {
-    let _ = WATCHED.try_with(|seen| seen.0.header.store(true, Ordering::Relaxed));
+    let _ = WATCHED.try_with(|seen| seen.header.store(true, Ordering::Relaxed));
 }
 
 /// What a connection did while one request was read and answered.
-#[derive(Default)]
+#[derive(Debug, Default)]
 struct Seen {
     bytes_read: AtomicU64,
     /// Status code of the first response written (0: none yet).
@@ -53,20 +53,7 @@ struct Seen {
 #[derive(Debug)]
 pub struct Tracked {
     inner: Stream,
-    seen: Arc<SeenCell>,
-}
-
-/// [`Seen`] with a `Debug` impl (required of streams).
-#[derive(Default)]
-struct SeenCell(Seen);
-
-impl std::fmt::Debug for SeenCell {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Seen")
-            .field("bytes_read", &self.0.bytes_read.load(Ordering::Relaxed))
-            .field("status", &self.0.status.load(Ordering::Relaxed))
-            .finish()
-    }
+    seen: Arc<Seen>,
 }
 
 /// The status code of an HTTP/1 status line at the start of `buf` (`HTTP/1.1 400 ...`).
@@ -85,10 +72,7 @@ impl AsyncRead for Tracked {
         let polled = Pin::new(&mut *self.inner).poll_read(cx, buf);
         let n = buf.filled().len() - before;
         if n > 0 {
-            self.seen
-                .0
-                .bytes_read
-                .fetch_add(n as u64, Ordering::Relaxed);
+            self.seen.bytes_read.fetch_add(n as u64, Ordering::Relaxed);
         }
         polled
     }
@@ -100,9 +84,9 @@ impl AsyncWrite for Tracked {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        if self.seen.0.status.load(Ordering::Relaxed) == 0 {
+        if self.seen.status.load(Ordering::Relaxed) == 0 {
             if let Some(code) = status_of(buf) {
-                self.seen.0.status.store(code, Ordering::Relaxed);
+                self.seen.status.store(code, Ordering::Relaxed);
             }
         }
         Pin::new(&mut *self.inner).poll_write(cx, buf)
@@ -121,9 +105,9 @@ impl AsyncWrite for Tracked {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        if self.seen.0.status.load(Ordering::Relaxed) == 0 {
+        if self.seen.status.load(Ordering::Relaxed) == 0 {
             if let Some(code) = bufs.first().and_then(|b| status_of(b)) {
-                self.seen.0.status.store(code, Ordering::Relaxed);
+                self.seen.status.store(code, Ordering::Relaxed);
             }
         }
         Pin::new(&mut *self.inner).poll_write_vectored(cx, bufs)
@@ -204,15 +188,15 @@ impl Peek for Tracked {
 
 /// `stream` watched, its [`Seen`] reset for a new request (a kept-alive connection keeps its
 /// watch: nothing is allocated per request).
-fn track(stream: Stream) -> (Stream, Arc<SeenCell>) {
+fn track(stream: Stream) -> (Stream, Arc<Seen>) {
     if let Some(tracked) = stream.as_any().downcast_ref::<Tracked>() {
         let seen = tracked.seen.clone();
-        seen.0.bytes_read.store(0, Ordering::Relaxed);
-        seen.0.status.store(0, Ordering::Relaxed);
-        seen.0.header.store(false, Ordering::Relaxed);
+        seen.bytes_read.store(0, Ordering::Relaxed);
+        seen.status.store(0, Ordering::Relaxed);
+        seen.header.store(false, Ordering::Relaxed);
         return (stream, seen);
     }
-    let seen = Arc::new(SeenCell::default());
+    let seen = Arc::new(Seen::default());
     (
         Box::new(Tracked {
             inner: stream,
@@ -290,7 +274,7 @@ impl<A: ServerApp + Send + Sync + 'static> ServerApp for Guarded<A> {
             return self.inner.process_new(stream, shutdown).await;
         }
         let (stream, watched) = track(stream);
-        let seen = &watched.0.header;
+        let seen = &watched.header;
         let served = WATCHED.scope(watched.clone(), self.inner.process_new(stream, shutdown));
         tokio::pin!(served);
         let reused = tokio::select! {
@@ -303,7 +287,7 @@ impl<A: ServerApp + Send + Sync + 'static> ServerApp for Guarded<A> {
             None if seen.load(Ordering::Relaxed) => served.await,
             None => {
                 // no complete request header in time: dropping the future closes the connection
-                if watched.0.bytes_read.load(Ordering::Relaxed) > 0 {
+                if watched.bytes_read.load(Ordering::Relaxed) > 0 {
                     self.rejected.with_label_values(&["header_timeout"]).inc();
                     tracing::info!(
                         timeout = ?self.header_timeout,
@@ -316,13 +300,13 @@ impl<A: ServerApp + Send + Sync + 'static> ServerApp for Guarded<A> {
                 return None;
             }
         };
-        if !seen.load(Ordering::Relaxed) && watched.0.status.load(Ordering::Relaxed) == 400 {
+        if !seen.load(Ordering::Relaxed) && watched.status.load(Ordering::Relaxed) == 400 {
             // Pingora's parser refused the request before any hook could see it
             self.rejected.with_label_values(&["malformed"]).inc();
             tracing::info!(
                 status = 400,
                 reason = "malformed",
-                bytes_read = watched.0.bytes_read.load(Ordering::Relaxed),
+                bytes_read = watched.bytes_read.load(Ordering::Relaxed),
                 "request refused: not a valid HTTP request"
             );
         }
