@@ -118,6 +118,28 @@ fn total_timeout_error() -> Box<Error> {
     .into_up()
 }
 
+/// A plain-text answer of the node itself (never stored): `status` with a body of `body_len`
+/// bytes; callers add their own fields.
+fn plain_response(status: u16, body_len: usize) -> Result<ResponseHeader> {
+    let mut resp = ResponseHeader::build(status, Some(8))?;
+    resp.insert_header(header::CONTENT_TYPE, "text/plain; charset=utf-8")?;
+    resp.insert_header(header::CONTENT_LENGTH, body_len.to_string())?;
+    resp.insert_header(header::CACHE_CONTROL, "no-store")?;
+    Ok(resp)
+}
+
+/// Send the node's own answer `resp` with `body` (none to a HEAD request).
+async fn send_answer(session: &mut Session, resp: ResponseHeader, body: Bytes) -> Result<()> {
+    let head_only = session.req_header().method == Method::HEAD;
+    session
+        .write_response_header(Box::new(resp), head_only)
+        .await?;
+    if !head_only {
+        session.write_response_body(Some(body), true).await?;
+    }
+    Ok(())
+}
+
 fn is_safe(method: &Method) -> bool {
     matches!(
         *method,
@@ -183,19 +205,9 @@ impl OutpostProxy {
     ) -> Result<()> {
         self.count_rejection(session, ctx, rejection);
         let body = Bytes::from_static(rejection.message().as_bytes());
-        let mut resp = ResponseHeader::build(rejection.status(), Some(4))?;
-        resp.insert_header(header::CONTENT_TYPE, "text/plain; charset=utf-8")?;
-        resp.insert_header(header::CONTENT_LENGTH, body.len().to_string())?;
-        resp.insert_header(header::CACHE_CONTROL, "no-store")?;
+        let resp = plain_response(rejection.status(), body.len())?;
         session.set_keepalive(None);
-        let head_only = session.req_header().method == Method::HEAD;
-        session
-            .write_response_header(Box::new(resp), head_only)
-            .await?;
-        if !head_only {
-            session.write_response_body(Some(body), true).await?;
-        }
-        Ok(())
+        send_answer(session, resp, body).await
     }
 
     /// Count and log a refused request.
@@ -261,21 +273,12 @@ impl OutpostProxy {
         let body = Bytes::from(format!(
             "429 Too Many Requests: rate limit {name:?}; retry after {retry} s\n"
         ));
-        let mut resp = ResponseHeader::build(StatusCode::TOO_MANY_REQUESTS, Some(8))?;
-        resp.insert_header(header::CONTENT_TYPE, "text/plain; charset=utf-8")?;
-        resp.insert_header(header::CONTENT_LENGTH, body.len().to_string())?;
-        resp.insert_header(header::CACHE_CONTROL, "no-store")?;
+        let mut resp = plain_response(StatusCode::TOO_MANY_REQUESTS.as_u16(), body.len())?;
         resp.insert_header(header::RETRY_AFTER, retry.to_string())?;
         resp.insert_header("ratelimit-policy", limits.policy_field(&ctx.limits))?;
         resp.insert_header("ratelimit", limits.state_field(&ctx.limits))?;
         ctx.refused = true;
-        let head_only = req.method == Method::HEAD;
-        session
-            .write_response_header(Box::new(resp), head_only)
-            .await?;
-        if !head_only {
-            session.write_response_body(Some(body), true).await?;
-        }
+        send_answer(session, resp, body).await?;
         Ok(true)
     }
 
@@ -1057,10 +1060,7 @@ impl ProxyHttp for OutpostProxy {
                 _ => "the request could not be completed\n",
             };
             let written = async {
-                let mut resp = ResponseHeader::build(code, Some(4))?;
-                resp.insert_header(header::CONTENT_TYPE, "text/plain; charset=utf-8")?;
-                resp.insert_header(header::CONTENT_LENGTH, body.len())?;
-                resp.insert_header(header::CACHE_CONTROL, "no-store")?;
+                let mut resp = plain_response(code, body.len())?;
                 resp.insert_header("cache-status", status.render(&self.node.config.node.name))?;
                 session
                     .as_downstream_mut()
