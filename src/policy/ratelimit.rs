@@ -155,7 +155,6 @@ impl Limits {
 
     /// Count a request against every limit of `phase` that matches it, recording each verdict
     /// in `out`. Returns the first refusal. Clients on the allow-list are never counted.
-    #[allow(clippy::too_many_arguments)]
     pub fn check(
         &self,
         buckets: &Buckets,
