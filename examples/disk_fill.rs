@@ -32,7 +32,7 @@ fn main() -> anyhow::Result<()> {
     let body_len: usize = args.next().and_then(|a| a.parse().ok()).unwrap_or(512);
     let host = args.next().unwrap_or_else(|| "127.0.0.1".into());
     let prefix = args.next().unwrap_or_else(|| "/r/".into());
-    let metrics = Metrics::new(&[], 1 << 20, 1 << 50)?;
+    let metrics = Metrics::new(1 << 20, 1 << 50)?;
     let disk = DiskTier::open(&dir, 1 << 50, 1 << 20, metrics.storage.clone());
     let now = SystemTime::now();
     let mut header = ResponseHeader::build(200, None)?;

@@ -5,8 +5,8 @@
 
 use crate::cache::status::LABELS;
 use prometheus::{
-    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts,
-    Registry, TextEncoder,
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
 /// Latency buckets suited to a cache: 100 us to 10 s.
@@ -22,21 +22,40 @@ fn class(status: u16) -> usize {
     (status / 100).clamp(1, 5) as usize - 1
 }
 
-/// Per-origin metrics.
-pub struct OriginMetrics {
+/// Metrics of one upstream server (an origin server or a shield), labelled by tier, pool
+/// and server address.
+#[derive(Clone)]
+pub struct ServerMetrics {
     requests: Vec<IntCounter>,
-    /// Origin response-header latency.
+    /// Time to the server's response header.
     pub latency: Histogram,
-    /// Failed origin fetches (connect, timeout, reset).
+    /// Failed fetches (connect, timeout, reset).
     pub errors: IntCounter,
+    /// Times it was taken out of rotation after failures (passive health).
+    pub ejections: IntCounter,
+    /// 1 while it takes requests (health check passing, not ejected), else 0 (set at scrape).
+    pub healthy: IntGauge,
+    /// Open connections to it (set at scrape).
+    pub connections: IntGauge,
 }
 
-impl OriginMetrics {
-    /// Count one origin response.
+impl ServerMetrics {
+    /// Count one response.
     pub fn record(&self, status: u16, seconds: f64) {
         self.requests[class(status)].inc();
         self.latency.observe(seconds);
     }
+}
+
+/// The labelled families [`ServerMetrics`] are taken from.
+struct UpstreamFamilies {
+    requests: IntCounterVec,
+    latency: HistogramVec,
+    errors: IntCounterVec,
+    ejections: IntCounterVec,
+    healthy: IntGaugeVec,
+    connections: IntGaugeVec,
+    retries: IntCounterVec,
 }
 
 /// Per-tier counters, one per tier.
@@ -166,9 +185,9 @@ pub struct Metrics {
     registry: Registry,
     requests: Vec<IntCounter>,
     latency: Vec<Histogram>,
-    /// Per origin, in start-up config order.
-    origins: Vec<OriginMetrics>,
-    origin_names: Vec<String>,
+    upstream: UpstreamFamilies,
+    /// Requests sent to the origin directly because no shield could be reached.
+    pub shield_bypassed: IntCounter,
     /// Memory tier objects (set at scrape).
     pub memory_objects: IntGauge,
     /// Memory tier weighted bytes (set at scrape).
@@ -194,9 +213,8 @@ pub struct Metrics {
 }
 
 impl Metrics {
-    /// Register every metric for a node with these origin names and tier capacities.
+    /// Register every metric for a node with these tier capacities.
     pub fn new(
-        origin_names: &[String],
         memory_capacity_bytes: u64,
         disk_capacity_bytes: u64,
     ) -> prometheus::Result<Metrics> {
@@ -216,27 +234,62 @@ impl Metrics {
             .buckets(LATENCY_BUCKETS.to_vec()),
             &["cache_status"],
         )?;
-        let origin_requests = IntCounterVec::new(
-            Opts::new(
-                "outpost_origin_requests_total",
-                "Origin responses by origin and status class",
-            ),
-            &["origin", "status_class"],
-        )?;
-        let origin_latency = HistogramVec::new(
-            HistogramOpts::new(
-                "outpost_origin_request_duration_seconds",
-                "Time to the origin's response header",
-            )
-            .buckets(LATENCY_BUCKETS.to_vec()),
-            &["origin"],
-        )?;
-        let origin_errors = IntCounterVec::new(
-            Opts::new(
-                "outpost_origin_errors_total",
-                "Origin fetches that failed (connect, timeout, reset)",
-            ),
-            &["origin"],
+        let labels = &["tier", "pool", "server"];
+        let upstream = UpstreamFamilies {
+            requests: IntCounterVec::new(
+                Opts::new(
+                    "outpost_upstream_requests_total",
+                    "Upstream responses by tier (origin, shield), pool, server and status class",
+                ),
+                &["tier", "pool", "server", "status_class"],
+            )?,
+            latency: HistogramVec::new(
+                HistogramOpts::new(
+                    "outpost_upstream_request_duration_seconds",
+                    "Time to the upstream server's response header",
+                )
+                .buckets(LATENCY_BUCKETS.to_vec()),
+                labels,
+            )?,
+            errors: IntCounterVec::new(
+                Opts::new(
+                    "outpost_upstream_errors_total",
+                    "Upstream fetches that failed (connect, timeout, reset)",
+                ),
+                labels,
+            )?,
+            ejections: IntCounterVec::new(
+                Opts::new(
+                    "outpost_upstream_ejections_total",
+                    "Times a server was taken out of rotation after failures (max_fails)",
+                ),
+                labels,
+            )?,
+            healthy: IntGaugeVec::new(
+                Opts::new(
+                    "outpost_upstream_healthy",
+                    "1 while the server takes requests (health check passing, not ejected)",
+                ),
+                labels,
+            )?,
+            connections: IntGaugeVec::new(
+                Opts::new(
+                    "outpost_upstream_open_connections",
+                    "Open TCP connections to the server",
+                ),
+                labels,
+            )?,
+            retries: IntCounterVec::new(
+                Opts::new(
+                    "outpost_upstream_retries_total",
+                    "Requests retried on another server of the pool",
+                ),
+                &["tier", "pool"],
+            )?,
+        };
+        let shield_bypassed = IntCounter::new(
+            "outpost_shield_bypassed_total",
+            "Requests sent to the origin directly because no shield could be reached",
         )?;
         let memory_objects =
             IntGauge::new("outpost_cache_memory_objects", "Objects in the memory tier")?;
@@ -403,9 +456,14 @@ impl Metrics {
         };
         registry.register(Box::new(requests_vec.clone()))?;
         registry.register(Box::new(latency_vec.clone()))?;
-        registry.register(Box::new(origin_requests.clone()))?;
-        registry.register(Box::new(origin_latency.clone()))?;
-        registry.register(Box::new(origin_errors.clone()))?;
+        registry.register(Box::new(upstream.requests.clone()))?;
+        registry.register(Box::new(upstream.latency.clone()))?;
+        registry.register(Box::new(upstream.errors.clone()))?;
+        registry.register(Box::new(upstream.ejections.clone()))?;
+        registry.register(Box::new(upstream.healthy.clone()))?;
+        registry.register(Box::new(upstream.connections.clone()))?;
+        registry.register(Box::new(upstream.retries.clone()))?;
+        registry.register(Box::new(shield_bypassed.clone()))?;
         registry.register(Box::new(memory_objects.clone()))?;
         registry.register(Box::new(memory_bytes.clone()))?;
         registry.register(Box::new(memory_capacity.clone()))?;
@@ -419,17 +477,7 @@ impl Metrics {
             }
             latency.push(latency_vec.with_label_values(&[label]));
         }
-        let origins = origin_names
-            .iter()
-            .map(|name| OriginMetrics {
-                requests: STATUS_CLASSES
-                    .iter()
-                    .map(|c| origin_requests.with_label_values(&[name, c]))
-                    .collect(),
-                latency: origin_latency.with_label_values(&[name]),
-                errors: origin_errors.with_label_values(&[name]),
-            })
-            .collect();
+
         let policy = PolicyMetrics {
             rate_limited: IntCounterVec::new(
                 Opts::new(
@@ -491,8 +539,8 @@ impl Metrics {
             registry,
             requests,
             latency,
-            origins,
-            origin_names: origin_names.to_vec(),
+            upstream,
+            shield_bypassed,
             memory_objects,
             memory_bytes,
             memory_capacity,
@@ -506,11 +554,27 @@ impl Metrics {
         })
     }
 
-    /// The metrics of the origin named `name` (origins added by a reload have none until a
-    /// restart).
-    pub fn origin(&self, name: &str) -> Option<&OriginMetrics> {
-        let i = self.origin_names.iter().position(|n| n == name)?;
-        self.origins.get(i)
+    /// The metrics of server `server` of pool `pool` in `tier` (created on first use: pools
+    /// added by a reload get theirs at once).
+    pub fn server(&self, tier: &str, pool: &str, server: &str) -> ServerMetrics {
+        let u = &self.upstream;
+        let l = [tier, pool, server];
+        ServerMetrics {
+            requests: STATUS_CLASSES
+                .iter()
+                .map(|c| u.requests.with_label_values(&[tier, pool, server, c]))
+                .collect(),
+            latency: u.latency.with_label_values(&l),
+            errors: u.errors.with_label_values(&l),
+            ejections: u.ejections.with_label_values(&l),
+            healthy: u.healthy.with_label_values(&l),
+            connections: u.connections.with_label_values(&l),
+        }
+    }
+
+    /// The retry counter of pool `pool` in `tier`.
+    pub fn upstream_retries(&self, tier: &str, pool: &str) -> IntCounter {
+        self.upstream.retries.with_label_values(&[tier, pool])
     }
 
     /// Record one finished client request.

@@ -8,7 +8,7 @@ use crate::metrics::Metrics;
 use crate::policy::ratelimit::{Buckets, Limits};
 use crate::purge::BanList;
 use crate::rules::RuleSet;
-use crate::upstream::Origin;
+use crate::upstream::{Pool, Tier};
 use anyhow::Context;
 use arc_swap::ArcSwap;
 use pingora_cache::lock::{CacheKeyLockImpl, CacheLock};
@@ -19,8 +19,11 @@ use std::sync::Arc;
 pub struct Routing {
     /// Compiled cache rules.
     pub rules: RuleSet,
-    /// Origins, in config order (rules refer to them by index).
-    pub origins: Vec<Origin>,
+    /// Origin pools, in config order (rules refer to them by index); the shield tier is one
+    /// of them (`[shield] origin`).
+    pub origins: Vec<Pool>,
+    /// Index of the shield tier in `origins`, if this node has one.
+    pub shield: Option<usize>,
     /// Compiled rate limits.
     pub limits: Limits,
     /// How the client's address is found behind proxies.
@@ -30,10 +33,25 @@ pub struct Routing {
 }
 
 impl Routing {
-    fn new(config: &Config) -> anyhow::Result<Routing> {
+    fn new(config: &Config, metrics: &Metrics) -> anyhow::Result<Routing> {
+        let mut origins = Vec::with_capacity(config.origins.len());
+        for (i, o) in config.origins.iter().enumerate() {
+            let tier = if config.shield.origin == Some(i) {
+                Tier::Shield
+            } else {
+                Tier::Origin
+            };
+            let name = o.name.clone();
+            origins.push(
+                Pool::new(o.clone(), tier, metrics).with_context(|| {
+                    format!("{}: origins[{i}] ({name})", config.source.display())
+                })?,
+            );
+        }
         Ok(Routing {
             rules: RuleSet::new(config).context("compiling cache rules")?,
-            origins: config.origins.iter().cloned().map(Origin::new).collect(),
+            origins,
+            shield: config.shield.origin,
             limits: Limits::new(&config.rate_limit).context("compiling rate limits")?,
             client_ip: config.client_ip.clone(),
             headers: config.headers.clone(),
@@ -94,11 +112,10 @@ impl Node {
         config: Config,
         source: Option<(std::path::PathBuf, Overrides)>,
     ) -> anyhow::Result<Arc<Node>> {
-        let routing = Routing::new(&config)?;
-        let names: Vec<String> = config.origins.iter().map(|o| o.name.clone()).collect();
         let cache = &config.cache;
-        let metrics = Metrics::new(&names, cache.memory_size, cache.disk_size)
-            .context("registering metrics")?;
+        let metrics =
+            Metrics::new(cache.memory_size, cache.disk_size).context("registering metrics")?;
+        let routing = Routing::new(&config, &metrics)?;
         let memory: Option<&'static MemoryTier> = cache.tiers.memory().then(|| {
             &*Box::leak(Box::new(MemoryTier::with_eviction_counter(
                 cache.memory_size,
@@ -160,7 +177,7 @@ impl Node {
             return Err("this node was not started from a configuration file".into());
         };
         let next = Config::load(path, overrides).map_err(|e| e.to_string())?;
-        let routing = Routing::new(&next).map_err(|e| format!("{e:#}"))?;
+        let routing = Routing::new(&next, &self.metrics).map_err(|e| format!("{e:#}"))?;
         let now = &self.config;
         let mut restart_required = Vec::new();
         for (section, changed) in [
@@ -216,6 +233,10 @@ impl Node {
         if let Some(memory) = self.storage.memory() {
             self.metrics.memory_objects.set(memory.objects() as i64);
             self.metrics.memory_bytes.set(memory.bytes() as i64);
+        }
+        let open = crate::upstream::sockets::established_by_remote();
+        for pool in &self.routing.load().origins {
+            pool.refresh_gauges(&open);
         }
         if let Some(disk) = self.storage.disk() {
             self.metrics.disk_objects.set(disk.objects() as i64);

@@ -17,11 +17,11 @@ use crate::policy::headers::{self, Via};
 use crate::policy::ratelimit::{Outcome, Phase};
 use crate::purge::Verdict;
 use crate::rules::{key, normalize_host, Rule};
-use crate::upstream::Origin;
+use crate::upstream::{tier, NoServer, Pool, Tier};
 use async_trait::async_trait;
 use bytes::Bytes;
 use http::{header, Method, StatusCode};
-use pingora_cache::key::HashBinary;
+use pingora_cache::key::{CacheHashKey, HashBinary};
 use pingora_cache::storage::{PurgeTarget, PurgeType};
 use pingora_cache::{
     CacheKey, CacheMeta, CacheOptionOverrides, CachePhase, ForcedFreshness, HitHandler,
@@ -96,6 +96,16 @@ pub struct RequestCtx {
     compressing: Option<(Encoding, Option<u64>)>,
     /// The origin's `Content-Encoding` header was present.
     origin_encoded: bool,
+    /// The server this attempt goes to: (index into `routing.origins`, server index).
+    upstream: Option<(usize, usize)>,
+    /// Servers already tried for this request (failed to connect or before the response).
+    tried: Vec<(usize, usize)>,
+    /// No shield could be reached: this request goes to its origin directly.
+    shield_down: bool,
+    /// The current attempt's failure was counted (passive health, error metric).
+    failure_counted: bool,
+    /// The hash this request is placed by (ketama), once computed.
+    placement: Option<[u8; 16]>,
 }
 
 impl RequestCtx {
@@ -104,10 +114,61 @@ impl RequestCtx {
     }
 
     /// The origin this request's rule fetches from.
-    fn origin(&self) -> Option<&Origin> {
+    fn origin(&self) -> Option<&Pool> {
         self.routing.origins.get(self.rule().config.origin)
     }
+
+    /// The pool of the server the current attempt goes to (origin or shield).
+    fn upstream_pool(&self) -> Option<&Pool> {
+        self.upstream.and_then(|(p, _)| self.routing.origins.get(p))
+    }
+
+    /// Whether the current attempt goes to a shield node.
+    fn via_shield(&self) -> bool {
+        self.upstream_pool().is_some_and(|p| p.tier == Tier::Shield)
+    }
+
+    /// Servers of pool `pool` already tried.
+    fn tried_in(&self, pool: usize) -> Vec<usize> {
+        self.tried
+            .iter()
+            .filter(|(p, _)| *p == pool)
+            .map(|(_, m)| *m)
+            .collect()
+    }
+
+    /// The current attempt failed at its server (connect, timeout, reset): count it for
+    /// passive health once, and remember the server as tried.
+    fn server_failed(&mut self) {
+        if let Some((p, m)) = self.upstream {
+            if !self.failure_counted {
+                self.failure_counted = true;
+                if let Some(pool) = self.routing.origins.get(p) {
+                    pool.server_failed(m);
+                }
+            }
+            if !self.tried.contains(&(p, m)) {
+                self.tried.push((p, m));
+            }
+        }
+    }
 }
+
+/// No server of a pool could take the request: 503 (stale-if-error applies: an upstream error).
+fn no_server_error(pool: &Pool, why: NoServer) -> Box<Error> {
+    let what = match why {
+        NoServer::AllDown => "no healthy server",
+        NoServer::Exhausted => "every server failed",
+    };
+    Error::explain(
+        ErrorType::Custom(NO_SERVER),
+        format!("{} {:?}: {what}", pool.tier.as_str(), pool.name()),
+    )
+    .into_up()
+}
+
+/// Error type of [`no_server_error`].
+const NO_SERVER: &str = "no-server";
 
 /// The origin failed this request: the fetch went past `total_timeout`.
 fn total_timeout_error() -> Box<Error> {
@@ -182,6 +243,24 @@ fn seconds_between(later: SystemTime, earlier: SystemTime) -> i64 {
 }
 
 impl OutpostProxy {
+    /// Whether a request whose current attempt failed may try another server: a shield
+    /// failure always may (the next shield, or the origin when shields are down), an origin
+    /// failure while the pool's `retries` last.
+    fn may_retry(&self, ctx: &RequestCtx) -> bool {
+        let (Some((p, _)), Some(key)) = (ctx.upstream, ctx.placement) else {
+            return false;
+        };
+        let Some(pool) = ctx.routing.origins.get(p) else {
+            return false;
+        };
+        let tried = ctx.tried_in(p);
+        let another = tried.len() <= pool.config.retries && pool.select(&key, &tried).is_ok();
+        match pool.tier {
+            Tier::Shield => another || self.node.config.shield.direct_when_down,
+            Tier::Origin => another,
+        }
+    }
+
     /// The encoding negotiated for `req` when compression is on (once per request: kept in
     /// `ctx`).
     fn negotiated(&self, req: &RequestHeader, ctx: &mut RequestCtx) -> Option<Encoding> {
@@ -193,6 +272,31 @@ impl OutpostProxy {
             ));
         }
         ctx.encoding
+    }
+
+    /// The cache key an edge sent with this request, if it comes from a trusted edge.
+    fn edge_key(&self, session: &Session) -> Option<String> {
+        let trusted = &self.node.config.shield.trusted_edges;
+        if trusted.is_empty() {
+            return None;
+        }
+        let value = session.req_header().headers.get(tier::CACHE_KEY)?;
+        let peer = session.client_addr()?.as_inet()?.ip();
+        if !trusted.iter().any(|net| net.contains(&peer)) {
+            return None;
+        }
+        tier::decode_key(value)
+    }
+
+    /// The hash a request is placed by (ketama): its primary cache key (computed as its rule
+    /// composes it when the cache is not involved: bypass rules, unsafe methods, keys
+    /// predicted uncacheable), so one object always goes to one server.
+    fn placement(session: &Session, ctx: &RequestCtx) -> [u8; 16] {
+        if let Some(key) = session.cache.maybe_cache_key() {
+            return key.primary_bin();
+        }
+        let req = session.req_header();
+        cache_key_for(ctx.rule(), &ctx.host, req, req.uri.path(), req.uri.query()).primary_bin()
     }
 
     /// Answer a request refused by the hardening checks (and close the connection: its framing
@@ -451,6 +555,11 @@ impl ProxyHttp for OutpostProxy {
             compressible: false,
             compressing: None,
             origin_encoded: false,
+            upstream: None,
+            tried: Vec::new(),
+            shield_down: false,
+            failure_counted: false,
+            placement: None,
         }
     }
 
@@ -491,6 +600,11 @@ impl ProxyHttp for OutpostProxy {
             }
         };
         ctx.host = normalize_host(host).into_owned();
+        if tier::passed(&req.headers, &self.node.config.node.name) {
+            self.reject(session, ctx, Rejection::Loop).await?;
+            return Ok(true);
+        }
+        let req = session.req_header();
         ctx.rule = ctx
             .routing
             .rules
@@ -527,6 +641,13 @@ impl ProxyHttp for OutpostProxy {
 
     fn cache_key_callback(&self, session: &Session, ctx: &mut RequestCtx) -> Result<CacheKey> {
         let req = session.req_header();
+        if let Some(primary) = self.edge_key(session) {
+            // a trusted edge's key: both tiers store the object under one key
+            let hash = pingora_cache::key::hash_key(&primary);
+            let mut key = CacheKey::new(primary, String::new());
+            key.set_primary_bin_override(hash);
+            return Ok(key);
+        }
         Ok(cache_key_for(
             ctx.rule(),
             &ctx.host,
@@ -615,7 +736,7 @@ impl ProxyHttp for OutpostProxy {
             }
             // The origin failed moments ago: within the stale-if-error window, answer stale
             // without asking it again, so an outage does not pile requests onto it.
-            if meta.serve_stale_if_error(now) && ctx.origin().is_some_and(Origin::is_failing) {
+            if meta.serve_stale_if_error(now) && ctx.origin().is_some_and(Pool::is_failing) {
                 ctx.stale = Some((StaleReason::IfError, None));
                 return Ok(Some(ForcedFreshness::ForceFresh));
             }
@@ -687,8 +808,8 @@ impl ProxyHttp for OutpostProxy {
             Some(_) => return false,
         };
         if error.is_some() {
-            if let Some(origin) = ctx.origin() {
-                origin.record_failure();
+            if let Some(pool) = ctx.upstream_pool().or(ctx.origin()) {
+                pool.record_failure();
             }
         }
         ctx.stale = Some(stale);
@@ -746,16 +867,118 @@ impl ProxyHttp for OutpostProxy {
         Ok(())
     }
 
+    /// The shield chosen by consistent hashing of the cache key (the next one on the ring if
+    /// it is down or failed), else the rule's origin pool, skipping servers already tried.
     async fn upstream_peer(
         &self,
-        _session: &mut Session,
+        session: &mut Session,
         ctx: &mut RequestCtx,
     ) -> Result<Box<HttpPeer>> {
-        let index = ctx.rule().config.origin;
-        match ctx.routing.origins.get(index) {
-            Some(origin) => Ok(origin.peer()),
-            None => Error::e_explain(ErrorType::InternalError, "rule refers to a missing origin"),
+        let key = match ctx.placement {
+            Some(key) => key,
+            None => {
+                let key = Self::placement(session, ctx);
+                ctx.placement = Some(key);
+                key
+            }
+        };
+        ctx.failure_counted = false;
+        let routing = ctx.routing.clone();
+        if let Some(si) = routing
+            .shield
+            .filter(|_| ctx.rule().config.shield && !ctx.shield_down)
+        {
+            let shields = &routing.origins[si];
+            let tried = ctx.tried_in(si);
+            let pick = if tried.len() > shields.config.retries {
+                Err(NoServer::Exhausted)
+            } else {
+                shields.select(&key, &tried)
+            };
+            match pick {
+                Ok(m) => {
+                    ctx.upstream = Some((si, m));
+                    if !tried.is_empty() {
+                        shields.count_retry();
+                    }
+                    return shields.peer(m).ok_or_else(|| {
+                        Error::explain(ErrorType::InternalError, "shield server missing")
+                    });
+                }
+                Err(why) if self.node.config.shield.direct_when_down => {
+                    ctx.shield_down = true;
+                    self.node.metrics.shield_bypassed.inc();
+                    tracing::info!(host = %ctx.host, ?why, "no shield reachable: fetching from the origin directly");
+                }
+                Err(why) => {
+                    ctx.upstream = None;
+                    return Err(no_server_error(shields, why));
+                }
+            }
         }
+        let oi = ctx.rule().config.origin;
+        let Some(pool) = routing.origins.get(oi) else {
+            return Error::e_explain(ErrorType::InternalError, "rule refers to a missing origin");
+        };
+        let tried = ctx.tried_in(oi);
+        match pool.select(&key, &tried) {
+            Ok(m) => {
+                ctx.upstream = Some((oi, m));
+                if !tried.is_empty() {
+                    pool.count_retry();
+                }
+                pool.peer(m).ok_or_else(|| {
+                    Error::explain(ErrorType::InternalError, "origin server missing")
+                })
+            }
+            Err(why) => {
+                ctx.upstream = None;
+                Err(no_server_error(pool, why))
+            }
+        }
+    }
+
+    /// A connection could not be made: the server's failure counts for passive health, and
+    /// the request (not sent yet, whatever its method) goes to another server if the pool
+    /// has retries left (or, from a shield, to the next shield or the origin).
+    fn fail_to_connect(
+        &self,
+        _session: &mut Session,
+        _peer: &HttpPeer,
+        ctx: &mut RequestCtx,
+        mut e: Box<Error>,
+    ) -> Box<Error> {
+        ctx.server_failed();
+        e.set_retry(self.may_retry(ctx));
+        e
+    }
+
+    /// An error after connecting: retried on another server only for an idempotent request
+    /// whose body can be replayed, and only before the response header arrived.
+    fn error_while_proxy(
+        &self,
+        peer: &HttpPeer,
+        session: &mut Session,
+        e: Box<Error>,
+        ctx: &mut RequestCtx,
+        client_reused: bool,
+    ) -> Box<Error> {
+        let mut e = e.more_context(format!("Peer: {peer}"));
+        let before_response = ctx.upstream_status.is_none();
+        if e.esource() == &ErrorSource::Upstream && before_response {
+            ctx.server_failed();
+        }
+        let replayable = session.req_header().method.is_idempotent()
+            && !session.as_ref().retry_buffer_truncated();
+        if !replayable || !before_response || e.esource() != &ErrorSource::Upstream {
+            e.set_retry(false);
+        } else if client_reused && !ctx.failure_counted {
+            // a pooled connection the server had closed: Pingora's own retry case
+            e.retry.decide_reuse(client_reused);
+        } else {
+            e.set_retry(self.may_retry(ctx));
+        }
+        e
     }
 
     async fn upstream_request_filter(
@@ -768,9 +991,21 @@ impl ProxyHttp for OutpostProxy {
         for name in hardening::hop_by_hop(&upstream.headers) {
             upstream.remove_header(&name);
         }
-        if let Some(host) = ctx.origin().and_then(|o| o.config.host.as_ref()) {
+        // only this node says which key it stores under
+        upstream.remove_header(tier::CACHE_KEY);
+        if ctx.via_shield() {
+            // the shield routes by the client's Host and stores under this node's key
+            if let Some(key) = session.cache.maybe_cache_key() {
+                if let Some(primary) = key.primary_key_str() {
+                    upstream.insert_header(tier::CACHE_KEY, tier::encode_key(primary))?;
+                }
+            }
+        } else if let Some(host) = ctx.upstream_pool().and_then(|o| o.config.host.as_ref()) {
             upstream.insert_header(header::HOST, host.as_str())?;
         }
+        let name = &self.node.config.node.name;
+        let cdn_loop = tier::cdn_loop_value(&upstream.headers, name);
+        upstream.insert_header(tier::CDN_LOOP, cdn_loop)?;
         if let Some(addr) = session.client_addr().and_then(|a| a.as_inet()) {
             let ip = addr.ip().to_string();
             let value = match upstream
@@ -866,15 +1101,12 @@ impl ProxyHttp for OutpostProxy {
                 ctx.compressing = None;
             }
         }
-        if let Some(origin) = ctx.origin() {
+        if let Some(pool) = ctx.upstream_pool() {
             if matches!(status, 500 | 502 | 503 | 504) {
-                origin.record_failure();
+                pool.record_failure();
             }
-            if ctx
-                .origin_start
-                .is_some_and(|s| origin.past_total_timeout(s))
-            {
-                origin.record_failure();
+            if ctx.origin_start.is_some_and(|s| pool.past_total_timeout(s)) {
+                pool.record_failure();
                 return Err(total_timeout_error());
             }
         }
@@ -883,12 +1115,9 @@ impl ProxyHttp for OutpostProxy {
             // for response_cache_filter (RFC 9111 4.3.4).
             ctx.not_modified = Some(resp.headers.clone());
         }
-        if let Some(start) = ctx.origin_start {
-            if let Some(m) = ctx
-                .origin()
-                .and_then(|o| self.node.metrics.origin(&o.config.name))
-            {
-                m.record(status, start.elapsed().as_secs_f64());
+        if let (Some(start), Some((p, m))) = (ctx.origin_start, ctx.upstream) {
+            if let Some(pool) = ctx.routing.origins.get(p) {
+                pool.server_answered(m, status, start.elapsed().as_secs_f64());
             }
         }
         Ok(())
@@ -917,9 +1146,9 @@ impl ProxyHttp for OutpostProxy {
                 end_of_stream.then_some(origin_len).flatten(),
             );
         }
-        if let (Some(origin), Some(start)) = (ctx.origin(), ctx.origin_start) {
-            if origin.past_total_timeout(start) {
-                origin.record_failure();
+        if let (Some(pool), Some(start)) = (ctx.upstream_pool(), ctx.origin_start) {
+            if pool.past_total_timeout(start) {
+                pool.record_failure();
                 return Err(total_timeout_error());
             }
         }
@@ -968,7 +1197,17 @@ impl ProxyHttp for OutpostProxy {
         ctx: &mut RequestCtx,
     ) -> Result<()> {
         let status = self.cache_status(session, ctx);
-        resp.insert_header("cache-status", status.render(&self.node.config.node.name))?;
+        // RFC 9211: caches nearer the origin (a shield) listed first, this node's entry last
+        let ours = status.render(&self.node.config.node.name);
+        let value = match resp
+            .headers
+            .get("cache-status")
+            .and_then(|v| v.to_str().ok())
+        {
+            Some(upstream) if !upstream.trim().is_empty() => format!("{}, {ours}", upstream.trim()),
+            _ => ours,
+        };
+        resp.insert_header("cache-status", value)?;
         if matches!(status, CacheStatus::StaleOnError { .. }) {
             // Pingora drops the client connection after serving stale for a failed fetch; say
             // so, or the client reuses it and its next request dies on a reset
@@ -1011,6 +1250,7 @@ impl ProxyHttp for OutpostProxy {
     ) -> FailToProxy {
         let code = match e.etype() {
             ErrorType::HTTPStatus(code) => *code,
+            ErrorType::Custom(NO_SERVER) => 503,
             // the client's body stalled past limits.body_timeout
             ErrorType::ReadTimedout if e.esource() == &ErrorSource::Downstream => {
                 self.count_rejection(session, ctx, Rejection::BodyTimeout);
@@ -1026,14 +1266,15 @@ impl ProxyHttp for OutpostProxy {
             },
         };
         if e.esource() == &ErrorSource::Upstream {
-            if let Some(m) = ctx
-                .origin()
-                .and_then(|o| self.node.metrics.origin(&o.config.name))
-            {
-                m.errors.inc();
+            if let Some((p, m)) = ctx.upstream {
+                if !ctx.failure_counted {
+                    if let Some(server) = ctx.routing.origins.get(p).and_then(|o| o.member(m)) {
+                        server.metrics.errors.inc();
+                    }
+                }
             }
-            if let Some(origin) = ctx.origin() {
-                origin.record_failure();
+            if let Some(pool) = ctx.upstream_pool().or(ctx.origin()) {
+                pool.record_failure();
             }
         }
         let status = CacheStatus::Forward {
@@ -1047,6 +1288,7 @@ impl ProxyHttp for OutpostProxy {
             detail: Some(match code {
                 504 => "origin-timeout",
                 502 => "origin-unreachable",
+                503 => "no-healthy-origin",
                 _ => "error",
             }),
         };
@@ -1054,6 +1296,9 @@ impl ProxyHttp for OutpostProxy {
             let body = match code {
                 502 => "502 Bad Gateway: the origin could not be reached or failed mid-response\n",
                 504 => "504 Gateway Timeout: the origin did not answer in time\n",
+                503 => {
+                    "503 Service Unavailable: no origin server is available (all down or failed)\n"
+                }
                 400 => "400 Bad Request\n",
                 408 => Rejection::BodyTimeout.message(),
                 413 => Rejection::BodyTooLarge.message(),

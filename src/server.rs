@@ -129,6 +129,32 @@ impl BackgroundService for PurgeLurker {
     }
 }
 
+/// Runs the active health checks of every pool in force (pools swapped in by a reload
+/// included), each at its own interval.
+struct HealthChecks {
+    node: Arc<Node>,
+}
+
+#[async_trait]
+impl BackgroundService for HealthChecks {
+    async fn start(&self, mut shutdown: ShutdownWatch) {
+        let mut tick = tokio::time::interval(Duration::from_millis(100));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = shutdown.changed() => return,
+                _ = tick.tick() => {}
+            }
+            let routing = self.node.routing.load_full();
+            for i in 0..routing.origins.len() {
+                let routing = routing.clone();
+                // each pool's round runs on its own; a pool's checks are never run twice at once
+                tokio::spawn(async move { routing.origins[i].run_health_checks().await });
+            }
+        }
+    }
+}
+
 /// Run a node with `config` until it is told to stop (SIGTERM: graceful, SIGINT: fast).
 /// `source` (the file and command-line overrides) is what SIGHUP and `POST /config/reload`
 /// read again.
@@ -159,6 +185,7 @@ pub fn run(config: Config, source: Option<(PathBuf, Overrides)>) -> anyhow::Resu
         work_stealing: config.node.work_stealing,
         grace_period_seconds: Some(0),
         graceful_shutdown_timeout_seconds: Some(grace),
+        upstream_keepalive_pool_size: config.node.upstream_keepalive_pool,
         ..ServerConf::default()
     };
     let mut server = Server::new_with_opt_and_conf(Opt::default(), conf);
@@ -206,6 +233,10 @@ pub fn run(config: Config, source: Option<(PathBuf, Overrides)>) -> anyhow::Resu
     server.add_service(background_service(
         "purge lurker",
         PurgeLurker { node: node.clone() },
+    ));
+    server.add_service(background_service(
+        "health checks",
+        HealthChecks { node: node.clone() },
     ));
     server.add_service(background_service(
         "config reload",

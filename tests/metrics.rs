@@ -93,8 +93,8 @@ fn metrics_move_after_miss_hit_and_bypass() {
     );
     assert_eq!(requests(&m1, "hit"), requests(&m0, "hit"));
     assert_eq!(
-        metric_sum(&m1, "outpost_origin_requests_total", &[])
-            - metric_sum(&m0, "outpost_origin_requests_total", &[]),
+        metric_sum(&m1, "outpost_upstream_requests_total", &[])
+            - metric_sum(&m0, "outpost_upstream_requests_total", &[]),
         1.0,
         "origin requests after one miss:\n{m1}"
     );
@@ -109,8 +109,8 @@ fn metrics_move_after_miss_hit_and_bypass() {
     );
     assert_eq!(requests(&m2, "miss"), requests(&m1, "miss"));
     assert_eq!(
-        metric_sum(&m2, "outpost_origin_requests_total", &[]),
-        metric_sum(&m1, "outpost_origin_requests_total", &[]),
+        metric_sum(&m2, "outpost_upstream_requests_total", &[]),
+        metric_sum(&m1, "outpost_upstream_requests_total", &[]),
         "a hit counted as an origin request"
     );
 
@@ -127,15 +127,15 @@ fn metrics_move_after_miss_hit_and_bypass() {
         "bypass counter:\n{m3}"
     );
     assert_eq!(
-        metric_sum(&m3, "outpost_origin_requests_total", &[])
-            - metric_sum(&m2, "outpost_origin_requests_total", &[]),
+        metric_sum(&m3, "outpost_upstream_requests_total", &[])
+            - metric_sum(&m2, "outpost_upstream_requests_total", &[]),
         1.0
     );
 
     // histograms
     for family in [
         "outpost_request_duration_seconds",
-        "outpost_origin_request_duration_seconds",
+        "outpost_upstream_request_duration_seconds",
     ] {
         assert!(
             metric_present(&m3, &format!("{family}_bucket")),
@@ -150,8 +150,8 @@ fn metrics_move_after_miss_hit_and_bypass() {
         "request duration observations for 3 requests:\n{m3}"
     );
     assert_eq!(
-        metric_sum(&m3, "outpost_origin_request_duration_seconds_count", &[])
-            - metric_sum(&m0, "outpost_origin_request_duration_seconds_count", &[]),
+        metric_sum(&m3, "outpost_upstream_request_duration_seconds_count", &[])
+            - metric_sum(&m0, "outpost_upstream_request_duration_seconds_count", &[]),
         2.0,
         "origin duration observations for 2 origin requests:\n{m3}"
     );

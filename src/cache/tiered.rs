@@ -588,7 +588,7 @@ mod tests {
     #[tokio::test]
     async fn every_streaming_fill_is_found_by_its_tag_in_either_tier() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let metrics = Metrics::new(&[], 16 << 20, 1 << 30).expect("metrics");
+        let metrics = Metrics::new(16 << 20, 1 << 30).expect("metrics");
         let memory: &'static MemoryTier =
             Box::leak(Box::new(MemoryTier::new(16 << 20, 1 << 20, true)));
         let disk = DiskTier::open(dir.path(), 1 << 30, 1 << 30, metrics.storage.clone());

@@ -85,12 +85,13 @@ pub(super) fn describe(c: &Config) -> String {
     let _ = writeln!(o, "# effective configuration of {}", c.source.display());
     let _ = writeln!(
         o,
-        "[node]\nname = \"{}\"\nthreads = {}\nshutdown_grace = {}\nwork_stealing = {}\nvia = {}\n",
+        "[node]\nname = \"{}\"\nthreads = {}\nshutdown_grace = {}\nwork_stealing = {}\nvia = {}\nupstream_keepalive_pool = {}\n",
         c.node.name,
         c.node.threads,
         dur(c.node.shutdown_grace),
         c.node.work_stealing,
-        c.node.via
+        c.node.via,
+        c.node.upstream_keepalive_pool
     );
     let _ = writeln!(o, "[listen]\nhttp = {}\n", list(&c.listen.http));
     let _ = writeln!(
@@ -121,35 +122,9 @@ pub(super) fn describe(c: &Config) -> String {
         k.stream_fills
     );
     for og in &c.origins {
-        let _ = writeln!(
-            o,
-            "[[origins]]\nname = \"{}\"\nurl = \"{}\"  # {}",
-            og.name, og.url, og.addr
-        );
-        match &og.host {
-            Some(h) => {
-                let _ = writeln!(o, "host = \"{h}\"");
-            }
-            None => {
-                let _ = writeln!(o, "# host: the client's Host header is forwarded");
-            }
-        }
-        let _ = writeln!(
-            o,
-            "connect_timeout = {}\nread_timeout = {}",
-            dur(og.connect_timeout),
-            dur(og.read_timeout)
-        );
-        match og.total_timeout {
-            Some(t) => {
-                let _ = writeln!(o, "total_timeout = {}", dur(t));
-            }
-            None => {
-                let _ = writeln!(o, "# total_timeout: none");
-            }
-        }
-        let _ = writeln!(o, "failure_backoff = {}\n", dur(og.failure_backoff));
+        describe_origin(&mut o, og);
     }
+    describe_shield(c, &mut o);
     let tags: Vec<&str> = c.purge.tag_headers.iter().map(|h| h.as_str()).collect();
     let _ = writeln!(
         o,
@@ -261,4 +236,114 @@ pub(super) fn describe(c: &Config) -> String {
         let _ = writeln!(o, "# no catch-all rule: unmatched requests use the built-in default (cache per RFC 9111, heuristic on, full query in the key)");
     }
     o
+}
+
+fn describe_origin(o: &mut String, og: &OriginConfig) {
+    let _ = writeln!(o, "[[origins]]\nname = \"{}\"", og.name);
+    if let [only] = og.servers.as_slice() {
+        let _ = writeln!(o, "url = \"{}\"  # {}", only.url, only.addr);
+    } else {
+        let _ = writeln!(o, "servers = [");
+        for s in &og.servers {
+            let _ = writeln!(
+                o,
+                "  {{ url = \"{}\", weight = {} }},  # {}",
+                s.url, s.weight, s.addr
+            );
+        }
+        let _ = writeln!(o, "]");
+    }
+    let _ = writeln!(o, "balance = \"{}\"", og.balance.as_str());
+    match &og.host {
+        Some(h) => {
+            let _ = writeln!(o, "host = \"{h}\"");
+        }
+        None => {
+            let _ = writeln!(o, "# host: the client's Host header is forwarded");
+        }
+    }
+    match &og.tls {
+        Some(t) => {
+            let _ = writeln!(o, "tls = true\nh2 = {}", og.h2);
+            if let Some(sni) = &t.sni {
+                let _ = writeln!(o, "sni = \"{sni}\"");
+            }
+            if let Some(ca) = &t.ca_file {
+                let _ = writeln!(o, "ca_file = \"{}\"", ca.display());
+            }
+            if !t.verify {
+                let _ = writeln!(o, "insecure = true  # certificates are NOT verified");
+            }
+        }
+        None => {
+            let _ = writeln!(o, "tls = false");
+        }
+    }
+    let _ = writeln!(
+        o,
+        "connect_timeout = {}\nread_timeout = {}",
+        dur(og.connect_timeout),
+        dur(og.read_timeout)
+    );
+    match og.total_timeout {
+        Some(t) => {
+            let _ = writeln!(o, "total_timeout = {}", dur(t));
+        }
+        None => {
+            let _ = writeln!(o, "# total_timeout: none");
+        }
+    }
+    let _ = writeln!(
+        o,
+        "failure_backoff = {}\nkeepalive_timeout = {}\nretries = {}\nmax_fails = {}\nfail_timeout = {}",
+        dur(og.failure_backoff),
+        dur(og.keepalive_timeout),
+        og.retries,
+        og.max_fails,
+        dur(og.fail_timeout)
+    );
+    if let Some(h) = &og.health_check {
+        let status: Vec<String> = h.expect_status.iter().map(u16::to_string).collect();
+        let _ = writeln!(
+            o,
+            "[origins.health_check]\npath = \"{}\"\ninterval = {}\ntimeout = {}\nexpect_status = [{}]\nhealthy_threshold = {}\nunhealthy_threshold = {}",
+            h.path,
+            dur(h.interval),
+            dur(h.timeout),
+            status.join(", "),
+            h.healthy_threshold,
+            h.unhealthy_threshold
+        );
+        if let Some(host) = &h.host {
+            let _ = writeln!(o, "host = \"{host}\"");
+        }
+        if let Some(port) = h.port {
+            let _ = writeln!(o, "port = {port}");
+        }
+    }
+    let _ = writeln!(o);
+}
+
+fn describe_shield(c: &Config, o: &mut String) {
+    let s = &c.shield;
+    let edges: Vec<String> = s.trusted_edges.iter().map(|n| n.to_string()).collect();
+    let edges: Vec<&str> = edges.iter().map(String::as_str).collect();
+    match s.origin {
+        Some(i) => {
+            let _ = writeln!(
+                o,
+                "[shield]\norigin = \"{}\"\ndirect_when_down = {}\ntrusted_edges = {}\n",
+                c.origins[i].name,
+                s.direct_when_down,
+                list(&edges)
+            );
+        }
+        None => {
+            let _ = writeln!(
+                o,
+                "[shield]\n# origin: none, this node fetches from origins directly\ntrusted_edges = {}\n",
+                list(&edges)
+            );
+        }
+    }
 }

@@ -49,6 +49,9 @@ pub struct FileConfig {
     /// `[compression]`: response compression.
     #[serde(default)]
     pub compression: CompressionSection,
+    /// `[shield]`: the parent tier.
+    #[serde(default)]
+    pub shield: ShieldSection,
 }
 
 /// `[compression]`.
@@ -189,6 +192,8 @@ pub struct NodeSection {
     pub work_stealing: Option<bool>,
     /// Add `Via` to forwarded requests and responses.
     pub via: Option<bool>,
+    /// Idle upstream connections kept for reuse, in all.
+    pub upstream_keepalive_pool: Option<i64>,
 }
 
 /// `[listen]`.
@@ -265,6 +270,84 @@ pub struct OriginSection {
     pub total_timeout: Option<String>,
     /// How long a failure marks the origin as failing.
     pub failure_backoff: Option<String>,
+    /// Several servers (instead of `url`): URLs or `{ url, weight }` tables.
+    pub servers: Option<Vec<ServerEntry>>,
+    /// "round_robin", "weighted" or "ketama".
+    pub balance: Option<String>,
+    /// TLS to the servers (default: when the URLs are https://).
+    pub tls: Option<bool>,
+    /// SNI name and name the certificate must carry.
+    pub sni: Option<String>,
+    /// PEM file of the CAs trusted for this origin's certificates.
+    pub ca_file: Option<String>,
+    /// Skip certificate verification.
+    pub insecure: Option<bool>,
+    /// Offer HTTP/2 (TLS origins).
+    pub h2: Option<bool>,
+    /// How long an idle pooled connection is kept.
+    pub keepalive_timeout: Option<String>,
+    /// Retries of a failed request on another server.
+    pub retries: Option<i64>,
+    /// Failures in a row that take a server out of rotation.
+    pub max_fails: Option<i64>,
+    /// How long a server stays out of rotation.
+    pub fail_timeout: Option<String>,
+    /// `[origins.health_check]`.
+    pub health_check: Option<HealthCheckSection>,
+}
+
+/// One entry of `origins[].servers`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+pub enum ServerEntry {
+    /// Just the URL.
+    Url(String),
+    /// URL and weight.
+    Table(ServerTable),
+}
+
+/// `{ url = "...", weight = 2 }`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServerTable {
+    /// `http(s)://host:port`.
+    pub url: String,
+    /// Relative share of requests.
+    pub weight: Option<i64>,
+}
+
+/// `[origins.health_check]`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HealthCheckSection {
+    /// Path requested.
+    pub path: Option<String>,
+    /// Host header sent.
+    pub host: Option<String>,
+    /// Port checked instead of the server's.
+    pub port: Option<i64>,
+    /// Time between checks.
+    pub interval: Option<String>,
+    /// Time allowed for one check.
+    pub timeout: Option<String>,
+    /// Statuses that count as healthy.
+    pub expect_status: Option<Vec<i64>>,
+    /// Successes in a row that bring a server back.
+    pub healthy_threshold: Option<i64>,
+    /// Failures in a row that take a server out.
+    pub unhealthy_threshold: Option<i64>,
+}
+
+/// `[shield]`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ShieldSection {
+    /// The `[[origins]]` entry whose servers are this node's shields.
+    pub origin: Option<String>,
+    /// Go to the origin directly when no shield can be reached.
+    pub direct_when_down: Option<bool>,
+    /// Child nodes (CIDRs) whose cache-key hint this node uses.
+    pub trusted_edges: Option<Vec<String>>,
 }
 
 /// One `[[rules]]` entry.
@@ -295,6 +378,8 @@ pub struct RuleSection {
     /// `[rules.headers]`.
     #[serde(default)]
     pub headers: HeadersSection,
+    /// Fetch through the shield tier (when one is configured).
+    pub shield: Option<bool>,
 }
 
 /// `[rules.stale]`.

@@ -6,6 +6,7 @@ mod error;
 pub mod file;
 pub mod traffic;
 mod units;
+pub mod upstream;
 mod validate;
 
 pub use error::{ConfigError, FieldError};
@@ -14,6 +15,9 @@ pub use traffic::{
     LimitKey, LimitRule, LimitsConfig, RateLimitConfig,
 };
 pub use units::{parse_duration, parse_size};
+pub use upstream::{
+    Balance, HealthCheckConfig, OriginConfig, OriginTls, ServerConfig, ShieldConfig,
+};
 
 use http::{HeaderName, Method};
 use std::fmt;
@@ -53,6 +57,8 @@ pub struct Config {
     pub limits: LimitsConfig,
     /// Response compression.
     pub compression: CompressionConfig,
+    /// The parent (shield) tier.
+    pub shield: ShieldConfig,
 }
 
 /// How stored objects are tagged for purges.
@@ -82,6 +88,9 @@ pub struct NodeConfig {
     /// Add `Via: <version> <name>` to requests sent to origins and responses sent to clients
     /// (RFC 9110 7.6.3).
     pub via: bool,
+    /// Idle upstream connections kept for reuse, across all origins (Pingora's
+    /// `upstream_keepalive_pool_size`).
+    pub upstream_keepalive_pool: usize,
 }
 
 /// `[listen]`.
@@ -201,29 +210,6 @@ impl CacheConfig {
     }
 }
 
-/// One origin server.
-#[derive(Debug, Clone)]
-pub struct OriginConfig {
-    /// Name rules refer to.
-    pub name: String,
-    /// The URL as written.
-    pub url: String,
-    /// Resolved address.
-    pub addr: SocketAddr,
-    /// Host header to send; `None` forwards the client's.
-    pub host: Option<String>,
-    /// TCP connect timeout.
-    pub connect_timeout: Duration,
-    /// Idle time allowed between reads of the response (and before its header).
-    pub read_timeout: Duration,
-    /// Longest a whole fetch (header and body) may take; `None`: no limit beyond the others.
-    pub total_timeout: Option<Duration>,
-    /// After a failed fetch (unreachable, timeout, 500/502/503/504), requests for stale
-    /// objects within their stale-if-error window are answered stale without asking this
-    /// origin for this long, so an outage does not pile requests onto it.
-    pub failure_backoff: Duration,
-}
-
 /// What a rule does with matching requests.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Action {
@@ -254,6 +240,8 @@ pub struct RuleConfig {
     pub stale: StaleConfig,
     /// Header rules of this rule (after the global ones).
     pub headers: HeaderPolicy,
+    /// Fetch through the shield tier when one is configured (`[shield]`).
+    pub shield: bool,
 }
 
 /// How long a rule lets stale responses be served when the origin's directives do not say

@@ -394,7 +394,7 @@ pub(super) fn compression(errs: &mut Errors, s: &CompressionSection) -> Compress
     }
 }
 
-fn cidrs(errs: &mut Errors, key: &str, list: Option<&Vec<String>>) -> Vec<IpNet> {
+pub(super) fn cidrs(errs: &mut Errors, key: &str, list: Option<&Vec<String>>) -> Vec<IpNet> {
     let mut out = Vec::new();
     for (i, text) in list.into_iter().flatten().enumerate() {
         let parsed = text

@@ -4,8 +4,8 @@ use super::error::{ConfigError, Errors};
 use super::file::{self, FileConfig, SizeValue};
 use super::traffic;
 use super::units::{parse_duration, parse_size};
+use super::upstream;
 use super::*;
-use std::net::ToSocketAddrs;
 
 /// Apply command-line overrides to the parsed file, before validation.
 pub(super) fn apply_overrides(file: &mut FileConfig, o: &Overrides) {
@@ -117,6 +117,17 @@ pub(super) fn validate(f: FileConfig, path: &Path) -> Result<Config, ConfigError
         ),
         work_stealing: f.node.work_stealing.unwrap_or(true),
         via: f.node.via.unwrap_or(true),
+        upstream_keepalive_pool: match f.node.upstream_keepalive_pool {
+            None => 128,
+            Some(n) if (0..=100_000).contains(&n) => n as usize,
+            Some(n) => {
+                errs.push(
+                    "node.upstream_keepalive_pool",
+                    format!("{n} is out of range 0..=100000"),
+                );
+                128
+            }
+        },
     };
 
     let http_addrs = f
@@ -268,7 +279,7 @@ pub(super) fn validate(f: FileConfig, path: &Path) -> Result<Config, ConfigError
     }
     let mut origins = Vec::new();
     for (i, o) in f.origins.iter().enumerate() {
-        if let Some(origin) = origin(&mut errs, i, o) {
+        if let Some(origin) = upstream::origin(&mut errs, i, o) {
             if origins.iter().any(|x: &OriginConfig| x.name == origin.name) {
                 errs.push(
                     format!("origins[{i}].name"),
@@ -279,9 +290,27 @@ pub(super) fn validate(f: FileConfig, path: &Path) -> Result<Config, ConfigError
         }
     }
 
+    let shield = upstream::shield(&mut errs, &f.shield, &origins);
+    // rules without `origin` use the first origin that is not the shield tier
+    let default_origin = origins
+        .iter()
+        .position(|o| Some(o.name.as_str()) != shield.origin.map(|i| origins[i].name.as_str()))
+        .unwrap_or(0);
+    if shield.origin.is_some() && origins.len() < 2 {
+        errs.push(
+            "shield.origin",
+            "the shield tier needs an [[origins]] entry of its own besides the origin(s) it shields",
+        );
+    }
     let mut rules = Vec::new();
     for (i, r) in f.rules.iter().enumerate() {
-        let rule = rule(&mut errs, i, r, &f.origins, &node.name);
+        let rule = rule(&mut errs, i, r, &f.origins, &node.name, default_origin);
+        if shield.origin == Some(rule.origin) && r.origin.is_some() {
+            errs.push(
+                format!("rules[{i}].origin"),
+                "this origin is the shield tier ([shield] origin): rules name the origin behind it",
+            );
+        }
         if rules.iter().any(|x: &RuleConfig| x.name == rule.name) {
             errs.push(
                 format!("rules[{i}].name"),
@@ -349,93 +378,7 @@ pub(super) fn validate(f: FileConfig, path: &Path) -> Result<Config, ConfigError
         origins,
         rules,
         purge,
-    })
-}
-
-fn origin(errs: &mut Errors, i: usize, o: &file::OriginSection) -> Option<OriginConfig> {
-    let key = |k: &str| format!("origins[{i}].{k}");
-    let name = o.name.clone().unwrap_or_else(|| format!("origin{i}"));
-    let connect_timeout = duration(
-        errs,
-        &key("connect_timeout"),
-        o.connect_timeout.as_ref(),
-        Duration::from_secs(2),
-    );
-    let read_timeout = duration(
-        errs,
-        &key("read_timeout"),
-        o.read_timeout.as_ref(),
-        Duration::from_secs(30),
-    );
-    let total_timeout = opt_duration(errs, &key("total_timeout"), o.total_timeout.as_ref());
-    if total_timeout.is_some_and(|t| t.is_zero()) {
-        errs.push(
-            key("total_timeout"),
-            "must be more than 0s (leave it out for no limit)",
-        );
-    }
-    let failure_backoff = duration(
-        errs,
-        &key("failure_backoff"),
-        o.failure_backoff.as_ref(),
-        Duration::from_secs(2),
-    );
-    if let Some(host) = &o.host {
-        if host.is_empty() || http::HeaderValue::from_str(host).is_err() {
-            errs.push(key("host"), format!("invalid Host header value {host:?}"));
-        }
-    }
-    let Some(text) = &o.url else {
-        errs.push(
-            key("url"),
-            "missing: the origin URL, e.g. \"http://127.0.0.1:8000\"",
-        );
-        return None;
-    };
-    let url = match url::Url::parse(text) {
-        Ok(u) => u,
-        Err(e) => {
-            errs.push(key("url"), format!("invalid URL {text:?}: {e}"));
-            return None;
-        }
-    };
-    if url.scheme() != "http" {
-        errs.push(
-            key("url"),
-            format!(
-                "unsupported scheme {:?} in {text:?}: only http:// origins are supported for now",
-                url.scheme()
-            ),
-        );
-        return None;
-    }
-    if url.path() != "/" || url.query().is_some() {
-        errs.push(
-            key("url"),
-            format!("{text:?}: an origin URL has no path or query"),
-        );
-    }
-    let host = url
-        .host_str()
-        .unwrap_or_default()
-        .trim_matches(|c| c == '[' || c == ']');
-    let port = url.port_or_known_default().unwrap_or(80);
-    let addr = match (host, port).to_socket_addrs().map(|mut a| a.next()) {
-        Ok(Some(a)) => a,
-        _ => {
-            errs.push(key("url"), format!("cannot resolve origin host {host:?}"));
-            return None;
-        }
-    };
-    Some(OriginConfig {
-        name,
-        url: text.clone(),
-        addr,
-        host: o.host.clone(),
-        connect_timeout,
-        read_timeout,
-        total_timeout,
-        failure_backoff,
+        shield,
     })
 }
 
@@ -445,11 +388,12 @@ fn rule(
     r: &file::RuleSection,
     origins: &[file::OriginSection],
     node_name: &str,
+    default_origin: usize,
 ) -> RuleConfig {
     let key = |k: &str| format!("rules[{i}].{k}");
     let name = r.name.clone().unwrap_or_else(|| format!("rule{i}"));
     let origin = match &r.origin {
-        None => 0,
+        None => default_origin,
         Some(n) => origins
             .iter()
             .enumerate()
@@ -600,6 +544,7 @@ fn rule(
         },
         stale,
         headers: traffic::header_policy(errs, &key("headers"), &r.headers, node_name),
+        shield: r.shield.unwrap_or(true),
     }
 }
 

@@ -27,6 +27,8 @@ pub enum Rejection {
     BodyTooLarge,
     /// The body did not arrive within `limits.body_timeout` between reads.
     BodyTimeout,
+    /// The request already passed this node (RFC 8586 `CDN-Loop`, or `Via`): a forwarding loop.
+    Loop,
 }
 
 impl Rejection {
@@ -37,6 +39,7 @@ impl Rejection {
             Rejection::TooManyHeaders | Rejection::HeaderTooLarge => 431,
             Rejection::BodyTooLarge => 413,
             Rejection::BodyTimeout => 408,
+            Rejection::Loop => 508,
             Rejection::BadTransferEncoding => 501,
             Rejection::MissingHost
             | Rejection::ConflictingFraming
@@ -56,6 +59,7 @@ impl Rejection {
             Rejection::BadTransferEncoding => "bad_transfer_encoding",
             Rejection::BodyTooLarge => "body_too_large",
             Rejection::BodyTimeout => "body_timeout",
+            Rejection::Loop => "loop",
         }
     }
 
@@ -75,11 +79,15 @@ impl Rejection {
             }
             Rejection::BodyTooLarge => "413 Content Too Large\n",
             Rejection::BodyTimeout => "408 Request Timeout: the request body stalled\n",
+            Rejection::Loop => {
+                "508 Loop Detected: this request already passed this node (CDN-Loop or Via); \
+                 node names must be unique along a chain of nodes\n"
+            }
         }
     }
 
     /// Every reason, for metrics registered up front.
-    pub const ALL: [Rejection; 9] = [
+    pub const ALL: [Rejection; 10] = [
         Rejection::MissingHost,
         Rejection::UriTooLong,
         Rejection::TooManyHeaders,
@@ -89,6 +97,7 @@ impl Rejection {
         Rejection::BadTransferEncoding,
         Rejection::BodyTooLarge,
         Rejection::BodyTimeout,
+        Rejection::Loop,
     ];
 }
 

@@ -123,7 +123,10 @@ impl RuleSet {
             .collect::<Result<Vec<_>, _>>()?;
         let fallback = Rule::compile(RuleConfig {
             name: "builtin-default".into(),
-            origin: 0,
+            // the first origin that is not the shield tier
+            origin: (0..config.origins.len())
+                .find(|i| Some(*i) != config.shield.origin)
+                .unwrap_or(0),
             action: Action::Cache,
             matcher: Default::default(),
             ttl: crate::config::TtlConfig {
@@ -144,6 +147,7 @@ impl RuleSet {
             },
             stale: Default::default(),
             headers: Default::default(),
+            shield: true,
         })?;
         Ok(RuleSet { rules, fallback })
     }

@@ -205,7 +205,10 @@ impl NodeConfig {
     /// The generated configuration file.
     pub fn config_text(&self) -> String {
         let mut s = String::new();
-        s.push_str("[node]\nname = \"outpost\"\nthreads = 2\nshutdown_grace = \"1s\"\n");
+        s.push_str("[node]\nthreads = 2\nshutdown_grace = \"1s\"\n");
+        if !keys_of(&self.node).iter().any(|k| k == "name") {
+            s.push_str("name = \"outpost\"\n");
+        }
         for n in &self.node {
             s.push_str(n.trim());
             s.push('\n');
@@ -252,7 +255,8 @@ impl NodeConfig {
             ("read_timeout", "\"3s\"".to_string()),
         ];
         for (k, v) in defaults {
-            if !origin_keys.iter().any(|x| x == k) {
+            let servers = k == "url" && origin_keys.iter().any(|x| x == "servers");
+            if !servers && !origin_keys.iter().any(|x| x == k) {
                 s.push_str(&format!("{k} = {v}\n"));
             }
         }

@@ -237,7 +237,8 @@ impl TestOrigin {
         format!("http://{}", self.addr)
     }
 
-    /// Serve `reply` for requests to exactly `path` (query ignored for routing).
+    /// Serve `reply` for requests to exactly `path` (query ignored for routing); `"*"`: every
+    /// path without a route of its own.
     pub fn set(&self, path: &str, reply: Reply) {
         self.set_handler(path, move |_, _| reply.clone());
     }
@@ -461,7 +462,11 @@ async fn serve_conn(sock: TcpStream, state: Arc<State>) -> std::io::Result<()> {
             .push(rec.clone());
         state.total.fetch_add(1, Ordering::SeqCst);
 
-        let handler = state.routes.lock().unwrap().get(&path).cloned();
+        let handler = {
+            let routes = state.routes.lock().unwrap();
+            // "*" answers every path without a route of its own
+            routes.get(&path).or_else(|| routes.get("*")).cloned()
+        };
         let reply = match handler {
             Some(h) => h(&rec, hit_no),
             None => Reply::new(404).body("not found"),
