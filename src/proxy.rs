@@ -102,6 +102,8 @@ pub struct RequestCtx {
     tried: Vec<(usize, usize)>,
     /// No shield could be reached: this request goes to its origin directly.
     shield_down: bool,
+    /// No shield could be reached and `direct_when_down` is off: this request fails.
+    no_shield: bool,
     /// The current attempt's failure was counted (passive health, error metric).
     failure_counted: bool,
     /// The hash this request is placed by (ketama), once computed.
@@ -558,6 +560,7 @@ impl ProxyHttp for OutpostProxy {
             upstream: None,
             tried: Vec::new(),
             shield_down: false,
+            no_shield: false,
             failure_counted: false,
             placement: None,
         }
@@ -912,6 +915,7 @@ impl ProxyHttp for OutpostProxy {
                 }
                 Err(why) => {
                     ctx.upstream = None;
+                    ctx.no_shield = true;
                     return Err(no_server_error(shields, why));
                 }
             }
@@ -1293,9 +1297,17 @@ impl ProxyHttp for OutpostProxy {
             }),
         };
         if code > 0 {
+            let shield = ctx.via_shield() || ctx.no_shield;
             let body = match code {
+                502 if shield => {
+                    "502 Bad Gateway: the shield tier could not be reached or failed mid-response\n"
+                }
                 502 => "502 Bad Gateway: the origin could not be reached or failed mid-response\n",
+                504 if shield => "504 Gateway Timeout: the shield tier did not answer in time\n",
                 504 => "504 Gateway Timeout: the origin did not answer in time\n",
+                503 if shield => {
+                    "503 Service Unavailable: no shield node is available (all down or failed)\n"
+                }
                 503 => {
                     "503 Service Unavailable: no origin server is available (all down or failed)\n"
                 }

@@ -58,6 +58,32 @@ fn round_robin_shares_requests_equally() {
     let seen = tally(&node, "/rr", 20);
     assert_eq!(seen.get("server0"), Some(&10), "{seen:?}");
     assert_eq!(seen.get("server1"), Some(&10), "{seen:?}");
+
+    // per server: requests, latency, health, and the kept-alive connections
+    let m = node.metrics();
+    for o in [&a, &b] {
+        let server = o.addr().to_string();
+        let l = [
+            ("tier", "origin"),
+            ("pool", "origin"),
+            ("server", server.as_str()),
+        ];
+        assert_eq!(
+            metric_sum(&m, "outpost_upstream_requests_total", &l),
+            10.0,
+            "{m}"
+        );
+        assert_eq!(
+            metric_sum(&m, "outpost_upstream_request_duration_seconds_count", &l),
+            10.0
+        );
+        assert_eq!(metric_sum(&m, "outpost_upstream_healthy", &l), 1.0);
+        assert!(
+            metric_sum(&m, "outpost_upstream_open_connections", &l) >= 1.0,
+            "{m}"
+        );
+        assert_eq!(metric_sum(&m, "outpost_upstream_errors_total", &l), 0.0);
+    }
 }
 
 #[test]

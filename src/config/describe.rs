@@ -173,6 +173,7 @@ pub(super) fn describe(c: &Config) -> String {
                 Action::Bypass => "bypass",
             }
         );
+        let _ = writeln!(o, "shield = {}", r.shield);
         describe_match(&mut o, "rules.match", &r.matcher);
         describe_headers(&mut o, "rules.headers", &r.headers);
         if r.action == Action::Cache {
