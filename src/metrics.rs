@@ -5,8 +5,8 @@
 
 use crate::cache::status::LABELS;
 use prometheus::{
-    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts,
-    Registry, TextEncoder,
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
 /// Latency buckets suited to a cache: 100 us to 10 s.
@@ -161,6 +161,16 @@ impl PolicyMetrics {
     }
 }
 
+/// TLS certificate metrics.
+#[derive(Clone)]
+pub struct TlsMetrics {
+    /// Certificate reloads (files changed, configuration reloaded), by outcome (`ok`, `error`).
+    pub reloads: IntCounterVec,
+    /// Seconds until each served certificate's notAfter (negative once expired), by name;
+    /// set whenever the certificates are loaded.
+    pub expiry: IntGaugeVec,
+}
+
 /// The node's metrics.
 pub struct Metrics {
     registry: Registry,
@@ -191,6 +201,8 @@ pub struct Metrics {
     pub purge: PurgeMetrics,
     /// Traffic policy.
     pub policy: PolicyMetrics,
+    /// TLS certificates.
+    pub tls: TlsMetrics,
 }
 
 impl Metrics {
@@ -486,7 +498,31 @@ impl Metrics {
             }
             registry.register(Box::new(c.clone()))?;
         }
+        let tls = TlsMetrics {
+            reloads: IntCounterVec::new(
+                Opts::new(
+                    "outpost_tls_reloads_total",
+                    "TLS certificate reloads (files changed, configuration reloaded), by outcome; \
+                     on error the previous certificates stay in service",
+                ),
+                &["outcome"],
+            )?,
+            expiry: IntGaugeVec::new(
+                Opts::new(
+                    "outpost_tls_certificate_expiry_seconds",
+                    "Seconds until a served certificate's notAfter (negative once expired), \
+                     by its first name; set when certificates are loaded",
+                ),
+                &["name"],
+            )?,
+        };
+        for outcome in ["ok", "error"] {
+            tls.reloads.with_label_values(&[outcome]);
+        }
+        registry.register(Box::new(tls.reloads.clone()))?;
+        registry.register(Box::new(tls.expiry.clone()))?;
         Ok(Metrics {
+            tls,
             policy,
             registry,
             requests,

@@ -6,6 +6,7 @@ use crate::config::{Config, Overrides};
 use crate::node::Node;
 use crate::policy::connections::Guarded;
 use crate::proxy::OutpostProxy;
+use crate::tls::reload::CertificateWatcher;
 use anyhow::{bail, Context};
 use async_trait::async_trait;
 use pingora_core::server::configuration::{Opt, ServerConf};
@@ -139,6 +140,7 @@ pub fn run(config: Config, source: Option<(PathBuf, Overrides)>) -> anyhow::Resu
         .http
         .iter()
         .map(|a| ("listen.http", *a))
+        .chain(config.listen.https.iter().map(|a| ("listen.https", *a)))
         .chain([
             ("admin.listen", config.admin.listen),
             ("metrics.listen", config.metrics.listen),
@@ -185,6 +187,18 @@ pub fn run(config: Config, source: Option<(PathBuf, Overrides)>) -> anyhow::Resu
     for addr in &cfg.listen.http {
         proxy.add_tcp(&addr.to_string());
     }
+    if let Some(tls) = &node.tls {
+        for addr in &cfg.listen.https {
+            let settings = tls
+                .listener_settings()
+                .map_err(|e| anyhow::anyhow!("TLS listener {addr}: {e}"))?;
+            proxy.add_tls_with_settings(&addr.to_string(), None, settings);
+        }
+        server.add_service(background_service(
+            "tls certificate watcher",
+            CertificateWatcher { tls: tls.clone() },
+        ));
+    }
 
     let mut metrics = Service::new("outpost metrics".into(), MetricsApp::new(node.clone()));
     metrics.add_tcp(&cfg.metrics.listen.to_string());
@@ -217,6 +231,7 @@ pub fn run(config: Config, source: Option<(PathBuf, Overrides)>) -> anyhow::Resu
     tracing::info!(
         node = %cfg.node.name,
         listen = ?cfg.listen.http,
+        listen_https = ?cfg.listen.https,
         admin = %cfg.admin.listen,
         metrics = %cfg.metrics.listen,
         origins = cfg.origins.len(),

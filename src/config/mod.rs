@@ -4,11 +4,13 @@
 mod describe;
 mod error;
 pub mod file;
+pub mod tls;
 pub mod traffic;
 mod units;
 mod validate;
 
 pub use error::{ConfigError, FieldError};
+pub use tls::{CertificateConfig, TlsConfig};
 pub use traffic::{
     ClientIpConfig, CompressionConfig, Encoding, ForwardedHeader, HeaderPolicy, HeaderRules,
     LimitKey, LimitRule, LimitsConfig, RateLimitConfig,
@@ -53,6 +55,8 @@ pub struct Config {
     pub limits: LimitsConfig,
     /// Response compression.
     pub compression: CompressionConfig,
+    /// Certificates of the HTTPS listeners.
+    pub tls: TlsConfig,
 }
 
 /// How stored objects are tagged for purges.
@@ -89,6 +93,15 @@ pub struct NodeConfig {
 pub struct ListenConfig {
     /// Plain HTTP listen addresses.
     pub http: Vec<SocketAddr>,
+    /// HTTPS listen addresses (TLS 1.2 and 1.3, certificates from [`Config::tls`]).
+    pub https: Vec<SocketAddr>,
+}
+
+impl ListenConfig {
+    /// The port an HTTP -> HTTPS redirect points to: the first HTTPS listener's.
+    pub fn https_port(&self) -> Option<u16> {
+        self.https.first().map(|a| a.port())
+    }
 }
 
 /// `[admin]`.
@@ -254,6 +267,8 @@ pub struct RuleConfig {
     pub stale: StaleConfig,
     /// Header rules of this rule (after the global ones).
     pub headers: HeaderPolicy,
+    /// Matching requests that arrive on a plain HTTP listener are redirected to HTTPS.
+    pub redirect_https: bool,
 }
 
 /// How long a rule lets stale responses be served when the origin's directives do not say

@@ -144,6 +144,7 @@ impl RuleSet {
             },
             stale: Default::default(),
             headers: Default::default(),
+            redirect_https: false,
         })?;
         Ok(RuleSet { rules, fallback })
     }

@@ -23,6 +23,7 @@ fn rule(ttl: TtlConfig) -> RuleConfig {
         },
         stale: Default::default(),
         headers: Default::default(),
+        redirect_https: false,
     }
 }
 
