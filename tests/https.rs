@@ -238,7 +238,9 @@ fn bad_certificate_files_are_refused_by_check_and_run_naming_key_and_file() {
     let ca = TestCa::new();
     let a = ca.leaf(&["a.test"], Validity::Current);
     let other = ca.leaf(&["a.test"], Validity::Current);
-    let cases: [(&str, &dyn Fn(&std::path::Path), &str, &str); 4] = [
+    // what is wrong, how the files are made so, the key path and words the error must name
+    type Case<'a> = (&'a str, &'a dyn Fn(&std::path::Path), &'a str, &'a str);
+    let cases: [Case; 4] = [
         (
             "missing file",
             &|_| {},
