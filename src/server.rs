@@ -9,6 +9,7 @@ use crate::proxy::OutpostProxy;
 use crate::tls::reload::CertificateWatcher;
 use anyhow::{bail, Context};
 use async_trait::async_trait;
+use pingora_core::apps::HttpServerOptions;
 use pingora_core::server::configuration::{Opt, ServerConf};
 use pingora_core::server::Server;
 use pingora_core::server::ShutdownWatch;
@@ -175,6 +176,11 @@ pub fn run(config: Config, source: Option<(PathBuf, Overrides)>) -> anyhow::Resu
     );
     app.handle_init_modules();
     let limits = &cfg.limits;
+    // an HTTP/2 connection (HTTPS listeners) with no request in flight is closed after the
+    // header deadline, as an idle HTTP/1 keep-alive connection is (Guarded leaves h2 alone)
+    let mut options = HttpServerOptions::default();
+    options.h2_idle_timeout = Some(limits.header_timeout);
+    app.server_options = Some(options);
     let mut proxy = Service::new(
         "outpost proxy".into(),
         Guarded::new(

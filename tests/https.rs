@@ -398,7 +398,10 @@ fn connection_limits_apply_on_the_https_listener() {
         })
         .with_no_client_auth(),
     );
-    let connect = || {
+    let mut h2_config = (*config).clone();
+    h2_config.alpn_protocols = vec![b"h2".to_vec()];
+    let h2_config = std::sync::Arc::new(h2_config);
+    let connect_with = |config: &std::sync::Arc<tokio_rustls::rustls::ClientConfig>| {
         let tcp = std::net::TcpStream::connect(node.https_addr()).unwrap();
         tcp.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
         let conn = tokio_rustls::rustls::ClientConnection::new(
@@ -412,6 +415,7 @@ fn connection_limits_apply_on_the_https_listener() {
         }
         tls
     };
+    let connect = || connect_with(&config);
     let mut idle = connect();
     let start = Instant::now();
     let mut buf = [0u8; 64];
@@ -424,6 +428,27 @@ fn connection_limits_apply_on_the_https_listener() {
     assert!(
         waited >= Duration::from_millis(800) && waited < Duration::from_secs(4),
         "closed at limits.header_timeout, after {waited:?}"
+    );
+
+    // an HTTP/2 connection with no request in flight is closed at the same deadline
+    let mut idle_h2 = connect_with(&h2_config);
+    assert_eq!(idle_h2.conn.alpn_protocol(), Some(&b"h2"[..]));
+    std::io::Write::write_all(
+        &mut idle_h2,
+        b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\x00\x00\x00\x04\x00\x00\x00\x00\x00",
+    )
+    .unwrap();
+    let start = Instant::now();
+    let mut buf = [0u8; 1024];
+    while let Ok(n) = idle_h2.read(&mut buf) {
+        if n == 0 {
+            break;
+        }
+    }
+    let waited = start.elapsed();
+    assert!(
+        waited >= Duration::from_millis(800) && waited < Duration::from_secs(4),
+        "idle h2 connection closed at limits.header_timeout, after {waited:?}"
     );
 
     // two idle TLS connections hold both slots: a third gets nothing
