@@ -4,7 +4,8 @@
 //! (policy), `cache` (storage tiers and HTTP caching semantics), `upstream` (origins),
 //! `policy` (client address, rate limits, header rules, hardening, compression), `proxy` (the
 //! request path), `purge` (bans and their lurker), `admin` and `metrics` (own listeners),
-//! `server` (bootstrap).
+//! `tls` (HTTPS listeners' certificates, their reload, HTTP -> HTTPS redirects), `server`
+//! (bootstrap).
 
 #![deny(missing_docs)]
 
@@ -18,4 +19,5 @@ pub mod proxy;
 pub mod purge;
 pub mod rules;
 pub mod server;
+pub mod tls;
 pub mod upstream;

@@ -180,6 +180,16 @@ impl PolicyMetrics {
     }
 }
 
+/// TLS certificate metrics.
+#[derive(Clone)]
+pub struct TlsMetrics {
+    /// Certificate reloads (files changed, configuration reloaded), by outcome (`ok`, `error`).
+    pub reloads: IntCounterVec,
+    /// Seconds until each served certificate's notAfter (negative once expired), by name;
+    /// set whenever the certificates are loaded.
+    pub expiry: IntGaugeVec,
+}
+
 /// The node's metrics.
 pub struct Metrics {
     registry: Registry,
@@ -210,6 +220,8 @@ pub struct Metrics {
     pub purge: PurgeMetrics,
     /// Traffic policy.
     pub policy: PolicyMetrics,
+    /// TLS certificates.
+    pub tls: TlsMetrics,
 }
 
 impl Metrics {
@@ -534,7 +546,31 @@ impl Metrics {
             }
             registry.register(Box::new(c.clone()))?;
         }
+        let tls = TlsMetrics {
+            reloads: IntCounterVec::new(
+                Opts::new(
+                    "outpost_tls_reloads_total",
+                    "TLS certificate reloads (files changed, configuration reloaded), by outcome; \
+                     on error the previous certificates stay in service",
+                ),
+                &["outcome"],
+            )?,
+            expiry: IntGaugeVec::new(
+                Opts::new(
+                    "outpost_tls_certificate_expiry_seconds",
+                    "Seconds until a served certificate's notAfter (negative once expired), \
+                     by its first name; set when certificates are loaded",
+                ),
+                &["name"],
+            )?,
+        };
+        for outcome in ["ok", "error"] {
+            tls.reloads.with_label_values(&[outcome]);
+        }
+        registry.register(Box::new(tls.reloads.clone()))?;
+        registry.register(Box::new(tls.expiry.clone()))?;
         Ok(Metrics {
+            tls,
             policy,
             registry,
             requests,

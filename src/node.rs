@@ -8,6 +8,7 @@ use crate::metrics::Metrics;
 use crate::policy::ratelimit::{Buckets, Limits};
 use crate::purge::BanList;
 use crate::rules::RuleSet;
+use crate::tls::reload::Tls;
 use crate::upstream::{Pool, Tier};
 use anyhow::Context;
 use arc_swap::ArcSwap;
@@ -92,6 +93,8 @@ pub struct Node {
     pub buckets: Buckets,
     /// When the node started.
     pub started: std::time::Instant,
+    /// Certificates of the HTTPS listeners; `None` without any.
+    pub tls: Option<Arc<Tls>>,
 }
 
 /// Request-specific reasons a response was not stored; the key may still be cacheable for
@@ -141,6 +144,12 @@ impl Node {
             Box::leak(CacheLock::new_boxed(config.cache.lock_age_timeout));
         let predictor: &'static Predictor<16> =
             Box::leak(Box::new(Predictor::new(4096, Some(request_specific))));
+        let tls = match config.listen.https.is_empty() {
+            true => None,
+            false => Some(Arc::new(
+                Tls::new(&config.tls, metrics.tls.clone()).context("loading TLS certificates")?,
+            )),
+        };
         let bans = if cache.tiers.disk() {
             let path = cache.dir.join("bans.jsonl");
             BanList::open(&path, config.purge.tag_headers.clone()).unwrap_or_else(|e| {
@@ -155,6 +164,7 @@ impl Node {
             BanList::in_memory(config.purge.tag_headers.clone())
         };
         Ok(Arc::new(Node {
+            tls,
             buckets: Buckets::new(config.rate_limit.max_keys),
             bans,
             started: std::time::Instant::now(),
@@ -169,9 +179,9 @@ impl Node {
     }
 
     /// Read the configuration file again and swap in its rules and origins, atomically:
-    /// requests in flight finish with the rules they started with. An invalid file changes
-    /// nothing (the error names the file and key). Changes to other sections are reported as
-    /// needing a restart.
+    /// requests in flight finish with the rules they started with, and reload the TLS
+    /// certificates (new handshakes get them). An invalid file changes nothing (the error
+    /// names the file and key). Changes to other sections are reported as needing a restart.
     pub fn reload(&self) -> Result<Reloaded, String> {
         let Some((path, overrides)) = &self.source else {
             return Err("this node was not started from a configuration file".into());
@@ -202,6 +212,11 @@ impl Node {
                 format!("{:?}", now.cache) != format!("{:?}", next.cache),
             ),
             ("limits", now.limits != next.limits),
+            ("tls.h2", now.tls.h2 != next.tls.h2),
+            (
+                "tls.reload_check",
+                now.tls.reload_check != next.tls.reload_check,
+            ),
             (
                 "rate_limit.max_keys",
                 now.rate_limit.max_keys != next.rate_limit.max_keys,
@@ -210,6 +225,11 @@ impl Node {
             if changed {
                 restart_required.push(section);
             }
+        }
+        if let Some(tls) = &self.tls {
+            // certificates reload with the configuration (their list may have changed)
+            tls.reload(&next.tls.certificates, "configuration reloaded")
+                .map_err(|e| format!("{}: {e}", path.display()))?;
         }
         let reloaded = Reloaded {
             rules: next.rules.len(),

@@ -17,6 +17,7 @@ use crate::policy::headers::{self, Via};
 use crate::policy::ratelimit::{Outcome, Phase};
 use crate::purge::Verdict;
 use crate::rules::{key, normalize_host, Rule};
+use crate::tls::redirect;
 use crate::upstream::{tier, NoServer, Pool, Tier};
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -316,6 +317,27 @@ impl OutpostProxy {
         send_answer(session, resp, body).await
     }
 
+    /// Answer a plain-HTTP request of a `redirect_https` rule with a redirect to the first
+    /// HTTPS listener (counted as a bypass: the cache is not involved).
+    async fn redirect_to_https(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<()> {
+        let req = session.req_header();
+        let status = redirect::status(&req.method);
+        let port = self.node.config.listen.https_port().unwrap_or(443);
+        let target = req.uri.path_and_query().map_or("/", |p| p.as_str());
+        let location = redirect::location(&ctx.host, port, target);
+        ctx.forward = Some(Forward::Bypass);
+        ctx.cache_status = Some(CacheStatus::Forward {
+            fwd: Forward::Bypass,
+            status: None,
+            stored: false,
+            detail: Some("https-redirect"),
+        });
+        let body = Bytes::from_static(b"this resource is served over HTTPS\n");
+        let mut resp = plain_response(status, body.len())?;
+        resp.insert_header(header::LOCATION, location)?;
+        send_answer(session, resp, body).await
+    }
+
     /// Count and log a refused request.
     fn count_rejection(&self, session: &Session, ctx: &mut RequestCtx, rejection: Rejection) {
         ctx.refused = true;
@@ -612,6 +634,10 @@ impl ProxyHttp for OutpostProxy {
             .routing
             .rules
             .matching(&req.method, &ctx.host, req.uri.path());
+        if redirect::wanted(session, ctx.rule().config.redirect_https, &ctx.host) {
+            self.redirect_to_https(session, ctx).await?;
+            return Ok(true);
+        }
         self.rate_limit(session, ctx, Phase::Every).await
     }
 

@@ -6,8 +6,10 @@ use crate::config::{Config, Overrides};
 use crate::node::Node;
 use crate::policy::connections::Guarded;
 use crate::proxy::OutpostProxy;
+use crate::tls::reload::CertificateWatcher;
 use anyhow::{bail, Context};
 use async_trait::async_trait;
+use pingora_core::apps::HttpServerOptions;
 use pingora_core::server::configuration::{Opt, ServerConf};
 use pingora_core::server::Server;
 use pingora_core::server::ShutdownWatch;
@@ -165,6 +167,7 @@ pub fn run(config: Config, source: Option<(PathBuf, Overrides)>) -> anyhow::Resu
         .http
         .iter()
         .map(|a| ("listen.http", *a))
+        .chain(config.listen.https.iter().map(|a| ("listen.https", *a)))
         .chain([
             ("admin.listen", config.admin.listen),
             ("metrics.listen", config.metrics.listen),
@@ -200,6 +203,11 @@ pub fn run(config: Config, source: Option<(PathBuf, Overrides)>) -> anyhow::Resu
     );
     app.handle_init_modules();
     let limits = &cfg.limits;
+    // an HTTP/2 connection (HTTPS listeners) with no request in flight is closed after the
+    // header deadline, as an idle HTTP/1 keep-alive connection is (Guarded leaves h2 alone)
+    let mut options = HttpServerOptions::default();
+    options.h2_idle_timeout = Some(limits.header_timeout);
+    app.server_options = Some(options);
     let mut proxy = Service::new(
         "outpost proxy".into(),
         Guarded::new(
@@ -211,6 +219,18 @@ pub fn run(config: Config, source: Option<(PathBuf, Overrides)>) -> anyhow::Resu
     );
     for addr in &cfg.listen.http {
         proxy.add_tcp(&addr.to_string());
+    }
+    if let Some(tls) = &node.tls {
+        for addr in &cfg.listen.https {
+            let settings = tls
+                .listener_settings()
+                .map_err(|e| anyhow::anyhow!("TLS listener {addr}: {e}"))?;
+            proxy.add_tls_with_settings(&addr.to_string(), None, settings);
+        }
+        server.add_service(background_service(
+            "tls certificate watcher",
+            CertificateWatcher { tls: tls.clone() },
+        ));
     }
 
     let mut metrics = Service::new("outpost metrics".into(), MetricsApp::new(node.clone()));
@@ -248,6 +268,7 @@ pub fn run(config: Config, source: Option<(PathBuf, Overrides)>) -> anyhow::Resu
     tracing::info!(
         node = %cfg.node.name,
         listen = ?cfg.listen.http,
+        listen_https = ?cfg.listen.https,
         admin = %cfg.admin.listen,
         metrics = %cfg.metrics.listen,
         origins = cfg.origins.len(),

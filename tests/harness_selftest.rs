@@ -252,3 +252,57 @@ fn origin_chunked_reply() {
     assert!(r.headers().get("content-length").is_none());
     assert_eq!(r.bytes().unwrap().to_vec(), body);
 }
+
+#[test]
+fn tls_origin_serves_http1_and_http2_by_alpn_and_records_the_version() {
+    let ca = TestCa::new();
+    let leaf = ca.leaf(&["origin.test", "127.0.0.1"], Validity::Current);
+    let origin = TestOrigin::start_tls(&leaf.cert_pem, &leaf.key_pem, true);
+    origin.set(
+        "/a",
+        Reply::ok("hello").header("Cache-Control", "max-age=60"),
+    );
+    origin.set(
+        "/c",
+        Reply::ok("n")
+            .body_counter()
+            .conditional()
+            .header("ETag", "\"v\""),
+    );
+    assert!(origin.https_url().starts_with("https://127.0.0.1:"));
+
+    for (h2, version) in [(Some(false), "HTTP/1.1"), (None, "HTTP/2.0")] {
+        let c = common::tls::client(&ca, "origin.test", origin.addr(), h2);
+        let url = format!("https://origin.test:{}/a", origin.addr().port());
+        let r = c.get(&url).send().expect("GET over TLS");
+        assert_eq!(r.status().as_u16(), 200);
+        assert_eq!(r.headers()["cache-control"], "max-age=60");
+        assert_eq!(
+            common::tls::peer_certificate(&r),
+            leaf.der,
+            "the leaf is served"
+        );
+        assert_eq!(r.text().unwrap(), "hello");
+        let last = origin.requests("/a").pop().expect("recorded");
+        assert_eq!(last.version, version);
+        assert_eq!(last.header("host").as_deref(), Some(&url[8..url.len() - 2]));
+
+        let url = format!("https://origin.test:{}/c", origin.addr().port());
+        let r = c.get(&url).header("If-None-Match", "\"v\"").send().unwrap();
+        assert_eq!(
+            r.status().as_u16(),
+            304,
+            "conditional replies over {version}"
+        );
+    }
+    assert_eq!(origin.hits("/a"), 2);
+
+    // an expired certificate, for tests of origin certificate checks, is refused by clients
+    let old = ca.leaf(&["origin.test"], Validity::Expired);
+    let expired = TestOrigin::start_tls(&old.cert_pem, &old.key_pem, false);
+    let err = common::tls::client(&ca, "origin.test", expired.addr(), None)
+        .get(format!("https://origin.test:{}/a", expired.addr().port()))
+        .send()
+        .expect_err("expired certificate");
+    assert!(format!("{err:?}").contains("Expired"), "{err:?}");
+}

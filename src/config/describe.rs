@@ -79,6 +79,36 @@ fn describe_traffic(c: &Config, o: &mut String) {
     }
 }
 
+/// `[tls]` and its certificates (paths as resolved against the config file's directory).
+fn describe_tls(c: &Config, o: &mut String) {
+    let t = &c.tls;
+    let _ = writeln!(
+        o,
+        "[tls]{}\nh2 = {}\nreload_check = {}\n",
+        if c.listen.https.is_empty() {
+            "  # unused: no listen.https"
+        } else {
+            ""
+        },
+        t.h2,
+        dur(t.reload_check)
+    );
+    for (i, cert) in t.certificates.iter().enumerate() {
+        let _ = writeln!(
+            o,
+            "[[tls.certificates]]  # tls.certificates[{i}]\ncert = \"{}\"\nkey = \"{}\"",
+            cert.cert.display(),
+            cert.key.display()
+        );
+        if cert.names.is_empty() {
+            let _ = writeln!(o, "# names: the certificate's DNS names");
+        } else {
+            let _ = writeln!(o, "names = {}", list(&cert.names));
+        }
+        let _ = writeln!(o, "default = {}\n", cert.default);
+    }
+}
+
 /// Render `c` as TOML with every default filled in; the admin token is redacted.
 pub(super) fn describe(c: &Config) -> String {
     let mut o = String::new();
@@ -93,7 +123,13 @@ pub(super) fn describe(c: &Config) -> String {
         c.node.via,
         c.node.upstream_keepalive_pool
     );
-    let _ = writeln!(o, "[listen]\nhttp = {}\n", list(&c.listen.http));
+    let _ = writeln!(
+        o,
+        "[listen]\nhttp = {}\nhttps = {}\n",
+        list(&c.listen.http),
+        list(&c.listen.https)
+    );
+    describe_tls(c, &mut o);
     let _ = writeln!(
         o,
         "[admin]\nlisten = \"{}\"\nready_during_disk_scan = {}\ntoken = {}\n",
@@ -165,13 +201,14 @@ pub(super) fn describe(c: &Config) -> String {
         let _ = writeln!(o, "[[rules]]  # rules[{i}], checked in this order");
         let _ = writeln!(
             o,
-            "name = \"{}\"\norigin = \"{}\"\naction = \"{}\"",
+            "name = \"{}\"\norigin = \"{}\"\naction = \"{}\"\nredirect_https = {}",
             r.name,
             c.origins[r.origin].name,
             match r.action {
                 Action::Cache => "cache",
                 Action::Bypass => "bypass",
-            }
+            },
+            r.redirect_https
         );
         let _ = writeln!(o, "shield = {}", r.shield);
         describe_match(&mut o, "rules.match", &r.matcher);

@@ -52,6 +52,36 @@ pub struct FileConfig {
     /// `[shield]`: the parent tier.
     #[serde(default)]
     pub shield: ShieldSection,
+    /// `[tls]`: certificates of the HTTPS listeners.
+    #[serde(default)]
+    pub tls: TlsSection,
+}
+
+/// `[tls]`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsSection {
+    /// Offer HTTP/2 through ALPN.
+    pub h2: Option<bool>,
+    /// How often the certificate and key files are checked for changes.
+    pub reload_check: Option<String>,
+    /// `[[tls.certificates]]`.
+    #[serde(default)]
+    pub certificates: Vec<CertificateSection>,
+}
+
+/// One `[[tls.certificates]]` entry.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CertificateSection {
+    /// PEM certificate chain file.
+    pub cert: Option<String>,
+    /// PEM private key file.
+    pub key: Option<String>,
+    /// SNI names served (default: the certificate's DNS names).
+    pub names: Option<Vec<String>>,
+    /// Served when SNI is absent or matches no certificate.
+    pub default: Option<bool>,
 }
 
 /// `[compression]`.
@@ -202,6 +232,8 @@ pub struct NodeSection {
 pub struct ListenSection {
     /// Plain HTTP listen addresses.
     pub http: Option<Vec<String>>,
+    /// HTTPS listen addresses.
+    pub https: Option<Vec<String>>,
 }
 
 /// `[admin]`.
@@ -380,6 +412,8 @@ pub struct RuleSection {
     pub headers: HeadersSection,
     /// Fetch through the shield tier (when one is configured).
     pub shield: Option<bool>,
+    /// Redirect matching requests on plain HTTP to HTTPS.
+    pub redirect_https: Option<bool>,
 }
 
 /// `[rules.stale]`.

@@ -4,12 +4,14 @@
 mod describe;
 mod error;
 pub mod file;
+pub mod tls;
 pub mod traffic;
 mod units;
 pub mod upstream;
 mod validate;
 
 pub use error::{ConfigError, FieldError};
+pub use tls::{CertificateConfig, TlsConfig};
 pub use traffic::{
     ClientIpConfig, CompressionConfig, Encoding, ForwardedHeader, HeaderPolicy, HeaderRules,
     LimitKey, LimitRule, LimitsConfig, RateLimitConfig,
@@ -59,6 +61,8 @@ pub struct Config {
     pub compression: CompressionConfig,
     /// The parent (shield) tier.
     pub shield: ShieldConfig,
+    /// Certificates of the HTTPS listeners.
+    pub tls: TlsConfig,
 }
 
 /// How stored objects are tagged for purges.
@@ -98,6 +102,15 @@ pub struct NodeConfig {
 pub struct ListenConfig {
     /// Plain HTTP listen addresses.
     pub http: Vec<SocketAddr>,
+    /// HTTPS listen addresses (TLS 1.2 and 1.3, certificates from [`Config::tls`]).
+    pub https: Vec<SocketAddr>,
+}
+
+impl ListenConfig {
+    /// The port an HTTP -> HTTPS redirect points to: the first HTTPS listener's.
+    pub fn https_port(&self) -> Option<u16> {
+        self.https.first().map(|a| a.port())
+    }
 }
 
 /// `[admin]`.
@@ -242,6 +255,8 @@ pub struct RuleConfig {
     pub headers: HeaderPolicy,
     /// Fetch through the shield tier when one is configured (`[shield]`).
     pub shield: bool,
+    /// Matching requests that arrive on a plain HTTP listener are redirected to HTTPS.
+    pub redirect_https: bool,
 }
 
 /// How long a rule lets stale responses be served when the origin's directives do not say

@@ -144,7 +144,22 @@ pub(super) fn validate(f: FileConfig, path: &Path) -> Result<Config, ConfigError
             .enumerate()
             .map(|(i, a)| addr(&mut errs, &format!("listen.http[{i}]"), Some(a), ""))
             .collect(),
+        https: f
+            .listen
+            .https
+            .iter()
+            .flatten()
+            .enumerate()
+            .map(|(i, a)| addr(&mut errs, &format!("listen.https[{i}]"), Some(a), ""))
+            .collect(),
     };
+    let tls = super::tls::tls(&mut errs, &f.tls, path);
+    if !listen.https.is_empty() && f.tls.certificates.is_empty() {
+        errs.push(
+            "tls.certificates",
+            "listen.https needs at least one [[tls.certificates]] entry (cert and key files)",
+        );
+    }
 
     let token = match (&f.admin.token_env, &f.admin.token) {
         (Some(var), inline) => std::env::var(var)
@@ -311,6 +326,12 @@ pub(super) fn validate(f: FileConfig, path: &Path) -> Result<Config, ConfigError
                 "this origin is the shield tier ([shield] origin): rules name the origin behind it",
             );
         }
+        if rule.redirect_https && listen.https.is_empty() {
+            errs.push(
+                format!("rules[{i}].redirect_https"),
+                "there is no HTTPS listener to redirect to: add listen.https and [[tls.certificates]]",
+            );
+        }
         if rules.iter().any(|x: &RuleConfig| x.name == rule.name) {
             errs.push(
                 format!("rules[{i}].name"),
@@ -364,6 +385,7 @@ pub(super) fn validate(f: FileConfig, path: &Path) -> Result<Config, ConfigError
         });
     }
     Ok(Config {
+        tls,
         compression,
         limits,
         headers,
@@ -545,6 +567,7 @@ fn rule(
         stale,
         headers: traffic::header_policy(errs, &key("headers"), &r.headers, node_name),
         shield: r.shield.unwrap_or(true),
+        redirect_https: r.redirect_https.unwrap_or(false),
     }
 }
 

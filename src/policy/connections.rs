@@ -270,7 +270,8 @@ impl<A: ServerApp + Send + Sync + 'static> ServerApp for Guarded<A> {
             return None;
         };
         if matches!(stream.selected_alpn_proto(), Some(ALPN::H2)) {
-            // one call serves the whole HTTP/2 connection; its streams are separate tasks
+            // one call serves the whole HTTP/2 connection; its streams are separate tasks, and
+            // its idle deadline is Pingora's h2_idle_timeout (limits.header_timeout, server.rs)
             return self.inner.process_new(stream, shutdown).await;
         }
         let (stream, watched) = track(stream);

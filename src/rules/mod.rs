@@ -148,6 +148,7 @@ impl RuleSet {
             stale: Default::default(),
             headers: Default::default(),
             shield: true,
+            redirect_https: false,
         })?;
         Ok(RuleSet { rules, fallback })
     }

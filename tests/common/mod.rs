@@ -6,6 +6,7 @@ pub mod asserts;
 pub mod disk;
 pub mod node;
 pub mod origin;
+pub mod tls;
 
 pub use asserts::{assert_hit, assert_stored_miss};
 pub use disk::{files_under, object_files, stop_ok, wait_disk_objects};
@@ -13,6 +14,7 @@ pub use node::{
     assert_refused, assert_refused_text, free_port, outpost_bin, run_check, Node, NodeConfig,
 };
 pub use origin::{generated_body, http_date, parse_http_date, Recorded, Reply, TestOrigin};
+pub use tls::{Leaf, TestCa, Validity};
 
 /// The `Cache-Status` header of a response ("" if absent).
 pub fn cache_status(resp: &reqwest::blocking::Response) -> String {

@@ -118,6 +118,9 @@ pub struct NodeConfig {
     cache: Vec<String>,
     origin: Vec<String>,
     extra: Vec<String>,
+    tls: Vec<String>,
+    certificates: Vec<String>,
+    https_port: Option<u16>,
     http_port: u16,
     admin_port: u16,
     metrics_port: u16,
@@ -140,6 +143,9 @@ impl NodeConfig {
             cache: Vec::new(),
             origin: Vec::new(),
             extra: Vec::new(),
+            tls: Vec::new(),
+            certificates: Vec::new(),
+            https_port: None,
             http_port: ports[0],
             admin_port: ports[1],
             metrics_port: ports[2],
@@ -174,6 +180,41 @@ impl NodeConfig {
     pub fn origin(mut self, toml: &str) -> Self {
         self.origin.push(toml.to_string());
         self
+    }
+
+    /// An HTTPS listener on a free port (certificates: [`Self::certificate`]).
+    pub fn https(mut self) -> Self {
+        let taken = [self.http_port, self.admin_port, self.metrics_port];
+        let mut port = free_port();
+        while taken.contains(&port) {
+            port = free_port();
+        }
+        self.https_port = Some(port);
+        self
+    }
+
+    /// Extra `key = value` lines inside `[tls]` (`h2`, `reload_check`).
+    pub fn tls(mut self, toml: &str) -> Self {
+        self.tls.push(toml.to_string());
+        self
+    }
+
+    /// A `[[tls.certificates]]` entry for these files, with extra lines (`names = [...]`,
+    /// `default = true`).
+    pub fn certificate(mut self, cert: &Path, key: &Path, extra: &str) -> Self {
+        self.certificates.push(format!(
+            "[[tls.certificates]]\ncert = {}\nkey = {}\n{}\n",
+            toml_str(&cert.to_string_lossy()),
+            toml_str(&key.to_string_lossy()),
+            extra.trim()
+        ));
+        self
+    }
+
+    /// The HTTPS listener's address (after [`Self::https`]).
+    pub fn https_addr(&self) -> Option<SocketAddr> {
+        self.https_port
+            .map(|p| SocketAddr::from(([127, 0, 0, 1], p)))
     }
 
     /// Raw TOML appended at the end.
@@ -215,9 +256,25 @@ impl NodeConfig {
         }
         s.push('\n');
         s.push_str(&format!(
-            "[listen]\nhttp = [\"127.0.0.1:{}\"]\n\n",
+            "[listen]\nhttp = [\"127.0.0.1:{}\"]\n",
             self.http_port
         ));
+        if let Some(port) = self.https_port {
+            s.push_str(&format!("https = [\"127.0.0.1:{port}\"]\n"));
+        }
+        s.push('\n');
+        if !self.tls.is_empty() || !self.certificates.is_empty() {
+            s.push_str("[tls]\n");
+            for t in &self.tls {
+                s.push_str(t.trim());
+                s.push('\n');
+            }
+            s.push('\n');
+            for c in &self.certificates {
+                s.push_str(c);
+                s.push('\n');
+            }
+        }
         s.push_str(&format!(
             "[admin]\nlisten = \"127.0.0.1:{}\"\ntoken = \"test-token\"\n\n",
             self.admin_port
@@ -311,6 +368,7 @@ impl NodeConfig {
             child: Mutex::new(child),
             pid,
             http: self.http_addr(),
+            https: self.https_addr(),
             admin: self.admin_addr(),
             metrics: self.metrics_addr(),
             dir: self.dir.clone(),
@@ -328,6 +386,7 @@ pub struct Node {
     child: Mutex<Child>,
     pid: u32,
     http: SocketAddr,
+    https: Option<SocketAddr>,
     admin: SocketAddr,
     metrics: SocketAddr,
     dir: Arc<tempfile::TempDir>,
@@ -351,8 +410,11 @@ impl Node {
                 );
             }
             // Pingora starts each service (proxy, metrics, admin) on its own: wait for all three.
-            let http_up =
-                TcpStream::connect_timeout(&self.http, Duration::from_millis(200)).is_ok();
+            let http_up = TcpStream::connect_timeout(&self.http, Duration::from_millis(200))
+                .is_ok()
+                && self.https.is_none_or(|a| {
+                    TcpStream::connect_timeout(&a, Duration::from_millis(200)).is_ok()
+                });
             let admin_up =
                 TcpStream::connect_timeout(&self.admin, Duration::from_millis(200)).is_ok();
             if http_up && admin_up {
@@ -385,6 +447,17 @@ impl Node {
 
     pub fn admin_addr(&self) -> SocketAddr {
         self.admin
+    }
+
+    /// The HTTPS listener's address (the config had [`NodeConfig::https`]).
+    pub fn https_addr(&self) -> SocketAddr {
+        self.https.expect("the node has no HTTPS listener")
+    }
+
+    /// `https://<host>:PORT{path}` on the HTTPS listener: `host` is what the client sends as
+    /// SNI (resolve it to [`Self::https_addr`], see `common::tls::client`).
+    pub fn https_url(&self, host: &str, path: &str) -> String {
+        format!("https://{host}:{}{path}", self.https_addr().port())
     }
 
     pub fn metrics_addr(&self) -> SocketAddr {

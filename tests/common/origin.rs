@@ -1,7 +1,9 @@
-//! A scriptable HTTP/1.1 origin server for black-box tests.
+//! A scriptable HTTP/1.1 origin server for black-box tests, in clear text or over TLS
+//! ([`TestOrigin::start_tls`], with HTTP/2 when ALPN picks it).
 //!
 //! Raw tokio (no HTTP library) so that tests have full control over the wire: delays before the
-//! response head, truncated bodies followed by a connection reset, exact headers.
+//! response head, truncated bodies followed by a connection reset, exact headers. HTTP/2 goes
+//! through hyper and serves the same scripted replies, without truncation and stalls.
 #![allow(dead_code)]
 
 use std::collections::HashMap;
@@ -11,8 +13,9 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
+use tokio_rustls::TlsAcceptor;
 
 /// One request as received by the origin.
 #[derive(Clone, Debug)]
@@ -21,6 +24,8 @@ pub struct Recorded {
     /// Request target as sent: path + query.
     pub uri: String,
     pub headers: Vec<(String, String)>,
+    /// The protocol version: "HTTP/1.1", "HTTP/1.0" or "HTTP/2.0".
+    pub version: String,
 }
 
 impl Recorded {
@@ -58,13 +63,13 @@ pub struct Reply {
     status: u16,
     headers: Vec<(String, String)>,
     body: Vec<u8>,
-    delay: Option<Duration>,
+    pub(super) delay: Option<Duration>,
     body_counter: bool,
     truncate_after: Option<usize>,
     conditional: bool,
     stall: Option<(usize, Duration)>,
     /// A body of this many bytes of [`generated_body`], produced while it is sent.
-    generated: Option<usize>,
+    pub(super) generated: Option<usize>,
     chunked: bool,
 }
 
@@ -159,7 +164,7 @@ impl Reply {
 type Handler = Arc<dyn Fn(&Recorded, usize) -> Reply + Send + Sync + 'static>;
 
 #[derive(Default)]
-struct State {
+pub(super) struct State {
     routes: Mutex<HashMap<String, Handler>>,
     hits: Mutex<HashMap<String, usize>>,
     requests: Mutex<HashMap<String, Vec<Recorded>>>,
@@ -181,6 +186,18 @@ impl TestOrigin {
 
     /// Like `start`, on a given address (e.g. a port a node was already configured with).
     pub fn start_on(addr: SocketAddr) -> TestOrigin {
+        TestOrigin::spawn(addr, None)
+    }
+
+    /// Like `start`, over TLS with the PEM certificate chain and key given (see
+    /// `common::tls::TestCa`); with `h2`, ALPN offers `h2` before `http/1.1` and HTTP/2
+    /// requests are served (`Recorded::version` says which one a request used).
+    pub fn start_tls(cert_pem: &str, key_pem: &str, h2: bool) -> TestOrigin {
+        let acceptor = super::tls::acceptor(cert_pem, key_pem, h2);
+        TestOrigin::spawn(SocketAddr::from(([127, 0, 0, 1], 0)), Some(acceptor))
+    }
+
+    fn spawn(addr: SocketAddr, tls: Option<TlsAcceptor>) -> TestOrigin {
         let std_listener = std::net::TcpListener::bind(addr)
             .unwrap_or_else(|e| panic!("test origin: bind {addr}: {e}"));
         std_listener.set_nonblocking(true).unwrap();
@@ -203,8 +220,17 @@ impl TestOrigin {
                             match listener.accept().await {
                                 Ok((sock, _)) => {
                                     let st = st.clone();
+                                    let tls = tls.clone();
                                     tokio::spawn(async move {
-                                        let _ = serve_conn(sock, st).await;
+                                        let _ = sock.set_nodelay(true);
+                                        match tls {
+                                            None => {
+                                                let _ = serve_conn(sock, st).await;
+                                            }
+                                            Some(tls) => {
+                                                let _ = serve_tls(&tls, sock, st).await;
+                                            }
+                                        }
                                     });
                                 }
                                 Err(_) => tokio::time::sleep(Duration::from_millis(5)).await,
@@ -239,6 +265,12 @@ impl TestOrigin {
 
     /// Serve `reply` for requests to exactly `path` (query ignored for routing); `"*"`: every
     /// path without a route of its own.
+    /// `https://127.0.0.1:PORT` (for an origin started with `start_tls`).
+    pub fn https_url(&self) -> String {
+        format!("https://{}", self.addr)
+    }
+
+    /// Serve `reply` for requests to exactly `path` (query ignored for routing).
     pub fn set(&self, path: &str, reply: Reply) {
         self.set_handler(path, move |_, _| reply.clone());
     }
@@ -311,12 +343,31 @@ fn route_path(uri: &str) -> &str {
     }
 }
 
-struct Conn {
-    sock: TcpStream,
+/// A connection the HTTP/1 server writes to: a TCP stream or TLS over one.
+trait Wire: AsyncRead + AsyncWrite + Unpin + Send {
+    /// Make closing the connection reset it (RST), to cut a response short.
+    fn reset_on_close(&self);
+}
+
+impl Wire for TcpStream {
+    fn reset_on_close(&self) {
+        #[allow(deprecated)]
+        let _ = self.set_linger(Some(Duration::from_secs(0)));
+    }
+}
+
+impl Wire for tokio_rustls::server::TlsStream<TcpStream> {
+    fn reset_on_close(&self) {
+        self.get_ref().0.reset_on_close()
+    }
+}
+
+struct Conn<S> {
+    sock: S,
     buf: Vec<u8>,
 }
 
-impl Conn {
+impl<S: Wire> Conn<S> {
     async fn fill(&mut self) -> std::io::Result<bool> {
         let mut tmp = [0u8; 16 * 1024];
         let n = self.sock.read(&mut tmp).await?;
@@ -428,8 +479,45 @@ impl Conn {
     }
 }
 
-async fn serve_conn(sock: TcpStream, state: Arc<State>) -> std::io::Result<()> {
-    let _ = sock.set_nodelay(true);
+/// Completes the TLS handshake and serves HTTP/2 or HTTP/1 as ALPN chose.
+async fn serve_tls(tls: &TlsAcceptor, sock: TcpStream, state: Arc<State>) -> std::io::Result<()> {
+    let stream = tls.accept(sock).await?;
+    if stream.get_ref().1.alpn_protocol() == Some(b"h2") {
+        return super::tls::serve_h2(stream, state).await;
+    }
+    serve_conn(stream, state).await
+}
+
+/// Counts and records `rec`, and picks the scripted reply with its 1-based hit number.
+pub(super) fn record(state: &State, rec: &Recorded) -> (Reply, usize) {
+    let path = route_path(&rec.uri).to_string();
+    let hit_no = {
+        let mut hits = state.hits.lock().unwrap();
+        let h = hits.entry(path.clone()).or_insert(0);
+        *h += 1;
+        *h
+    };
+    state
+        .requests
+        .lock()
+        .unwrap()
+        .entry(path.clone())
+        .or_default()
+        .push(rec.clone());
+    state.total.fetch_add(1, Ordering::SeqCst);
+    let handler = {
+        let routes = state.routes.lock().unwrap();
+        // "*" answers every path without a route of its own
+        routes.get(&path).or_else(|| routes.get("*")).cloned()
+    };
+    let reply = match handler {
+        Some(h) => h(rec, hit_no),
+        None => Reply::new(404).body("not found"),
+    };
+    (reply, hit_no)
+}
+
+async fn serve_conn<S: Wire>(sock: S, state: Arc<State>) -> std::io::Result<()> {
     let mut conn = Conn {
         sock,
         buf: Vec::new(),
@@ -445,32 +533,9 @@ async fn serve_conn(sock: TcpStream, state: Arc<State>) -> std::io::Result<()> {
             method: method.clone(),
             uri: uri.clone(),
             headers,
+            version: version.clone(),
         };
-        let path = route_path(&uri).to_string();
-        let hit_no = {
-            let mut hits = state.hits.lock().unwrap();
-            let h = hits.entry(path.clone()).or_insert(0);
-            *h += 1;
-            *h
-        };
-        state
-            .requests
-            .lock()
-            .unwrap()
-            .entry(path.clone())
-            .or_default()
-            .push(rec.clone());
-        state.total.fetch_add(1, Ordering::SeqCst);
-
-        let handler = {
-            let routes = state.routes.lock().unwrap();
-            // "*" answers every path without a route of its own
-            routes.get(&path).or_else(|| routes.get("*")).cloned()
-        };
-        let reply = match handler {
-            Some(h) => h(&rec, hit_no),
-            None => Reply::new(404).body("not found"),
-        };
+        let (reply, hit_no) = record(&state, &rec);
 
         let conn_hdr = rec
             .header("connection")
@@ -518,14 +583,18 @@ fn not_modified(rec: &Recorded, reply: &Reply) -> bool {
     false
 }
 
-/// Writes the response. Returns false when the connection must be closed (truncation).
-async fn write_reply(
-    sock: &mut TcpStream,
-    rec: &Recorded,
-    reply: &Reply,
-    hit_no: usize,
-    close_after: bool,
-) -> std::io::Result<bool> {
+/// What to answer `rec` with `reply`: status, header fields (with the framing fields for
+/// HTTP/1), whether a body follows, and the body (empty for a generated one).
+pub(super) struct Planned {
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    pub send_body: bool,
+    pub body: Vec<u8>,
+}
+
+/// The response `reply` makes for `rec` (hit `hit_no`): a 304 for a matching conditional
+/// request, the hit number appended with `body_counter`.
+pub(super) fn plan(rec: &Recorded, reply: &Reply, hit_no: usize) -> Planned {
     let mut body = reply.body.clone();
     if reply.body_counter {
         body.extend_from_slice(format!("#{hit_no}").as_bytes());
@@ -564,6 +633,28 @@ async fn write_reply(
             }
             (reply.status, hs, !no_body_status && !is_head)
         };
+    Planned {
+        status,
+        headers,
+        send_body,
+        body,
+    }
+}
+
+/// Writes the response. Returns false when the connection must be closed (truncation).
+async fn write_reply<S: Wire>(
+    sock: &mut S,
+    rec: &Recorded,
+    reply: &Reply,
+    hit_no: usize,
+    close_after: bool,
+) -> std::io::Result<bool> {
+    let Planned {
+        status,
+        headers,
+        send_body,
+        mut body,
+    } = plan(rec, reply, hit_no);
 
     let mut head = format!("HTTP/1.1 {} {}\r\n", status, reason(status));
     if !headers.iter().any(|(k, _)| k.eq_ignore_ascii_case("date")) {
@@ -606,8 +697,7 @@ async fn write_reply(
         sock.flush().await?;
         // Let the peer read the partial body, then reset the connection.
         tokio::time::sleep(Duration::from_millis(100)).await;
-        #[allow(deprecated)]
-        let _ = sock.set_linger(Some(Duration::from_secs(0)));
+        sock.reset_on_close();
         return Ok(false);
     }
 
@@ -639,8 +729,8 @@ pub fn generated_body(start: usize, end: usize) -> Vec<u8> {
 /// Sends `head` then a body of `len` bytes (from `source`, or generated) piece by piece,
 /// chunk-encoded if asked, honouring `stall_after` and `truncate_after`. Returns false when
 /// the connection must be closed.
-async fn write_streamed(
-    sock: &mut TcpStream,
+async fn write_streamed<S: Wire>(
+    sock: &mut S,
     head: &[u8],
     reply: &Reply,
     source: Option<&[u8]>,
@@ -681,8 +771,7 @@ async fn write_streamed(
     if stop < len {
         // Let the peer read the partial body, then reset the connection.
         tokio::time::sleep(Duration::from_millis(100)).await;
-        #[allow(deprecated)]
-        let _ = sock.set_linger(Some(Duration::from_secs(0)));
+        sock.reset_on_close();
         return Ok(false);
     }
     if reply.chunked {

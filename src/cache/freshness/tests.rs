@@ -24,6 +24,7 @@ fn rule(ttl: TtlConfig) -> RuleConfig {
         stale: Default::default(),
         headers: Default::default(),
         shield: true,
+        redirect_https: false,
     }
 }
 
