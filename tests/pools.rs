@@ -197,6 +197,19 @@ fn active_health_check_takes_a_server_out_and_brings_it_back() {
     });
     let seen = tally(&node, "/h", 10);
     assert_eq!(seen.get("server0"), Some(&10), "{seen:?}");
+    // the admin status shows it too
+    let status: serde_json::Value = node
+        .client()
+        .get(node.admin_url("/status"))
+        .bearer_auth("test-token")
+        .send()
+        .unwrap()
+        .json()
+        .unwrap();
+    let servers = &status["upstreams"][0]["servers"];
+    assert_eq!(servers[1]["address"], b.addr().to_string(), "{status}");
+    assert_eq!(servers[1]["healthy"], false, "{status}");
+    assert_eq!(servers[0]["available"], true, "{status}");
     let checks = b.hits("/health");
     assert!(checks >= 1);
     assert_eq!(

@@ -310,6 +310,16 @@ impl AdminApp {
                     "objects": d.objects(), "bytes": d.bytes(),
                     "index": if d.index_complete() { "complete" } else { "scanning" },
                 })),
+                "upstreams": node.routing.load().origins.iter().map(|pool| serde_json::json!({
+                    "name": pool.name(),
+                    "tier": pool.tier.as_str(),
+                    "balance": pool.config.balance.as_str(),
+                    "servers": pool.members().iter().enumerate().map(|(i, m)| serde_json::json!({
+                        "address": m.label,
+                        "healthy": pool.healthy(i),
+                        "available": pool.available(i),
+                    })).collect::<Vec<_>>(),
+                })).collect::<Vec<_>>(),
             }),
         )
     }
