@@ -576,10 +576,44 @@ fn criterion() -> Criterion {
         .measurement_time(Duration::from_secs(2))
 }
 
+/// Picking an upstream server per miss: weighted round robin and ketama over 8 servers, and
+/// ketama skipping servers already tried (a retry).
+fn bench_upstream_selection(c: &mut Criterion) {
+    use outpost::metrics::Metrics;
+    use outpost::upstream::{Pool, Tier};
+    let metrics = Metrics::new(1 << 20, 1 << 20).expect("metrics");
+    let servers: Vec<String> = (0..8)
+        .map(|i| format!("\"http://127.0.0.1:{}\"", 9000 + i))
+        .collect();
+    let pool = |balance: &str| {
+        let text = format!(
+            "[[origins]]\nname = \"{balance}\"\nbalance = \"{balance}\"\nservers = [{}]\n",
+            servers.join(", ")
+        );
+        let cfg = Config::from_str(&text, Path::new("bench.toml"), &Overrides::default())
+            .expect("pool config");
+        Pool::new(cfg.origins[0].clone(), Tier::Origin, &metrics).expect("pool")
+    };
+    let (rr, ketama) = (pool("round_robin"), pool("ketama"));
+    let key = pingora_cache::key::hash_key("www.example.com\n/static/app.css\n");
+    let mut g = c.benchmark_group("upstream");
+    g.bench_function("select_round_robin_8", |b| {
+        b.iter(|| rr.select(black_box(&key), &[]))
+    });
+    g.bench_function("select_ketama_8", |b| {
+        b.iter(|| ketama.select(black_box(&key), &[]))
+    });
+    let first = ketama.select(&key, &[]).expect("a server");
+    g.bench_function("select_ketama_8_retry", |b| {
+        b.iter(|| ketama.select(black_box(&key), &[first]))
+    });
+    g.finish();
+}
+
 criterion_group! {
     name = benches;
     config = criterion();
     targets = bench_rules, bench_keys, bench_freshness, bench_vary_and_status, bench_memory_tier,
-        bench_compression
+        bench_compression, bench_upstream_selection
 }
 criterion_main!(benches);

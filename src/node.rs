@@ -3,7 +3,7 @@
 //! Pingora wants `&'static` storage, lock and predictor: they are leaked here, exactly once.
 
 use crate::cache::{DiskTier, MemoryTier, TieredStorage};
-use crate::config::{ClientIpConfig, Config, HeaderPolicy, Overrides};
+use crate::config::{ClientIpConfig, Config, HeaderPolicy, Overrides, ShieldConfig};
 use crate::metrics::Metrics;
 use crate::policy::ratelimit::{Buckets, Limits};
 use crate::purge::BanList;
@@ -23,8 +23,8 @@ pub struct Routing {
     /// Origin pools, in config order (rules refer to them by index); the shield tier is one
     /// of them (`[shield] origin`).
     pub origins: Vec<Pool>,
-    /// Index of the shield tier in `origins`, if this node has one.
-    pub shield: Option<usize>,
+    /// The shield tier: `origin` indexes `origins`.
+    pub shield: ShieldConfig,
     /// Compiled rate limits.
     pub limits: Limits,
     /// How the client's address is found behind proxies.
@@ -52,7 +52,7 @@ impl Routing {
         Ok(Routing {
             rules: RuleSet::new(config).context("compiling cache rules")?,
             origins,
-            shield: config.shield.origin,
+            shield: config.shield.clone(),
             limits: Limits::new(&config.rate_limit).context("compiling rate limits")?,
             client_ip: config.client_ip.clone(),
             headers: config.headers.clone(),

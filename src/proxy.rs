@@ -30,7 +30,7 @@ use pingora_cache::{
 };
 use pingora_core::protocols::http::compression::Algorithm;
 use pingora_core::upstreams::peer::HttpPeer;
-use pingora_error::{Error, ErrorSource, ErrorType, Result};
+use pingora_error::{Error, ErrorSource, ErrorType, Result, RetryType};
 use pingora_http::{RequestHeader, ResponseHeader};
 use pingora_proxy::{range_header_filter, FailToProxy, ProxyHttp, RangeType, Session};
 use std::sync::Arc;
@@ -259,7 +259,7 @@ impl OutpostProxy {
         let tried = ctx.tried_in(p);
         let another = tried.len() <= pool.config.retries && pool.select(&key, &tried).is_ok();
         match pool.tier {
-            Tier::Shield => another || self.node.config.shield.direct_when_down,
+            Tier::Shield => another || ctx.routing.shield.direct_when_down,
             Tier::Origin => another,
         }
     }
@@ -278,8 +278,8 @@ impl OutpostProxy {
     }
 
     /// The cache key an edge sent with this request, if it comes from a trusted edge.
-    fn edge_key(&self, session: &Session) -> Option<String> {
-        let trusted = &self.node.config.shield.trusted_edges;
+    fn edge_key(session: &Session, ctx: &RequestCtx) -> Option<String> {
+        let trusted = &ctx.routing.shield.trusted_edges;
         if trusted.is_empty() {
             return None;
         }
@@ -670,7 +670,7 @@ impl ProxyHttp for OutpostProxy {
 
     fn cache_key_callback(&self, session: &Session, ctx: &mut RequestCtx) -> Result<CacheKey> {
         let req = session.req_header();
-        if let Some(primary) = self.edge_key(session) {
+        if let Some(primary) = Self::edge_key(session, ctx) {
             // a trusted edge's key: both tiers store the object under one key
             let hash = pingora_cache::key::hash_key(&primary);
             let mut key = CacheKey::new(primary, String::new());
@@ -915,6 +915,7 @@ impl ProxyHttp for OutpostProxy {
         let routing = ctx.routing.clone();
         if let Some(si) = routing
             .shield
+            .origin
             .filter(|_| ctx.rule().config.shield && !ctx.shield_down)
         {
             let shields = &routing.origins[si];
@@ -934,7 +935,7 @@ impl ProxyHttp for OutpostProxy {
                         Error::explain(ErrorType::InternalError, "shield server missing")
                     });
                 }
-                Err(why) if self.node.config.shield.direct_when_down => {
+                Err(why) if routing.shield.direct_when_down => {
                     ctx.shield_down = true;
                     self.node.metrics.shield_bypassed.inc();
                     tracing::info!(host = %ctx.host, ?why, "no shield reachable: fetching from the origin directly");
@@ -995,16 +996,24 @@ impl ProxyHttp for OutpostProxy {
     ) -> Box<Error> {
         let mut e = e.more_context(format!("Peer: {peer}"));
         let before_response = ctx.upstream_status.is_none();
-        if e.esource() == &ErrorSource::Upstream && before_response {
-            ctx.server_failed();
-        }
+        let from_upstream = e.esource() == &ErrorSource::Upstream;
         let replayable = session.req_header().method.is_idempotent()
             && !session.as_ref().retry_buffer_truncated();
-        if !replayable || !before_response || e.esource() != &ErrorSource::Upstream {
+        if from_upstream
+            && before_response
+            && client_reused
+            && matches!(e.retry, RetryType::ReusedOnly)
+        {
+            // a pooled connection the server had already closed: not the server's failure;
+            // a replayable request is sent again on a fresh connection
+            e.set_retry(replayable);
+            return e;
+        }
+        if from_upstream && before_response {
+            ctx.server_failed();
+        }
+        if !replayable || !before_response || !from_upstream {
             e.set_retry(false);
-        } else if client_reused && !ctx.failure_counted {
-            // a pooled connection the server had closed: Pingora's own retry case
-            e.retry.decide_reuse(client_reused);
         } else {
             e.set_retry(self.may_retry(ctx));
         }
