@@ -11,6 +11,7 @@
 
 pub mod admin;
 pub mod cache;
+pub mod cluster;
 pub mod config;
 pub mod metrics;
 pub mod node;

@@ -148,6 +148,68 @@ pub struct PurgeMetrics {
     pub retired: IntCounter,
 }
 
+/// Fleet purge bus metrics.
+#[derive(Clone)]
+pub struct ClusterMetrics {
+    /// Purges waiting to be published (NATS unreachable).
+    pub outbox: IntGauge,
+    /// Purges this node published to the stream.
+    pub published: IntCounter,
+    /// Purges from other nodes applied here.
+    pub applied: IntCounter,
+    /// Time from a purge's publication to its application here.
+    pub delay: Histogram,
+    /// 1 once the node caught up with the stream after its start.
+    pub synced: IntGauge,
+    /// 1 while connected to NATS.
+    pub connected: IntGauge,
+    /// Seconds since the node last knew it had every purge (set at scrape).
+    pub lag: prometheus::Gauge,
+}
+
+impl ClusterMetrics {
+    fn new(registry: &Registry) -> prometheus::Result<ClusterMetrics> {
+        let m = ClusterMetrics {
+            outbox: IntGauge::new(
+                "outpost_cluster_outbox_purges",
+                "Purges issued here waiting to be published to the fleet (NATS unreachable)",
+            )?,
+            published: IntCounter::new(
+                "outpost_cluster_purges_published_total",
+                "Purges issued here and published to the fleet's stream",
+            )?,
+            applied: IntCounter::new(
+                "outpost_cluster_purges_applied_total",
+                "Purges issued on other nodes and applied here",
+            )?,
+            delay: Histogram::with_opts(
+                HistogramOpts::new(
+                    "outpost_cluster_purge_delay_seconds",
+                    "Time from a purge's publication (on another node) to its application here",
+                )
+                .buckets(LATENCY_BUCKETS.to_vec()),
+            )?,
+            synced: IntGauge::new(
+                "outpost_cluster_synced",
+                "1 once this node has caught up with the purge stream since it started",
+            )?,
+            connected: IntGauge::new("outpost_cluster_connected", "1 while connected to NATS")?,
+            lag: prometheus::Gauge::new(
+                "outpost_cluster_lag_seconds",
+                "Seconds since this node last knew it had every purge of the stream",
+            )?,
+        };
+        registry.register(Box::new(m.outbox.clone()))?;
+        registry.register(Box::new(m.published.clone()))?;
+        registry.register(Box::new(m.applied.clone()))?;
+        registry.register(Box::new(m.delay.clone()))?;
+        registry.register(Box::new(m.synced.clone()))?;
+        registry.register(Box::new(m.connected.clone()))?;
+        registry.register(Box::new(m.lag.clone()))?;
+        Ok(m)
+    }
+}
+
 /// Traffic policy counters.
 pub struct PolicyMetrics {
     /// Requests refused by a rate limit, by limit name.
@@ -220,6 +282,8 @@ pub struct Metrics {
     pub purge: PurgeMetrics,
     /// Traffic policy.
     pub policy: PolicyMetrics,
+    /// The fleet purge bus (registered for every node; zero without `[cluster]`).
+    pub cluster: ClusterMetrics,
     /// TLS certificates.
     pub tls: TlsMetrics,
 }
@@ -569,7 +633,9 @@ impl Metrics {
         }
         registry.register(Box::new(tls.reloads.clone()))?;
         registry.register(Box::new(tls.expiry.clone()))?;
+        let cluster = ClusterMetrics::new(&registry)?;
         Ok(Metrics {
+            cluster,
             tls,
             policy,
             registry,

@@ -3,10 +3,11 @@
 //! Pingora wants `&'static` storage, lock and predictor: they are leaked here, exactly once.
 
 use crate::cache::{DiskTier, MemoryTier, TieredStorage};
+use crate::cluster::Cluster;
 use crate::config::{ClientIpConfig, Config, HeaderPolicy, Overrides, ShieldConfig};
 use crate::metrics::Metrics;
 use crate::policy::ratelimit::{Buckets, Limits};
-use crate::purge::BanList;
+use crate::purge::{Ban, BanList, BanTarget};
 use crate::rules::RuleSet;
 use crate::tls::reload::Tls;
 use crate::upstream::{Pool, Tier};
@@ -91,6 +92,8 @@ pub struct Node {
     pub bans: BanList,
     /// Rate-limit buckets (kept across reloads).
     pub buckets: Buckets,
+    /// The fleet purge bus, when `[cluster]` is configured.
+    pub cluster: Option<Cluster>,
     /// When the node started.
     pub started: std::time::Instant,
     /// Certificates of the HTTPS listeners; `None` without any.
@@ -163,7 +166,15 @@ impl Node {
         } else {
             BanList::in_memory(config.purge.tag_headers.clone())
         };
+        let cluster = config.cluster.as_ref().map(|c| {
+            let outbox = cache
+                .tiers
+                .disk()
+                .then(|| cache.dir.join("cluster-outbox.jsonl"));
+            Cluster::new(c.clone(), &config.node.name, outbox, &metrics)
+        });
         Ok(Arc::new(Node {
+            cluster,
             tls,
             buckets: Buckets::new(config.rate_limit.max_keys),
             bans,
@@ -212,6 +223,10 @@ impl Node {
                 format!("{:?}", now.cache) != format!("{:?}", next.cache),
             ),
             ("limits", now.limits != next.limits),
+            (
+                "cluster",
+                format!("{:?}", now.cluster) != format!("{:?}", next.cluster),
+            ),
             ("tls.h2", now.tls.h2 != next.tls.h2),
             (
                 "tls.reload_check",
@@ -247,12 +262,48 @@ impl Node {
         Ok(reloaded)
     }
 
+    /// Apply a purge on this node: record it (durably with a disk tier) and, for a hard URL
+    /// purge (`url`: host, path, query), free the stored entry at once (its variants stay
+    /// until looked up: the ban covers them).
+    pub async fn apply_purge(
+        &self,
+        target: BanTarget,
+        soft: bool,
+        url: Option<&(String, String, Option<String>)>,
+    ) -> (Ban, std::io::Result<()>) {
+        let (ban, persisted) = self.bans.add(target, soft);
+        if let (Some((host, path, query)), false) = (url, soft) {
+            let routing = self.routing.load();
+            let rules = &routing.rules;
+            let rule = rules.get(rules.matching(&http::Method::GET, host, path));
+            let key = crate::rules::key::cache_key(
+                &rule.config.key,
+                host,
+                path,
+                query.as_deref(),
+                &http::HeaderMap::new(),
+            );
+            let span = pingora_cache::trace::Span::inactive().handle();
+            let _ = pingora_cache::storage::Storage::purge(
+                self.storage,
+                pingora_cache::storage::PurgeTarget::Active(&key.to_compact()),
+                pingora_cache::storage::PurgeType::Invalidation,
+                &span,
+            )
+            .await;
+        }
+        (ban, persisted)
+    }
+
     /// Refresh scrape-time gauges and render the metrics text.
     pub fn render_metrics(&self) -> Vec<u8> {
         self.metrics.purge.bans.set(self.bans.len() as i64);
         if let Some(memory) = self.storage.memory() {
             self.metrics.memory_objects.set(memory.objects() as i64);
             self.metrics.memory_bytes.set(memory.bytes() as i64);
+        }
+        if let Some(cluster) = &self.cluster {
+            cluster.refresh_gauges();
         }
         let open = crate::upstream::sockets::established_by_remote();
         for pool in &self.routing.load().origins {

@@ -731,6 +731,14 @@ impl ProxyHttp for OutpostProxy {
             }
             None => {}
         }
+        // fleet purges this node may not have received yet (starting, or partitioned)
+        if let Some(cluster) = &self.node.cluster {
+            if cluster.must_revalidate(entry::confirmed_at(meta)) {
+                ctx.was_stale = true;
+                ctx.revalidating = true;
+                return Ok(Some(ForcedFreshness::ForceExpired));
+            }
+        }
         let req = session.req_header();
         if req.headers.contains_key(header::AUTHORIZATION)
             && !ctx.rule().config.cacheable.authorized

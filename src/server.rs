@@ -254,6 +254,12 @@ pub fn run(config: Config, source: Option<(PathBuf, Overrides)>) -> anyhow::Resu
         "purge lurker",
         PurgeLurker { node: node.clone() },
     ));
+    if node.cluster.is_some() {
+        server.add_service(background_service(
+            "fleet purge bus",
+            crate::cluster::bus::PurgeBus { node: node.clone() },
+        ));
+    }
     server.add_service(background_service(
         "health checks",
         HealthChecks { node: node.clone() },

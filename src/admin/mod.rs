@@ -216,26 +216,20 @@ impl AdminApp {
                 )
             }
         };
-        let (ban, persisted) = self.node.bans.add(request.target, request.soft);
-        if let (Some((host, path, query)), false) = (&request.url, request.soft) {
-            // free the stored entry now (variants stay until looked up: the ban covers them)
-            let rule = rules.get(rules.matching(&Method::GET, host, path));
-            let key = crate::rules::key::cache_key(
-                &rule.config.key,
-                host,
-                path,
-                query.as_deref(),
-                &http::HeaderMap::new(),
-            );
-            let span = pingora_cache::trace::Span::inactive().handle();
-            let _ = pingora_cache::storage::Storage::purge(
-                self.node.storage,
-                pingora_cache::storage::PurgeTarget::Active(&key.to_compact()),
-                pingora_cache::storage::PurgeType::Invalidation,
-                &span,
-            )
+        let (ban, persisted) = self
+            .node
+            .apply_purge(request.target, request.soft, request.url.as_ref())
             .await;
-        }
+        let fleet = self.node.cluster.as_ref().map(|cluster| {
+            cluster.publish(crate::cluster::FleetPurge {
+                node: self.node.config.node.name.clone(),
+                id: ban.id,
+                soft: ban.soft,
+                target: ban.target.clone(),
+                url: request.url.clone(),
+                issued_ms: ban.at_ms,
+            })
+        });
         let metrics = &self.node.metrics.purge;
         let kind = match &ban.target {
             crate::purge::BanTarget::Url { .. } => "url",
@@ -255,6 +249,10 @@ impl AdminApp {
             "target": ban.target,
             "durable": persisted.is_ok(),
         });
+        if let Some(fleet) = fleet {
+            // "published": in the stream; "queued": kept (on disk) until NATS takes it
+            answer["fleet"] = serde_json::Value::String(fleet.as_str().into());
+        }
         match persisted {
             Ok(()) => json(StatusCode::OK, &answer),
             Err(e) => {
@@ -309,6 +307,11 @@ impl AdminApp {
                 "disk": storage.disk().map(|d| serde_json::json!({
                     "objects": d.objects(), "bytes": d.bytes(),
                     "index": if d.index_complete() { "complete" } else { "scanning" },
+                })),
+                "cluster": node.cluster.as_ref().map(|c| serde_json::json!({
+                    "connected": c.connected(),
+                    "synced": c.synced(),
+                    "outbox": c.queued(),
                 })),
                 "upstreams": node.routing.load().origins.iter().map(|pool| serde_json::json!({
                     "name": pool.name(),

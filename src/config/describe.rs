@@ -161,6 +161,7 @@ pub(super) fn describe(c: &Config) -> String {
         describe_origin(&mut o, og);
     }
     describe_shield(c, &mut o);
+    describe_cluster(c, &mut o);
     let tags: Vec<&str> = c.purge.tag_headers.iter().map(|h| h.as_str()).collect();
     let _ = writeln!(
         o,
@@ -384,4 +385,25 @@ fn describe_shield(c: &Config, o: &mut String) {
             );
         }
     }
+}
+
+fn describe_cluster(c: &Config, o: &mut String) {
+    let Some(k) = &c.cluster else {
+        let _ = writeln!(o, "# [cluster]: none, purges stay on this node\n");
+        return;
+    };
+    let _ = writeln!(
+        o,
+        "[cluster]\nnats_url = \"{}\"\nstream = \"{}\"  # subject {}\nretention = {}\nmax_lag = {}\nuntil_synced = \"{}\"",
+        k.nats_url,
+        k.stream,
+        k.subject(),
+        dur(k.retention),
+        dur(k.max_lag),
+        if k.revalidate_until_synced { "revalidate" } else { "serve" }
+    );
+    if let Some(var) = &k.token_env {
+        let _ = writeln!(o, "token_env = \"{var}\"");
+    }
+    let _ = writeln!(o);
 }

@@ -52,6 +52,8 @@ pub struct FileConfig {
     /// `[shield]`: the parent tier.
     #[serde(default)]
     pub shield: ShieldSection,
+    /// `[cluster]`: the fleet purge bus (optional).
+    pub cluster: Option<ClusterSection>,
     /// `[tls]`: certificates of the HTTPS listeners.
     #[serde(default)]
     pub tls: TlsSection,
@@ -479,4 +481,22 @@ pub struct CacheableSection {
     pub set_cookie: Option<bool>,
     /// Cache responses to requests with Authorization regardless of directives.
     pub authorized: Option<bool>,
+}
+
+/// `[cluster]`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClusterSection {
+    /// `nats://host:port` of a NATS server with JetStream.
+    pub nats_url: Option<String>,
+    /// JetStream stream of purges.
+    pub stream: Option<String>,
+    /// Environment variable holding the NATS token.
+    pub token_env: Option<String>,
+    /// How long purges are kept in the stream.
+    pub retention: Option<String>,
+    /// Lag beyond which objects older than the last sync are revalidated.
+    pub max_lag: Option<String>,
+    /// "revalidate" or "serve": objects from before start while not caught up.
+    pub until_synced: Option<String>,
 }

@@ -61,8 +61,37 @@ pub struct Config {
     pub compression: CompressionConfig,
     /// The parent (shield) tier.
     pub shield: ShieldConfig,
+    /// The fleet purge bus; `None`: purges stay on this node.
+    pub cluster: Option<ClusterConfig>,
     /// Certificates of the HTTPS listeners.
     pub tls: TlsConfig,
+}
+
+/// `[cluster]`: purges issued on any node reach every node through a NATS JetStream stream.
+#[derive(Debug, Clone)]
+pub struct ClusterConfig {
+    /// The NATS server (`nats://host:port`).
+    pub nats_url: String,
+    /// The JetStream stream of purges (created if missing); its subject is `<stream>.purge`.
+    pub stream: String,
+    /// Environment variable holding the NATS token, if the server wants one.
+    pub token_env: Option<String>,
+    /// How long the stream keeps purges: a node away longer misses older ones.
+    pub retention: Duration,
+    /// While this node has not caught up with the stream for longer than this (NATS
+    /// unreachable), objects it confirmed before it last caught up are revalidated before
+    /// they are served. Zero: never.
+    pub max_lag: Duration,
+    /// Until the node has caught up after a start, objects stored before the start are
+    /// revalidated (`true`) or served as they are (`false`).
+    pub revalidate_until_synced: bool,
+}
+
+impl ClusterConfig {
+    /// The subject purges are published on.
+    pub fn subject(&self) -> String {
+        format!("{}.purge", self.stream)
+    }
 }
 
 /// How stored objects are tagged for purges.

@@ -4,6 +4,7 @@
 
 pub mod asserts;
 pub mod disk;
+pub mod nats;
 pub mod node;
 pub mod origin;
 pub mod tls;

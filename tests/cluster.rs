@@ -1,0 +1,291 @@
+//! Fleet purge over NATS JetStream against a real `nats-server`: a purge issued on one node
+//! reaches every node (every target type, soft too), a node that was down catches up before it
+//! serves objects from before its outage, and purges issued while NATS is down are applied
+//! locally at once and published when it returns. Skipped (with a message) where
+//! `nats-server` is not installed.
+mod common;
+
+use common::nats::Nats;
+use common::*;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+fn purge(node: &Node, body: &str) -> serde_json::Value {
+    let r = node
+        .client()
+        .post(node.admin_url("/purge"))
+        .bearer_auth("test-token")
+        .header("Content-Type", "application/json")
+        .body(body.to_string())
+        .send()
+        .expect("POST /purge");
+    assert_eq!(r.status(), 200);
+    r.json().expect("JSON answer")
+}
+
+fn member(name: &str, origin: &TestOrigin, nats: &Nats) -> NodeConfig {
+    NodeConfig::new(&origin.url())
+        .node(&format!("name = \"{name}\""))
+        .extra(&format!(
+            "[cluster]\nnats_url = \"{}\"\nstream = \"PURGES\"",
+            nats.url()
+        ))
+}
+
+/// `/v/*` objects whose body says which fetch of the path it is.
+fn versioned(origin: &TestOrigin) -> Arc<AtomicUsize> {
+    let fetches = Arc::new(AtomicUsize::new(0));
+    let f = fetches.clone();
+    origin.set_handler("*", move |_, hit| {
+        f.fetch_add(1, Ordering::SeqCst);
+        Reply::ok(format!("v{hit}"))
+            .header("Cache-Control", "max-age=600")
+            .header("ETag", &format!("\"v{hit}\""))
+            .header("Surrogate-Key", "fleet")
+    });
+    fetches
+}
+
+fn wait_until(what: &str, limit: Duration, mut f: impl FnMut() -> bool) {
+    let start = Instant::now();
+    while !f() {
+        assert!(start.elapsed() < limit, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(25));
+    }
+}
+
+fn status(node: &Node) -> serde_json::Value {
+    node.client()
+        .get(node.admin_url("/status"))
+        .bearer_auth("test-token")
+        .send()
+        .unwrap()
+        .json()
+        .unwrap()
+}
+
+fn wait_synced(node: &Node) {
+    wait_until(
+        "the node to catch up with the stream",
+        Duration::from_secs(10),
+        || status(node)["cluster"]["synced"] == true,
+    );
+}
+
+fn applied(node: &Node) -> f64 {
+    metric_sum(&node.metrics(), "outpost_cluster_purges_applied_total", &[])
+}
+
+#[test]
+fn a_purge_on_one_node_reaches_every_node() {
+    let Some(nats) = Nats::start() else { return };
+    let origin = TestOrigin::start();
+    versioned(&origin);
+    let nodes: Vec<Node> = ["edge-a", "edge-b", "shield"]
+        .iter()
+        .map(|n| member(n, &origin, &nats).start())
+        .collect();
+    for n in &nodes {
+        wait_synced(n);
+    }
+    let everywhere =
+        |path: &str| -> Vec<String> { nodes.iter().map(|n| get(n, path).text()).collect() };
+    for p in ["/u", "/p/x", "/t", "/s"] {
+        everywhere(p);
+        // every node has it: hits now
+        for n in &nodes {
+            assert!(get(n, p).cache_status().contains("hit"), "{p}");
+        }
+    }
+
+    for (i, body) in [
+        r#"{"url": "http://127.0.0.1/u"}"#,
+        r#"{"prefix": "/p/"}"#,
+        r#"{"tags": ["fleet"]}"#,
+    ]
+    .iter()
+    .enumerate()
+    {
+        let answer = purge(&nodes[0], body);
+        assert_eq!(answer["fleet"], "queued", "{answer}");
+        for n in &nodes[1..] {
+            wait_until("the purge to arrive", Duration::from_secs(5), || {
+                applied(n) >= (i + 1) as f64
+            });
+        }
+    }
+    // after the tag purge everything tagged is gone on every node: each refetches
+    for n in &nodes {
+        for p in ["/u", "/p/x", "/t"] {
+            let r = get(n, p);
+            assert!(
+                !r.cache_status().contains("; hit"),
+                "{p}: {}",
+                r.cache_status()
+            );
+        }
+    }
+
+    // a soft purge from another node: stale everywhere, revalidated (304 keeps the body)
+    origin.set_handler("/soft", |req, hit| {
+        if req.header("if-none-match").as_deref() == Some("\"v1\"") {
+            return Reply::new(304).header("ETag", "\"v1\"");
+        }
+        Reply::ok(format!("v{hit}"))
+            .header("Cache-Control", "max-age=600")
+            .header("ETag", "\"v1\"")
+    });
+    for n in &nodes {
+        get(n, "/soft");
+    }
+    let before = applied(&nodes[0]);
+    purge(&nodes[2], r#"{"prefix": "/soft", "soft": true}"#);
+    wait_until("the soft purge on edge-a", Duration::from_secs(5), || {
+        applied(&nodes[0]) > before
+    });
+    let r = get(&nodes[0], "/soft");
+    assert_eq!(r.text(), "v1");
+    assert!(
+        r.cache_status().contains("fwd=stale"),
+        "{}",
+        r.cache_status()
+    );
+    let seen = origin.requests("/soft");
+    assert_eq!(
+        seen.last().unwrap().header("if-none-match").as_deref(),
+        Some("\"v1\"")
+    );
+}
+
+#[test]
+fn a_node_that_was_down_catches_up_before_serving_old_objects() {
+    let Some(nats) = Nats::start() else { return };
+    let origin = TestOrigin::start();
+    versioned(&origin);
+    let a = member("edge-a", &origin, &nats).start();
+    let b_config = member("edge-b", &origin, &nats);
+    let b = b_config.start();
+    wait_synced(&a);
+    wait_synced(&b);
+    assert_eq!(get(&b, "/old").text(), "v1");
+    wait_disk_objects(&b, 1, Duration::from_secs(5), "the object on disk");
+    b.stop();
+
+    // purged while edge-b is down
+    purge(&a, r#"{"url": "http://127.0.0.1/old"}"#);
+    let b = b_config.start();
+    // whether or not it has caught up yet, it never serves the purged copy
+    let r = get(&b, "/old");
+    assert_eq!(r.text(), "v2", "{}", r.cache_status());
+    wait_synced(&b);
+    assert!(applied(&b) >= 1.0);
+    assert!(get(&b, "/old").cache_status().contains("hit"));
+}
+
+#[test]
+fn purges_issued_while_nats_is_down_apply_locally_and_travel_when_it_returns() {
+    let Some(mut nats) = Nats::start() else {
+        return;
+    };
+    let origin = TestOrigin::start();
+    versioned(&origin);
+    let a = member("edge-a", &origin, &nats).start();
+    let b = member("edge-b", &origin, &nats).start();
+    wait_synced(&a);
+    wait_synced(&b);
+    for n in [&a, &b] {
+        assert_eq!(get(n, "/x").text().len(), 2);
+    }
+    nats.stop();
+    wait_until("edge-a to notice", Duration::from_secs(10), || {
+        status(&a)["cluster"]["connected"] == false
+    });
+
+    let answer = purge(&a, r#"{"url": "http://127.0.0.1/x"}"#);
+    assert_eq!(answer["durable"], true);
+    // applied here at once
+    assert!(!get(&a, "/x").cache_status().contains("; hit"));
+    let m = a.metrics();
+    assert_eq!(
+        metric_sum(&m, "outpost_cluster_outbox_purges", &[]),
+        1.0,
+        "{m}"
+    );
+    // not on edge-b yet
+    assert!(get(&b, "/x").cache_status().contains("hit"));
+
+    let nats = nats.start_again();
+    wait_until(
+        "the queued purge to reach edge-b",
+        Duration::from_secs(15),
+        || applied(&b) >= 1.0,
+    );
+    assert!(!get(&b, "/x").cache_status().contains("; hit"));
+    assert_eq!(
+        metric_sum(&a.metrics(), "outpost_cluster_outbox_purges", &[]),
+        0.0
+    );
+    drop(nats);
+}
+
+#[test]
+fn cluster_settings_are_validated() {
+    assert_refused("[cluster]\nstream = \"S\"", "cluster.nats_url");
+    assert_refused("[cluster]\nnats_url = \"http://x:1\"", "cluster.nats_url");
+    assert_refused(
+        "[cluster]\nnats_url = \"nats://127.0.0.1:4222\"\nstream = \"a.b\"",
+        "cluster.stream",
+    );
+    assert_refused(
+        "[cluster]\nnats_url = \"nats://127.0.0.1:4222\"\nuntil_synced = \"maybe\"",
+        "cluster.until_synced",
+    );
+}
+
+/// End-to-end purge latency across nodes on loopback: `cargo test --release --test cluster --
+/// --ignored --nocapture`. Prints percentiles of the time from publication to application on
+/// the other node (its `outpost_cluster_purge_delay_seconds` histogram) and of the time from
+/// the admin answer on one node to the purge showing on the other.
+#[test]
+#[ignore]
+fn fleet_purge_latency() {
+    let Some(nats) = Nats::start() else { return };
+    let origin = TestOrigin::start();
+    versioned(&origin);
+    let a = member("edge-a", &origin, &nats).start();
+    let b = member("edge-b", &origin, &nats).start();
+    wait_synced(&a);
+    wait_synced(&b);
+    let n = 300;
+    let mut seen = Vec::with_capacity(n);
+    for i in 0..n {
+        let before = applied(&b);
+        let start = Instant::now();
+        purge(&a, &format!(r#"{{"tags": ["t{i}"]}}"#));
+        wait_until("the purge on edge-b", Duration::from_secs(5), || {
+            applied(&b) > before
+        });
+        seen.push(start.elapsed());
+    }
+    seen.sort();
+    let pct = |p: f64| seen[((n as f64 * p) as usize).min(n - 1)];
+    println!(
+        "fleet purge, admin answer on edge-a -> applied on edge-b (metrics polled): p50 {:?} p99 {:?} max {:?}",
+        pct(0.5),
+        pct(0.99),
+        seen[n - 1]
+    );
+    let m = b.metrics();
+    let count = metric_sum(&m, "outpost_cluster_purge_delay_seconds_count", &[]);
+    for le in [
+        "0.001", "0.0025", "0.005", "0.01", "0.025", "0.05", "0.1", "0.25", "1",
+    ] {
+        let within = metric_sum(
+            &m,
+            "outpost_cluster_purge_delay_seconds_bucket",
+            &[("le", le)],
+        );
+        println!("publication -> applied within {le} s: {within} of {count}");
+    }
+}
