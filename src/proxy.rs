@@ -1265,9 +1265,10 @@ impl ProxyHttp for OutpostProxy {
             resp.insert_header("ratelimit-policy", limits.policy_field(&ctx.limits))?;
             resp.insert_header("ratelimit", limits.state_field(&ctx.limits))?;
         }
-        // purge tags are for this cache, not for clients (they stay in the stored copy)
+        // purge tags are for this cache, not for clients (they stay in the stored copy); an
+        // edge below this shield stores them too, so that tag purges reach its copy
         let purge = &self.node.config.purge;
-        if purge.strip_tag_headers {
+        if purge.strip_tag_headers && Self::edge_key(session, ctx).is_none() {
             for name in &purge.tag_headers {
                 resp.remove_header(name);
             }

@@ -47,29 +47,11 @@ fn versioned(origin: &TestOrigin) -> Arc<AtomicUsize> {
     fetches
 }
 
-fn wait_until(what: &str, limit: Duration, mut f: impl FnMut() -> bool) {
-    let start = Instant::now();
-    while !f() {
-        assert!(start.elapsed() < limit, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(25));
-    }
-}
-
-fn status(node: &Node) -> serde_json::Value {
-    node.client()
-        .get(node.admin_url("/status"))
-        .bearer_auth("test-token")
-        .send()
-        .unwrap()
-        .json()
-        .unwrap()
-}
-
 fn wait_synced(node: &Node) {
     wait_until(
         "the node to catch up with the stream",
         Duration::from_secs(10),
-        || status(node)["cluster"]["synced"] == true,
+        || admin_status(node)["cluster"]["synced"] == true,
     );
 }
 
@@ -199,7 +181,7 @@ fn purges_issued_while_nats_is_down_apply_locally_and_travel_when_it_returns() {
     }
     nats.stop();
     wait_until("edge-a to notice", Duration::from_secs(10), || {
-        status(&a)["cluster"]["connected"] == false
+        admin_status(&a)["cluster"]["connected"] == false
     });
 
     let answer = purge(&a, r#"{"url": "http://127.0.0.1/x"}"#);

@@ -5,7 +5,7 @@ mod common;
 
 use common::*;
 use std::collections::HashMap;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 /// Every response of `origins` says which server answered (uncached: `no-store`).
 fn tag_servers(origins: &[&TestOrigin], path: &str) {
@@ -38,14 +38,6 @@ fn tally(node: &Node, path: &str, n: usize) -> HashMap<String, usize> {
         *seen.entry(r.text()).or_insert(0) += 1;
     }
     seen
-}
-
-fn wait_until(what: &str, limit: Duration, mut f: impl FnMut() -> bool) {
-    let start = Instant::now();
-    while !f() {
-        assert!(start.elapsed() < limit, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(50));
-    }
 }
 
 #[test]

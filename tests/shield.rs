@@ -296,3 +296,38 @@ fn shield_settings_are_validated() {
         "rules[1].origin",
     );
 }
+
+#[test]
+fn purge_tags_reach_the_edge_copy_but_not_clients() {
+    let origin = TestOrigin::start();
+    origin.set(
+        "/tagged",
+        Reply::ok("t")
+            .header("Cache-Control", "max-age=60")
+            .header("Surrogate-Key", "k1 k2"),
+    );
+    let s = shield("shield", &origin);
+    let a = edge("edge-a", &origin, &[&s]);
+    let (_s, a) = (s.start(), a.start());
+    let r = get_host(&a, "/tagged", "www.test");
+    assert_eq!(r.header("surrogate-key"), None, "tags leaked to a client");
+    assert!(get_host(&a, "/tagged", "www.test")
+        .cache_status()
+        .contains("edge-a; hit"));
+    // the edge's copy carries the tags the shield passed down: a tag purge on the edge covers it
+    let r = a
+        .client()
+        .post(a.admin_url("/purge"))
+        .bearer_auth("test-token")
+        .body(r#"{"tags": ["k2"]}"#)
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let r = get_host(&a, "/tagged", "www.test");
+    assert!(
+        r.cache_status().starts_with("shield; hit") && !r.cache_status().contains("edge-a; hit"),
+        "{}",
+        r.cache_status()
+    );
+    assert_eq!(origin.hits("/tagged"), 1);
+}

@@ -3,7 +3,9 @@
 #![allow(unused_imports)]
 
 pub mod asserts;
+pub mod background;
 pub mod disk;
+pub mod link;
 pub mod nats;
 pub mod node;
 pub mod origin;
@@ -259,4 +261,24 @@ pub fn raw(node: &Node, bytes: &[u8]) -> String {
 /// The status code of a raw response.
 pub fn status_of(resp: &str) -> Option<u16> {
     resp.split_whitespace().nth(1).and_then(|s| s.parse().ok())
+}
+
+/// Poll `f` every 25 ms until it holds; panic naming `what` after `limit`.
+pub fn wait_until(what: &str, limit: std::time::Duration, mut f: impl FnMut() -> bool) {
+    let start = std::time::Instant::now();
+    while !f() {
+        assert!(start.elapsed() < limit, "timed out waiting for {what}");
+        std::thread::sleep(std::time::Duration::from_millis(25));
+    }
+}
+
+/// The node's `GET /status` (admin token of the harness).
+pub fn admin_status(node: &Node) -> serde_json::Value {
+    node.client()
+        .get(node.admin_url("/status"))
+        .bearer_auth("test-token")
+        .send()
+        .expect("GET /status")
+        .json()
+        .expect("status JSON")
 }

@@ -10,12 +10,13 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use std::thread::JoinHandle;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_rustls::TlsAcceptor;
+
+use super::background::Background;
 
 /// One request as received by the origin.
 #[derive(Clone, Debug)]
@@ -175,8 +176,8 @@ pub(super) struct State {
 pub struct TestOrigin {
     addr: SocketAddr,
     state: Arc<State>,
-    shutdown: Option<tokio::sync::oneshot::Sender<()>>,
-    thread: Option<JoinHandle<()>>,
+    /// Stops the server when the origin is dropped.
+    _server: Background,
 }
 
 impl TestOrigin {
@@ -203,54 +204,38 @@ impl TestOrigin {
         std_listener.set_nonblocking(true).unwrap();
         let addr = std_listener.local_addr().unwrap();
         let state = Arc::new(State::default());
-        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
         let st = state.clone();
-        let thread = std::thread::Builder::new()
-            .name(format!("test-origin-{}", addr.port()))
-            .spawn(move || {
-                let rt = tokio::runtime::Builder::new_multi_thread()
-                    .worker_threads(4)
-                    .enable_all()
-                    .build()
-                    .expect("test origin: runtime");
-                rt.block_on(async move {
-                    let listener = TcpListener::from_std(std_listener).unwrap();
-                    let accept = async {
-                        loop {
-                            match listener.accept().await {
-                                Ok((sock, _)) => {
-                                    let st = st.clone();
-                                    let tls = tls.clone();
-                                    tokio::spawn(async move {
-                                        let _ = sock.set_nodelay(true);
-                                        match tls {
-                                            None => {
-                                                let _ = serve_conn(sock, st).await;
-                                            }
-                                            Some(tls) => {
-                                                let _ = serve_tls(&tls, sock, st).await;
-                                            }
-                                        }
-                                    });
+        let server = Background::spawn(
+            format!("test-origin-{}", addr.port()),
+            4,
+            move || async move {
+                let listener = TcpListener::from_std(std_listener).unwrap();
+                loop {
+                    match listener.accept().await {
+                        Ok((sock, _)) => {
+                            let st = st.clone();
+                            let tls = tls.clone();
+                            tokio::spawn(async move {
+                                let _ = sock.set_nodelay(true);
+                                match tls {
+                                    None => {
+                                        let _ = serve_conn(sock, st).await;
+                                    }
+                                    Some(tls) => {
+                                        let _ = serve_tls(&tls, sock, st).await;
+                                    }
                                 }
-                                Err(_) => tokio::time::sleep(Duration::from_millis(5)).await,
-                            }
+                            });
                         }
-                    };
-                    tokio::select! {
-                        _ = accept => {}
-                        _ = rx => {}
+                        Err(_) => tokio::time::sleep(Duration::from_millis(5)).await,
                     }
-                });
-                // Dropping the runtime cancels every connection task and closes the sockets.
-                rt.shutdown_timeout(Duration::from_secs(1));
-            })
-            .expect("test origin: spawn thread");
+                }
+            },
+        );
         TestOrigin {
             addr,
             state,
-            shutdown: Some(tx),
-            thread: Some(thread),
+            _server: server,
         }
     }
 
@@ -263,14 +248,13 @@ impl TestOrigin {
         format!("http://{}", self.addr)
     }
 
-    /// Serve `reply` for requests to exactly `path` (query ignored for routing); `"*"`: every
-    /// path without a route of its own.
     /// `https://127.0.0.1:PORT` (for an origin started with `start_tls`).
     pub fn https_url(&self) -> String {
         format!("https://{}", self.addr)
     }
 
-    /// Serve `reply` for requests to exactly `path` (query ignored for routing).
+    /// Serve `reply` for requests to exactly `path` (query ignored for routing); `"*"`: every
+    /// path without a route of its own.
     pub fn set(&self, path: &str, reply: Reply) {
         self.set_handler(path, move |_, _| reply.clone());
     }
@@ -311,17 +295,6 @@ impl TestOrigin {
             .get(path)
             .cloned()
             .unwrap_or_default()
-    }
-}
-
-impl Drop for TestOrigin {
-    fn drop(&mut self) {
-        if let Some(tx) = self.shutdown.take() {
-            let _ = tx.send(());
-        }
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
     }
 }
 
