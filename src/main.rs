@@ -21,7 +21,8 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Run a node (until SIGTERM: graceful, or SIGINT: fast).
+    /// Run a node (until SIGTERM: graceful, SIGINT: fast, or SIGQUIT: hand the listening
+    /// sockets to a node started with --upgrade, then stop gracefully).
     Run {
         /// Configuration file.
         #[arg(long, short, default_value = "conf/outpost.toml")]
@@ -41,6 +42,12 @@ enum Command {
         /// Disk cache directory.
         #[arg(long, value_name = "DIR")]
         cache_dir: Option<String>,
+        /// Zero-downtime upgrade: take the listening sockets over from the node running with
+        /// this configuration. Start this, then send the running node SIGQUIT (within about
+        /// 5 s): it hands its sockets over on node.upgrade_sock and finishes its requests in
+        /// flight.
+        #[arg(long, short)]
+        upgrade: bool,
     },
     /// Validate a configuration: print the effective config, or every error (exit 1).
     Check {
@@ -172,6 +179,7 @@ fn main() -> ExitCode {
             admin,
             metrics,
             cache_dir,
+            upgrade,
         } => {
             let overrides = Overrides {
                 origin,
@@ -188,7 +196,12 @@ fn main() -> ExitCode {
                 }
             };
             init_logging();
-            match outpost::server::run(cfg, Some((config, overrides))) {
+            let start = if upgrade {
+                outpost::server::Start::Upgrade
+            } else {
+                outpost::server::Start::Fresh
+            };
+            match outpost::server::run(cfg, Some((config, overrides)), start) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     eprintln!("error: {e:#}");

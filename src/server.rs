@@ -4,7 +4,7 @@ use crate::admin::{AdminApp, MetricsApp};
 use crate::cache::DiskTier;
 use crate::config::{Config, Overrides};
 use crate::node::Node;
-use crate::policy::connections::Guarded;
+use crate::policy::connections::{Guarded, OpenConnections};
 use crate::proxy::OutpostProxy;
 use crate::tls::reload::CertificateWatcher;
 use anyhow::{bail, Context};
@@ -27,25 +27,62 @@ fn check_bindable(what: &str, addr: SocketAddr) -> anyhow::Result<()> {
         .with_context(|| format!("cannot listen on {addr} ({what})"))
 }
 
-/// Lets queued disk writes land before a graceful exit (SIGTERM), within the shutdown grace.
-struct FlushOnShutdown {
-    disk: Arc<DiskTier>,
-    within: Duration,
+/// The end of a graceful stop (SIGTERM) or upgrade (SIGQUIT, once the listening sockets were
+/// handed over): waits for the client connections in flight to finish, lets queued disk
+/// writes land, then exits the process (status 0), all within `grace`.
+///
+/// Pingora itself would sleep its whole `grace_period_seconds` and then drop whatever is still
+/// running; this ends the process as soon as the work is done, and Pingora's grace period
+/// (set to `grace`) is only the upper bound.
+struct DrainOnShutdown {
+    connections: OpenConnections,
+    disk: Option<Arc<DiskTier>>,
+    grace: Duration,
 }
 
 #[async_trait]
-impl BackgroundService for FlushOnShutdown {
+impl BackgroundService for DrainOnShutdown {
     async fn start(&self, mut shutdown: ShutdownWatch) {
-        let _ = shutdown.changed().await;
-        let disk = self.disk.clone();
-        let within = self.within;
-        let flushed = tokio::task::spawn_blocking(move || disk.flush(within))
-            .await
-            .unwrap_or(false);
-        if !flushed {
-            tracing::warn!("shutdown: some queued disk cache writes did not land in time");
+        // the watch starts at false; SIGTERM and SIGQUIT turn it true (SIGINT does not: fast)
+        while !*shutdown.borrow() {
+            if shutdown.changed().await.is_err() {
+                return;
+            }
         }
+        let started = std::time::Instant::now();
+        let open = self.connections.get();
+        tracing::info!(
+            open_connections = open,
+            grace = ?self.grace,
+            "shutting down: no new connections; waiting for requests in flight"
+        );
+        if !self.connections.wait_closed(self.grace).await {
+            tracing::warn!(
+                open_connections = self.connections.get(),
+                "shutdown: connections still open at the end of node.shutdown_grace"
+            );
+        }
+        if let Some(disk) = self.disk.clone() {
+            let within = self.grace.saturating_sub(started.elapsed());
+            let flushed = tokio::task::spawn_blocking(move || disk.flush(within))
+                .await
+                .unwrap_or(false);
+            if !flushed {
+                tracing::warn!("shutdown: some queued disk cache writes did not land in time");
+            }
+        }
+        tracing::info!(
+            took_ms = started.elapsed().as_millis() as u64,
+            "shutdown complete"
+        );
+        std::process::exit(0);
     }
+}
+
+/// How long idle keep-alive connections stay open once a shutdown or upgrade began (see
+/// [`Guarded::with_shutdown_linger`]): a second, at most half of `node.shutdown_grace`.
+fn shutdown_linger(grace: Duration) -> Duration {
+    (grace / 2).min(Duration::from_secs(1))
 }
 
 /// Reloads the configuration on SIGHUP (as `POST /config/reload` does).
@@ -157,10 +194,27 @@ impl BackgroundService for HealthChecks {
     }
 }
 
-/// Run a node with `config` until it is told to stop (SIGTERM: graceful, SIGINT: fast).
-/// `source` (the file and command-line overrides) is what SIGHUP and `POST /config/reload`
-/// read again.
-pub fn run(config: Config, source: Option<(PathBuf, Overrides)>) -> anyhow::Result<()> {
+/// How `outpost run` starts its listeners.
+#[derive(Debug, Clone, Copy, Default)]
+pub enum Start {
+    /// Bind every listen address (they must be free).
+    #[default]
+    Fresh,
+    /// Take the listening sockets over from the running node (a graceful upgrade): wait on
+    /// `node.upgrade_sock` until that node, sent SIGQUIT, hands them over (Pingora gives it
+    /// about 5 s), then serve on them while it finishes its requests in flight and exits.
+    Upgrade,
+}
+
+/// Run a node with `config` until it is told to stop (SIGTERM: graceful, SIGINT: fast,
+/// SIGQUIT: hand the listening sockets to a process started with [`Start::Upgrade`], then
+/// stop gracefully). `source` (the file and command-line overrides) is what SIGHUP and
+/// `POST /config/reload` read again.
+pub fn run(
+    config: Config,
+    source: Option<(PathBuf, Overrides)>,
+    start: Start,
+) -> anyhow::Result<()> {
     let mut seen = Vec::new();
     for (what, addr) in config
         .listen
@@ -180,22 +234,60 @@ pub fn run(config: Config, source: Option<(PathBuf, Overrides)>) -> anyhow::Resu
             );
         }
         seen.push(addr);
-        check_bindable(what, addr)?;
+        // on an upgrade the running node holds them: they come over the upgrade socket
+        if matches!(start, Start::Fresh) {
+            check_bindable(what, addr)?;
+        }
     }
+    let sock = &config.node.upgrade_sock;
+    let sock_str = sock
+        .to_str()
+        .with_context(|| format!("node.upgrade_sock: {} is not UTF-8", sock.display()))?
+        .to_string();
+    if matches!(start, Start::Upgrade) {
+        // Pingora binds the socket here and panics if it cannot: say why first
+        if let Some(dir) = sock.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir).with_context(|| {
+                format!(
+                    "node.upgrade_sock: cannot create the directory {}",
+                    dir.display()
+                )
+            })?;
+        }
+    }
+    // Pingora waits `grace_period_seconds` before dropping what still runs; DrainOnShutdown
+    // ends the process sooner, as soon as the requests in flight are done
     let grace = config.node.shutdown_grace.as_secs().max(1);
     let conf = ServerConf {
         threads: config.node.threads,
         work_stealing: config.node.work_stealing,
-        grace_period_seconds: Some(0),
+        grace_period_seconds: Some(grace),
         graceful_shutdown_timeout_seconds: Some(grace),
         upstream_keepalive_pool_size: config.node.upstream_keepalive_pool,
+        upgrade_sock: sock_str,
         ..ServerConf::default()
     };
-    let mut server = Server::new_with_opt_and_conf(Opt::default(), conf);
-    server.bootstrap();
+    let opt = Opt {
+        upgrade: matches!(start, Start::Upgrade),
+        ..Opt::default()
+    };
+    let mut server = Server::new_with_opt_and_conf(opt, conf);
 
+    // the node is built first so that, on an upgrade, it is ready to serve the moment the
+    // sockets arrive (the old node stops accepting 5 s after it sent them)
     let node = Node::with_source(config, source)?;
     let cfg = node.config.clone();
+    if matches!(start, Start::Upgrade) {
+        tracing::info!(
+            upgrade_sock = %cfg.node.upgrade_sock.display(),
+            "upgrade: waiting for the running node's listening sockets (send it SIGQUIT)"
+        );
+    }
+    // takes the sockets over on an upgrade (exits the process with an error if none come)
+    server.bootstrap();
+    if matches!(start, Start::Upgrade) {
+        tracing::info!("upgrade: listening sockets taken over");
+    }
 
     let mut app = pingora_proxy::HttpProxy::new(
         OutpostProxy::new(node.clone()),
@@ -208,15 +300,15 @@ pub fn run(config: Config, source: Option<(PathBuf, Overrides)>) -> anyhow::Resu
     let mut options = HttpServerOptions::default();
     options.h2_idle_timeout = Some(limits.header_timeout);
     app.server_options = Some(options);
-    let mut proxy = Service::new(
-        "outpost proxy".into(),
-        Guarded::new(
-            app,
-            limits.max_connections,
-            limits.header_timeout,
-            node.metrics.policy.rejected.clone(),
-        ),
-    );
+    let guarded = Guarded::new(
+        app,
+        limits.max_connections,
+        limits.header_timeout,
+        node.metrics.policy.rejected.clone(),
+    )
+    .with_shutdown_linger(shutdown_linger(cfg.node.shutdown_grace));
+    let connections = guarded.open_connections();
+    let mut proxy = Service::new("outpost proxy".into(), guarded);
     for addr in &cfg.listen.http {
         proxy.add_tcp(&addr.to_string());
     }
@@ -241,15 +333,14 @@ pub fn run(config: Config, source: Option<(PathBuf, Overrides)>) -> anyhow::Resu
     admin.add_tcp(&cfg.admin.listen.to_string());
     admin.threads = Some(1);
 
-    if let Some(disk) = node.storage.disk() {
-        server.add_service(background_service(
-            "disk flush",
-            FlushOnShutdown {
-                disk: disk.clone(),
-                within: cfg.node.shutdown_grace,
-            },
-        ));
-    }
+    server.add_service(background_service(
+        "drain on shutdown",
+        DrainOnShutdown {
+            connections,
+            disk: node.storage.disk().cloned(),
+            grace: cfg.node.shutdown_grace,
+        },
+    ));
     server.add_service(background_service(
         "purge lurker",
         PurgeLurker { node: node.clone() },

@@ -226,6 +226,8 @@ pub struct NodeSection {
     pub via: Option<bool>,
     /// Idle upstream connections kept for reuse, in all.
     pub upstream_keepalive_pool: Option<i64>,
+    /// Unix socket over which a graceful upgrade hands the listening sockets over.
+    pub upgrade_sock: Option<String>,
 }
 
 /// `[listen]`.

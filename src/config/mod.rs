@@ -124,6 +124,10 @@ pub struct NodeConfig {
     /// Idle upstream connections kept for reuse, across all origins (Pingora's
     /// `upstream_keepalive_pool_size`).
     pub upstream_keepalive_pool: usize,
+    /// The Unix socket a new process started with `outpost run --upgrade` listens on for the
+    /// running process's listening sockets (Pingora's `upgrade_sock`); default
+    /// `<cache.dir>/upgrade.sock`. Both processes must agree on it.
+    pub upgrade_sock: PathBuf,
 }
 
 /// `[listen]`.

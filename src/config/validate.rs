@@ -7,6 +7,9 @@ use super::units::{parse_duration, parse_size};
 use super::upstream;
 use super::*;
 
+/// The longest path a Unix socket address holds (`sun_path` is 108 bytes with the NUL).
+const MAX_UNIX_SOCKET_PATH: usize = 107;
+
 /// Apply command-line overrides to the parsed file, before validation.
 pub(super) fn apply_overrides(file: &mut FileConfig, o: &Overrides) {
     if let Some(origin) = &o.origin {
@@ -106,7 +109,7 @@ pub(super) fn validate(f: FileConfig, path: &Path) -> Result<Config, ConfigError
             1
         }
     };
-    let node = NodeConfig {
+    let mut node = NodeConfig {
         name,
         threads,
         shutdown_grace: duration(
@@ -128,6 +131,8 @@ pub(super) fn validate(f: FileConfig, path: &Path) -> Result<Config, ConfigError
                 128
             }
         },
+        // resolved below, once cache.dir (its default's directory) is known
+        upgrade_sock: PathBuf::new(),
     };
 
     let http_addrs = f
@@ -246,6 +251,26 @@ pub(super) fn validate(f: FileConfig, path: &Path) -> Result<Config, ConfigError
     };
     if cache.dir.as_os_str().is_empty() {
         errs.push("cache.dir", "the cache directory must not be empty");
+    }
+    node.upgrade_sock = match &f.node.upgrade_sock {
+        Some(path) => PathBuf::from(path),
+        None => cache.dir.join("upgrade.sock"),
+    };
+    let sock_len = node.upgrade_sock.as_os_str().len();
+    if sock_len == 0 || sock_len > MAX_UNIX_SOCKET_PATH {
+        let whose = if f.node.upgrade_sock.is_some() {
+            ""
+        } else {
+            " (the default, <cache.dir>/upgrade.sock)"
+        };
+        errs.push(
+            "node.upgrade_sock",
+            format!(
+                "{:?}{whose} is {sock_len} bytes: a Unix socket path must be 1 to \
+                 {MAX_UNIX_SOCKET_PATH} bytes; set a shorter node.upgrade_sock",
+                node.upgrade_sock
+            ),
+        );
     }
     if cache.memory_size < 1 << 20 {
         errs.push(

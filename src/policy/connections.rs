@@ -206,10 +206,40 @@ fn track(stream: Stream) -> (Stream, Arc<Seen>) {
     )
 }
 
+/// How many client connections a [`Guarded`] application has open (a cheap, cloneable
+/// handle: the graceful shutdown waits on it).
+#[derive(Clone)]
+pub struct OpenConnections {
+    slots: Arc<Semaphore>,
+    max: usize,
+}
+
+impl OpenConnections {
+    /// Client connections open now (idle keep-alive ones included).
+    pub fn get(&self) -> usize {
+        self.max.saturating_sub(self.slots.available_permits())
+    }
+
+    /// Wait until no connection is open, at most `limit`; true if none is.
+    pub async fn wait_closed(&self, limit: Duration) -> bool {
+        let deadline = tokio::time::Instant::now() + limit;
+        while self.get() > 0 {
+            if tokio::time::Instant::now() >= deadline {
+                return false;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        true
+    }
+}
+
 /// A server application with connection limits around it.
 pub struct Guarded<A> {
     inner: Arc<A>,
-    slots: Semaphore,
+    slots: Arc<Semaphore>,
+    max_connections: usize,
+    /// On shutdown, how long idle keep-alive connections stay open before they are closed.
+    linger: Duration,
     header_timeout: Duration,
     rejected: IntCounterVec,
     /// When the connection-limit warning was last logged (ms since `started`): at most one a
@@ -229,13 +259,34 @@ impl<A> Guarded<A> {
         header_timeout: Duration,
         rejected: IntCounterVec,
     ) -> Guarded<A> {
+        let max_connections = max_connections.min(Semaphore::MAX_PERMITS);
         Guarded {
             inner: Arc::new(inner),
-            slots: Semaphore::new(max_connections.min(Semaphore::MAX_PERMITS)),
+            slots: Arc::new(Semaphore::new(max_connections)),
+            max_connections,
+            linger: Duration::ZERO,
             header_timeout,
             rejected,
             warned: AtomicU64::new(0),
             started: std::time::Instant::now(),
+        }
+    }
+
+    /// On a graceful shutdown (or upgrade), keep idle keep-alive connections open up to
+    /// `linger` before closing them, while every response sent meanwhile says
+    /// `Connection: close`: a busy client learns to reconnect (to the new process, after an
+    /// upgrade) from a response instead of finding its connection closed just as it sends the
+    /// next request. Ends early once no connection is open.
+    pub fn with_shutdown_linger(mut self, linger: Duration) -> Self {
+        self.linger = linger;
+        self
+    }
+
+    /// A handle counting this application's open client connections.
+    pub fn open_connections(&self) -> OpenConnections {
+        OpenConnections {
+            slots: self.slots.clone(),
+            max: self.max_connections,
         }
     }
 
@@ -315,6 +366,9 @@ impl<A: ServerApp + Send + Sync + 'static> ServerApp for Guarded<A> {
     }
 
     async fn cleanup(&self) {
+        // Pingora calls this once the listeners stopped accepting; the inner cleanup closes
+        // every idle keep-alive connection at once
+        self.open_connections().wait_closed(self.linger).await;
         self.inner.cleanup().await;
     }
 }

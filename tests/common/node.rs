@@ -246,9 +246,12 @@ impl NodeConfig {
     /// The generated configuration file.
     pub fn config_text(&self) -> String {
         let mut s = String::new();
-        s.push_str("[node]\nthreads = 2\nshutdown_grace = \"1s\"\n");
-        if !keys_of(&self.node).iter().any(|k| k == "name") {
-            s.push_str("name = \"outpost\"\n");
+        s.push_str("[node]\nthreads = 2\n");
+        let node_keys = keys_of(&self.node);
+        for (k, v) in [("name", "\"outpost\""), ("shutdown_grace", "\"1s\"")] {
+            if !node_keys.iter().any(|x| x == k) {
+                s.push_str(&format!("{k} = {v}\n"));
+            }
         }
         for n in &self.node {
             s.push_str(n.trim());
@@ -342,15 +345,35 @@ impl NodeConfig {
 
     /// Writes the config, spawns `outpost run --config`, waits until it serves.
     pub fn start(&self) -> Node {
+        std::fs::write(self.config_path(), self.config_text()).expect("write config");
+        let node = self.spawn(&[], "outpost.log");
+        node.wait_ready(Duration::from_secs(30));
+        node
+    }
+
+    /// Spawns `outpost run --upgrade` on the config file as it is (a node started from it is
+    /// running) and returns at once: the new process waits on the upgrade socket
+    /// ([`Self::upgrade_sock`]) for the running node, sent SIGQUIT, to hand its sockets over.
+    /// Its output goes to `outpost-upgrade.log`.
+    pub fn start_upgrade(&self) -> Node {
+        self.spawn(&["--upgrade"], "outpost-upgrade.log")
+    }
+
+    /// The default `node.upgrade_sock`: `<cache.dir>/upgrade.sock`.
+    pub fn upgrade_sock(&self) -> PathBuf {
+        self.dir.path().join("cache").join("upgrade.sock")
+    }
+
+    fn spawn(&self, args: &[&str], log_name: &str) -> Node {
         let config_path = self.config_path();
-        std::fs::write(&config_path, self.config_text()).expect("write config");
-        let log_path = self.dir.path().join("outpost.log");
+        let log_path = self.dir.path().join(log_name);
         let log = File::create(&log_path).expect("create log");
         let log2 = log.try_clone().unwrap();
         let child = Command::new(outpost_bin())
             .arg("run")
             .arg("--config")
             .arg(&config_path)
+            .args(args)
             .current_dir(self.dir.path())
             .env("RUST_BACKTRACE", "1")
             .stdin(Stdio::null())
@@ -364,7 +387,7 @@ impl NodeConfig {
             .build()
             .expect("reqwest client");
         let pid = child.id();
-        let node = Node {
+        Node {
             child: Mutex::new(child),
             pid,
             http: self.http_addr(),
@@ -374,9 +397,7 @@ impl NodeConfig {
             dir: self.dir.clone(),
             log_path,
             client,
-        };
-        node.wait_ready(Duration::from_secs(30));
-        node
+        }
     }
 }
 
@@ -540,26 +561,39 @@ impl Node {
 
     /// `stop` with a deadline of `limit` for the exit after SIGTERM.
     pub fn stop_within(&self, limit: Duration) -> ExitStatus {
-        if let Some(status) = self.try_wait() {
+        self.signal(libc::SIGTERM);
+        if let Some(status) = self.wait_exit(limit) {
             return status;
         }
-        // SAFETY: kill(2) with our own child's pid; the child is not reaped yet (try_wait above),
-        // so the pid cannot have been reused.
-        unsafe {
-            libc::kill(self.pid as libc::pid_t, libc::SIGTERM);
+        self.kill();
+        panic!(
+            "outpost (pid {}) did not exit within {limit:?} of SIGTERM\n--- log (tail) ---\n{}",
+            self.pid,
+            self.log_tail(80)
+        );
+    }
+
+    /// Sends `signal` (e.g. `libc::SIGQUIT`) to the process, if it has not exited.
+    pub fn signal(&self, signal: libc::c_int) {
+        if self.try_wait().is_some() {
+            return;
         }
+        // SAFETY: kill(2) with our own child's pid, not reaped yet (try_wait above), so the pid
+        // cannot have been reused.
+        let sent = unsafe { libc::kill(self.pid as libc::pid_t, signal) };
+        assert_eq!(sent, 0, "kill({}, {signal}) failed", self.pid);
+    }
+
+    /// Waits up to `limit` for the process to exit by itself; its status, or `None` (still
+    /// running).
+    pub fn wait_exit(&self, limit: Duration) -> Option<ExitStatus> {
         let start = Instant::now();
         loop {
             if let Some(status) = self.try_wait() {
-                return status;
+                return Some(status);
             }
             if start.elapsed() > limit {
-                self.kill();
-                panic!(
-                    "outpost (pid {}) did not exit within {limit:?} of SIGTERM\n--- log (tail) ---\n{}",
-                    self.pid,
-                    self.log_tail(80)
-                );
+                return None;
             }
             std::thread::sleep(Duration::from_millis(20));
         }
