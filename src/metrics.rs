@@ -17,6 +17,63 @@ pub const LATENCY_BUCKETS: &[f64] = &[
 
 const STATUS_CLASSES: &[&str] = &["1xx", "2xx", "3xx", "4xx", "5xx"];
 
+/// Request method label values: the common methods, anything else as `other` (bounded).
+pub const METHODS: &[&str] = &[
+    "GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS", "other",
+];
+
+/// Index of `method` in [`METHODS`].
+pub fn method_index(method: &http::Method) -> usize {
+    METHODS
+        .iter()
+        .position(|m| *m == method.as_str())
+        .unwrap_or(METHODS.len() - 1)
+}
+
+/// Where the bytes of a response came from (label `source`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Source {
+    /// The memory tier.
+    Memory,
+    /// The disk tier.
+    Disk,
+    /// The origin (or a shield), passed through or while being stored.
+    Upstream,
+    /// The node itself (redirects, refusals, errors, 304s to conditional requests).
+    Node,
+}
+
+impl Source {
+    const ALL: [Source; 4] = [Source::Memory, Source::Disk, Source::Upstream, Source::Node];
+
+    /// The label value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Source::Memory => "memory",
+            Source::Disk => "disk",
+            Source::Upstream => "origin",
+            Source::Node => "node",
+        }
+    }
+}
+
+/// Why an upstream fetch failed (label `kind` of `outpost_upstream_errors_total`).
+pub const ERROR_KINDS: &[&str] = &["connect", "timeout", "tls", "reset", "protocol", "other"];
+
+/// The `kind` of an upstream error type.
+pub fn error_kind(e: &pingora_error::ErrorType) -> &'static str {
+    use pingora_error::ErrorType::*;
+    match e {
+        ConnectTimedout | ReadTimedout | WriteTimedout | TLSHandshakeTimedout => "timeout",
+        ConnectRefused | ConnectNoRoute | ConnectError | ConnectProxyFailure | BindError
+        | SocketError => "connect",
+        TLSHandshakeFailure | TLSWantX509Lookup | InvalidCert | HandshakeError => "tls",
+        ConnectionClosed | ReadError | WriteError => "reset",
+        InvalidHTTPHeader | H1Error | H2Error | H2Downgrade | InvalidH2 => "protocol",
+        _ => "other",
+    }
+}
+
 /// Status class index of a status code.
 fn class(status: u16) -> usize {
     (status / 100).clamp(1, 5) as usize - 1
@@ -29,8 +86,8 @@ pub struct ServerMetrics {
     requests: Vec<IntCounter>,
     /// Time to the server's response header.
     pub latency: Histogram,
-    /// Failed fetches (connect, timeout, reset).
-    pub errors: IntCounter,
+    /// Failed fetches, by kind (indexes of [`ERROR_KINDS`]).
+    errors: Vec<IntCounter>,
     /// Times it was taken out of rotation after failures (passive health).
     pub ejections: IntCounter,
     /// 1 while it takes requests (health check passing, not ejected), else 0 (set at scrape).
@@ -40,6 +97,15 @@ pub struct ServerMetrics {
 }
 
 impl ServerMetrics {
+    /// Count one failed fetch of `kind` (one of [`ERROR_KINDS`]).
+    pub fn error(&self, kind: &str) {
+        let i = ERROR_KINDS
+            .iter()
+            .position(|k| *k == kind)
+            .unwrap_or(ERROR_KINDS.len() - 1);
+        self.errors[i].inc();
+    }
+
     /// Count one response.
     pub fn record(&self, status: u16, seconds: f64) {
         self.requests[class(status)].inc();
@@ -255,8 +321,15 @@ pub struct TlsMetrics {
 /// The node's metrics.
 pub struct Metrics {
     registry: Registry,
+    /// By cache status, method and status class (see `request_index`).
     requests: Vec<IntCounter>,
     latency: Vec<Histogram>,
+    first_byte: Vec<Histogram>,
+    bytes: Vec<IntCounter>,
+    /// Requests that waited behind another request's fill of the same key (coalescing).
+    pub lock_wait: Histogram,
+    /// Requests that gave up waiting (lock_wait_timeout) and went to the origin uncached.
+    pub lock_timeouts: IntCounter,
     upstream: UpstreamFamilies,
     /// Requests sent to the origin directly because no shield could be reached.
     pub shield_bypassed: IntCounter,
@@ -298,9 +371,35 @@ impl Metrics {
         let requests_vec = IntCounterVec::new(
             Opts::new(
                 "outpost_requests_total",
-                "Client requests by cache status and response status class",
+                "Client requests by cache status, method and response status class",
             ),
-            &["cache_status", "status_class"],
+            &["cache_status", "method", "status_class"],
+        )?;
+        let first_byte_vec = HistogramVec::new(
+            HistogramOpts::new(
+                "outpost_response_first_byte_seconds",
+                "Time from request start to the response header being sent, by cache status",
+            )
+            .buckets(LATENCY_BUCKETS.to_vec()),
+            &["cache_status"],
+        )?;
+        let bytes_vec = IntCounterVec::new(
+            Opts::new(
+                "outpost_response_bytes_total",
+                "Response body bytes sent to clients, by source (memory, disk, origin, node)",
+            ),
+            &["source"],
+        )?;
+        let lock_wait = Histogram::with_opts(
+            HistogramOpts::new(
+                "outpost_cache_lock_wait_seconds",
+                "Time requests waited behind another request's fill of the same key",
+            )
+            .buckets(LATENCY_BUCKETS.to_vec()),
+        )?;
+        let lock_timeouts = IntCounter::new(
+            "outpost_cache_lock_timeouts_total",
+            "Requests that stopped waiting for a fill (cache.lock_wait_timeout) and went to the origin uncached",
         )?;
         let latency_vec = HistogramVec::new(
             HistogramOpts::new(
@@ -330,9 +429,9 @@ impl Metrics {
             errors: IntCounterVec::new(
                 Opts::new(
                     "outpost_upstream_errors_total",
-                    "Upstream fetches that failed (connect, timeout, reset)",
+                    "Upstream fetches that failed, by kind (connect, timeout, tls, reset, protocol, other)",
                 ),
-                labels,
+                &["tier", "pool", "server", "kind"],
             )?,
             ejections: IntCounterVec::new(
                 Opts::new(
@@ -490,6 +589,11 @@ impl Metrics {
                 "Purges retired after the background pass applied them to every stored object",
             )?,
         };
+        for kind in ["url", "prefix", "tags", "all"] {
+            for mode in ["hard", "soft"] {
+                purge.purges.with_label_values(&[kind, mode]);
+            }
+        }
         for c in [
             Box::new(purge.purges.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(purge.duration.clone()),
@@ -532,6 +636,14 @@ impl Metrics {
         };
         registry.register(Box::new(requests_vec.clone()))?;
         registry.register(Box::new(latency_vec.clone()))?;
+        registry.register(Box::new(first_byte_vec.clone()))?;
+        registry.register(Box::new(bytes_vec.clone()))?;
+        registry.register(Box::new(lock_wait.clone()))?;
+        registry.register(Box::new(lock_timeouts.clone()))?;
+        #[cfg(target_os = "linux")]
+        registry.register(Box::new(
+            prometheus::process_collector::ProcessCollector::for_self(),
+        ))?;
         registry.register(Box::new(upstream.requests.clone()))?;
         registry.register(Box::new(upstream.latency.clone()))?;
         registry.register(Box::new(upstream.errors.clone()))?;
@@ -547,12 +659,20 @@ impl Metrics {
         memory_capacity.set(i64::try_from(memory_capacity_bytes).unwrap_or(i64::MAX));
         let mut requests = Vec::new();
         let mut latency = Vec::new();
+        let mut first_byte = Vec::new();
         for label in LABELS {
-            for c in STATUS_CLASSES {
-                requests.push(requests_vec.with_label_values(&[label, c]));
+            for m in METHODS {
+                for c in STATUS_CLASSES {
+                    requests.push(requests_vec.with_label_values(&[label, m, c]));
+                }
             }
             latency.push(latency_vec.with_label_values(&[label]));
+            first_byte.push(first_byte_vec.with_label_values(&[label]));
         }
+        let bytes = Source::ALL
+            .iter()
+            .map(|s| bytes_vec.with_label_values(&[s.as_str()]))
+            .collect();
 
         let policy = PolicyMetrics {
             rate_limited: IntCounterVec::new(
@@ -635,6 +755,10 @@ impl Metrics {
         registry.register(Box::new(tls.expiry.clone()))?;
         let cluster = ClusterMetrics::new(&registry)?;
         Ok(Metrics {
+            first_byte,
+            bytes,
+            lock_wait,
+            lock_timeouts,
             cluster,
             tls,
             policy,
@@ -667,11 +791,19 @@ impl Metrics {
                 .map(|c| u.requests.with_label_values(&[tier, pool, server, c]))
                 .collect(),
             latency: u.latency.with_label_values(&l),
-            errors: u.errors.with_label_values(&l),
+            errors: ERROR_KINDS
+                .iter()
+                .map(|k| u.errors.with_label_values(&[tier, pool, server, k]))
+                .collect(),
             ejections: u.ejections.with_label_values(&l),
             healthy: u.healthy.with_label_values(&l),
             connections: u.connections.with_label_values(&l),
         }
+    }
+
+    /// Create the series of rate limit `name` (so it is exposed at zero before it refuses).
+    pub fn rate_limit_declared(&self, name: &str) {
+        self.policy.rate_limited.with_label_values(&[name]);
     }
 
     /// The retry counter of pool `pool` in `tier`.
@@ -680,15 +812,21 @@ impl Metrics {
     }
 
     /// Record one finished client request.
-    pub fn record_request(&self, label_index: usize, status: u16, seconds: f64) {
-        if let Some(h) = self.latency.get(label_index) {
-            h.observe(seconds);
+    pub fn record_request(&self, r: &Finished) {
+        if let Some(h) = self.latency.get(r.label) {
+            h.observe(r.seconds);
         }
-        if let Some(c) = self
-            .requests
-            .get(label_index * STATUS_CLASSES.len() + class(status))
-        {
+        if let Some(h) = self.first_byte.get(r.label) {
+            h.observe(r.first_byte_seconds);
+        }
+        let i = (r.label * METHODS.len() + r.method) * STATUS_CLASSES.len() + class(r.status);
+        if let Some(c) = self.requests.get(i) {
             c.inc();
+        }
+        if r.body_bytes > 0 {
+            if let Some(c) = self.bytes.get(r.source as usize) {
+                c.inc_by(r.body_bytes);
+            }
         }
     }
 
@@ -700,6 +838,25 @@ impl Metrics {
         }
         out
     }
+}
+
+/// One finished client request, as [`Metrics::record_request`] counts it.
+#[derive(Debug, Clone, Copy)]
+pub struct Finished {
+    /// Index of its cache status label ([`label_index`]).
+    pub label: usize,
+    /// Index of its method ([`method_index`]).
+    pub method: usize,
+    /// The response status (0: none sent).
+    pub status: u16,
+    /// Seconds from the start to the end of the response.
+    pub seconds: f64,
+    /// Seconds from the start to the response header.
+    pub first_byte_seconds: f64,
+    /// Body bytes sent.
+    pub body_bytes: u64,
+    /// Where they came from.
+    pub source: Source,
 }
 
 /// Index of a cache status label in [`LABELS`].

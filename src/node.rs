@@ -122,6 +122,9 @@ impl Node {
         let metrics =
             Metrics::new(cache.memory_size, cache.disk_size).context("registering metrics")?;
         let routing = Routing::new(&config, &metrics)?;
+        for rule in &config.rate_limit.rules {
+            metrics.rate_limit_declared(&rule.name);
+        }
         let memory: Option<&'static MemoryTier> = cache.tiers.memory().then(|| {
             &*Box::leak(Box::new(MemoryTier::with_eviction_counter(
                 cache.memory_size,

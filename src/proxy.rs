@@ -6,7 +6,9 @@ use crate::cache::status::{CacheStatus, Forward};
 use crate::cache::vary;
 use crate::cache::{entry, freshness, ranges};
 use crate::config::Encoding;
-use crate::metrics::{label_index, RevalidationOutcome, StaleReason};
+use crate::metrics::{
+    error_kind, label_index, method_index, Finished, RevalidationOutcome, Source, StaleReason,
+};
 use crate::node::Node;
 use crate::node::Routing;
 use crate::policy::client_ip::client_ip;
@@ -109,6 +111,10 @@ pub struct RequestCtx {
     failure_counted: bool,
     /// The hash this request is placed by (ketama), once computed.
     placement: Option<[u8; 16]>,
+    /// When the response header went out (set in `response_filter`).
+    first_byte: Option<Duration>,
+    /// The storage tier a hit was read from.
+    hit_source: Option<Source>,
 }
 
 impl RequestCtx {
@@ -142,12 +148,12 @@ impl RequestCtx {
 
     /// The current attempt failed at its server (connect, timeout, reset): count it for
     /// passive health once, and remember the server as tried.
-    fn server_failed(&mut self) {
+    fn server_failed(&mut self, kind: &str) {
         if let Some((p, m)) = self.upstream {
             if !self.failure_counted {
                 self.failure_counted = true;
                 if let Some(pool) = self.routing.origins.get(p) {
-                    pool.server_failed(m);
+                    pool.server_failed(m, kind);
                 }
             }
             if !self.tried.contains(&(p, m)) {
@@ -585,6 +591,8 @@ impl ProxyHttp for OutpostProxy {
             no_shield: false,
             failure_counted: false,
             placement: None,
+            first_byte: None,
+            hit_source: None,
         }
     }
 
@@ -699,10 +707,15 @@ impl ProxyHttp for OutpostProxy {
         &self,
         session: &mut Session,
         meta: &CacheMeta,
-        _hit_handler: &mut HitHandler,
+        hit_handler: &mut HitHandler,
         is_fresh: bool,
         ctx: &mut RequestCtx,
     ) -> Result<Option<ForcedFreshness>> {
+        ctx.hit_source = Some(if crate::cache::is_memory_hit(hit_handler) {
+            Source::Memory
+        } else {
+            Source::Disk
+        });
         // purges: bans newer than the object that cover it (nothing to look at without bans)
         let bans = &self.node.bans;
         let verdict = if bans.is_empty() {
@@ -987,7 +1000,7 @@ impl ProxyHttp for OutpostProxy {
         ctx: &mut RequestCtx,
         mut e: Box<Error>,
     ) -> Box<Error> {
-        ctx.server_failed();
+        ctx.server_failed(error_kind(e.etype()));
         e.set_retry(self.may_retry(ctx));
         e
     }
@@ -1018,7 +1031,7 @@ impl ProxyHttp for OutpostProxy {
             return e;
         }
         if from_upstream && before_response {
-            ctx.server_failed();
+            ctx.server_failed(error_kind(e.etype()));
         }
         if !replayable || !before_response || !from_upstream {
             e.set_retry(false);
@@ -1243,6 +1256,7 @@ impl ProxyHttp for OutpostProxy {
         resp: &mut ResponseHeader,
         ctx: &mut RequestCtx,
     ) -> Result<()> {
+        ctx.first_byte = Some(ctx.start.elapsed());
         let status = self.cache_status(session, ctx);
         // RFC 9211: caches nearer the origin (a shield) listed first, this node's entry last
         let ours = status.render(&self.node.config.node.name);
@@ -1317,7 +1331,7 @@ impl ProxyHttp for OutpostProxy {
             if let Some((p, m)) = ctx.upstream {
                 if !ctx.failure_counted {
                     if let Some(server) = ctx.routing.origins.get(p).and_then(|o| o.member(m)) {
-                        server.metrics.errors.inc();
+                        server.metrics.error(error_kind(e.etype()));
                     }
                 }
             }
@@ -1401,11 +1415,34 @@ impl ProxyHttp for OutpostProxy {
             None => "error",
         };
         let metrics = &self.node.metrics;
-        metrics.record_request(
-            label_index(label),
-            status,
-            ctx.start.elapsed().as_secs_f64(),
+        let seconds = ctx.start.elapsed().as_secs_f64();
+        let served_from_cache = matches!(
+            session.cache.phase(),
+            CachePhase::Hit | CachePhase::Stale | CachePhase::StaleUpdating
         );
+        let source = match (served_from_cache, ctx.hit_source) {
+            (true, Some(tier)) => tier,
+            _ if ctx.origin_start.is_some() && ctx.upstream_status.is_some() => Source::Upstream,
+            _ => Source::Node,
+        };
+        metrics.record_request(&Finished {
+            label: label_index(label),
+            method: method_index(&session.req_header().method),
+            status,
+            seconds,
+            first_byte_seconds: ctx.first_byte.map_or(seconds, |d| d.as_secs_f64()),
+            body_bytes: session.body_bytes_sent() as u64,
+            source,
+        });
+        if let Some(waited) = session.cache.lock_duration() {
+            metrics.lock_wait.observe(waited.as_secs_f64());
+        }
+        if matches!(
+            session.cache.phase(),
+            CachePhase::Disabled(NoCacheReason::CacheLockTimeout)
+        ) {
+            metrics.lock_timeouts.inc();
+        }
         if let Some((reason, _)) = ctx.stale {
             metrics.stale.stale_served(reason);
         }

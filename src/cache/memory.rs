@@ -486,6 +486,11 @@ impl Storage for MemoryTier {
     }
 }
 
+/// Whether `hit` is one of this tier's hit handlers.
+pub(crate) fn is_memory_hit(hit: &(dyn std::any::Any + Send + Sync)) -> bool {
+    hit.is::<CompleteHit>() || hit.is::<PartialHit>()
+}
+
 /// A hit on a complete object; supports single and multipart range seeks.
 pub struct CompleteHit {
     body: Bytes,

@@ -14,3 +14,8 @@ pub mod vary;
 pub use disk::DiskTier;
 pub use memory::MemoryTier;
 pub use tiered::TieredStorage;
+
+/// Whether a hit is read from the memory tier (else the disk tier).
+pub fn is_memory_hit(handler: &pingora_cache::HitHandler) -> bool {
+    memory::is_memory_hit(handler.as_any())
+}

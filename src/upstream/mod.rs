@@ -287,13 +287,14 @@ impl Pool {
         self.members.get(index).map(|m| Box::new(m.peer.clone()))
     }
 
-    /// Connecting to or reading from server `index` failed (refused, reset, timed out): after
+    /// Connecting to or reading from server `index` failed (refused, reset, timed out: `kind`,
+    /// one of [`crate::metrics::ERROR_KINDS`]): after
     /// `max_fails` in a row it leaves rotation for `fail_timeout`.
-    pub fn server_failed(&self, index: usize) {
+    pub fn server_failed(&self, index: usize, kind: &str) {
         let Some(m) = self.members.get(index) else {
             return;
         };
-        m.metrics.errors.inc();
+        m.metrics.error(kind);
         let max = self.config.max_fails;
         let fails = m.fails.fetch_add(1, Ordering::Relaxed) + 1;
         if max > 0 && fails >= max && self.members.len() > 1 {
