@@ -133,6 +133,9 @@ pub struct TierMetrics {
     pub misses: IntCounter,
     /// Objects this tier dropped to stay within its capacity.
     pub evictions: IntCounter,
+    /// Objects this tier did not take: larger than its objects may be, or (disk) the
+    /// write-behind queue full.
+    pub rejected: IntCounter,
 }
 
 /// Counters the storage tiers record into (clones of registered metrics).
@@ -498,6 +501,14 @@ impl Metrics {
             ),
             &["tier"],
         )?;
+        let rejected = IntCounterVec::new(
+            Opts::new(
+                "outpost_cache_admissions_rejected_total",
+                "Objects a tier did not store: too large for it, or (disk) its write queue full",
+            ),
+            &["tier"],
+        )?;
+        registry.register(Box::new(rejected.clone()))?;
         let promotions = IntCounter::new(
             "outpost_cache_promotions_total",
             "Disk hits copied into the memory tier",
@@ -624,6 +635,7 @@ impl Metrics {
             hits: tier_hits.with_label_values(&[name]),
             misses: tier_misses.with_label_values(&[name]),
             evictions: evictions.with_label_values(&[name]),
+            rejected: rejected.with_label_values(&[name]),
         };
         let storage = StorageMetrics {
             memory: tier("memory"),

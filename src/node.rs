@@ -126,11 +126,11 @@ impl Node {
             metrics.rate_limit_declared(&rule.name);
         }
         let memory: Option<&'static MemoryTier> = cache.tiers.memory().then(|| {
-            &*Box::leak(Box::new(MemoryTier::with_eviction_counter(
+            &*Box::leak(Box::new(MemoryTier::with_metrics(
                 cache.memory_size,
                 cache.max_object_size,
                 cache.stream_fills,
-                Some(metrics.storage.memory.evictions.clone()),
+                Some(metrics.storage.memory.clone()),
             )))
         });
         let disk = cache.tiers.disk().then(|| {

@@ -263,3 +263,35 @@ fn label_cardinality_stays_bounded_under_100000_distinct_paths() {
         .iter()
         .all(|v| !v.contains("/p/") && !v.contains("agent-")));
 }
+
+#[test]
+fn objects_a_tier_does_not_take_are_counted() {
+    let origin = TestOrigin::start();
+    origin.set(
+        "/big",
+        Reply::ok(vec![b'b'; 4096]).header("Cache-Control", "max-age=60"),
+    );
+    let node = NodeConfig::new(&origin.url())
+        .cache("max_object_size = \"1KiB\"")
+        .start();
+    assert_eq!(get(&node, "/big").status, 200);
+    // too large for memory: kept on disk only
+    wait_metric(
+        &node,
+        "outpost_cache_admissions_rejected_total",
+        &[("tier", "memory")],
+        |v| v == 1.0,
+        Duration::from_secs(5),
+        "the memory tier refusing /big",
+    );
+    wait_disk_objects(&node, 1, Duration::from_secs(5), "/big on disk");
+    let m = node.metrics();
+    assert_eq!(
+        metric_sum(
+            &m,
+            "outpost_cache_admissions_rejected_total",
+            &[("tier", "disk")]
+        ),
+        0.0
+    );
+}

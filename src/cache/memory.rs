@@ -16,6 +16,7 @@
 //! `examples/memory_per_object.rs`).
 
 use super::entry::{decode_head, decode_stored, encode_head, expire_stored};
+use crate::metrics::TierMetrics;
 use async_trait::async_trait;
 use bytes::Bytes;
 use parking_lot::{Mutex, RwLock};
@@ -140,6 +141,8 @@ struct Fill {
 /// The memory tier storage. Create one with [`MemoryTier::new`] and leak it once at start-up.
 pub struct MemoryTier {
     entries: quick_cache::sync::Cache<u128, Arc<Entry>, Weigher, DefaultHashBuilder, Lifecycle>,
+    /// Counts objects too large for this tier.
+    rejected: Option<IntCounter>,
     max_object: u64,
     fills: Mutex<HashMap<u128, Vec<Arc<Fill>>>>,
     fill_count: AtomicUsize,
@@ -191,16 +194,20 @@ impl MemoryTier {
     /// without, they wait until it is complete (and refetch if it fails), and the first client
     /// is served straight from the origin.
     pub fn new(capacity: u64, max_object: u64, stream_fills: bool) -> Self {
-        Self::with_eviction_counter(capacity, max_object, stream_fills, None)
+        Self::with_metrics(capacity, max_object, stream_fills, None)
     }
 
-    /// [`MemoryTier::new`], counting evictions in `evictions`.
-    pub fn with_eviction_counter(
+    /// [`MemoryTier::new`], counting evictions and rejected admissions in `metrics`.
+    pub fn with_metrics(
         capacity: u64,
         max_object: u64,
         stream_fills: bool,
-        evictions: Option<IntCounter>,
+        metrics: Option<TierMetrics>,
     ) -> Self {
+        let (evictions, rejected) = match metrics {
+            Some(m) => (Some(m.evictions), Some(m.rejected)),
+            None => (None, None),
+        };
         let estimated = usize::try_from(capacity / ESTIMATED_OBJECT_SIZE)
             .unwrap_or(usize::MAX)
             .max(64);
@@ -218,11 +225,18 @@ impl MemoryTier {
         );
         MemoryTier {
             entries,
+            rejected,
             max_object,
             fills: Mutex::new(HashMap::new()),
             fill_count: AtomicUsize::new(0),
             next_fill_id: AtomicU64::new(1),
             stream_fills,
+        }
+    }
+
+    fn count_rejected(&self) {
+        if let Some(c) = &self.rejected {
+            c.inc();
         }
     }
 
@@ -251,6 +265,7 @@ impl MemoryTier {
     /// object that is not hit again leaves first.
     pub fn insert(&self, key: u128, head: &[u8], body: Bytes) -> bool {
         if body.len() as u64 > self.max_object {
+            self.count_rejected();
             return false;
         }
         let entry = Entry {
@@ -748,6 +763,8 @@ impl MemoryMiss {
         let body = entry.body.clone();
         if !cancelled && body.len() as u64 <= self.tier.max_object {
             self.tier.entries.insert(self.key, Arc::new(entry));
+        } else if !cancelled {
+            self.tier.count_rejected();
         }
         self.finished = true;
         self.set_status(FillStatus::Complete);

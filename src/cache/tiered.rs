@@ -350,7 +350,13 @@ impl Storage for TieredStorage {
             _ => None,
         };
         let fill = match (spool, self.memory) {
-            (Some(spool), _) => Fill::Spool(Box::new(spool)),
+            (Some(spool), memory) => {
+                if memory.is_some() {
+                    // announced too large for the memory tier: it goes to disk alone
+                    self.metrics.memory.rejected.inc();
+                }
+                Fill::Spool(Box::new(spool))
+            }
             (None, Some(memory)) => Fill::Memory(memory.begin_fill(key, meta)?),
             (None, None) => Fill::Buffer {
                 head: Bytes::from(encode_head(meta, key.primary_key())?),

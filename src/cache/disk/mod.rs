@@ -403,10 +403,12 @@ impl DiskTier {
     pub fn put(&self, key: u128, object: DiskObject) -> bool {
         let size = object.size();
         if object.body.len() as u64 > self.max_object {
+            self.metrics.disk.rejected.inc();
             return false;
         }
         if self.queued_bytes.load(Ordering::Acquire) + size > MAX_QUEUED_BYTES {
             self.metrics.disk_writes_dropped.inc();
+            self.metrics.disk.rejected.inc();
             return false;
         }
         let seq = self.next_seq.fetch_add(1, Ordering::Relaxed);
@@ -422,6 +424,7 @@ impl DiskTier {
             Err(TrySendError::Full(_)) | Err(TrySendError::Disconnected(_)) => {
                 self.take_pending(key, Some(seq));
                 self.metrics.disk_writes_dropped.inc();
+                self.metrics.disk.rejected.inc();
                 false
             }
         }
