@@ -15,6 +15,7 @@ pub mod cluster;
 pub mod config;
 pub mod metrics;
 pub mod node;
+pub mod observe;
 pub mod policy;
 pub mod proxy;
 pub mod purge;

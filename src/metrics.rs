@@ -333,6 +333,8 @@ pub struct Metrics {
     pub lock_wait: Histogram,
     /// Requests that gave up waiting (lock_wait_timeout) and went to the origin uncached.
     pub lock_timeouts: IntCounter,
+    /// Access log lines dropped because the writer was behind.
+    pub access_log_dropped: IntCounter,
     upstream: UpstreamFamilies,
     /// Requests sent to the origin directly because no shield could be reached.
     pub shield_bypassed: IntCounter,
@@ -652,6 +654,11 @@ impl Metrics {
         registry.register(Box::new(bytes_vec.clone()))?;
         registry.register(Box::new(lock_wait.clone()))?;
         registry.register(Box::new(lock_timeouts.clone()))?;
+        let access_log_dropped = IntCounter::new(
+            "outpost_access_log_dropped_total",
+            "Access log lines dropped because the writer (disk, pipe) was behind",
+        )?;
+        registry.register(Box::new(access_log_dropped.clone()))?;
         #[cfg(target_os = "linux")]
         registry.register(Box::new(
             prometheus::process_collector::ProcessCollector::for_self(),
@@ -771,6 +778,7 @@ impl Metrics {
             bytes,
             lock_wait,
             lock_timeouts,
+            access_log_dropped,
             cluster,
             tls,
             policy,

@@ -6,6 +6,7 @@ use crate::cache::{DiskTier, MemoryTier, TieredStorage};
 use crate::cluster::Cluster;
 use crate::config::{ClientIpConfig, Config, HeaderPolicy, Overrides, ShieldConfig};
 use crate::metrics::Metrics;
+use crate::observe::access_log::AccessLog;
 use crate::policy::ratelimit::{Buckets, Limits};
 use crate::purge::{Ban, BanList, BanTarget};
 use crate::rules::RuleSet;
@@ -94,6 +95,8 @@ pub struct Node {
     pub buckets: Buckets,
     /// The fleet purge bus, when `[cluster]` is configured.
     pub cluster: Option<Cluster>,
+    /// The access log.
+    pub access_log: AccessLog,
     /// When the node started.
     pub started: std::time::Instant,
     /// Certificates of the HTTPS listeners; `None` without any.
@@ -176,7 +179,10 @@ impl Node {
                 .then(|| cache.dir.join("cluster-outbox.jsonl"));
             Cluster::new(c.clone(), &config.node.name, outbox, &metrics)
         });
+        let access_log = AccessLog::start(&config.access_log, metrics.access_log_dropped.clone())
+            .with_context(|| format!("{}", config.source.display()))?;
         Ok(Arc::new(Node {
+            access_log,
             cluster,
             tls,
             buckets: Buckets::new(config.rate_limit.max_keys),
@@ -226,6 +232,7 @@ impl Node {
                 format!("{:?}", now.cache) != format!("{:?}", next.cache),
             ),
             ("limits", now.limits != next.limits),
+            ("access_log", now.access_log != next.access_log),
             (
                 "cluster",
                 format!("{:?}", now.cluster) != format!("{:?}", next.cluster),
@@ -255,6 +262,8 @@ impl Node {
             restart_required,
         };
         self.routing.store(Arc::new(routing));
+        // after a log rotation, SIGHUP / reload makes the access log reopen its file
+        self.access_log.reopen();
         tracing::info!(
             file = %path.display(),
             rules = reloaded.rules,

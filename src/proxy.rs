@@ -45,6 +45,8 @@ const MAX_RANGES: usize = 200;
 pub struct OutpostProxy {
     node: Arc<Node>,
     via: Via,
+    /// Request ids made here.
+    ids: RequestIds,
 }
 
 impl OutpostProxy {
@@ -52,6 +54,7 @@ impl OutpostProxy {
     pub fn new(node: Arc<Node>) -> Self {
         OutpostProxy {
             via: Via::new(&node.config.node.name),
+            ids: RequestIds::new(),
             node,
         }
     }
@@ -115,6 +118,10 @@ pub struct RequestCtx {
     first_byte: Option<Duration>,
     /// The storage tier a hit was read from.
     hit_source: Option<Source>,
+    /// This request's id (`access_log.request_id_header`).
+    request_id: Option<String>,
+    /// When the upstream response header arrived.
+    origin_header: Option<Instant>,
 }
 
 impl RequestCtx {
@@ -160,6 +167,56 @@ impl RequestCtx {
                 self.tried.push((p, m));
             }
         }
+    }
+}
+
+/// Request ids made by this node: 16 hex digits, unique per process (a counter through a
+/// bijective mix, offset by a per-process seed).
+pub struct RequestIds {
+    seed: u64,
+    next: std::sync::atomic::AtomicU64,
+}
+
+impl RequestIds {
+    fn new() -> RequestIds {
+        let now = SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos() as u64);
+        RequestIds {
+            seed: xxhash_rust::xxh3::xxh3_64(
+                &[
+                    now.to_le_bytes(),
+                    u64::from(std::process::id()).to_le_bytes(),
+                ]
+                .concat(),
+            ),
+            next: std::sync::atomic::AtomicU64::new(0),
+        }
+    }
+
+    fn make(&self) -> String {
+        let n = self.next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        // multiplying by an odd constant is a bijection on u64: distinct counters, distinct ids
+        format!(
+            "{:016x}",
+            self.seed
+                .wrapping_add(n.wrapping_mul(0x9E37_79B9_7F4A_7C15))
+        )
+    }
+}
+
+/// The request id: the client's (or a proxy's) if it sent a sane one, else a new one.
+fn request_id(sent: Option<&http::HeaderValue>, ids: &RequestIds) -> String {
+    match sent.and_then(|v| v.to_str().ok()) {
+        Some(v)
+            if !v.is_empty()
+                && v.len() <= 128
+                && v.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"-_.:".contains(&b)) =>
+        {
+            v.to_string()
+        }
+        _ => ids.make(),
     }
 }
 
@@ -268,6 +325,56 @@ impl OutpostProxy {
             Tier::Shield => another || ctx.routing.shield.direct_when_down,
             Tier::Origin => another,
         }
+    }
+
+    /// Queue this request's access log line.
+    fn write_access_log(
+        &self,
+        session: &Session,
+        ctx: &RequestCtx,
+        cache: &str,
+        status: u16,
+        source: Source,
+        seconds: f64,
+    ) {
+        let req = session.req_header();
+        let header = |name: header::HeaderName| req.headers.get(name).and_then(|v| v.to_str().ok());
+        let client = match session.client_addr().and_then(|a| a.as_inet()) {
+            Some(peer) => client_ip(&ctx.routing.client_ip, peer.ip(), &req.headers).to_string(),
+            None => "-".to_string(),
+        };
+        let upstream = ctx
+            .upstream
+            .and_then(|(p, m)| ctx.routing.origins.get(p)?.member(m))
+            .map(|m| m.label.clone());
+        let record = crate::observe::access_log::Record {
+            ts: humantime::format_rfc3339_millis(SystemTime::now()).to_string(),
+            client,
+            method: req.method.as_str(),
+            host: &ctx.host,
+            uri: req.uri.path_and_query().map_or("/", |p| p.as_str()),
+            proto: match req.version {
+                http::Version::HTTP_10 => "HTTP/1.0",
+                http::Version::HTTP_2 => "HTTP/2.0",
+                http::Version::HTTP_09 => "HTTP/0.9",
+                _ => "HTTP/1.1",
+            },
+            status,
+            bytes: session.body_bytes_sent() as u64,
+            cache,
+            source: source.as_str(),
+            upstream,
+            origin_ms: ctx
+                .origin_start
+                .filter(|_| ctx.upstream_status.is_some())
+                .zip(ctx.origin_header)
+                .map(|(start, at)| at.saturating_duration_since(start).as_secs_f64() * 1000.0),
+            ms: seconds * 1000.0,
+            id: ctx.request_id.as_deref(),
+            ua: header(header::USER_AGENT),
+            referer: header(header::REFERER),
+        };
+        self.node.access_log.write(&record);
     }
 
     /// The encoding negotiated for `req` when compression is on (once per request: kept in
@@ -593,6 +700,8 @@ impl ProxyHttp for OutpostProxy {
             placement: None,
             first_byte: None,
             hit_source: None,
+            request_id: None,
+            origin_header: None,
         }
     }
 
@@ -633,6 +742,9 @@ impl ProxyHttp for OutpostProxy {
             }
         };
         ctx.host = normalize_host(host).into_owned();
+        if let Some(name) = &self.node.config.access_log.request_id_header {
+            ctx.request_id = Some(request_id(req.headers.get(name), &self.ids));
+        }
         if tier::passed(&req.headers, &self.node.config.node.name) {
             self.reject(session, ctx, Rejection::Loop).await?;
             return Ok(true);
@@ -1063,6 +1175,12 @@ impl ProxyHttp for OutpostProxy {
         } else if let Some(host) = ctx.upstream_pool().and_then(|o| o.config.host.as_ref()) {
             upstream.insert_header(header::HOST, host.as_str())?;
         }
+        if let (Some(header), Some(id)) = (
+            &self.node.config.access_log.request_id_header,
+            &ctx.request_id,
+        ) {
+            upstream.insert_header(header.clone(), id.as_str())?;
+        }
         let name = &self.node.config.node.name;
         let cdn_loop = tier::cdn_loop_value(&upstream.headers, name);
         upstream.insert_header(tier::CDN_LOOP, cdn_loop)?;
@@ -1140,6 +1258,7 @@ impl ProxyHttp for OutpostProxy {
     ) -> Result<()> {
         let status = resp.status.as_u16();
         ctx.upstream_status = Some(status);
+        ctx.origin_header = Some(Instant::now());
         // RFC 9110 2.5: we answer with our own HTTP version, whatever the origin spoke.
         resp.set_version(http::Version::HTTP_11);
         // fields about the origin's connection are neither stored nor passed on
@@ -1269,6 +1388,12 @@ impl ProxyHttp for OutpostProxy {
             _ => ours,
         };
         resp.insert_header("cache-status", value)?;
+        if let (Some(header), Some(id)) = (
+            &self.node.config.access_log.request_id_header,
+            &ctx.request_id,
+        ) {
+            resp.insert_header(header.clone(), id.as_str())?;
+        }
         if matches!(status, CacheStatus::StaleOnError { .. }) {
             // Pingora drops the client connection after serving stale for a failed fetch; say
             // so, or the client reuses it and its next request dies on a reset
@@ -1434,6 +1559,10 @@ impl ProxyHttp for OutpostProxy {
             body_bytes: session.body_bytes_sent() as u64,
             source,
         });
+        let log = &self.node.access_log;
+        if log.wanted(status) {
+            self.write_access_log(session, ctx, label, status, source, seconds);
+        }
         if let Some(waited) = session.cache.lock_duration() {
             metrics.lock_wait.observe(waited.as_secs_f64());
         }

@@ -306,13 +306,7 @@ fn ketama_keeps_keys_in_place_when_a_server_is_added() {
     let text = std::fs::read_to_string(config.config_path()).unwrap();
     let text = text.replace(&servers_list(&three, None), &servers_list(&four, None));
     std::fs::write(config.config_path(), text).unwrap();
-    let r = node
-        .client()
-        .post(node.admin_url("/config/reload"))
-        .bearer_auth("test-token")
-        .send()
-        .unwrap();
-    assert_eq!(r.status(), 200);
+    assert_eq!(admin_reload(&node), 200);
     let after = placement(&node, n);
     let moved: Vec<usize> = (0..n).filter(|&i| before[i] != after[i]).collect();
     // only keys that now belong to the new server move: about 1/4 of them

@@ -59,6 +59,8 @@ cat >"$WORK/outpost.toml" <<EOF
 [node]
 name = "bench"
 threads = 2
+[access_log]
+enabled = false
 [listen]
 http = ["127.0.0.1:$PORT"]
 [admin]

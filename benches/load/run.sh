@@ -635,6 +635,10 @@ name = "outpost"
 threads = 1
 shutdown_grace = "1s"
 
+# off, as nginx's access_log in this benchmark
+[access_log]
+enabled = false
+
 [listen]
 http = ["127.0.0.1:$PORT_OUTPOST"]
 

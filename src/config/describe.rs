@@ -163,6 +163,7 @@ pub(super) fn describe(c: &Config) -> String {
     }
     describe_shield(c, &mut o);
     describe_cluster(c, &mut o);
+    describe_access_log(c, &mut o);
     let tags: Vec<&str> = c.purge.tag_headers.iter().map(|h| h.as_str()).collect();
     let _ = writeln!(
         o,
@@ -407,4 +408,23 @@ fn describe_cluster(c: &Config, o: &mut String) {
         let _ = writeln!(o, "token_env = \"{var}\"");
     }
     let _ = writeln!(o);
+}
+
+fn describe_access_log(c: &Config, o: &mut String) {
+    let a = &c.access_log;
+    let _ = writeln!(
+        o,
+        "[access_log]\nenabled = {}\npath = \"{}\"\nformat = \"{}\"\nsample = {}\nbuffer = {}\nrequest_id_header = \"{}\"\n",
+        a.enabled,
+        a.path
+            .as_ref()
+            .map_or("-".to_string(), |p| p.display().to_string()),
+        match a.format {
+            AccessLogFormat::Json => "json",
+            AccessLogFormat::Combined => "combined",
+        },
+        a.sample,
+        a.buffer,
+        a.request_id_header.as_ref().map_or("", |h| h.as_str())
+    );
 }

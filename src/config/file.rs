@@ -54,6 +54,9 @@ pub struct FileConfig {
     pub shield: ShieldSection,
     /// `[cluster]`: the fleet purge bus (optional).
     pub cluster: Option<ClusterSection>,
+    /// `[access_log]`: one line per request.
+    #[serde(default)]
+    pub access_log: AccessLogSection,
     /// `[tls]`: certificates of the HTTPS listeners.
     #[serde(default)]
     pub tls: TlsSection,
@@ -501,4 +504,22 @@ pub struct ClusterSection {
     pub max_lag: Option<String>,
     /// "revalidate" or "serve": objects from before start while not caught up.
     pub until_synced: Option<String>,
+}
+
+/// `[access_log]`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AccessLogSection {
+    /// Write access log lines at all.
+    pub enabled: Option<bool>,
+    /// File path, or "-" for standard output.
+    pub path: Option<String>,
+    /// "json" or "combined".
+    pub format: Option<String>,
+    /// Fraction of requests logged (errors always are).
+    pub sample: Option<f64>,
+    /// Lines buffered before new ones are dropped.
+    pub buffer: Option<i64>,
+    /// Request header carrying the request id ("" = none).
+    pub request_id_header: Option<String>,
 }

@@ -63,8 +63,38 @@ pub struct Config {
     pub shield: ShieldConfig,
     /// The fleet purge bus; `None`: purges stay on this node.
     pub cluster: Option<ClusterConfig>,
+    /// The access log.
+    pub access_log: AccessLogConfig,
     /// Certificates of the HTTPS listeners.
     pub tls: TlsConfig,
+}
+
+/// How access log lines are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AccessLogFormat {
+    /// One JSON object per line.
+    Json,
+    /// The NCSA combined format (Apache / nginx `combined`) plus cache status, source, request
+    /// id and times.
+    Combined,
+}
+
+/// `[access_log]`: one line per request, written off the request path.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AccessLogConfig {
+    /// Write access log lines at all.
+    pub enabled: bool,
+    /// The file appended to; `None`: standard output.
+    pub path: Option<PathBuf>,
+    /// Line format.
+    pub format: AccessLogFormat,
+    /// Fraction of requests logged; responses with a 5xx status or none are always logged.
+    pub sample: f64,
+    /// Lines waiting for the writer at most; beyond, lines are dropped and counted.
+    pub buffer: usize,
+    /// Request header carrying a request id (kept when a client sends a sane one, else made
+    /// here), passed to the origin and returned to the client; `None`: no request ids.
+    pub request_id_header: Option<HeaderName>,
 }
 
 /// `[cluster]`: purges issued on any node reach every node through a NATS JetStream stream.

@@ -332,6 +332,7 @@ pub(super) fn validate(f: FileConfig, path: &Path) -> Result<Config, ConfigError
 
     let shield = upstream::shield(&mut errs, &f.shield, &origins);
     let cluster = f.cluster.as_ref().map(|c| cluster(&mut errs, c));
+    let access_log = access_log(&mut errs, &f.access_log);
     // rules without `origin` use the first origin that is not the shield tier
     let default_origin = origins
         .iter()
@@ -428,6 +429,7 @@ pub(super) fn validate(f: FileConfig, path: &Path) -> Result<Config, ConfigError
         purge,
         shield,
         cluster,
+        access_log,
     })
 }
 
@@ -731,5 +733,71 @@ fn cluster(errs: &mut Errors, c: &file::ClusterSection) -> ClusterConfig {
             Duration::from_secs(30),
         ),
         revalidate_until_synced,
+    }
+}
+
+/// Validate `[access_log]`.
+fn access_log(errs: &mut Errors, a: &file::AccessLogSection) -> AccessLogConfig {
+    let path = match a.path.as_deref() {
+        None | Some("-") => None,
+        Some("") => {
+            errs.push(
+                "access_log.path",
+                "must be a file path, or \"-\" for standard output",
+            );
+            None
+        }
+        Some(p) => Some(PathBuf::from(p)),
+    };
+    let format = match a.format.as_deref() {
+        None | Some("json") => AccessLogFormat::Json,
+        Some("combined") => AccessLogFormat::Combined,
+        Some(other) => {
+            errs.push(
+                "access_log.format",
+                format!("unknown format {other:?}: use \"json\" or \"combined\""),
+            );
+            AccessLogFormat::Json
+        }
+    };
+    let sample = a.sample.unwrap_or(1.0);
+    if !(0.0..=1.0).contains(&sample) {
+        errs.push(
+            "access_log.sample",
+            format!("{sample} is not a fraction between 0 and 1"),
+        );
+    }
+    let buffer = match a.buffer {
+        None => 8192,
+        Some(n) if (1..=1_000_000).contains(&n) => n as usize,
+        Some(n) => {
+            errs.push(
+                "access_log.buffer",
+                format!("{n} is out of range 1..=1000000"),
+            );
+            8192
+        }
+    };
+    let request_id_header = match a.request_id_header.as_deref() {
+        None => Some(HeaderName::from_static("x-request-id")),
+        Some("") => None,
+        Some(name) => match HeaderName::from_bytes(name.as_bytes()) {
+            Ok(h) => Some(h),
+            Err(_) => {
+                errs.push(
+                    "access_log.request_id_header",
+                    format!("{name:?} is not a header field name"),
+                );
+                None
+            }
+        },
+    };
+    AccessLogConfig {
+        enabled: a.enabled.unwrap_or(true),
+        path,
+        format,
+        sample: sample.clamp(0.0, 1.0),
+        buffer,
+        request_id_header,
     }
 }

@@ -282,3 +282,14 @@ pub fn admin_status(node: &Node) -> serde_json::Value {
         .json()
         .expect("status JSON")
 }
+
+/// `POST /config/reload` on the node (harness token); the answer's status.
+pub fn admin_reload(node: &Node) -> u16 {
+    node.client()
+        .post(node.admin_url("/config/reload"))
+        .bearer_auth("test-token")
+        .send()
+        .expect("POST /config/reload")
+        .status()
+        .as_u16()
+}

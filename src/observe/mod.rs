@@ -1,0 +1,3 @@
+//! Watching a node: the access log.
+
+pub mod access_log;
