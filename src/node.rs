@@ -7,6 +7,7 @@ use crate::cluster::Cluster;
 use crate::config::{ClientIpConfig, Config, HeaderPolicy, Overrides, ShieldConfig};
 use crate::metrics::Metrics;
 use crate::observe::access_log::AccessLog;
+use crate::observe::otel::Tracing;
 use crate::policy::ratelimit::{Buckets, Limits};
 use crate::purge::{Ban, BanList, BanTarget};
 use crate::rules::RuleSet;
@@ -97,6 +98,8 @@ pub struct Node {
     pub cluster: Option<Cluster>,
     /// The access log.
     pub access_log: AccessLog,
+    /// OpenTelemetry tracing, when `[tracing]` enables it.
+    pub tracing: Option<Tracing>,
     /// When the node started.
     pub started: std::time::Instant,
     /// Certificates of the HTTPS listeners; `None` without any.
@@ -181,7 +184,9 @@ impl Node {
         });
         let access_log = AccessLog::start(&config.access_log, metrics.access_log_dropped.clone())
             .with_context(|| format!("{}", config.source.display()))?;
+        let tracing = Tracing::start(&config.tracing)?;
         Ok(Arc::new(Node {
+            tracing,
             access_log,
             cluster,
             tls,
@@ -233,6 +238,7 @@ impl Node {
             ),
             ("limits", now.limits != next.limits),
             ("access_log", now.access_log != next.access_log),
+            ("tracing", now.tracing != next.tracing),
             (
                 "cluster",
                 format!("{:?}", now.cluster) != format!("{:?}", next.cluster),

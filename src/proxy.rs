@@ -11,6 +11,7 @@ use crate::metrics::{
 };
 use crate::node::Node;
 use crate::node::Routing;
+use crate::observe::otel::RequestTrace;
 use crate::policy::client_ip::client_ip;
 use crate::policy::compression;
 use crate::policy::connections;
@@ -122,6 +123,8 @@ pub struct RequestCtx {
     request_id: Option<String>,
     /// When the upstream response header arrived.
     origin_header: Option<Instant>,
+    /// The request's trace, when tracing is on.
+    trace: Option<RequestTrace>,
 }
 
 impl RequestCtx {
@@ -702,6 +705,7 @@ impl ProxyHttp for OutpostProxy {
             hit_source: None,
             request_id: None,
             origin_header: None,
+            trace: None,
         }
     }
 
@@ -715,6 +719,10 @@ impl ProxyHttp for OutpostProxy {
     }
 
     async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
+        if let Some(tracing) = &self.node.tracing {
+            let parent = session.req_header().headers.get("traceparent");
+            ctx.trace = Some(tracing.begin(parent.and_then(|v| v.to_str().ok())));
+        }
         let limits = &self.node.config.limits;
         let raw = session
             .req_header()
@@ -1181,6 +1189,10 @@ impl ProxyHttp for OutpostProxy {
         ) {
             upstream.insert_header(header.clone(), id.as_str())?;
         }
+        if let Some(trace) = &ctx.trace {
+            // the origin's span continues this node's fetch span
+            upstream.insert_header("traceparent", trace.upstream_traceparent())?;
+        }
         let name = &self.node.config.node.name;
         let cdn_loop = tier::cdn_loop_value(&upstream.headers, name);
         upstream.insert_header(tier::CDN_LOOP, cdn_loop)?;
@@ -1562,6 +1574,41 @@ impl ProxyHttp for OutpostProxy {
         let log = &self.node.access_log;
         if log.wanted(status) {
             self.write_access_log(session, ctx, label, status, source, seconds);
+        }
+        if let (Some(tracing), Some(trace)) = (&self.node.tracing, &ctx.trace) {
+            let req = session.req_header();
+            let since = |at: Instant| at.saturating_duration_since(ctx.start);
+            let fetch = ctx
+                .origin_start
+                .zip(ctx.upstream_pool())
+                .map(|(start, pool)| {
+                    let server = ctx
+                        .upstream
+                        .and_then(|(_, m)| pool.member(m))
+                        .map_or_else(|| pool.name().to_string(), |m| m.label.clone());
+                    let end = ctx.origin_header.unwrap_or_else(Instant::now);
+                    (
+                        server,
+                        pool.tier.as_str(),
+                        since(start),
+                        since(end),
+                        ctx.upstream_status,
+                    )
+                });
+            tracing.finish(
+                trace,
+                &crate::observe::otel::Finished {
+                    method: req.method.as_str(),
+                    host: &ctx.host,
+                    path: req.uri.path(),
+                    status,
+                    cache: label,
+                    bytes: session.body_bytes_sent() as u64,
+                    request_id: ctx.request_id.as_deref(),
+                    fetch,
+                    total: ctx.start.elapsed(),
+                },
+            );
         }
         if let Some(waited) = session.cache.lock_duration() {
             metrics.lock_wait.observe(waited.as_secs_f64());

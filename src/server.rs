@@ -168,6 +168,25 @@ impl BackgroundService for PurgeLurker {
     }
 }
 
+/// Exports the spans still pending when the node stops.
+struct FlushSpans {
+    node: Arc<Node>,
+}
+
+#[async_trait]
+impl BackgroundService for FlushSpans {
+    async fn start(&self, mut shutdown: ShutdownWatch) {
+        let _ = shutdown.changed().await;
+        let node = self.node.clone();
+        let _ = tokio::task::spawn_blocking(move || {
+            if let Some(tracing) = &node.tracing {
+                tracing.shutdown();
+            }
+        })
+        .await;
+    }
+}
+
 /// Runs the active health checks of every pool in force (pools swapped in by a reload
 /// included), each at its own interval.
 struct HealthChecks {
@@ -349,6 +368,12 @@ pub fn run(
         server.add_service(background_service(
             "fleet purge bus",
             crate::cluster::bus::PurgeBus { node: node.clone() },
+        ));
+    }
+    if node.tracing.is_some() {
+        server.add_service(background_service(
+            "tracing export",
+            FlushSpans { node: node.clone() },
         ));
     }
     server.add_service(background_service(

@@ -164,6 +164,17 @@ pub(super) fn describe(c: &Config) -> String {
     describe_shield(c, &mut o);
     describe_cluster(c, &mut o);
     describe_access_log(c, &mut o);
+    let t = &c.tracing;
+    let _ = writeln!(
+        o,
+        "[tracing]\nenabled = {}\nendpoint = \"{}\"\nprotocol = \"{}\"\nsample = {}\nservice_name = \"{}\"\ntimeout = {}\n",
+        t.enabled,
+        t.endpoint,
+        if t.json { "http/json" } else { "http/protobuf" },
+        t.sample,
+        t.service_name,
+        dur(t.timeout)
+    );
     let tags: Vec<&str> = c.purge.tag_headers.iter().map(|h| h.as_str()).collect();
     let _ = writeln!(
         o,

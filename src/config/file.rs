@@ -57,6 +57,9 @@ pub struct FileConfig {
     /// `[access_log]`: one line per request.
     #[serde(default)]
     pub access_log: AccessLogSection,
+    /// `[tracing]`: OpenTelemetry export of request spans.
+    #[serde(default)]
+    pub tracing: TracingSection,
     /// `[tls]`: certificates of the HTTPS listeners.
     #[serde(default)]
     pub tls: TlsSection,
@@ -522,4 +525,22 @@ pub struct AccessLogSection {
     pub buffer: Option<i64>,
     /// Request header carrying the request id ("" = none).
     pub request_id_header: Option<String>,
+}
+
+/// `[tracing]`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TracingSection {
+    /// Export spans at all.
+    pub enabled: Option<bool>,
+    /// OTLP/HTTP traces endpoint.
+    pub endpoint: Option<String>,
+    /// "http/protobuf" or "http/json".
+    pub protocol: Option<String>,
+    /// Fraction of new traces sampled.
+    pub sample: Option<f64>,
+    /// `service.name` of the spans.
+    pub service_name: Option<String>,
+    /// Export request timeout.
+    pub timeout: Option<String>,
 }

@@ -65,8 +65,28 @@ pub struct Config {
     pub cluster: Option<ClusterConfig>,
     /// The access log.
     pub access_log: AccessLogConfig,
+    /// OpenTelemetry tracing.
+    pub tracing: TracingConfig,
     /// Certificates of the HTTPS listeners.
     pub tls: TlsConfig,
+}
+
+/// `[tracing]`: OpenTelemetry spans of requests, exported over OTLP/HTTP.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TracingConfig {
+    /// Export spans (off: no span is made and `traceparent` passes through untouched).
+    pub enabled: bool,
+    /// The collector's OTLP/HTTP traces endpoint.
+    pub endpoint: String,
+    /// Protobuf (`http/protobuf`, the OTLP default) or JSON (`http/json`) bodies.
+    pub json: bool,
+    /// Fraction of traces this node starts that are sampled (a request carrying a
+    /// `traceparent` follows its sampled flag).
+    pub sample: f64,
+    /// `service.name` of the spans.
+    pub service_name: String,
+    /// Timeout of one export request.
+    pub timeout: Duration,
 }
 
 /// How access log lines are written.

@@ -333,6 +333,7 @@ pub(super) fn validate(f: FileConfig, path: &Path) -> Result<Config, ConfigError
     let shield = upstream::shield(&mut errs, &f.shield, &origins);
     let cluster = f.cluster.as_ref().map(|c| cluster(&mut errs, c));
     let access_log = access_log(&mut errs, &f.access_log);
+    let tracing = tracing_config(&mut errs, &f.tracing, &node.name);
     // rules without `origin` use the first origin that is not the shield tier
     let default_origin = origins
         .iter()
@@ -430,6 +431,7 @@ pub(super) fn validate(f: FileConfig, path: &Path) -> Result<Config, ConfigError
         shield,
         cluster,
         access_log,
+        tracing,
     })
 }
 
@@ -799,5 +801,54 @@ fn access_log(errs: &mut Errors, a: &file::AccessLogSection) -> AccessLogConfig 
         sample: sample.clamp(0.0, 1.0),
         buffer,
         request_id_header,
+    }
+}
+
+/// Validate `[tracing]`.
+fn tracing_config(errs: &mut Errors, t: &file::TracingSection, node_name: &str) -> TracingConfig {
+    let endpoint = t
+        .endpoint
+        .clone()
+        .unwrap_or_else(|| "http://127.0.0.1:4318/v1/traces".into());
+    match url::Url::parse(&endpoint) {
+        Ok(u) if matches!(u.scheme(), "http" | "https") && u.host_str().is_some() => {}
+        _ => errs.push(
+            "tracing.endpoint",
+            format!("{endpoint:?} is not an http(s) URL like \"http://127.0.0.1:4318/v1/traces\""),
+        ),
+    }
+    let json = match t.protocol.as_deref() {
+        None | Some("http/protobuf") => false,
+        Some("http/json") => true,
+        Some(other) => {
+            errs.push(
+                "tracing.protocol",
+                format!("unknown protocol {other:?}: use \"http/protobuf\" or \"http/json\""),
+            );
+            false
+        }
+    };
+    let sample = t.sample.unwrap_or(1.0);
+    if !(0.0..=1.0).contains(&sample) {
+        errs.push(
+            "tracing.sample",
+            format!("{sample} is not a fraction between 0 and 1"),
+        );
+    }
+    TracingConfig {
+        enabled: t.enabled.unwrap_or(false),
+        endpoint,
+        json,
+        sample: sample.clamp(0.0, 1.0),
+        service_name: t
+            .service_name
+            .clone()
+            .unwrap_or_else(|| format!("outpost {node_name}")),
+        timeout: duration(
+            errs,
+            "tracing.timeout",
+            t.timeout.as_ref(),
+            Duration::from_secs(5),
+        ),
     }
 }

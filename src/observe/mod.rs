@@ -1,3 +1,4 @@
-//! Watching a node: the access log.
+//! Watching a node: the access log and OpenTelemetry tracing.
 
 pub mod access_log;
+pub mod otel;
