@@ -125,7 +125,7 @@ fn terminal_size() -> Option<(usize, usize)> {
 }
 
 /// Lines of a frame above the top keys table, without upstream servers.
-const FIXED_LINES: usize = 13;
+const FIXED_LINES: usize = 14;
 
 /// Rows left for the top keys table on a `rows`-line terminal showing `servers` servers.
 fn key_rows(rows: usize, servers: usize) -> usize {

@@ -197,6 +197,11 @@ fn traffic(f: &mut Frame, iv: &Interval) {
         let _ = write!(line, " {status} {rate:.1}");
     }
     f.line(line);
+    let mut line = String::from("responses ");
+    for (class, rate) in iv.rates_by(REQUESTS, "status_class") {
+        let _ = write!(line, " {class} {rate:.1}/s");
+    }
+    f.line(line);
 
     let served = ["hit", "stale"]
         .iter()
@@ -432,6 +437,7 @@ outpost_upstream_requests_total{tier="origin",pool="web",server="10.0.0.1:80",st
         // 50 requests in 10 s: 30 hits, 10 misses, 10 bypasses
         assert!(out.contains("requests   5.0/s"), "{out}");
         assert!(out.contains("hit 3.0 bypass 1.0 miss 1.0"), "{out}");
+        assert!(out.contains("responses  2xx 5.0/s"), "{out}");
         // 30 hits of 40 cacheable requests; memory tier 30 of 40 lookups
         assert!(out.contains("hit ratio  75.0%"), "{out}");
         assert!(
