@@ -610,10 +610,41 @@ fn bench_upstream_selection(c: &mut Criterion) {
     g.finish();
 }
 
+/// Counting a request in the top keys table (`logging` hook): a key already tracked, and a
+/// stream of new keys each taking the least-counted slot of a full table.
+fn bench_top_keys(c: &mut Criterion) {
+    use outpost::observe::topkeys::{TopKeys, CAPACITY};
+    let top = TopKeys::default();
+    let paths: Vec<String> = (0..CAPACITY)
+        .map(|i| format!("/static/{i}/app.css"))
+        .collect();
+    for p in &paths {
+        top.record("www.example.com", p, 1000);
+    }
+    let mut g = c.benchmark_group("top_keys");
+    g.bench_function("record_tracked_key", |b| {
+        let mut i = 0;
+        b.iter(|| {
+            i = (i + 1) % paths.len();
+            top.record(black_box("www.example.com"), black_box(&paths[i]), 1000)
+        })
+    });
+    let fresh: Vec<String> = (0..100_000).map(|i| format!("/scan/{i}")).collect();
+    g.bench_function("record_new_key_full_table", |b| {
+        let mut i = 0;
+        b.iter(|| {
+            i = (i + 1) % fresh.len();
+            top.record(black_box("www.example.com"), black_box(&fresh[i]), 1000)
+        })
+    });
+    g.bench_function("top_20_of_1000", |b| b.iter(|| top.top(black_box(20))));
+    g.finish();
+}
+
 criterion_group! {
     name = benches;
     config = criterion();
     targets = bench_rules, bench_keys, bench_freshness, bench_vary_and_status, bench_memory_tier,
-        bench_compression, bench_upstream_selection
+        bench_compression, bench_upstream_selection, bench_top_keys
 }
 criterion_main!(benches);

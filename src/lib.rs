@@ -4,8 +4,8 @@
 //! (policy), `cache` (storage tiers and HTTP caching semantics), `upstream` (origins),
 //! `policy` (client address, rate limits, header rules, hardening, compression), `proxy` (the
 //! request path), `purge` (bans and their lurker), `admin` and `metrics` (own listeners),
-//! `tls` (HTTPS listeners' certificates, their reload, HTTP -> HTTPS redirects), `server`
-//! (bootstrap).
+//! `tls` (HTTPS listeners' certificates, their reload, HTTP -> HTTPS redirects), `observe`
+//! (top keys, `outpost top`), `server` (bootstrap).
 
 #![deny(missing_docs)]
 

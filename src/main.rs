@@ -1,5 +1,5 @@
 //! The `outpost` command line: `run` a node, `check` a configuration, `purge` through a node's
-//! admin API.
+//! admin API, watch a node with `top`.
 
 use clap::{ArgGroup, Parser, Subcommand};
 use outpost::config::{Config, Overrides};
@@ -86,6 +86,26 @@ enum Command {
         #[arg(long)]
         soft: bool,
     },
+    /// Watch a node live: requests/s by cache status, hit ratios, bytes/s, latency, upstream
+    /// health, purges, rate limits and the most requested keys, redrawn every interval.
+    Top {
+        /// The node's admin API, e.g. http://127.0.0.1:9091.
+        #[arg(long, value_name = "URL", default_value = "http://127.0.0.1:9091")]
+        admin: String,
+        /// Bearer token of the admin API.
+        #[arg(long, env = "OUTPOST_ADMIN_TOKEN", hide_env_values = true)]
+        token: String,
+        /// The node's metrics listener (metrics.listen) [default: http://127.0.0.1:9090].
+        #[arg(long, value_name = "URL")]
+        metrics: Option<String>,
+        /// Time between two reads, e.g. 1s, 500ms, 5s.
+        #[arg(long, value_name = "DURATION", default_value = "1s",
+              value_parser = outpost::observe::top::parse_interval)]
+        interval: std::time::Duration,
+        /// Print one frame (two reads one interval apart) as plain text, and exit.
+        #[arg(long)]
+        once: bool,
+    },
 }
 
 /// The `POST /purge` body for the CLI's target arguments.
@@ -155,6 +175,29 @@ fn main() -> ExitCode {
                         ExitCode::FAILURE
                     }
                 }
+                Err(e) => {
+                    eprintln!("error: {e:#}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+        Command::Top {
+            admin,
+            token,
+            metrics,
+            interval,
+            once,
+        } => {
+            let options = outpost::observe::top::Options {
+                admin,
+                metrics_defaulted: metrics.is_none(),
+                metrics: metrics.unwrap_or_else(|| "http://127.0.0.1:9090".into()),
+                token,
+                interval,
+                once,
+            };
+            match outpost::observe::top::run(&options) {
+                Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     eprintln!("error: {e:#}");
                     ExitCode::FAILURE

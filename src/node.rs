@@ -8,6 +8,7 @@ use crate::config::{ClientIpConfig, Config, HeaderPolicy, Overrides, ShieldConfi
 use crate::metrics::Metrics;
 use crate::observe::access_log::AccessLog;
 use crate::observe::otel::Tracing;
+use crate::observe::TopKeys;
 use crate::policy::ratelimit::{Buckets, Limits};
 use crate::purge::{Ban, BanList, BanTarget};
 use crate::rules::RuleSet;
@@ -104,6 +105,8 @@ pub struct Node {
     pub started: std::time::Instant,
     /// Certificates of the HTTPS listeners; `None` without any.
     pub tls: Option<Arc<Tls>>,
+    /// The heaviest `host + path` keys of the recent traffic (`GET /top`).
+    pub top_keys: TopKeys,
 }
 
 /// Request-specific reasons a response was not stored; the key may still be cacheable for
@@ -200,6 +203,7 @@ impl Node {
             cache_lock,
             predictor,
             metrics,
+            top_keys: TopKeys::default(),
         }))
     }
 

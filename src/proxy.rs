@@ -1634,5 +1634,7 @@ impl ProxyHttp for OutpostProxy {
         {
             metrics.stale.negative_hits.inc();
         }
+        let (path, sent) = (session.req_header().uri.path(), session.body_bytes_sent());
+        self.node.top_keys.record(&ctx.host, path, sent as u64);
     }
 }

@@ -1,8 +1,9 @@
 //! The admin and metrics listeners: never on the data path.
 //!
 //! Admin: `GET /healthz` and `GET /readyz` are open (for probes); every other route needs
-//! `Authorization: Bearer <token>` (compared in constant time): `POST /purge` ([`purge`]) and
-//! `GET /status`. Metrics: `GET /metrics` in the Prometheus text format.
+//! `Authorization: Bearer <token>` (compared in constant time): `POST /purge` ([`purge`]),
+//! `POST /config/reload`, `GET /status` and `GET /top` (the heaviest keys of the recent
+//! traffic, [`crate::observe::topkeys`]). Metrics: `GET /metrics` in the Prometheus text format.
 
 pub mod client;
 pub mod purge;
@@ -74,6 +75,23 @@ async fn read_body(session: &mut ServerSession) -> Result<Vec<u8>, Response<Vec<
                 ))
             }
         }
+    }
+}
+
+/// The `n` of `GET /top?n=...`: default 20, at most the table's capacity.
+fn top_count(query: Option<&str>) -> Result<usize, String> {
+    const DEFAULT: usize = 20;
+    let max = crate::observe::topkeys::CAPACITY;
+    let Some(value) = query
+        .into_iter()
+        .flat_map(|q| q.split('&'))
+        .find_map(|pair| pair.strip_prefix("n="))
+    else {
+        return Ok(DEFAULT);
+    };
+    match value.parse::<usize>() {
+        Ok(n) if (1..=max).contains(&n) => Ok(n),
+        _ => Err(format!("n must be a number from 1 to {max}, not {value:?}")),
     }
 }
 
@@ -191,6 +209,8 @@ impl ServeHttp for AdminApp {
             "/config/reload" if method == Method::POST => self.reload().await,
             "/config/reload" => json_error(StatusCode::METHOD_NOT_ALLOWED, "use POST"),
             "/status" if method == Method::GET => self.status(),
+            "/top" if method == Method::GET => self.top(req.uri.query()),
+            "/top" => json_error(StatusCode::METHOD_NOT_ALLOWED, "use GET"),
             "/purge" => json_error(StatusCode::METHOD_NOT_ALLOWED, "use POST"),
             "/status" => json_error(StatusCode::METHOD_NOT_ALLOWED, "use GET"),
             _ => json_error(StatusCode::NOT_FOUND, "unknown admin route"),
@@ -288,6 +308,18 @@ impl AdminApp {
                 StatusCode::INTERNAL_SERVER_ERROR,
                 &format!("reload failed: {e}"),
             ),
+        }
+    }
+
+    /// `GET /top?n=20`: the `n` (1 to the table's capacity, default 20) most requested keys.
+    fn top(&self, query: Option<&str>) -> Response<Vec<u8>> {
+        let n = match top_count(query) {
+            Ok(n) => n,
+            Err(message) => return json_error(StatusCode::BAD_REQUEST, &message),
+        };
+        match serde_json::to_value(self.node.top_keys.top(n)) {
+            Ok(v) => json(StatusCode::OK, &v),
+            Err(e) => json_error(StatusCode::INTERNAL_SERVER_ERROR, &e.to_string()),
         }
     }
 
