@@ -4,7 +4,7 @@
 use crate::cache::request::RequestDirectives;
 use crate::cache::status::{CacheStatus, Forward};
 use crate::cache::vary;
-use crate::cache::{entry, freshness, ranges};
+use crate::cache::{entry, freshness, ranges, targeted};
 use crate::config::Encoding;
 use crate::metrics::{
     error_kind, label_index, method_index, Finished, RevalidationOutcome, Source, StaleReason,
@@ -125,6 +125,8 @@ pub struct RequestCtx {
     origin_header: Option<Instant>,
     /// The request's trace, when tracing is on.
     trace: Option<RequestTrace>,
+    /// The targeted cache-control field (RFC 9213) that decided how the response is stored.
+    decided_by: Option<&'static str>,
 }
 
 impl RequestCtx {
@@ -560,7 +562,9 @@ impl OutpostProxy {
                         Some((StaleReason::MaxStale, _)) if stale => Some("max-stale"),
                         // answered stale without asking an origin that just failed
                         Some((StaleReason::IfError, _)) if stale => Some("stale-if-error"),
-                        _ => None,
+                        // which targeted field (RFC 9213) governs the stored response
+                        _ => targeted::governing(meta.headers(), &ctx.rule().config.ttl.targeted)
+                            .map(targeted::detail),
                     },
                 }
             }
@@ -568,13 +572,13 @@ impl OutpostProxy {
                 fwd: forward(Forward::UriMiss),
                 status: ctx.upstream_status,
                 stored: ctx.not_stored.is_none(),
-                detail: ctx.not_stored,
+                detail: ctx.not_stored.or(ctx.decided_by),
             },
             CachePhase::Revalidated => CacheStatus::Forward {
                 fwd: forward(Forward::Stale),
                 status: ctx.upstream_status,
                 stored: true,
-                detail: None,
+                detail: ctx.decided_by,
             },
             CachePhase::RevalidatedNoCache(reason) => CacheStatus::Forward {
                 fwd: forward(Forward::Stale),
@@ -706,6 +710,7 @@ impl ProxyHttp for OutpostProxy {
             request_id: None,
             origin_header: None,
             trace: None,
+            decided_by: None,
         }
     }
 
@@ -875,7 +880,7 @@ impl ProxyHttp for OutpostProxy {
         let req = session.req_header();
         if req.headers.contains_key(header::AUTHORIZATION)
             && !ctx.rule().config.cacheable.authorized
-            && !freshness::servable_to_authorized(meta.headers())
+            && !freshness::servable_to_authorized(meta.headers(), &ctx.rule().config.ttl.targeted)
         {
             ctx.forward = Some(Forward::Request);
             ctx.not_stored = Some("authorization");
@@ -897,7 +902,7 @@ impl ProxyHttp for OutpostProxy {
         if !is_fresh {
             if let Some(max_stale) = d.max_stale {
                 let staleness = seconds_between(now, meta.fresh_until());
-                if !freshness::forbids_stale(meta.headers())
+                if !freshness::forbids_stale(meta.headers(), &ctx.rule().config.ttl.targeted)
                     && max_stale.is_none_or(|m| staleness <= i64::from(m))
                 {
                     ctx.stale = Some((StaleReason::MaxStale, None));
@@ -1370,6 +1375,7 @@ impl ProxyHttp for OutpostProxy {
         ) {
             Ok(decision) => {
                 ctx.not_stored = None;
+                ctx.decided_by = decision.targeted.as_ref().map(targeted::detail);
                 Ok(RespCacheable::Cacheable(freshness::build_meta(
                     resp, &decision, now,
                 )))
@@ -1419,8 +1425,15 @@ impl ProxyHttp for OutpostProxy {
         // purge tags are for this cache, not for clients (they stay in the stored copy); an
         // edge below this shield stores them too, so that tag purges reach its copy
         let purge = &self.node.config.purge;
-        if purge.strip_tag_headers && Self::edge_key(session, ctx).is_none() {
+        let to_client = Self::edge_key(session, ctx).is_none();
+        if purge.strip_tag_headers && to_client {
             for name in &purge.tag_headers {
+                resp.remove_header(name);
+            }
+        }
+        if to_client {
+            // node-specific targeted fields (RFC 9213) are for this tier of caches only
+            for name in &self.node.config.cache.strip_targeted {
                 resp.remove_header(name);
             }
         }

@@ -65,6 +65,8 @@ pub struct Decision {
     pub stale_while_revalidate: u32,
     /// Seconds past expiry it may be served when the origin fails (RFC 5861).
     pub stale_if_error: u32,
+    /// The targeted field (RFC 9213) that decided, instead of `Cache-Control`.
+    pub targeted: Option<http::HeaderName>,
 }
 
 /// The stale windows of a response: its own `stale-while-revalidate` / `stale-if-error`
@@ -125,7 +127,8 @@ pub fn decide(
             return Err("request-no-store");
         }
     }
-    let cc = CacheControl::from_resp_headers(resp);
+    // RFC 9213: a targeted field present and valid replaces Cache-Control (and Expires)
+    let (cc, targeted) = super::targeted::directives(&resp.headers, &rule.ttl.targeted);
     let cc = cc.as_ref();
     if cc.is_some_and(|c| c.no_store()) {
         return Err("no-store");
@@ -169,7 +172,9 @@ pub fn decide(
     } else if let Some(c) = cc.filter(|c| c.has_key("max-age")) {
         let secs = c.max_age().ok().flatten().unwrap_or(0);
         (Duration::from_secs(secs.into()), LifetimeSource::MaxAge)
-    } else if let Some(expires) = http_date(&resp.headers, header::EXPIRES) {
+    } else if let Some(expires) =
+        http_date(&resp.headers, header::EXPIRES).filter(|_| targeted.is_none())
+    {
         // An invalid Expires (e.g. "0") means already expired (RFC 9111 5.3).
         let lifetime = expires
             .ok()
@@ -211,6 +216,7 @@ pub fn decide(
 
     let (stale_while_revalidate, stale_if_error) = stale_windows(cc, rule);
     Ok(Decision {
+        targeted: targeted.cloned(),
         lifetime,
         source,
         initial_age,
@@ -301,15 +307,20 @@ pub fn merge_not_modified(stored: &ResponseHeader, not_modified: &HeaderMap) -> 
 }
 
 /// Whether a stored response may be served to a request carrying `Authorization`
-/// (RFC 9111 3.5: only with `public`, `s-maxage` or `must-revalidate`).
-pub fn servable_to_authorized(stored: &HeaderMap) -> bool {
-    CacheControl::from_headers_named("cache-control", stored)
+/// (RFC 9111 3.5: only with `public`, `s-maxage` or `must-revalidate`), as its governing
+/// field (a targeted one of `targets`, else `Cache-Control`) says.
+pub fn servable_to_authorized(stored: &HeaderMap, targets: &[http::HeaderName]) -> bool {
+    super::targeted::directives(stored, targets)
+        .0
         .is_some_and(|c| c.public() || c.must_revalidate() || c.has_key("s-maxage"))
 }
 
-/// Whether the stored response forbids serving it stale (must-revalidate and friends).
-pub fn forbids_stale(stored: &HeaderMap) -> bool {
-    CacheControl::from_headers_named("cache-control", stored).is_some_and(|c| cc_forbids_stale(&c))
+/// Whether the stored response forbids serving it stale (must-revalidate and friends), as
+/// its governing field says.
+pub fn forbids_stale(stored: &HeaderMap, targets: &[http::HeaderName]) -> bool {
+    super::targeted::directives(stored, targets)
+        .0
+        .is_some_and(|c| cc_forbids_stale(&c))
 }
 
 /// `must-revalidate`, `proxy-revalidate`, `s-maxage` (RFC 9111 5.2.2.10) and `no-cache` all

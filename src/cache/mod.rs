@@ -8,6 +8,7 @@ pub mod memory;
 pub mod ranges;
 pub mod request;
 pub mod status;
+pub mod targeted;
 pub mod tiered;
 pub mod vary;
 

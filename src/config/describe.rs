@@ -146,7 +146,7 @@ pub(super) fn describe(c: &Config) -> String {
     let k = &c.cache;
     let _ = writeln!(
         o,
-        "[cache]\ndir = \"{}\"\ntiers = \"{}\"\nmemory_size = {}\nmax_object_size = {}\ndisk_size = {}\ndisk_max_object_size = {}\nlock_wait_timeout = {}\nlock_age_timeout = {}\nheuristic_max_ttl = {}\nstream_fills = {}\n",
+        "[cache]\ndir = \"{}\"\ntiers = \"{}\"\nmemory_size = {}\nmax_object_size = {}\ndisk_size = {}\ndisk_max_object_size = {}\nlock_wait_timeout = {}\nlock_age_timeout = {}\nheuristic_max_ttl = {}\nstream_fills = {}\ntargeted_fields = {}\nstrip_targeted = {}\n",
         k.dir.display(),
         k.tiers.as_str(),
         k.memory_size,
@@ -156,7 +156,9 @@ pub(super) fn describe(c: &Config) -> String {
         dur(k.lock_wait_timeout),
         dur(k.lock_age_timeout),
         dur(k.heuristic_max_ttl),
-        k.stream_fills
+        k.stream_fills,
+        names(&k.targeted_fields),
+        names(&k.strip_targeted)
     );
     for og in &c.origins {
         describe_origin(&mut o, og);
@@ -225,6 +227,7 @@ pub(super) fn describe(c: &Config) -> String {
             r.redirect_https
         );
         let _ = writeln!(o, "shield = {}", r.shield);
+        let _ = writeln!(o, "# freshness precedence: {}", precedence(r));
         describe_match(&mut o, "rules.match", &r.matcher);
         describe_headers(&mut o, "rules.headers", &r.headers);
         if r.action == Action::Cache {
@@ -438,4 +441,37 @@ fn describe_access_log(c: &Config, o: &mut String) {
         a.buffer,
         a.request_id_header.as_ref().map_or("", |h| h.as_str())
     );
+}
+
+/// A TOML list of header names.
+fn names(list: &[HeaderName]) -> String {
+    let shown: Vec<String> = list.iter().map(|n| format!("\"{}\"", n.as_str())).collect();
+    format!("[{}]", shown.join(", "))
+}
+
+/// What decides a rule's freshness lifetimes, first match first.
+fn precedence(r: &RuleConfig) -> String {
+    let mut steps: Vec<String> = Vec::new();
+    if let Some(t) = r.ttl.override_ttl {
+        return format!("ttl.override ({}) over any origin field", dur(t));
+    }
+    for t in &r.ttl.targeted {
+        steps.push(format!("{} (RFC 9213)", t.as_str()));
+    }
+    if r.ttl.targeted.is_empty() {
+        steps.push("Cache-Control (targeted fields ignored: ttl.targeted = false)".into());
+    } else {
+        steps.push("Cache-Control".into());
+    }
+    steps.push("Expires (unless a targeted field decided)".into());
+    if r.ttl.not_found.is_some() || r.ttl.server_error.is_some() {
+        steps.push("ttl.not_found / ttl.server_error".into());
+    }
+    if let Some(d) = r.ttl.default {
+        steps.push(format!("ttl.default ({})", dur(d)));
+    }
+    if r.ttl.heuristic {
+        steps.push("Last-Modified heuristic".into());
+    }
+    steps.join(" > ")
 }

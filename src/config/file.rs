@@ -290,6 +290,10 @@ pub struct CacheSection {
     pub tiers: Option<String>,
     /// Disk tier capacity.
     pub disk_size: Option<SizeValue>,
+    /// Targeted cache-control fields (RFC 9213) this node obeys, in precedence order.
+    pub targeted_fields: Option<Vec<String>>,
+    /// Targeted fields removed from client responses.
+    pub strip_targeted: Option<Vec<String>>,
     /// Largest object the disk tier stores.
     pub disk_max_object_size: Option<SizeValue>,
 }
@@ -465,6 +469,8 @@ pub struct TtlSection {
     pub not_found: Option<String>,
     /// Lifetime of 500/502/503/504 responses without explicit freshness.
     pub server_error: Option<String>,
+    /// Obey targeted cache-control fields (RFC 9213) for this rule.
+    pub targeted: Option<bool>,
 }
 
 /// `[rules.key]`.

@@ -258,6 +258,12 @@ pub struct CacheConfig {
     pub lock_age_timeout: Duration,
     /// Cap for heuristic freshness.
     pub heuristic_max_ttl: Duration,
+    /// Targeted cache-control fields (RFC 9213) obeyed instead of `Cache-Control` and
+    /// `Expires`, first present and valid one first.
+    pub targeted_fields: Vec<HeaderName>,
+    /// Targeted fields removed from responses to clients (kept for trusted edges below a
+    /// shield); the others are forwarded, as RFC 9213 expects.
+    pub strip_targeted: Vec<HeaderName>,
     /// Coalesced waiters stream a fill while it is written (Varnish-like) instead of waiting
     /// for the complete object (nginx-like).
     pub stream_fills: bool,
@@ -380,6 +386,9 @@ pub struct TtlConfig {
     pub not_found: Option<Duration>,
     /// Lifetime of 500/502/503/504 responses without explicit freshness; `None`: not stored.
     pub server_error: Option<Duration>,
+    /// The targeted cache-control fields (RFC 9213) this rule obeys, in precedence order:
+    /// `cache.targeted_fields`, or none with `ttl.targeted = false`.
+    pub targeted: Vec<HeaderName>,
 }
 
 /// How the query string enters the cache key.

@@ -248,7 +248,29 @@ pub(super) fn validate(f: FileConfig, path: &Path) -> Result<Config, ConfigError
             Duration::from_secs(86_400),
         ),
         stream_fills: c.stream_fills.unwrap_or(false),
+        targeted_fields: header_names(
+            &mut errs,
+            "cache.targeted_fields",
+            c.targeted_fields.as_ref(),
+            &["Outpost-Cache-Control", "CDN-Cache-Control"],
+        ),
+        strip_targeted: header_names(
+            &mut errs,
+            "cache.strip_targeted",
+            c.strip_targeted.as_ref(),
+            &["Outpost-Cache-Control"],
+        ),
     };
+    if cache
+        .targeted_fields
+        .iter()
+        .any(|n| matches!(n.as_str(), "cache-control" | "expires" | "pragma"))
+    {
+        errs.push(
+            "cache.targeted_fields",
+            "lists targeted fields (RFC 9213) such as \"CDN-Cache-Control\", not Cache-Control itself",
+        );
+    }
     if cache.dir.as_os_str().is_empty() {
         errs.push("cache.dir", "the cache directory must not be empty");
     }
@@ -347,7 +369,15 @@ pub(super) fn validate(f: FileConfig, path: &Path) -> Result<Config, ConfigError
     }
     let mut rules = Vec::new();
     for (i, r) in f.rules.iter().enumerate() {
-        let rule = rule(&mut errs, i, r, &f.origins, &node.name, default_origin);
+        let rule = rule(
+            &mut errs,
+            i,
+            r,
+            &f.origins,
+            &node.name,
+            default_origin,
+            &cache.targeted_fields,
+        );
         if shield.origin == Some(rule.origin) && r.origin.is_some() {
             errs.push(
                 format!("rules[{i}].origin"),
@@ -442,6 +472,7 @@ fn rule(
     origins: &[file::OriginSection],
     node_name: &str,
     default_origin: usize,
+    targeted_fields: &[HeaderName],
 ) -> RuleConfig {
     let key = |k: &str| format!("rules[{i}].{k}");
     let name = r.name.clone().unwrap_or_else(|| format!("rule{i}"));
@@ -487,6 +518,11 @@ fn rule(
         .filter(|d| !d.is_zero()),
         server_error: opt_duration(errs, &key("ttl.server_error"), r.ttl.server_error.as_ref())
             .filter(|d| !d.is_zero()),
+        targeted: if r.ttl.targeted.unwrap_or(true) {
+            targeted_fields.to_vec()
+        } else {
+            Vec::new()
+        },
     };
     let stale = StaleConfig {
         while_revalidate: duration(
@@ -851,4 +887,31 @@ fn tracing_config(errs: &mut Errors, t: &file::TracingSection, node_name: &str) 
             Duration::from_secs(5),
         ),
     }
+}
+
+/// A list of header field names (`default` when unset), each checked.
+fn header_names(
+    errs: &mut Errors,
+    key: &str,
+    list: Option<&Vec<String>>,
+    default: &[&str],
+) -> Vec<HeaderName> {
+    let names: Vec<String> = match list {
+        Some(l) => l.clone(),
+        None => default.iter().map(|s| s.to_string()).collect(),
+    };
+    names
+        .iter()
+        .enumerate()
+        .filter_map(|(i, n)| match HeaderName::from_bytes(n.as_bytes()) {
+            Ok(h) => Some(h),
+            Err(_) => {
+                errs.push(
+                    format!("{key}[{i}]"),
+                    format!("{n:?} is not a header field name"),
+                );
+                None
+            }
+        })
+        .collect()
 }

@@ -135,6 +135,7 @@ impl RuleSet {
                 heuristic: true,
                 not_found: Some(crate::config::DEFAULT_NOT_FOUND_TTL),
                 server_error: None,
+                targeted: config.cache.targeted_fields.clone(),
             },
             key: crate::config::KeyConfig {
                 query: crate::config::QueryMode::Full,

@@ -354,7 +354,7 @@ fn response_no_cache_is_stored_but_always_stale() {
         (d.lifetime, d.source),
         (Duration::ZERO, LifetimeSource::NoCache)
     );
-    assert!(forbids_stale(&r.headers));
+    assert!(forbids_stale(&r.headers, &[]));
 }
 
 #[test]
