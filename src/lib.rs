@@ -23,3 +23,21 @@ pub mod rules;
 pub mod server;
 pub mod tls;
 pub mod upstream;
+
+/// Helpers shared by unit tests.
+#[cfg(test)]
+pub(crate) mod testing {
+    use http::{HeaderMap, HeaderName};
+
+    /// A header map of `(name, value)` pairs, in order (repeated names appended).
+    pub fn headers(pairs: &[(&str, &str)]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for (n, v) in pairs {
+            h.append(
+                HeaderName::from_bytes(n.as_bytes()).expect("a header name"),
+                v.parse().expect("a header value"),
+            );
+        }
+        h
+    }
+}

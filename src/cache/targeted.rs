@@ -60,16 +60,7 @@ pub fn detail(name: &HeaderName) -> &'static str {
 mod tests {
     use super::*;
 
-    fn headers(pairs: &[(&str, &str)]) -> HeaderMap {
-        let mut h = HeaderMap::new();
-        for (n, v) in pairs {
-            h.append(
-                HeaderName::from_bytes(n.as_bytes()).unwrap(),
-                v.parse().unwrap(),
-            );
-        }
-        h
-    }
+    use crate::testing::headers;
 
     fn targets() -> Vec<HeaderName> {
         vec![

@@ -231,7 +231,7 @@ pub(super) fn describe(c: &Config) -> String {
         describe_match(&mut o, "rules.match", &r.matcher);
         describe_headers(&mut o, "rules.headers", &r.headers);
         if r.action == Action::Cache {
-            let _ = writeln!(o, "[rules.ttl]  # precedence: override > s-maxage > max-age > Expires > not_found/server_error (404/410, 5xx) > default > heuristic");
+            let _ = writeln!(o, "[rules.ttl]  # precedence: override > targeted fields (RFC 9213) > s-maxage > max-age > Expires > not_found/server_error (404/410, 5xx) > default > heuristic");
             if let Some(t) = r.ttl.override_ttl {
                 let _ = writeln!(o, "override = {}", dur(t));
             }

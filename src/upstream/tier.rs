@@ -69,16 +69,7 @@ pub fn decode_key(value: &HeaderValue) -> Option<String> {
 mod tests {
     use super::*;
 
-    fn headers(pairs: &[(&str, &str)]) -> HeaderMap {
-        let mut h = HeaderMap::new();
-        for (n, v) in pairs {
-            h.append(
-                http::HeaderName::from_bytes(n.as_bytes()).unwrap(),
-                HeaderValue::from_str(v).unwrap(),
-            );
-        }
-        h
-    }
+    use crate::testing::headers;
 
     #[test]
     fn loops_are_found_in_cdn_loop_and_via() {
