@@ -5,7 +5,7 @@ use crate::cache::request::RequestDirectives;
 use crate::cache::status::{CacheStatus, Forward};
 use crate::cache::vary;
 use crate::cache::{entry, freshness, ranges, targeted};
-use crate::config::Encoding;
+use crate::config::{Balance, Encoding};
 use crate::metrics::{
     error_kind, label_index, method_index, Finished, RevalidationOutcome, Source, StaleReason,
 };
@@ -1049,16 +1049,27 @@ impl ProxyHttp for OutpostProxy {
         session: &mut Session,
         ctx: &mut RequestCtx,
     ) -> Result<Box<HttpPeer>> {
+        let routing = ctx.routing.clone();
         let key = match ctx.placement {
             Some(key) => key,
             None => {
-                let key = Self::placement(session, ctx);
+                // only consistent hashing reads the key: round robin goes without hashing it
+                let shield = routing.shield.origin.filter(|_| ctx.rule().config.shield);
+                let hashed = shield
+                    .into_iter()
+                    .chain([ctx.rule().config.origin])
+                    .filter_map(|i| routing.origins.get(i))
+                    .any(|p| p.config.balance == Balance::Ketama);
+                let key = if hashed {
+                    Self::placement(session, ctx)
+                } else {
+                    [0; 16]
+                };
                 ctx.placement = Some(key);
                 key
             }
         };
         ctx.failure_counted = false;
-        let routing = ctx.routing.clone();
         if let Some(si) = routing
             .shield
             .origin
