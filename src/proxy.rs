@@ -225,6 +225,11 @@ fn request_id(sent: Option<&http::HeaderValue>, ids: &RequestIds) -> String {
     }
 }
 
+/// Seconds as milliseconds rounded to the microsecond (log lines without float noise).
+fn millis(seconds: f64) -> f64 {
+    (seconds * 1_000_000.0).round() / 1000.0
+}
+
 /// No server of a pool could take the request: 503 (stale-if-error applies: an upstream error).
 fn no_server_error(pool: &Pool, why: NoServer) -> Box<Error> {
     let what = match why {
@@ -373,8 +378,8 @@ impl OutpostProxy {
                 .origin_start
                 .filter(|_| ctx.upstream_status.is_some())
                 .zip(ctx.origin_header)
-                .map(|(start, at)| at.saturating_duration_since(start).as_secs_f64() * 1000.0),
-            ms: seconds * 1000.0,
+                .map(|(start, at)| millis(at.saturating_duration_since(start).as_secs_f64())),
+            ms: millis(seconds),
             id: ctx.request_id.as_deref(),
             ua: header(header::USER_AGENT),
             referer: header(header::REFERER),
