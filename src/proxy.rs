@@ -127,6 +127,8 @@ pub struct RequestCtx {
     trace: Option<RequestTrace>,
     /// The targeted cache-control field (RFC 9213) that decided how the response is stored.
     decided_by: Option<&'static str>,
+    /// The cache key a trusted edge sent (this node is its shield), decoded once.
+    edge_key: Option<String>,
 }
 
 impl RequestCtx {
@@ -716,6 +718,7 @@ impl ProxyHttp for OutpostProxy {
             origin_header: None,
             trace: None,
             decided_by: None,
+            edge_key: None,
         }
     }
 
@@ -767,6 +770,7 @@ impl ProxyHttp for OutpostProxy {
             self.reject(session, ctx, Rejection::Loop).await?;
             return Ok(true);
         }
+        ctx.edge_key = Self::edge_key(session, ctx);
         let req = session.req_header();
         ctx.rule = ctx
             .routing
@@ -808,7 +812,7 @@ impl ProxyHttp for OutpostProxy {
 
     fn cache_key_callback(&self, session: &Session, ctx: &mut RequestCtx) -> Result<CacheKey> {
         let req = session.req_header();
-        if let Some(primary) = Self::edge_key(session, ctx) {
+        if let Some(primary) = ctx.edge_key.clone() {
             // a trusted edge's key: both tiers store the object under one key
             let hash = pingora_cache::key::hash_key(&primary);
             let mut key = CacheKey::new(primary, String::new());
@@ -1441,7 +1445,7 @@ impl ProxyHttp for OutpostProxy {
         // purge tags are for this cache, not for clients (they stay in the stored copy); an
         // edge below this shield stores them too, so that tag purges reach its copy
         let purge = &self.node.config.purge;
-        let to_client = Self::edge_key(session, ctx).is_none();
+        let to_client = ctx.edge_key.is_none();
         if purge.strip_tag_headers && to_client {
             for name in &purge.tag_headers {
                 resp.remove_header(name);

@@ -21,7 +21,7 @@ use std::collections::VecDeque;
 use std::io::Write;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime};
 use tokio::sync::Notify;
 
 /// A purge as it travels between nodes.
@@ -246,12 +246,9 @@ impl Cluster {
     }
 }
 
-/// Milliseconds since the epoch of a purge's publication, from the stream's timestamp.
+/// Time since a purge was published (`published_ms`: the stream's timestamp, ms since the epoch).
 pub(crate) fn delay_since(published_ms: u64) -> Duration {
-    let now = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64);
-    Duration::from_millis(now.saturating_sub(published_ms))
+    Duration::from_millis(now_ms().saturating_sub(published_ms))
 }
 
 fn append_line(path: &std::path::Path, purge: &FleetPurge) -> std::io::Result<()> {

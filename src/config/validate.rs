@@ -399,24 +399,12 @@ pub(super) fn validate(f: FileConfig, path: &Path) -> Result<Config, ConfigError
         rules.push(rule);
     }
 
-    let tag_headers = f
-        .purge
-        .tag_headers
-        .clone()
-        .unwrap_or_else(|| vec!["Surrogate-Key".into(), "Cache-Tag".into()])
-        .iter()
-        .enumerate()
-        .filter_map(|(i, name)| match HeaderName::from_bytes(name.as_bytes()) {
-            Ok(h) => Some(h),
-            Err(_) => {
-                errs.push(
-                    format!("purge.tag_headers[{i}]"),
-                    format!("{name:?} is not a header field name"),
-                );
-                None
-            }
-        })
-        .collect();
+    let tag_headers = header_names(
+        &mut errs,
+        "purge.tag_headers",
+        f.purge.tag_headers.as_ref(),
+        &["Surrogate-Key", "Cache-Tag"],
+    );
     let lurker_interval = duration(
         &mut errs,
         "purge.lurker_interval",

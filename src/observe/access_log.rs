@@ -170,9 +170,10 @@ impl AccessLog {
         if status == 0 || status >= 500 || self.config.sample >= 1.0 {
             return true;
         }
-        let n = self.seen.fetch_add(1, Ordering::Relaxed);
-        let s = self.config.sample;
-        ((n + 1) as f64 * s).floor() > (n as f64 * s).floor()
+        super::evenly_sampled(
+            self.seen.fetch_add(1, Ordering::Relaxed),
+            self.config.sample,
+        )
     }
 
     /// Queue `record`'s line; dropped (and counted) if the writer is behind.

@@ -10,3 +10,9 @@ pub mod top;
 pub mod topkeys;
 
 pub use topkeys::TopKeys;
+
+/// Whether the `n`th event (0-based) is among a `fraction` of events spread evenly: with
+/// 0.25, every fourth. Used by access log and trace sampling.
+pub fn evenly_sampled(n: u64, fraction: f64) -> bool {
+    fraction >= 1.0 || ((n + 1) as f64 * fraction).floor() > (n as f64 * fraction).floor()
+}

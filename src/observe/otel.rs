@@ -155,10 +155,9 @@ impl Tracing {
         let (trace_id, parent, sampled) = match traceparent.and_then(parse_traceparent) {
             Some((trace, span, sampled)) => (trace, Some(span), sampled),
             None => {
-                let n = self.started.fetch_add(1, Ordering::Relaxed);
-                let s = self.sample;
                 // evenly: with 0.1, every tenth new trace
-                let sampled = s >= 1.0 || ((n + 1) as f64 * s).floor() > (n as f64 * s).floor();
+                let n = self.started.fetch_add(1, Ordering::Relaxed);
+                let sampled = super::evenly_sampled(n, self.sample);
                 let id = (u128::from(self.id()) << 64) | u128::from(self.id());
                 (TraceId::from(id), None, sampled)
             }
