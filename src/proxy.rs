@@ -32,6 +32,7 @@ use pingora_cache::{
     NoCacheReason, RespCacheable,
 };
 use pingora_core::protocols::http::compression::Algorithm;
+use pingora_core::protocols::http::server::Session as ServerSession;
 use pingora_core::upstreams::peer::HttpPeer;
 use pingora_error::{Error, ErrorSource, ErrorType, Result, RetryType};
 use pingora_http::{RequestHeader, ResponseHeader};
@@ -724,10 +725,15 @@ impl ProxyHttp for OutpostProxy {
 
     async fn early_request_filter(
         &self,
-        _session: &mut Session,
+        session: &mut Session,
         _ctx: &mut RequestCtx,
     ) -> Result<()> {
         connections::header_received();
+        if let ServerSession::H1(h1) = &mut *session.downstream_session {
+            // HTTP/1.1 pipelining (RFC 9112 9.3.2), as nginx: requests sent ahead are answered
+            // one after the other, in order (Pingora's default closes the connection instead)
+            h1.set_pipelining_enabled(true);
+        }
         Ok(())
     }
 

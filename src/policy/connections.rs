@@ -11,8 +11,10 @@
 //! hook ran is logged and counted too, and an idle keep-alive connection closed by the header
 //! deadline is not taken for a slow client.
 
+use super::coalesce::WriteCoalescer;
 use async_trait::async_trait;
 use pingora_core::apps::ServerApp;
+use pingora_core::protocols::l4::stream::Stream as L4Stream;
 use pingora_core::protocols::raw_connect::ProxyDigest;
 use pingora_core::protocols::tls::{SslDigest, TlsRef};
 use pingora_core::protocols::{
@@ -54,6 +56,8 @@ struct Seen {
 pub struct Tracked {
     inner: Stream,
     seen: Arc<Seen>,
+    /// Small writes held to go out with the next large one (a header with its body).
+    send: WriteCoalescer,
 }
 
 /// The status code of an HTTP/1 status line at the start of `buf` (`HTTP/1.1 400 ...`).
@@ -89,15 +93,18 @@ impl AsyncWrite for Tracked {
                 self.seen.status.store(code, Ordering::Relaxed);
             }
         }
-        Pin::new(&mut *self.inner).poll_write(cx, buf)
+        let me = &mut *self;
+        me.send.poll_write(&mut me.inner, cx, buf)
     }
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut *self.inner).poll_flush(cx)
+        let me = &mut *self;
+        me.send.poll_flush(&mut me.inner, cx)
     }
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut *self.inner).poll_shutdown(cx)
+        let me = &mut *self;
+        me.send.poll_shutdown(&mut me.inner, cx)
     }
 
     fn poll_write_vectored(
@@ -110,18 +117,22 @@ impl AsyncWrite for Tracked {
                 self.seen.status.store(code, Ordering::Relaxed);
             }
         }
-        Pin::new(&mut *self.inner).poll_write_vectored(cx, bufs)
+        let me = &mut *self;
+        me.send.poll_write_vectored(&mut me.inner, cx, bufs)
     }
 
     fn is_write_vectored(&self) -> bool {
-        self.inner.is_write_vectored()
+        self.send.is_write_vectored(&self.inner)
     }
 }
 
 #[async_trait]
 impl Shutdown for Tracked {
     async fn shutdown(&mut self) {
-        self.inner.shutdown().await
+        // held bytes first, as the inner stream flushes its own buffer before shutting down
+        let me = &mut *self;
+        let _ = std::future::poll_fn(|cx| me.send.poll_flush(&mut me.inner, cx)).await;
+        me.inner.shutdown().await
     }
 }
 
@@ -197,10 +208,13 @@ fn track(stream: Stream) -> (Stream, Arc<Seen>) {
         return (stream, seen);
     }
     let seen = Arc::new(Seen::default());
+    // coalescing pays on a plain TCP stream (a TLS stream encrypts each write on its own)
+    let plain = stream.as_any().is::<L4Stream>();
     (
         Box::new(Tracked {
             inner: stream,
             seen: seen.clone(),
+            send: WriteCoalescer::new(plain),
         }),
         seen,
     )

@@ -1,7 +1,8 @@
 //! Traffic policy applied on the request path: who the client is behind proxies, request rate
-//! limits, header rules, and request hardening.
+//! limits, header rules, request hardening, and how responses are written to client connections.
 
 pub mod client_ip;
+pub mod coalesce;
 pub mod compression;
 pub mod connections;
 pub mod hardening;
