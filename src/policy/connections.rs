@@ -9,7 +9,8 @@
 //! a task-local of the connection's task. The connection is watched ([`Tracked`]: bytes read,
 //! the status line written) so that a request Pingora's parser refused with a 400 before any
 //! hook ran is logged and counted too, and an idle keep-alive connection closed by the header
-//! deadline is not taken for a slow client.
+//! deadline is not taken for a slow client. Its writes go through a [`WriteCoalescer`] (a
+//! response's header leaves with its body).
 
 use super::coalesce::WriteCoalescer;
 use async_trait::async_trait;
