@@ -1,7 +1,7 @@
 //! RFC 9111 storage and freshness decisions for a shared cache, with rule overrides.
 //!
 //! Pure functions over headers and a clock: unit-testable, no I/O. The proxy calls
-//! [`evaluate`] in `response_cache_filter`; the result is what Pingora stores.
+//! [`decide`] in `response_cache_filter`; the result is what Pingora stores.
 
 use crate::config::RuleConfig;
 use crate::policy::hardening::{connection_named, HOP_BY_HOP};

@@ -1,7 +1,7 @@
 //! The TOML file format: plain serde structs, `deny_unknown_fields`, no semantics.
 //!
 //! Values that need parsing with a good error (durations, sizes, addresses, globs) stay strings
-//! here; [`super::validate`] turns this into the typed [`super::Config`], reporting every problem
+//! here; `config::validate` turns this into the typed [`super::Config`], reporting every problem
 //! with its key path at once.
 
 use serde::Deserialize;
@@ -181,11 +181,11 @@ pub struct RateLimitSection {
 pub struct RateLimitRuleSection {
     /// Name (metrics label, RateLimit-Policy name).
     pub name: Option<String>,
-    /// "<n>/s", "<n>/min" or "<n>/h".
+    /// `"<n>/s"`, `"<n>/min"` or `"<n>/h"`.
     pub limit: Option<String>,
     /// Requests allowed at once beyond the steady rate.
     pub burst: Option<i64>,
-    /// "ip", "ip_path" or "header:<name>".
+    /// `"ip"`, `"ip_path"` or `"header:<name>"`.
     pub key: Option<String>,
     /// Count only requests that go to the origin.
     pub only_misses: Option<bool>,

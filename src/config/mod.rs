@@ -1,4 +1,4 @@
-//! Configuration: the TOML file ([`file`]) is parsed, overridden from the command line and
+//! Configuration: the TOML file ([`mod@file`]) is parsed, overridden from the command line and
 //! validated into the typed, immutable [`Config`] the rest of Outpost uses.
 
 mod describe;

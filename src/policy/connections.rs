@@ -52,7 +52,7 @@ struct Seen {
     header: AtomicBool,
 }
 
-/// A client connection watched for [`Seen`].
+/// A client connection watched for what it did (bytes read, the status written).
 #[derive(Debug)]
 pub struct Tracked {
     inner: Stream,
