@@ -326,14 +326,15 @@ impl OutpostProxy {
     /// failure always may (the next shield, or the origin when shields are down), an origin
     /// failure while the pool's `retries` last.
     fn may_retry(&self, ctx: &RequestCtx) -> bool {
-        let (Some((p, _)), Some(key)) = (ctx.upstream, ctx.placement) else {
+        let Some((p, _)) = ctx.upstream else {
             return false;
         };
         let Some(pool) = ctx.routing.origins.get(p) else {
             return false;
         };
         let tried = ctx.tried_in(p);
-        let another = tried.len() <= pool.config.retries && pool.select(&key, &tried).is_ok();
+        // (not `select`: that would use up a round robin turn, and upstream_peer selects again)
+        let another = tried.len() <= pool.config.retries && pool.has_untried(&tried);
         match pool.tier {
             Tier::Shield => another || ctx.routing.shield.direct_when_down,
             Tier::Origin => another,

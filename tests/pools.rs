@@ -357,3 +357,25 @@ fn invalid_pool_settings_are_refused_with_their_key() {
         "origins[1].retries",
     );
 }
+
+#[test]
+fn retries_past_a_dead_server_keep_the_rotation_even() {
+    let dead = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        format!("http://{}", l.local_addr().unwrap())
+    }; // closed: connections are refused
+    let (a, b) = (TestOrigin::start(), TestOrigin::start());
+    tag_servers(&[&a, &b], "/even");
+    let node = NodeConfig::new(&a.url())
+        .origin(&format!(
+            "servers = [\"{dead}\", \"{}\", \"{}\"]\nretries = 2\nmax_fails = 1000",
+            a.url(),
+            b.url()
+        ))
+        .start();
+    // the dead server's turns are retried on the next server in the rotation; a retry must
+    // not also use up a turn of its own (both live servers get their share)
+    let seen = tally(&node, "/even", 40);
+    let (s0, s1) = (seen.get("server0").copied(), seen.get("server1").copied());
+    assert_eq!((s0, s1), (Some(20), Some(20)), "{seen:?}");
+}
