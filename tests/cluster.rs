@@ -59,6 +59,19 @@ fn applied(node: &Node) -> f64 {
     metric_sum(&node.metrics(), "outpost_cluster_purges_applied_total", &[])
 }
 
+/// An origin serving versioned objects and two members caught up with the stream: edge-a,
+/// edge-b and edge-b's configuration (to start it again).
+fn two_edges(nats: &Nats) -> (TestOrigin, Node, Node, NodeConfig) {
+    let origin = TestOrigin::start();
+    versioned(&origin);
+    let a = member("edge-a", &origin, nats).start();
+    let b_config = member("edge-b", &origin, nats);
+    let b = b_config.start();
+    wait_synced(&a);
+    wait_synced(&b);
+    (origin, a, b, b_config)
+}
+
 #[test]
 fn a_purge_on_one_node_reaches_every_node() {
     let Some(nats) = Nats::start() else { return };
@@ -143,13 +156,7 @@ fn a_purge_on_one_node_reaches_every_node() {
 #[test]
 fn a_node_that_was_down_catches_up_before_serving_old_objects() {
     let Some(nats) = Nats::start() else { return };
-    let origin = TestOrigin::start();
-    versioned(&origin);
-    let a = member("edge-a", &origin, &nats).start();
-    let b_config = member("edge-b", &origin, &nats);
-    let b = b_config.start();
-    wait_synced(&a);
-    wait_synced(&b);
+    let (_origin, a, b, b_config) = two_edges(&nats);
     assert_eq!(get(&b, "/old").text(), "v1");
     wait_disk_objects(&b, 1, Duration::from_secs(5), "the object on disk");
     b.stop();
@@ -170,12 +177,7 @@ fn purges_issued_while_nats_is_down_apply_locally_and_travel_when_it_returns() {
     let Some(mut nats) = Nats::start() else {
         return;
     };
-    let origin = TestOrigin::start();
-    versioned(&origin);
-    let a = member("edge-a", &origin, &nats).start();
-    let b = member("edge-b", &origin, &nats).start();
-    wait_synced(&a);
-    wait_synced(&b);
+    let (_origin, a, b, _) = two_edges(&nats);
     for n in [&a, &b] {
         assert_eq!(get(n, "/x").text().len(), 2);
     }
@@ -233,12 +235,7 @@ fn cluster_settings_are_validated() {
 #[ignore]
 fn fleet_purge_latency() {
     let Some(nats) = Nats::start() else { return };
-    let origin = TestOrigin::start();
-    versioned(&origin);
-    let a = member("edge-a", &origin, &nats).start();
-    let b = member("edge-b", &origin, &nats).start();
-    wait_synced(&a);
-    wait_synced(&b);
+    let (_origin, a, b, _) = two_edges(&nats);
     let n = 300;
     let mut seen = Vec::with_capacity(n);
     for i in 0..n {
