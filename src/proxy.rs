@@ -12,6 +12,7 @@ use crate::metrics::{
 use crate::node::Node;
 use crate::node::Routing;
 use crate::observe::otel::RequestTrace;
+use crate::observe::Ids;
 use crate::policy::client_ip::client_ip;
 use crate::policy::compression;
 use crate::policy::connections;
@@ -48,7 +49,7 @@ pub struct OutpostProxy {
     node: Arc<Node>,
     via: Via,
     /// Request ids made here.
-    ids: RequestIds,
+    ids: Ids,
 }
 
 impl OutpostProxy {
@@ -56,7 +57,7 @@ impl OutpostProxy {
     pub fn new(node: Arc<Node>) -> Self {
         OutpostProxy {
             via: Via::new(&node.config.node.name),
-            ids: RequestIds::new(),
+            ids: Ids::new(),
             node,
         }
     }
@@ -178,43 +179,8 @@ impl RequestCtx {
     }
 }
 
-/// Request ids made by this node: 16 hex digits, unique per process (a counter through a
-/// bijective mix, offset by a per-process seed).
-pub struct RequestIds {
-    seed: u64,
-    next: std::sync::atomic::AtomicU64,
-}
-
-impl RequestIds {
-    fn new() -> RequestIds {
-        let now = SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_nanos() as u64);
-        RequestIds {
-            seed: xxhash_rust::xxh3::xxh3_64(
-                &[
-                    now.to_le_bytes(),
-                    u64::from(std::process::id()).to_le_bytes(),
-                ]
-                .concat(),
-            ),
-            next: std::sync::atomic::AtomicU64::new(0),
-        }
-    }
-
-    fn make(&self) -> String {
-        let n = self.next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        // multiplying by an odd constant is a bijection on u64: distinct counters, distinct ids
-        format!(
-            "{:016x}",
-            self.seed
-                .wrapping_add(n.wrapping_mul(0x9E37_79B9_7F4A_7C15))
-        )
-    }
-}
-
 /// The request id: the client's (or a proxy's) if it sent a sane one, else a new one.
-fn request_id(sent: Option<&http::HeaderValue>, ids: &RequestIds) -> String {
+fn request_id(sent: Option<&http::HeaderValue>, ids: &Ids) -> String {
     match sent.and_then(|v| v.to_str().ok()) {
         Some(v)
             if !v.is_empty()
@@ -224,7 +190,8 @@ fn request_id(sent: Option<&http::HeaderValue>, ids: &RequestIds) -> String {
         {
             v.to_string()
         }
-        _ => ids.make(),
+        // 16 hex digits
+        _ => format!("{:016x}", ids.next()),
     }
 }
 
@@ -339,6 +306,16 @@ impl OutpostProxy {
             Tier::Shield => another || ctx.routing.shield.direct_when_down,
             Tier::Origin => another,
         }
+    }
+
+    /// The request id field (`access_log.request_id_header`) and this request's id, sent to the
+    /// origin and back to the client.
+    fn request_id_field<'a>(
+        &'a self,
+        ctx: &'a RequestCtx,
+    ) -> Option<(&'a http::HeaderName, &'a str)> {
+        let name = self.node.config.access_log.request_id_header.as_ref()?;
+        Some((name, ctx.request_id.as_deref()?))
     }
 
     /// Queue this request's access log line.
@@ -1215,11 +1192,8 @@ impl ProxyHttp for OutpostProxy {
         } else if let Some(host) = ctx.upstream_pool().and_then(|o| o.config.host.as_ref()) {
             upstream.insert_header(header::HOST, host.as_str())?;
         }
-        if let (Some(header), Some(id)) = (
-            &self.node.config.access_log.request_id_header,
-            &ctx.request_id,
-        ) {
-            upstream.insert_header(header.clone(), id.as_str())?;
+        if let Some((name, id)) = self.request_id_field(ctx) {
+            upstream.insert_header(name.clone(), id)?;
         }
         if let Some(trace) = &ctx.trace {
             // the origin's span continues this node's fetch span
@@ -1433,11 +1407,8 @@ impl ProxyHttp for OutpostProxy {
             _ => ours,
         };
         resp.insert_header("cache-status", value)?;
-        if let (Some(header), Some(id)) = (
-            &self.node.config.access_log.request_id_header,
-            &ctx.request_id,
-        ) {
-            resp.insert_header(header.clone(), id.as_str())?;
+        if let Some((name, id)) = self.request_id_field(ctx) {
+            resp.insert_header(name.clone(), id)?;
         }
         if matches!(status, CacheStatus::StaleOnError { .. }) {
             // Pingora drops the client connection after serving stale for a failed fetch; say

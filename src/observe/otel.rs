@@ -100,8 +100,7 @@ pub struct Tracing {
     tracer: SdkTracer,
     sample: f64,
     started: AtomicU64,
-    ids: AtomicU64,
-    seed: u64,
+    ids: super::Ids,
 }
 
 impl Tracing {
@@ -129,25 +128,18 @@ impl Tracing {
             .with_resource(resource)
             .build();
         let tracer = opentelemetry::trace::TracerProvider::tracer(&provider, "outpost");
-        let seed = SystemTime::now()
-            .duration_since(SystemTime::UNIX_EPOCH)
-            .map_or(0, |d| d.as_nanos() as u64)
-            ^ u64::from(std::process::id()).rotate_left(32);
         Ok(Some(Tracing {
             provider,
             tracer,
             sample: config.sample,
             started: AtomicU64::new(0),
-            ids: AtomicU64::new(1),
-            seed,
+            ids: super::Ids::new(),
         }))
     }
 
     /// A fresh 64-bit id (never zero).
     fn id(&self) -> u64 {
-        let n = self.ids.fetch_add(1, Ordering::Relaxed);
-        let x = xxhash_rust::xxh3::xxh3_64_with_seed(&n.to_le_bytes(), self.seed);
-        x.max(1)
+        self.ids.next().max(1)
     }
 
     /// The trace of a request that carried `traceparent` (if any).
