@@ -120,7 +120,7 @@ pub fn decode_stored(head: &Bytes) -> Result<Stored> {
 
 fn decode(head: &Bytes, want_key: bool) -> Result<Stored> {
     let mut r = Reader { buf: head, pos: 0 };
-    let format = r.take(1)?[0];
+    let format = r.u8()?;
     if !(1..=FORMAT).contains(&format) {
         return Err(corrupt("stored head has an unknown format"));
     }
@@ -134,14 +134,9 @@ fn decode(head: &Bytes, want_key: bool) -> Result<Stored> {
     };
     let swr = r.u32()?;
     let sie = r.u32()?;
-    let variance = match r.take(1)?[0] {
+    let variance = match r.u8()? {
         0 => None,
-        1 => {
-            let v = r.take(16)?;
-            let mut out = [0u8; 16];
-            out.copy_from_slice(&v);
-            Some(out)
-        }
+        1 => Some(r.array::<16>()?),
         _ => return Err(corrupt("stored head has an invalid variance flag")),
     };
     let mut primary = None;
@@ -235,33 +230,45 @@ impl Reader<'_> {
         Ok(start)
     }
 
+    /// The next `n` bytes, borrowed (no reference count touched: most reads are these).
+    fn bytes(&mut self, n: usize) -> Result<&[u8]> {
+        let start = self.skip(n)?;
+        Ok(&self.buf[start..self.pos])
+    }
+
+    /// The next `n` bytes as a `Bytes` sharing the stored buffer (names and values).
     fn take(&mut self, n: usize) -> Result<Bytes> {
         let start = self.skip(n)?;
         Ok(self.buf.slice(start..self.pos))
     }
 
+    fn array<const N: usize>(&mut self) -> Result<[u8; N]> {
+        let mut a = [0u8; N];
+        a.copy_from_slice(self.bytes(N)?);
+        Ok(a)
+    }
+
+    fn u8(&mut self) -> Result<u8> {
+        Ok(self.array::<1>()?[0])
+    }
+
     fn u16(&mut self) -> Result<u16> {
-        let b = self.take(2)?;
-        Ok(u16::from_le_bytes([b[0], b[1]]))
+        self.array().map(u16::from_le_bytes)
     }
 
     fn u32(&mut self) -> Result<u32> {
-        let b = self.take(4)?;
-        Ok(u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+        self.array().map(u32::from_le_bytes)
     }
 
     fn u64(&mut self) -> Result<u64> {
-        let b = self.take(8)?;
-        let mut a = [0u8; 8];
-        a.copy_from_slice(&b);
-        Ok(u64::from_le_bytes(a))
+        self.array().map(u64::from_le_bytes)
     }
 }
 
 /// Decode a header encoded by [`encode_header`] at the reader's position.
 fn decode_header(r: &mut Reader<'_>) -> Result<ResponseHeader> {
     let status = r.u16()?;
-    let version = r.take(1)?[0];
+    let version = r.u8()?;
     let count = r.u16()?;
     let mut header = ResponseHeader::build(status, Some(count as usize))?;
     header.set_version(if version == 10 {
