@@ -55,6 +55,7 @@ fn reload_swaps_rules_under_load_and_an_invalid_file_changes_nothing() {
                 }
             });
         }
+        let _stop_load = StopOnDrop(&stop);
         std::thread::sleep(Duration::from_millis(200));
 
         // a valid file: the new rule applies to the next requests

@@ -19,6 +19,17 @@ pub use node::{
 pub use origin::{generated_body, http_date, parse_http_date, Recorded, Reply, TestOrigin};
 pub use tls::{Leaf, TestCa, Validity};
 
+/// Sets a load loop's stop flag when dropped. A thread scope waits for its threads, so an
+/// assertion failing in the scope before the flag is set would hang the test instead of
+/// failing it: hold one of these in the scope.
+pub struct StopOnDrop<'a>(pub &'a std::sync::atomic::AtomicBool);
+
+impl Drop for StopOnDrop<'_> {
+    fn drop(&mut self) {
+        self.0.store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
 /// The `Cache-Status` header of a response ("" if absent).
 pub fn cache_status(resp: &reqwest::blocking::Response) -> String {
     resp.headers()
