@@ -235,7 +235,7 @@ pub fn build_meta(resp: &ResponseHeader, decision: &Decision, now: SystemTime) -
     for name in connection_named(&resp.headers) {
         header.remove_header(&name);
     }
-    for name in HOP_BY_HOP {
+    for name in &HOP_BY_HOP {
         header.remove_header(name);
     }
     header.remove_header(&header::AGE);
@@ -286,7 +286,7 @@ pub fn merge_not_modified(stored: &ResponseHeader, not_modified: &HeaderMap) -> 
     };
     for name in not_modified.keys() {
         let n = name.as_str();
-        if HOP_BY_HOP.contains(&n)
+        if HOP_BY_HOP.contains(name)
             || matches!(n, "content-length" | "content-range" | "transfer-encoding")
         {
             continue;

@@ -180,14 +180,14 @@ pub fn check_request(
 
 /// Fields that describe one connection (RFC 9110 7.6.1), never stored nor passed on as they
 /// came, besides those `Connection` names.
-pub const HOP_BY_HOP: [&str; 7] = [
-    "connection",
-    "keep-alive",
-    "proxy-connection",
-    "te",
-    "trailer",
-    "upgrade",
-    "proxy-authenticate",
+pub static HOP_BY_HOP: [HeaderName; 7] = [
+    header::CONNECTION,
+    HeaderName::from_static("keep-alive"),
+    HeaderName::from_static("proxy-connection"),
+    header::TE,
+    header::TRAILER,
+    header::UPGRADE,
+    header::PROXY_AUTHENTICATE,
 ];
 
 /// The fields the `Connection` header of `headers` names.
@@ -214,8 +214,8 @@ pub fn hop_by_hop(headers: &HeaderMap) -> Vec<HeaderName> {
         .chain(
             HOP_BY_HOP
                 .iter()
-                .filter(|n| !managed(n) && headers.contains_key(**n))
-                .map(|n| HeaderName::from_static(n)),
+                .filter(|n| !managed(n.as_str()) && headers.contains_key(*n))
+                .cloned(),
         )
         .collect()
 }
