@@ -1,9 +1,12 @@
 //! Configuration: the TOML file ([`mod@file`]) is parsed, overridden from the command line and
 //! validated into the typed, immutable [`Config`] the rest of Outpost uses.
 
+mod cluster;
 mod describe;
 mod error;
 pub mod file;
+mod observe;
+mod rule;
 pub mod tls;
 pub mod traffic;
 mod units;

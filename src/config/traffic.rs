@@ -6,7 +6,8 @@ use super::file::{
     ClientIpSection, CompressionSection, HeaderRulesSection, HeadersSection, LimitsSection,
     RateLimitSection,
 };
-use super::validate::{duration, match_config, size};
+use super::rule::match_config;
+use super::validate::{duration, size};
 use super::MatchConfig;
 use http::{HeaderName, HeaderValue};
 use ipnet::IpNet;
