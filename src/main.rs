@@ -87,7 +87,7 @@ enum Command {
         soft: bool,
     },
     /// Watch a node live: requests/s by cache status, hit ratios, bytes/s, latency, upstream
-    /// health, purges, rate limits and the most requested keys, redrawn every interval.
+    /// health, purges, rate limits and the most requested keys, redrawn every interval (q quits).
     Top {
         /// The node's admin API, e.g. http://127.0.0.1:9091.
         #[arg(long, value_name = "URL", default_value = "http://127.0.0.1:9091")]

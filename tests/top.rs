@@ -198,3 +198,81 @@ fn outpost_top_explains_a_wrong_token_and_a_wrong_metrics_url() {
     assert!(err.contains(&format!("{admin}/metrics")), "{err}");
     assert!(err.contains("metrics.listen"), "{err}");
 }
+
+/// `outpost top` on a terminal (a pseudo-terminal from util-linux's `script`, stdin kept open):
+/// other keys leave it running, `q` ends it with status 0 after it has drawn frames.
+#[test]
+fn outpost_top_on_a_terminal_ignores_other_keys_and_quits_on_q() {
+    use std::io::{Read, Write};
+    use std::process::Stdio;
+    use std::sync::{Arc, Mutex};
+    use std::time::{Duration, Instant};
+
+    let origin = TestOrigin::start();
+    let node = NodeConfig::new(&origin.url()).start();
+    let cmd = format!(
+        "{} top --admin http://{} --metrics http://{} --interval 200ms",
+        outpost_bin().display(),
+        node.admin_addr(),
+        node.metrics_addr()
+    );
+    let mut child = Command::new("script")
+        .args(["-q", "-e", "-f", "-c", &cmd, "/dev/null"])
+        .env("OUTPOST_ADMIN_TOKEN", "test-token")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn script (util-linux)");
+    let screen = Arc::new(Mutex::new(Vec::new()));
+    let mut stdout = child.stdout.take().expect("stdout");
+    let sink = screen.clone();
+    std::thread::spawn(move || {
+        let mut chunk = [0u8; 4096];
+        while let Ok(n) = stdout.read(&mut chunk) {
+            if n == 0 {
+                break;
+            }
+            sink.lock().unwrap().extend_from_slice(&chunk[..n]);
+        }
+    });
+    let frames = || {
+        String::from_utf8_lossy(&screen.lock().unwrap())
+            .matches("TOP KEYS")
+            .count()
+    };
+    let mut stdin = child.stdin.take().expect("stdin");
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while frames() < 2 {
+        if Instant::now() > deadline || child.try_wait().unwrap().is_some() {
+            let _ = child.kill();
+            panic!(
+                "no frames drawn:\n{}",
+                String::from_utf8_lossy(&screen.lock().unwrap())
+            );
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    stdin.write_all(b"x").and_then(|()| stdin.flush()).unwrap();
+    let drawn = frames();
+    while frames() < drawn + 2 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(
+        child.try_wait().unwrap().is_none(),
+        "x ended the view: only q, Esc, Ctrl-C and Ctrl-D do"
+    );
+    stdin.write_all(b"q").and_then(|()| stdin.flush()).unwrap();
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("q did not end outpost top");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    drop(stdin);
+    assert!(status.success(), "outpost top after q: {status}");
+}

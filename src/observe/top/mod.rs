@@ -8,7 +8,8 @@ use crate::admin::client;
 use crate::observe::exposition::Scrape;
 use crate::observe::topkeys::TopSnapshot;
 use anyhow::{bail, Context};
-use std::io::Write;
+use crossterm::event::{self, Event, KeyCode, KeyEvent, KeyEventKind, KeyModifiers};
+use std::io::{IsTerminal, Write};
 use std::time::{Duration, Instant};
 
 /// What `outpost top` was asked to watch, and how.
@@ -115,13 +116,63 @@ fn read(opts: &Options, key_rows: usize) -> anyhow::Result<Snapshot> {
 
 /// The terminal's size (columns, rows) if standard output is one.
 fn terminal_size() -> Option<(usize, usize)> {
-    if !std::io::IsTerminal::is_terminal(&std::io::stdout()) {
+    if !std::io::stdout().is_terminal() {
         return None;
     }
-    // SAFETY: TIOCGWINSZ writes a `winsize` into the struct we pass, nothing else.
-    let mut size: libc::winsize = unsafe { std::mem::zeroed() };
-    let ok = unsafe { libc::ioctl(libc::STDOUT_FILENO, libc::TIOCGWINSZ, &mut size) } == 0;
-    (ok && size.ws_col > 0).then_some((size.ws_col as usize, size.ws_row as usize))
+    let (cols, rows) = crossterm::terminal::size().ok()?;
+    (cols > 0).then_some((cols.into(), rows.into()))
+}
+
+/// The terminal in raw mode while `outpost top` runs live (keys arrive one by one, unechoed),
+/// restored when dropped, whichever way the view ends.
+struct RawTerminal;
+
+impl RawTerminal {
+    /// Raw mode when standard input and output are a terminal; `None` otherwise (piped: the
+    /// view ends with Ctrl-C's signal).
+    fn enter() -> Option<RawTerminal> {
+        let tty = std::io::stdin().is_terminal() && std::io::stdout().is_terminal();
+        (tty && crossterm::terminal::enable_raw_mode().is_ok()).then_some(RawTerminal)
+    }
+}
+
+impl Drop for RawTerminal {
+    fn drop(&mut self) {
+        let _ = crossterm::terminal::disable_raw_mode();
+    }
+}
+
+/// Whether a key asks to leave the view: `q`, Esc, Ctrl-C or Ctrl-D (raw mode turns Ctrl-C
+/// into a key, not a signal).
+fn quits(key: &KeyEvent) -> bool {
+    if key.kind != KeyEventKind::Press {
+        return false;
+    }
+    match key.code {
+        KeyCode::Char('q' | 'Q') | KeyCode::Esc => true,
+        KeyCode::Char('c' | 'd') => key.modifiers.contains(KeyModifiers::CONTROL),
+        _ => false,
+    }
+}
+
+/// Wait `interval`, reading keys if the terminal is raw; true if one asked to quit.
+fn wait_or_quit(interval: Duration, raw: bool) -> anyhow::Result<bool> {
+    if !raw {
+        std::thread::sleep(interval);
+        return Ok(false);
+    }
+    let until = Instant::now() + interval;
+    loop {
+        let left = until.saturating_duration_since(Instant::now());
+        if left.is_zero() || !event::poll(left).context("reading the terminal")? {
+            return Ok(false);
+        }
+        if let Event::Key(key) = event::read().context("reading the terminal")? {
+            if quits(&key) {
+                return Ok(true);
+            }
+        }
+    }
 }
 
 /// Lines of a frame above the top keys table, without upstream servers.
@@ -141,8 +192,8 @@ fn servers(status: &serde_json::Value) -> usize {
         .sum()
 }
 
-/// Run `outpost top`: one frame and exit with `--once`, else redraw every interval until
-/// interrupted (Ctrl-C). Errors of the first read end it; later ones are shown and retried.
+/// Run `outpost top`: one frame and exit with `--once`, else redraw every interval until `q`
+/// (or Esc, Ctrl-C). Errors of the first read end it; later ones are shown and retried.
 pub fn run(opts: &Options) -> anyhow::Result<()> {
     let every = humantime::format_duration(opts.interval).to_string();
     if opts.once {
@@ -163,12 +214,12 @@ pub fn run(opts: &Options) -> anyhow::Result<()> {
     let (_, rows) = terminal_size().unwrap_or((120, 40));
     let mut prev = read(opts, key_rows(rows, 0))?;
     println!(
-        "outpost top: reading {} every {every} (Ctrl-C to quit) ...",
+        "outpost top: reading {} every {every} (q or Ctrl-C to quit) ...",
         opts.admin
     );
+    let raw = RawTerminal::enter();
     let mut out = std::io::stdout();
-    loop {
-        std::thread::sleep(opts.interval);
+    while !wait_or_quit(opts.interval, raw.is_some())? {
         let (width, rows) = terminal_size().unwrap_or((120, 40));
         let rows_for_keys = key_rows(rows, servers(&prev.status));
         // clear the screen, cursor home
@@ -188,10 +239,18 @@ pub fn run(opts: &Options) -> anyhow::Result<()> {
                 frame.push_str(&format!("error: {e:#}\n(retrying every {every})\n"));
             }
         }
+        if raw.is_some() {
+            // raw mode also stops the terminal from returning the carriage at a line feed
+            frame = frame.replace('\n', "\r\n");
+        }
         out.write_all(frame.as_bytes())
             .and_then(|()| out.flush())
             .context("writing to the terminal")?;
     }
+    drop(raw);
+    // the last frame stays on screen; the shell prompt starts below it
+    println!();
+    Ok(())
 }
 
 /// Parse `--interval`: a duration (`1s`, `500ms`, `2m`) or a number of seconds.
@@ -236,6 +295,30 @@ mod tests {
         assert!(parse_interval("10ms").is_err());
         assert!(parse_interval("0").is_err());
         assert!(parse_interval("soon").is_err());
+    }
+
+    #[test]
+    fn q_esc_and_control_c_or_d_quit_other_keys_do_not() {
+        let key = |code, modifiers| KeyEvent::new(code, modifiers);
+        let none = KeyModifiers::NONE;
+        let ctrl = KeyModifiers::CONTROL;
+        for k in [
+            key(KeyCode::Char('q'), none),
+            key(KeyCode::Char('Q'), KeyModifiers::SHIFT),
+            key(KeyCode::Esc, none),
+            key(KeyCode::Char('c'), ctrl),
+            key(KeyCode::Char('d'), ctrl),
+        ] {
+            assert!(quits(&k), "{k:?}");
+        }
+        for k in [
+            key(KeyCode::Char('c'), none),
+            key(KeyCode::Char('x'), none),
+            key(KeyCode::Enter, none),
+            KeyEvent::new_with_kind(KeyCode::Char('q'), none, KeyEventKind::Release),
+        ] {
+            assert!(!quits(&k), "{k:?}");
+        }
     }
 
     #[test]
