@@ -20,6 +20,19 @@ pub fn announced_length(headers: &http::HeaderMap) -> Option<u64> {
         .and_then(|v| v.trim().parse().ok())
 }
 
+/// The byte span `[start, end)` a hit handler's `seek(start, end)` selects in a body of `len`
+/// bytes (`end` clamped to it, the whole rest without one); a start at or past the end is an
+/// error.
+pub fn seek_span(len: u64, start: usize, end: Option<usize>) -> pingora_error::Result<(u64, u64)> {
+    if start as u64 >= len {
+        return pingora_error::Error::e_explain(
+            pingora_error::ErrorType::InternalError,
+            format!("seek start out of range {start} >= {len}"),
+        );
+    }
+    Ok((start as u64, end.map_or(len, |e| (e as u64).min(len))))
+}
+
 /// Whether `If-Range: if_range` lets a range of the stored response `resp` be served.
 pub fn if_range_allows(if_range: &HeaderValue, resp: &ResponseHeader) -> bool {
     let Ok(ir) = if_range.to_str() else {

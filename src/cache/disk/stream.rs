@@ -9,6 +9,7 @@
 
 use super::record::{HeadRecord, BLOCK};
 use super::{blocking, DiskTier, ReadFailure};
+use crate::cache::ranges::seek_span;
 use bytes::Bytes;
 use pingora_cache::key::CacheKey;
 use pingora_cache::storage::{HandleHit, Storage};
@@ -152,15 +153,7 @@ impl HandleHit for StreamHit {
     }
 
     fn seek(&mut self, start: usize, end: Option<usize>) -> Result<()> {
-        let len = self.record.body_len;
-        if start as u64 >= len {
-            return Error::e_explain(
-                ErrorType::InternalError,
-                format!("seek start out of range {start} >= {len}"),
-            );
-        }
-        self.pos = start as u64;
-        self.end = end.map_or(len, |e| (e as u64).min(len));
+        (self.pos, self.end) = seek_span(self.record.body_len, start, end)?;
         Ok(())
     }
 

@@ -1,6 +1,7 @@
 //! Readers of the memory tier: a complete object, or a fill followed as it is written.
 
 use super::*;
+use crate::cache::ranges::seek_span;
 
 /// Whether `hit` is one of this tier's hit handlers.
 pub(crate) fn is_memory_hit(hit: &(dyn std::any::Any + Send + Sync)) -> bool {
@@ -57,14 +58,9 @@ impl HandleHit for CompleteHit {
     }
 
     fn seek(&mut self, start: usize, end: Option<usize>) -> Result<()> {
-        if start >= self.body.len() {
-            return Error::e_explain(
-                ErrorType::InternalError,
-                format!("seek start out of range {start} >= {}", self.body.len()),
-            );
-        }
-        self.start = start;
-        self.end = end.map_or(self.body.len(), |e| e.min(self.body.len()));
+        let (start, end) = seek_span(self.body.len() as u64, start, end)?;
+        // within the body, whose length is a usize
+        (self.start, self.end) = (start as usize, end as usize);
         self.done = false;
         Ok(())
     }
