@@ -284,9 +284,7 @@ impl Pool {
     /// Whether a server that is up (healthy, not ejected) and not in `tried` exists: what a
     /// retry needs, asked without [`Pool::select`]'s side effect (a round robin turn used up).
     pub fn has_untried(&self, tried: &[usize]) -> bool {
-        let now = millis(self.epoch, Instant::now());
-        (0..self.members.len())
-            .any(|i| !tried.contains(&i) && self.healthy(i) && !self.ejected(i, now))
+        (0..self.members.len()).any(|i| !tried.contains(&i) && self.available(i))
     }
 
     /// A peer for one request to server `index` (a clone of its template; connections are
