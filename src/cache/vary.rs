@@ -12,14 +12,25 @@ use std::borrow::Cow;
 
 /// The field names `headers`' `Vary` lists, lowercase, in order (`*` as it is).
 pub fn fields(headers: &HMap) -> Vec<String> {
+    names(headers).map(Cow::into_owned).collect()
+}
+
+/// [`fields`] without allocating unless a name has upper-case letters.
+fn names(headers: &HMap) -> impl Iterator<Item = Cow<'_, str>> {
     headers
         .get_all(header::VARY)
         .iter()
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(','))
-        .map(|f| f.trim().to_ascii_lowercase())
-        .filter(|f| !f.is_empty())
-        .collect()
+        .map(str::trim)
+        .filter(|n| !n.is_empty())
+        .map(|n| {
+            if n.bytes().any(|b| b.is_ascii_uppercase()) {
+                Cow::Owned(n.to_ascii_lowercase())
+            } else {
+                Cow::Borrowed(n)
+            }
+        })
 }
 
 /// Add `field` (lowercase) to `resp`'s `Vary` unless it is there (or `*` is).
@@ -49,26 +60,16 @@ pub fn add(resp: &mut ResponseHeader, field: &str) -> pingora_error::Result<()> 
 /// allocated unless a `Vary` field name has upper-case letters. This runs on every hit on a
 /// varying object.
 pub fn variance(stored: &HMap, req: &RequestHeader, encoding: Option<&str>) -> Option<HashBinary> {
-    let mut names: SmallVec<[Cow<'_, str>; 4]> = SmallVec::new();
-    for list in stored.get_all(header::VARY).iter() {
-        let Ok(list) = list.to_str() else { continue };
-        for name in list.split(',').map(str::trim).filter(|n| !n.is_empty()) {
-            names.push(if name.bytes().any(|b| b.is_ascii_uppercase()) {
-                Cow::Owned(name.to_ascii_lowercase())
-            } else {
-                Cow::Borrowed(name)
-            });
-        }
-    }
-    if names.is_empty() {
+    let mut listed: SmallVec<[Cow<'_, str>; 4]> = names(stored).collect();
+    if listed.is_empty() {
         return None;
     }
-    names.sort_unstable();
-    names.dedup();
+    listed.sort_unstable();
+    listed.dedup();
     // VarianceBuilder hashes, in name order: name, 0, value, 0 (a value being the request's
     // field lines joined by ", ")
     let mut hash = Blake2b::<U16>::new();
-    for name in &names {
+    for name in &listed {
         hash.update(name.as_bytes());
         hash.update([0u8]);
         match (encoding, name.as_ref()) {
