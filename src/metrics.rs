@@ -285,6 +285,9 @@ pub struct PolicyMetrics {
     pub rate_limited: IntCounterVec,
     /// Requests and connections refused by the hardening limits, by reason.
     pub rejected: IntCounterVec,
+    /// Idle keep-alive client connections the node closed, by reason (`header_timeout`, or
+    /// `max_connections`: to admit a new connection).
+    pub idle_closed: IntCounterVec,
     /// Responses this node compressed (each once, before storing), by encoding.
     pub compressed: IntCounterVec,
     /// Bytes of those responses as the origin sent them (when it said), by encoding.
@@ -729,8 +732,19 @@ impl Metrics {
                 ),
                 &["reason"],
             )?,
+            idle_closed: IntCounterVec::new(
+                Opts::new(
+                    "outpost_idle_connections_closed_total",
+                    "Idle keep-alive client connections closed, by reason (header_timeout, or max_connections to admit a new one)",
+                ),
+                &["reason"],
+            )?,
         };
         registry.register(Box::new(policy.rate_limited.clone()))?;
+        for reason in ["header_timeout", "max_connections"] {
+            policy.idle_closed.with_label_values(&[reason]);
+        }
+        registry.register(Box::new(policy.idle_closed.clone()))?;
         for reason in crate::policy::hardening::Rejection::ALL
             .iter()
             .map(|r| r.reason())

@@ -315,7 +315,7 @@ pub fn run(
     app.handle_init_modules();
     let limits = &cfg.limits;
     // an HTTP/2 connection (HTTPS listeners) with no request in flight is closed after the
-    // header deadline, as an idle HTTP/1 keep-alive connection is (Guarded leaves h2 alone)
+    // header deadline, as an idle HTTP/1 keep-alive connection is (Guarded's PerRequest)
     let mut options = HttpServerOptions::default();
     options.h2_idle_timeout = Some(limits.header_timeout);
     app.server_options = Some(options);
@@ -324,6 +324,7 @@ pub fn run(
         limits.max_connections,
         limits.header_timeout,
         node.metrics.policy.rejected.clone(),
+        node.metrics.policy.idle_closed.clone(),
     )
     .with_shutdown_linger(shutdown_linger(cfg.node.shutdown_grace));
     let connections = guarded.open_connections();

@@ -1,6 +1,8 @@
 //! Request hardening, black-box: size limits (414, 431, 413 declared and chunked), request
 //! smuggling attempts (400/501, nothing reaches the origin), slow clients (header deadline,
-//! body timeout 408), the connection limit, and hop-by-hop fields stripped both ways.
+//! body timeout 408, idle keep-alive connections closed at the header deadline), the
+//! connection limit (an idle connection makes room for a new one), and hop-by-hop fields
+//! stripped both ways.
 mod common;
 
 use common::*;
@@ -48,6 +50,26 @@ fn closed_within(s: &mut TcpStream, limit: Duration) -> bool {
             Err(_) => return start.elapsed() < limit,
         }
     }
+}
+
+/// Trickle header bytes on `s` (one every 200 ms: each read is quick, the header never
+/// completes) until the server closes it; whether it did within `limit`.
+fn trickled_is_cut_off(s: &mut TcpStream, limit: Duration) -> bool {
+    let dripper = {
+        let mut s = s.try_clone().expect("clone");
+        let drops = limit.as_millis() / 200 + 10;
+        std::thread::spawn(move || {
+            for _ in 0..drops {
+                if s.write_all(b"X").is_err() {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(200));
+            }
+        })
+    };
+    let closed = closed_within(s, limit);
+    let _ = dripper.join();
+    closed
 }
 
 #[test]
@@ -139,23 +161,10 @@ fn a_header_trickled_past_its_deadline_is_cut_off_and_a_stalled_body_gets_408() 
     let mut s = TcpStream::connect(node.addr()).expect("connect");
     s.write_all(b"GET /a HTTP/1.1\r\nHost: x\r\n")
         .expect("write");
-    // one header byte every 200 ms: each read is quick, the header never completes
-    let dripper = {
-        let mut s = s.try_clone().expect("clone");
-        std::thread::spawn(move || {
-            for _ in 0..50 {
-                if s.write_all(b"X").is_err() {
-                    return;
-                }
-                std::thread::sleep(Duration::from_millis(200));
-            }
-        })
-    };
     assert!(
-        closed_within(&mut s, Duration::from_secs(8)),
+        trickled_is_cut_off(&mut s, Duration::from_secs(8)),
         "a trickled header kept its connection"
     );
-    let _ = dripper.join();
     assert!(rejected(&node, "header_timeout") >= 1.0);
 
     let mut s = TcpStream::connect(node.addr()).expect("connect");
@@ -172,27 +181,147 @@ fn a_header_trickled_past_its_deadline_is_cut_off_and_a_stalled_body_gets_408() 
     drop(origin);
 }
 
+/// Send one GET on `s` and read its whole response (Content-Length framed) off the
+/// connection, leaving it open.
+fn get_on(s: &mut TcpStream, path: &str) -> String {
+    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes())
+        .expect("write");
+    s.set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("timeout");
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        let n = s.read(&mut buf).expect("response");
+        assert!(n > 0, "closed before the response ended");
+        got.extend_from_slice(&buf[..n]);
+        let text = String::from_utf8_lossy(&got).to_string();
+        if let Some(end) = text.find("\r\n\r\n") {
+            let length: usize = text[..end]
+                .lines()
+                .find_map(|l| {
+                    let (k, v) = l.split_once(':')?;
+                    k.eq_ignore_ascii_case("content-length")
+                        .then(|| v.trim().parse().ok())?
+                })
+                .unwrap_or(0);
+            if got.len() >= end + 4 + length {
+                return text;
+            }
+        }
+    }
+}
+
 #[test]
-fn connections_beyond_the_limit_are_closed_and_slots_come_back() {
+fn an_idle_keep_alive_connection_is_closed_at_the_header_deadline() {
     let (_origin, node) = node();
-    // three idle connections take every slot
-    let idle: Vec<TcpStream> = (0..3)
-        .map(|_| TcpStream::connect(node.addr()).expect("connect"))
-        .collect();
-    std::thread::sleep(Duration::from_millis(200));
-    let mut fourth = TcpStream::connect(node.addr()).expect("the kernel still accepts");
-    let _ = fourth.write_all(b"GET /a HTTP/1.1\r\nHost: x\r\n\r\n");
+    // after one response, then after a second one: each wait for a request has the deadline
+    let mut s = TcpStream::connect(node.addr()).expect("connect");
+    assert_eq!(status_of(&get_on(&mut s, "/a")), Some(200));
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(status_of(&get_on(&mut s, "/a")), Some(200));
+    let after = Instant::now();
     assert!(
-        closed_within(&mut fourth, Duration::from_secs(3)),
-        "a connection beyond max_connections was served"
+        closed_within(&mut s, Duration::from_secs(5)),
+        "an idle keep-alive connection stayed open past limits.header_timeout (1s)"
     );
-    assert!(rejected(&node, "max_connections") >= 1.0);
-    // idle connections closed at header_timeout are not slow clients
-    std::thread::sleep(Duration::from_millis(1500));
-    assert_eq!(rejected(&node, "header_timeout"), 0.0);
+    assert!(
+        after.elapsed() >= Duration::from_millis(800),
+        "closed before the deadline: {:?}",
+        after.elapsed()
+    );
+    // a keep-alive connection whose next header trickles in is cut off and counted
+    let mut s = TcpStream::connect(node.addr()).expect("connect");
+    assert_eq!(status_of(&get_on(&mut s, "/a")), Some(200));
+    s.write_all(b"GET /a HTTP/1.1\r\n").expect("write");
+    assert!(
+        trickled_is_cut_off(&mut s, Duration::from_secs(5)),
+        "a trickled second header kept its connection"
+    );
+    assert_eq!(rejected(&node, "header_timeout"), 1.0);
+    let m = node.metrics();
+    assert!(
+        metric_sum(
+            &m,
+            "outpost_idle_connections_closed_total",
+            &[("reason", "header_timeout")]
+        ) >= 1.0,
+        "idle closes counted apart from slow clients"
+    );
+}
+
+#[test]
+fn past_max_connections_an_idle_connection_makes_room_and_busy_ones_do_not() {
+    let origin = TestOrigin::start();
+    origin.set("/a", Reply::ok("a").header("Cache-Control", "max-age=60"));
+    origin.set("/slow", Reply::ok("slow").delay(Duration::from_secs(3)));
+    // a long deadline, so that only the limit closes connections here
+    let node = NodeConfig::new(&origin.url())
+        .extra("[limits]\nmax_connections = 3\nheader_timeout = \"30s\"\n")
+        .start();
+
+    // three idle keep-alive connections (each had a response) hold every slot
+    let mut idle: Vec<TcpStream> = (0..3)
+        .map(|_| {
+            let mut s = TcpStream::connect(node.addr()).expect("connect");
+            assert_eq!(status_of(&get_on(&mut s, "/a")), Some(200));
+            s
+        })
+        .collect();
+    // a new client gets in: one idle connection is closed for it
+    for round in 0..3 {
+        let mut fourth = TcpStream::connect(node.addr()).expect("connect");
+        assert_eq!(
+            status_of(&get_on(&mut fourth, "/a")),
+            Some(200),
+            "round {round}: a new client was refused while connections sat idle"
+        );
+        idle.push(fourth);
+    }
+    let closed = idle
+        .iter_mut()
+        .map(|s| closed_within(s, Duration::from_millis(300)))
+        .filter(|closed| *closed)
+        .count();
+    assert_eq!(closed, 3, "each new client displaced one idle connection");
+    assert_eq!(rejected(&node, "max_connections"), 0.0);
+    let m = node.metrics();
+    assert_eq!(
+        metric_sum(
+            &m,
+            "outpost_idle_connections_closed_total",
+            &[("reason", "max_connections")]
+        ),
+        3.0
+    );
     drop(idle);
     std::thread::sleep(Duration::from_millis(300));
-    assert_eq!(get(&node, "/a").status, 200, "slots are given back");
+
+    // three connections with a request in flight are not idle: a fourth is closed at once
+    let busy: Vec<_> = (0..3)
+        .map(|_| {
+            let mut s = TcpStream::connect(node.addr()).expect("connect");
+            std::thread::spawn(move || get_on(&mut s, "/slow"))
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(500));
+    let mut fourth = TcpStream::connect(node.addr()).expect("the kernel still accepts");
+    let _ = fourth.write_all(b"GET /a HTTP/1.1\r\nHost: x\r\n\r\n");
+    let mut buf = [0u8; 256];
+    fourth
+        .set_read_timeout(Some(Duration::from_secs(2)))
+        .expect("timeout");
+    let read = fourth.read(&mut buf);
+    assert!(
+        matches!(read, Ok(0) | Err(_)),
+        "a connection beyond max_connections was served while all were busy: {:?}",
+        read.map(|n| String::from_utf8_lossy(&buf[..n]).to_string())
+    );
+    assert!(rejected(&node, "max_connections") >= 1.0);
+    for b in busy {
+        assert_eq!(status_of(&b.join().expect("busy client")), Some(200));
+    }
+    // slots come back
+    assert_eq!(get(&node, "/a").status, 200);
 }
 
 #[test]

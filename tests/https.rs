@@ -451,14 +451,91 @@ fn connection_limits_apply_on_the_https_listener() {
         "idle h2 connection closed at limits.header_timeout, after {waited:?}"
     );
 
-    // two idle TLS connections hold both slots: a third gets nothing
-    let _one = connect();
-    let _two = connect();
+    // an HTTP/2 connection is closed at the deadline after its last response too
+    let mut h2 = connect_with(&h2_config);
+    // the preface, an empty SETTINGS, then HEADERS (END_STREAM | END_HEADERS) on stream 1:
+    // GET https://a.test/x in HPACK (indexed :method GET, :scheme https; literal :path and
+    // :authority with indexed names)
+    let mut block = vec![0x82, 0x87, 0x44, 2];
+    block.extend_from_slice(b"/x");
+    block.extend_from_slice(&[0x41, 6]);
+    block.extend_from_slice(b"a.test");
+    let mut frames =
+        b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\x00\x00\x00\x04\x00\x00\x00\x00\x00".to_vec();
+    frames.extend_from_slice(&[0, 0, block.len() as u8, 0x01, 0x05, 0, 0, 0, 1]);
+    frames.extend_from_slice(&block);
+    std::io::Write::write_all(&mut h2, &frames).unwrap();
+    let start = Instant::now();
+    let mut got = Vec::new();
+    while let Ok(n) = h2.read(&mut buf) {
+        if n == 0 {
+            break;
+        }
+        got.extend_from_slice(&buf[..n]);
+    }
+    let waited = start.elapsed();
+    // the frames the node sent: a HEADERS frame on stream 1 starting with `:status: 200`
+    let mut answered = false;
+    let mut at = 0;
+    while at + 9 <= got.len() {
+        let len =
+            usize::from(got[at]) << 16 | usize::from(got[at + 1]) << 8 | usize::from(got[at + 2]);
+        let stream = u32::from_be_bytes([got[at + 5], got[at + 6], got[at + 7], got[at + 8]]);
+        answered |= got[at + 3] == 0x01 && stream == 1 && got.get(at + 9) == Some(&0x88);
+        at += 9 + len;
+    }
+    assert!(answered, "the h2 request was answered 200: {got:?}");
+    assert!(
+        waited >= Duration::from_millis(800) && waited < Duration::from_secs(4),
+        "h2 connection closed at limits.header_timeout after its response, after {waited:?}"
+    );
+
+    // two idle TLS connections hold both slots: a new client displaces one of them
+    let mut one = connect();
+    let mut two = connect();
     std::thread::sleep(Duration::from_millis(200));
+    let served = client(&ca, "a.test", node.https_addr(), Some(false))
+        .get(node.https_url("a.test", "/x"))
+        .send()
+        .expect("an idle connection made room for a new client");
+    assert_eq!(served.status(), 200);
+    let closed = [&mut one, &mut two]
+        .into_iter()
+        .map(|s| {
+            s.sock
+                .set_read_timeout(Some(Duration::from_millis(300)))
+                .unwrap();
+            let mut b = [0u8; 16];
+            match s.read(&mut b) {
+                Ok(n) => n == 0,
+                Err(e) => !matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ),
+            }
+        })
+        .filter(|closed| *closed)
+        .count();
+    assert_eq!(
+        closed, 1,
+        "one idle connection was closed for the new client"
+    );
+    drop((one, two));
+
+    // two connections with a request in flight hold both slots: a third gets nothing
+    origin.set("/slow", Reply::ok("slow").delay(Duration::from_secs(3)));
+    let busy: Vec<_> = (0..2)
+        .map(|_| {
+            let c = client(&ca, "a.test", node.https_addr(), Some(false));
+            let url = node.https_url("a.test", "/slow");
+            std::thread::spawn(move || c.get(url).send().map(|r| r.status().as_u16()))
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(500));
     let refused = client(&ca, "a.test", node.https_addr(), Some(false))
         .get(node.https_url("a.test", "/x"))
         .send();
-    assert!(refused.is_err(), "beyond max_connections: closed");
+    assert!(refused.is_err(), "beyond max_connections, all busy: closed");
     wait_metric(
         &node,
         "outpost_rejected_requests_total",
@@ -467,4 +544,7 @@ fn connection_limits_apply_on_the_https_listener() {
         Duration::from_secs(5),
         "refused connection counted",
     );
+    for b in busy {
+        assert_eq!(b.join().unwrap().expect("busy request"), 200);
+    }
 }

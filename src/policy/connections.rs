@@ -1,9 +1,16 @@
 //! Connection limits around the proxy application: at most `limits.max_connections` client
-//! connections at once (new ones beyond are closed at once, as nginx does past
-//! `worker_connections`), and a deadline for each request header (`limits.header_timeout`,
+//! connections at once, and a deadline for each request header (`limits.header_timeout`,
 //! counted from when the connection waits for a request, idle keep-alive included) so that a
-//! client trickling its header (slowloris) is disconnected. Pingora's own read timeout applies
-//! to each read, not to the whole header.
+//! client trickling its header (slowloris) is disconnected and an idle keep-alive connection is
+//! closed. Pingora's own read timeout applies to each read, not to the whole header.
+//!
+//! Two layers: [`Guarded`] (a Pingora `ServerApp`) holds a connection slot and watches the
+//! connection; inside it Pingora's HTTP/1 loop serves one request after another through
+//! [`PerRequest`] (an `HttpServerApp`), which puts each wait for a request header under the
+//! deadline. When every slot is taken, a new connection displaces an idle HTTP/1 keep-alive
+//! one (waiting for a request, nothing of it read), as nginx reuses idle connections when it
+//! runs out; only when none is idle is the new connection closed at once. An HTTP/2 connection's
+//! idle deadline is Pingora's `h2_idle_timeout` (set to `limits.header_timeout`, server.rs).
 //!
 //! The proxy marks a header as received from its first hook ([`header_received`]); the mark is
 //! a task-local of the connection's task. The connection is watched ([`Tracked`]: bytes read,
@@ -14,7 +21,9 @@
 
 use super::coalesce::WriteCoalescer;
 use async_trait::async_trait;
-use pingora_core::apps::ServerApp;
+use pingora_core::apps::{HttpServerApp, HttpServerOptions, ReusedHttpStream, ServerApp};
+use pingora_core::protocols::http::v2::server::H2Options;
+use pingora_core::protocols::http::ServerSession;
 use pingora_core::protocols::l4::stream::Stream as L4Stream;
 use pingora_core::protocols::raw_connect::ProxyDigest;
 use pingora_core::protocols::tls::{SslDigest, TlsRef};
@@ -26,12 +35,12 @@ use pingora_core::server::ShutdownWatch;
 use prometheus::IntCounterVec;
 use std::io;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, AtomicU16, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU16, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::sync::Semaphore;
+use tokio::sync::{Notify, Semaphore};
 
 tokio::task_local! {
     static WATCHED: Arc<Seen>;
@@ -39,17 +48,90 @@ tokio::task_local! {
 
 /// Mark the current connection's request header as received (from the proxy's first hook).
 pub fn header_received() {
-    let _ = WATCHED.try_with(|seen| seen.header.store(true, Ordering::Relaxed));
+    let _ = WATCHED.try_with(|seen| {
+        seen.header.store(true, Ordering::Relaxed);
+        seen.stop_waiting();
+    });
 }
 
 /// What a connection did while one request was read and answered.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 struct Seen {
     bytes_read: AtomicU64,
     /// Status code of the first response written (0: none yet).
     status: AtomicU16,
     /// The request header was parsed (the proxy's first hook ran).
     header: AtomicBool,
+    /// Counted in `idle.waiting` (waiting for a request header).
+    waiting: AtomicBool,
+    /// The idle connections of the application this connection belongs to.
+    idle: Arc<Idle>,
+}
+
+impl Seen {
+    fn new(idle: Arc<Idle>) -> Seen {
+        Seen {
+            bytes_read: AtomicU64::new(0),
+            status: AtomicU16::new(0),
+            header: AtomicBool::new(false),
+            waiting: AtomicBool::new(false),
+            idle,
+        }
+    }
+
+    /// A new request is awaited: forget the last one, count the connection as waiting.
+    fn start_waiting(&self) {
+        self.bytes_read.store(0, Ordering::Relaxed);
+        self.status.store(0, Ordering::Relaxed);
+        self.header.store(false, Ordering::Relaxed);
+        if !self.waiting.swap(true, Ordering::Relaxed) {
+            self.idle.waiting.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// The wait is over (a header came, or the connection is closing).
+    fn stop_waiting(&self) {
+        if self.waiting.swap(false, Ordering::Relaxed) {
+            self.idle.waiting.fetch_sub(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Idle: waiting for a request with nothing of it read.
+    fn is_idle(&self) -> bool {
+        self.bytes_read.load(Ordering::Relaxed) == 0 && !self.header.load(Ordering::Relaxed)
+    }
+}
+
+/// The HTTP/1 connections of one application waiting for a request, and the signal that
+/// closes one of them to make room for a new connection.
+#[derive(Debug, Default)]
+struct Idle {
+    /// Connections waiting for a request header (a hint: one may have begun sending since).
+    waiting: AtomicUsize,
+    /// Wakes one waiting connection, which closes if it is idle and passes the signal on if not.
+    displace: Notify,
+}
+
+impl Idle {
+    /// Ask one idle connection to close; false if none is waiting.
+    fn displace_one(&self) -> bool {
+        if self.waiting.load(Ordering::Relaxed) == 0 {
+            return false;
+        }
+        self.displace.notify_one();
+        true
+    }
+
+    /// Resolves when this connection (`seen`) is asked to close for a new one while idle; a
+    /// connection that is not idle passes the request on and never resolves.
+    async fn displaced(&self, seen: &Seen) {
+        self.displace.notified().await;
+        if seen.is_idle() {
+            return;
+        }
+        self.displace.notify_one();
+        std::future::pending::<()>().await
+    }
 }
 
 /// A client connection watched for what it did (bytes read, the status written).
@@ -198,17 +280,9 @@ impl Peek for Tracked {
     }
 }
 
-/// `stream` watched, its [`Seen`] reset for a new request (a kept-alive connection keeps its
-/// watch: nothing is allocated per request).
-fn track(stream: Stream) -> (Stream, Arc<Seen>) {
-    if let Some(tracked) = stream.as_any().downcast_ref::<Tracked>() {
-        let seen = tracked.seen.clone();
-        seen.bytes_read.store(0, Ordering::Relaxed);
-        seen.status.store(0, Ordering::Relaxed);
-        seen.header.store(false, Ordering::Relaxed);
-        return (stream, seen);
-    }
-    let seen = Arc::new(Seen::default());
+/// `stream` watched, with a coalescing writer on plain TCP.
+fn track(stream: Stream, idle: &Arc<Idle>) -> (Stream, Arc<Seen>) {
+    let seen = Arc::new(Seen::new(idle.clone()));
     // coalescing pays on a plain TCP stream (a TLS stream encrypts each write on its own)
     let plain = stream.as_any().is::<L4Stream>();
     (
@@ -250,12 +324,11 @@ impl OpenConnections {
 
 /// A server application with connection limits around it.
 pub struct Guarded<A> {
-    inner: Arc<A>,
+    inner: Arc<PerRequest<A>>,
     slots: Arc<Semaphore>,
     max_connections: usize,
     /// On shutdown, how long idle keep-alive connections stay open before they are closed.
     linger: Duration,
-    header_timeout: Duration,
     rejected: IntCounterVec,
     /// When the connection-limit warning was last logged (ms since `started`): at most one a
     /// second, so that an overload does not also flood the log.
@@ -263,24 +336,35 @@ pub struct Guarded<A> {
     started: std::time::Instant,
 }
 
+/// How long a new connection past `max_connections` waits for the idle one it displaced to
+/// give its slot back (it closes as soon as its task runs).
+const DISPLACE_WAIT: Duration = Duration::from_millis(500);
+
 impl<A> Guarded<A> {
     /// `inner` with at most `max_connections` connections and `header_timeout` per request
     /// header; refusals are counted in `rejected` (reasons `max_connections`, `header_timeout`
     /// for a header begun but not finished in time, `malformed` for requests Pingora's parser
-    /// refused with a 400).
+    /// refused with a 400), idle connections closed in `idle_closed` (reasons
+    /// `header_timeout`, `max_connections`).
     pub fn new(
         inner: A,
         max_connections: usize,
         header_timeout: Duration,
         rejected: IntCounterVec,
+        idle_closed: IntCounterVec,
     ) -> Guarded<A> {
         let max_connections = max_connections.min(Semaphore::MAX_PERMITS);
         Guarded {
-            inner: Arc::new(inner),
+            inner: Arc::new(PerRequest {
+                app: Arc::new(inner),
+                header_timeout,
+                rejected: rejected.clone(),
+                idle_closed,
+                idle: Arc::new(Idle::default()),
+            }),
             slots: Arc::new(Semaphore::new(max_connections)),
             max_connections,
             linger: Duration::ZERO,
-            header_timeout,
             rejected,
             warned: AtomicU64::new(0),
             started: std::time::Instant::now(),
@@ -315,22 +399,37 @@ impl<A> Guarded<A> {
                 .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
                 .is_ok()
     }
+
+    /// A slot for a new connection: a free one, or the one an idle connection gives back when
+    /// asked to close; `None` when every connection is busy.
+    async fn slot(&self) -> Option<tokio::sync::SemaphorePermit<'_>> {
+        if let Ok(slot) = self.slots.try_acquire() {
+            return Some(slot);
+        }
+        if !self.inner.idle.displace_one() {
+            return None;
+        }
+        tokio::time::timeout(DISPLACE_WAIT, self.slots.acquire())
+            .await
+            .ok()?
+            .ok()
+    }
 }
 
 #[async_trait]
-impl<A: ServerApp + Send + Sync + 'static> ServerApp for Guarded<A> {
+impl<A: HttpServerApp + Send + Sync + 'static> ServerApp for Guarded<A> {
     async fn process_new(
         self: &Arc<Self>,
         stream: Stream,
         shutdown: &ShutdownWatch,
     ) -> Option<Stream> {
-        let Ok(_slot) = self.slots.try_acquire() else {
+        let Some(_slot) = self.slot().await else {
             let refused = self.rejected.with_label_values(&["max_connections"]);
             refused.inc();
             if self.may_warn() {
                 tracing::warn!(
                     refused_so_far = refused.get(),
-                    "limits.max_connections reached: new connections are closed"
+                    "limits.max_connections reached with no idle connection: new connections are closed"
                 );
             }
             return None;
@@ -340,43 +439,11 @@ impl<A: ServerApp + Send + Sync + 'static> ServerApp for Guarded<A> {
             // its idle deadline is Pingora's h2_idle_timeout (limits.header_timeout, server.rs)
             return self.inner.process_new(stream, shutdown).await;
         }
-        let (stream, watched) = track(stream);
-        let seen = &watched.header;
+        let (stream, watched) = track(stream, &self.inner.idle);
+        // Pingora's HTTP/1 loop serves every request of the connection through PerRequest
         let served = WATCHED.scope(watched.clone(), self.inner.process_new(stream, shutdown));
-        tokio::pin!(served);
-        let reused = tokio::select! {
-            biased;
-            reused = &mut served => Some(reused),
-            _ = tokio::time::sleep(self.header_timeout) => None,
-        };
-        let reused = match reused {
-            Some(reused) => reused,
-            None if seen.load(Ordering::Relaxed) => served.await,
-            None => {
-                // no complete request header in time: dropping the future closes the connection
-                if watched.bytes_read.load(Ordering::Relaxed) > 0 {
-                    self.rejected.with_label_values(&["header_timeout"]).inc();
-                    tracing::info!(
-                        timeout = ?self.header_timeout,
-                        reason = "header_timeout",
-                        "request refused: header not complete within limits.header_timeout"
-                    );
-                } else {
-                    tracing::debug!("idle keep-alive connection closed at limits.header_timeout");
-                }
-                return None;
-            }
-        };
-        if !seen.load(Ordering::Relaxed) && watched.status.load(Ordering::Relaxed) == 400 {
-            // Pingora's parser refused the request before any hook could see it
-            self.rejected.with_label_values(&["malformed"]).inc();
-            tracing::info!(
-                status = 400,
-                reason = "malformed",
-                bytes_read = watched.bytes_read.load(Ordering::Relaxed),
-                "request refused: not a valid HTTP request"
-            );
-        }
+        let reused = served.await;
+        watched.stop_waiting();
         reused
     }
 
@@ -385,5 +452,103 @@ impl<A: ServerApp + Send + Sync + 'static> ServerApp for Guarded<A> {
         // every idle keep-alive connection at once
         self.open_connections().wait_closed(self.linger).await;
         self.inner.cleanup().await;
+    }
+}
+
+/// The HTTP layer inside [`Guarded`]: Pingora's HTTP/1 keep-alive loop calls it once per
+/// request, in the connection's task; HTTP/2 streams (their own tasks) pass straight through.
+pub struct PerRequest<A> {
+    app: Arc<A>,
+    header_timeout: Duration,
+    rejected: IntCounterVec,
+    idle_closed: IntCounterVec,
+    idle: Arc<Idle>,
+}
+
+/// How the wait for a request header ended.
+enum Wait {
+    /// The request was served (or the connection ended) first.
+    Served(Option<ReusedHttpStream>),
+    /// `limits.header_timeout` passed.
+    Deadline,
+    /// A new connection needed this idle one's slot.
+    Displaced,
+}
+
+#[async_trait]
+impl<A: HttpServerApp + Send + Sync + 'static> HttpServerApp for PerRequest<A> {
+    async fn process_new_http(
+        self: &Arc<Self>,
+        session: ServerSession,
+        shutdown: &ShutdownWatch,
+    ) -> Option<ReusedHttpStream> {
+        let Ok(seen) = WATCHED.try_with(Arc::clone) else {
+            // an HTTP/2 stream: its connection's idle deadline is Pingora's h2_idle_timeout
+            return self.app.process_new_http(session, shutdown).await;
+        };
+        seen.start_waiting();
+        let served = self.app.process_new_http(session, shutdown);
+        tokio::pin!(served);
+        let wait = tokio::select! {
+            biased;
+            reused = &mut served => Wait::Served(reused),
+            _ = tokio::time::sleep(self.header_timeout) => Wait::Deadline,
+            _ = self.idle.displaced(&seen) => Wait::Displaced,
+        };
+        seen.stop_waiting();
+        let reused = match wait {
+            Wait::Served(reused) => reused,
+            // the header came in time: the request is served whatever it takes
+            _ if seen.header.load(Ordering::Relaxed) => served.await,
+            // dropping the future closes the connection
+            Wait::Deadline if seen.bytes_read.load(Ordering::Relaxed) > 0 => {
+                self.rejected.with_label_values(&["header_timeout"]).inc();
+                tracing::info!(
+                    timeout = ?self.header_timeout,
+                    reason = "header_timeout",
+                    "request refused: header not complete within limits.header_timeout"
+                );
+                return None;
+            }
+            Wait::Deadline => {
+                self.idle_closed
+                    .with_label_values(&["header_timeout"])
+                    .inc();
+                tracing::debug!("idle keep-alive connection closed at limits.header_timeout");
+                return None;
+            }
+            Wait::Displaced => {
+                self.idle_closed
+                    .with_label_values(&["max_connections"])
+                    .inc();
+                tracing::debug!(
+                    "idle keep-alive connection closed for a new one at limits.max_connections"
+                );
+                return None;
+            }
+        };
+        if !seen.header.load(Ordering::Relaxed) && seen.status.load(Ordering::Relaxed) == 400 {
+            // Pingora's parser refused the request before any hook could see it
+            self.rejected.with_label_values(&["malformed"]).inc();
+            tracing::info!(
+                status = 400,
+                reason = "malformed",
+                bytes_read = seen.bytes_read.load(Ordering::Relaxed),
+                "request refused: not a valid HTTP request"
+            );
+        }
+        reused
+    }
+
+    fn h2_options(&self) -> Option<H2Options> {
+        self.app.h2_options()
+    }
+
+    fn server_options(&self) -> Option<&HttpServerOptions> {
+        self.app.server_options()
+    }
+
+    async fn http_cleanup(&self) {
+        self.app.http_cleanup().await
     }
 }
