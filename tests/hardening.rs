@@ -253,7 +253,6 @@ fn an_idle_keep_alive_connection_is_closed_at_the_header_deadline() {
 fn past_max_connections_an_idle_connection_makes_room_and_busy_ones_do_not() {
     let origin = TestOrigin::start();
     origin.set("/a", Reply::ok("a").header("Cache-Control", "max-age=60"));
-    origin.set("/slow", Reply::ok("slow").delay(Duration::from_secs(3)));
     // a long deadline, so that only the limit closes connections here
     let node = NodeConfig::new(&origin.url())
         .extra("[limits]\nmax_connections = 3\nheader_timeout = \"30s\"\n")
@@ -297,10 +296,13 @@ fn past_max_connections_an_idle_connection_makes_room_and_busy_ones_do_not() {
     std::thread::sleep(Duration::from_millis(300));
 
     // three connections with a request in flight are not idle: a fourth is closed at once
+    // (each its own path: requests for one key would wait on one another, not the origin)
     let busy: Vec<_> = (0..3)
-        .map(|_| {
+        .map(|i| {
+            let path = format!("/slow{i}");
+            origin.set(&path, Reply::ok("slow").delay(Duration::from_secs(3)));
             let mut s = TcpStream::connect(node.addr()).expect("connect");
-            std::thread::spawn(move || get_on(&mut s, "/slow"))
+            std::thread::spawn(move || get_on(&mut s, &path))
         })
         .collect();
     std::thread::sleep(Duration::from_millis(500));

@@ -372,6 +372,82 @@ fn redirect_https_without_an_https_listener_and_https_without_certificates_are_r
     );
 }
 
+type RawTls =
+    tokio_rustls::rustls::StreamOwned<tokio_rustls::rustls::ClientConnection, std::net::TcpStream>;
+
+/// A TLS connection to the node's HTTPS listener (SNI `a.test`, trusting `ca`), handshake
+/// done, ALPN offering only `h2` when asked (else none: HTTP/1.1).
+fn raw_tls(node: &Node, ca: &TestCa, h2: bool) -> RawTls {
+    let mut config = tokio_rustls::rustls::ClientConfig::builder_with_provider(
+        std::sync::Arc::new(tokio_rustls::rustls::crypto::ring::default_provider()),
+    )
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_root_certificates({
+        let mut roots = tokio_rustls::rustls::RootCertStore::empty();
+        for c in rustls_pemfile::certs(&mut ca.pem().as_bytes()) {
+            roots.add(c.unwrap()).unwrap();
+        }
+        roots
+    })
+    .with_no_client_auth();
+    if h2 {
+        config.alpn_protocols = vec![b"h2".to_vec()];
+    }
+    let tcp = std::net::TcpStream::connect(node.https_addr()).unwrap();
+    tcp.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let conn = tokio_rustls::rustls::ClientConnection::new(
+        std::sync::Arc::new(config),
+        "a.test".try_into().unwrap(),
+    )
+    .unwrap();
+    let mut tls = tokio_rustls::rustls::StreamOwned::new(conn, tcp);
+    while tls.conn.is_handshaking() {
+        tls.conn.complete_io(&mut tls.sock).expect("handshake");
+    }
+    tls
+}
+
+/// On a fresh HTTP/2 connection: the preface, an empty SETTINGS and `GET https://a.test<path>`
+/// on stream 1, then the frames read until stream 1 ends; whether it was answered 200. The
+/// request's HPACK block: indexed `:method GET` and `:scheme https`, literal `:path` and
+/// `:authority` with indexed names.
+fn h2_get(tls: &mut RawTls, path: &str) -> bool {
+    let mut block = vec![0x82, 0x87, 0x44, path.len() as u8];
+    block.extend_from_slice(path.as_bytes());
+    block.extend_from_slice(&[0x41, 6]);
+    block.extend_from_slice(b"a.test");
+    let mut frames =
+        b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\x00\x00\x00\x04\x00\x00\x00\x00\x00".to_vec();
+    frames.extend_from_slice(&[0, 0, block.len() as u8, 0x01, 0x05, 0, 0, 0, 1]);
+    frames.extend_from_slice(&block);
+    std::io::Write::write_all(tls, &frames).unwrap();
+    let (mut got, mut at, mut ok) = (Vec::new(), 0, false);
+    let mut buf = [0u8; 4096];
+    loop {
+        while at + 9 <= got.len() {
+            let len = usize::from(got[at]) << 16
+                | usize::from(got[at + 1]) << 8
+                | usize::from(got[at + 2]);
+            if at + 9 + len > got.len() {
+                break;
+            }
+            let (kind, flags) = (got[at + 3], got[at + 4]);
+            let stream = u32::from_be_bytes([got[at + 5], got[at + 6], got[at + 7], got[at + 8]]);
+            // HEADERS on stream 1 starting with `:status: 200` (static table entry 8)
+            ok |= kind == 0x01 && stream == 1 && got.get(at + 9) == Some(&0x88);
+            if stream == 1 && (kind == 0x00 || kind == 0x01) && flags & 0x01 != 0 {
+                return ok;
+            }
+            at += 9 + len;
+        }
+        match tls.read(&mut buf) {
+            Ok(n) if n > 0 => got.extend_from_slice(&buf[..n]),
+            _ => return false,
+        }
+    }
+}
+
 #[test]
 fn connection_limits_apply_on_the_https_listener() {
     let origin = TestOrigin::start();
@@ -383,39 +459,8 @@ fn connection_limits_apply_on_the_https_listener() {
         .start();
 
     // a client that completes the handshake and then sends nothing is disconnected
-    let config = std::sync::Arc::new(
-        tokio_rustls::rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
-            tokio_rustls::rustls::crypto::ring::default_provider(),
-        ))
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_root_certificates({
-            let mut roots = tokio_rustls::rustls::RootCertStore::empty();
-            for c in rustls_pemfile::certs(&mut ca.pem().as_bytes()) {
-                roots.add(c.unwrap()).unwrap();
-            }
-            roots
-        })
-        .with_no_client_auth(),
-    );
-    let mut h2_config = (*config).clone();
-    h2_config.alpn_protocols = vec![b"h2".to_vec()];
-    let h2_config = std::sync::Arc::new(h2_config);
-    let connect_with = |config: &std::sync::Arc<tokio_rustls::rustls::ClientConfig>| {
-        let tcp = std::net::TcpStream::connect(node.https_addr()).unwrap();
-        tcp.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-        let conn = tokio_rustls::rustls::ClientConnection::new(
-            config.clone(),
-            "a.test".try_into().unwrap(),
-        )
-        .unwrap();
-        let mut tls = tokio_rustls::rustls::StreamOwned::new(conn, tcp);
-        while tls.conn.is_handshaking() {
-            tls.conn.complete_io(&mut tls.sock).expect("handshake");
-        }
-        tls
-    };
-    let connect = || connect_with(&config);
+    let connect_with = |h2: bool| raw_tls(&node, &ca, h2);
+    let connect = || connect_with(false);
     let mut idle = connect();
     let start = Instant::now();
     let mut buf = [0u8; 64];
@@ -431,7 +476,7 @@ fn connection_limits_apply_on_the_https_listener() {
     );
 
     // an HTTP/2 connection with no request in flight is closed at the same deadline
-    let mut idle_h2 = connect_with(&h2_config);
+    let mut idle_h2 = connect_with(true);
     assert_eq!(idle_h2.conn.alpn_protocol(), Some(&b"h2"[..]));
     std::io::Write::write_all(
         &mut idle_h2,
@@ -452,39 +497,15 @@ fn connection_limits_apply_on_the_https_listener() {
     );
 
     // an HTTP/2 connection is closed at the deadline after its last response too
-    let mut h2 = connect_with(&h2_config);
-    // the preface, an empty SETTINGS, then HEADERS (END_STREAM | END_HEADERS) on stream 1:
-    // GET https://a.test/x in HPACK (indexed :method GET, :scheme https; literal :path and
-    // :authority with indexed names)
-    let mut block = vec![0x82, 0x87, 0x44, 2];
-    block.extend_from_slice(b"/x");
-    block.extend_from_slice(&[0x41, 6]);
-    block.extend_from_slice(b"a.test");
-    let mut frames =
-        b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\x00\x00\x00\x04\x00\x00\x00\x00\x00".to_vec();
-    frames.extend_from_slice(&[0, 0, block.len() as u8, 0x01, 0x05, 0, 0, 0, 1]);
-    frames.extend_from_slice(&block);
-    std::io::Write::write_all(&mut h2, &frames).unwrap();
+    let mut h2 = connect_with(true);
+    assert!(h2_get(&mut h2, "/x"), "the h2 request was answered 200");
     let start = Instant::now();
-    let mut got = Vec::new();
     while let Ok(n) = h2.read(&mut buf) {
         if n == 0 {
             break;
         }
-        got.extend_from_slice(&buf[..n]);
     }
     let waited = start.elapsed();
-    // the frames the node sent: a HEADERS frame on stream 1 starting with `:status: 200`
-    let mut answered = false;
-    let mut at = 0;
-    while at + 9 <= got.len() {
-        let len =
-            usize::from(got[at]) << 16 | usize::from(got[at + 1]) << 8 | usize::from(got[at + 2]);
-        let stream = u32::from_be_bytes([got[at + 5], got[at + 6], got[at + 7], got[at + 8]]);
-        answered |= got[at + 3] == 0x01 && stream == 1 && got.get(at + 9) == Some(&0x88);
-        at += 9 + len;
-    }
-    assert!(answered, "the h2 request was answered 200: {got:?}");
     assert!(
         waited >= Duration::from_millis(800) && waited < Duration::from_secs(4),
         "h2 connection closed at limits.header_timeout after its response, after {waited:?}"
@@ -523,11 +544,15 @@ fn connection_limits_apply_on_the_https_listener() {
     drop((one, two));
 
     // two connections with a request in flight hold both slots: a third gets nothing
-    origin.set("/slow", Reply::ok("slow").delay(Duration::from_secs(3)));
+    // (each its own path: requests for one key would wait on one another, not the origin)
     let busy: Vec<_> = (0..2)
-        .map(|_| {
+        .map(|i| {
+            origin.set(
+                &format!("/slow{i}"),
+                Reply::ok("slow").delay(Duration::from_secs(3)),
+            );
             let c = client(&ca, "a.test", node.https_addr(), Some(false));
-            let url = node.https_url("a.test", "/slow");
+            let url = node.https_url("a.test", &format!("/slow{i}"));
             std::thread::spawn(move || c.get(url).send().map(|r| r.status().as_u16()))
         })
         .collect();
@@ -547,4 +572,58 @@ fn connection_limits_apply_on_the_https_listener() {
     for b in busy {
         assert_eq!(b.join().unwrap().expect("busy request"), 200);
     }
+}
+
+#[test]
+fn past_max_connections_an_idle_http2_connection_makes_room() {
+    let origin = TestOrigin::start();
+    origin.set("/x", Reply::ok("x"));
+    origin.set("/slow", Reply::ok("slow").delay(Duration::from_secs(3)));
+    let ca = TestCa::new();
+    let a = ca.leaf(&["a.test"], Validity::Current);
+    let node = tls_node(&origin, &[(&a, "")], "")
+        .extra("[limits]\nheader_timeout = \"30s\"\nmax_connections = 2\n")
+        .start();
+    // an HTTP/2 connection, idle after its response, and an HTTP/1.1 one busy
+    let mut h2 = raw_tls(&node, &ca, true);
+    assert!(h2_get(&mut h2, "/x"), "the h2 request was answered 200");
+    let busy = {
+        let c = client(&ca, "a.test", node.https_addr(), Some(false));
+        let url = node.https_url("a.test", "/slow");
+        std::thread::spawn(move || c.get(url).send().map(|r| r.status().as_u16()))
+    };
+    std::thread::sleep(Duration::from_millis(500));
+    let served = client(&ca, "a.test", node.https_addr(), Some(false))
+        .get(node.https_url("a.test", "/x"))
+        .send()
+        .expect("the idle h2 connection made room for a new client");
+    assert_eq!(served.status(), 200);
+    let mut buf = [0u8; 256];
+    let closed = loop {
+        match h2.read(&mut buf) {
+            Ok(0) => break true,
+            Ok(_) => continue,
+            Err(e) => {
+                break !matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                )
+            }
+        }
+    };
+    assert!(closed, "the idle h2 connection was closed");
+    assert_eq!(
+        busy.join().unwrap().expect("busy request"),
+        200,
+        "the busy one was not"
+    );
+    let m = node.metrics();
+    assert_eq!(
+        metric_sum(
+            &m,
+            "outpost_idle_connections_closed_total",
+            &[("reason", "max_connections")]
+        ),
+        1.0
+    );
 }

@@ -7,9 +7,9 @@
 //! Two layers: [`Guarded`] (a Pingora `ServerApp`) holds a connection slot and watches the
 //! connection; inside it Pingora's HTTP/1 loop serves one request after another through
 //! [`PerRequest`] (an `HttpServerApp`), which puts each wait for a request header under the
-//! deadline. When every slot is taken, a new connection displaces an idle HTTP/1 keep-alive
-//! one (waiting for a request, nothing of it read), as nginx reuses idle connections when it
-//! runs out; only when none is idle is the new connection closed at once. An HTTP/2 connection's
+//! deadline. When every slot is taken, a new connection displaces an idle one (HTTP/1 waiting
+//! for a request with nothing of it read, or HTTP/2 with no stream in flight), as nginx reuses
+//! idle connections when it runs out; only when none is idle is the new connection closed. An HTTP/2 connection's
 //! idle deadline is Pingora's `h2_idle_timeout` (set to `limits.header_timeout`, server.rs).
 //!
 //! The proxy marks a header as received from its first hook ([`header_received`]); the mark is
@@ -33,6 +33,7 @@ use pingora_core::protocols::{
 };
 use pingora_core::server::ShutdownWatch;
 use prometheus::IntCounterVec;
+use std::collections::HashMap;
 use std::io;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU16, AtomicU64, AtomicUsize, Ordering};
@@ -102,24 +103,62 @@ impl Seen {
     }
 }
 
-/// The HTTP/1 connections of one application waiting for a request, and the signal that
-/// closes one of them to make room for a new connection.
+/// The idle connections of one application, and the signals that close one of them to make
+/// room for a new connection: HTTP/1 connections waiting for a request, and HTTP/2
+/// connections with no stream in flight.
 #[derive(Debug, Default)]
 struct Idle {
-    /// Connections waiting for a request header (a hint: one may have begun sending since).
+    /// HTTP/1 connections waiting for a request header (a hint: one may have begun sending).
     waiting: AtomicUsize,
-    /// Wakes one waiting connection, which closes if it is idle and passes the signal on if not.
+    /// Wakes one waiting HTTP/1 connection, which closes if it is idle and passes the signal
+    /// on if not.
     displace: Notify,
+    /// Open HTTP/2 connections by socket cookie (unique for the socket's lifetime, so a
+    /// stream, in its own task, finds its connection).
+    h2: parking_lot::Mutex<HashMap<u64, Arc<H2Conn>>>,
+}
+
+/// One open HTTP/2 connection.
+#[derive(Debug, Default)]
+struct H2Conn {
+    /// Streams being served.
+    streams: AtomicUsize,
+    /// Chosen to close for a new connection (once).
+    closing: AtomicBool,
+    /// Closes the connection.
+    close: Notify,
+}
+
+/// A stream of an [`H2Conn`] in flight (the connection is not idle while one lives).
+struct H2Stream(Option<Arc<H2Conn>>);
+
+impl Drop for H2Stream {
+    fn drop(&mut self) {
+        if let Some(conn) = &self.0 {
+            conn.streams.fetch_sub(1, Ordering::Relaxed);
+        }
+    }
 }
 
 impl Idle {
-    /// Ask one idle connection to close; false if none is waiting.
+    /// Ask one idle connection to close: a waiting HTTP/1 one, else an HTTP/2 one with no
+    /// stream; false if there is none.
     fn displace_one(&self) -> bool {
-        if self.waiting.load(Ordering::Relaxed) == 0 {
-            return false;
+        if self.waiting.load(Ordering::Relaxed) > 0 {
+            self.displace.notify_one();
+            return true;
         }
-        self.displace.notify_one();
-        true
+        let conns = self.h2.lock();
+        let idle = conns.values().find(|c| {
+            c.streams.load(Ordering::Relaxed) == 0 && !c.closing.swap(true, Ordering::Relaxed)
+        });
+        match idle {
+            Some(conn) => {
+                conn.close.notify_one();
+                true
+            }
+            None => false,
+        }
     }
 
     /// Resolves when this connection (`seen`) is asked to close for a new one while idle; a
@@ -131,6 +170,19 @@ impl Idle {
         }
         self.displace.notify_one();
         std::future::pending::<()>().await
+    }
+
+    /// Count a stream in flight on its HTTP/2 connection (by the session's socket cookie).
+    fn h2_stream(&self, session: &ServerSession) -> H2Stream {
+        let conn = session
+            .digest()
+            .and_then(|d| d.socket_digest.as_ref())
+            .and_then(|s| s.socket_cookie().ok())
+            .and_then(|cookie| self.h2.lock().get(&cookie).cloned());
+        if let Some(conn) = &conn {
+            conn.streams.fetch_add(1, Ordering::Relaxed);
+        }
+        H2Stream(conn)
     }
 }
 
@@ -400,6 +452,34 @@ impl<A> Guarded<A> {
                 .is_ok()
     }
 
+    /// Serve one HTTP/2 connection (its streams are separate tasks, and its idle deadline is
+    /// Pingora's h2_idle_timeout, limits.header_timeout: server.rs), registered so that it can
+    /// be closed for a new connection while no stream is in flight.
+    async fn serve_h2(self: &Arc<Self>, stream: Stream, shutdown: &ShutdownWatch) -> Option<Stream>
+    where
+        A: HttpServerApp + Send + Sync + 'static,
+    {
+        let cookie = stream
+            .get_socket_digest()
+            .and_then(|d| d.socket_cookie().ok());
+        let Some(cookie) = cookie else {
+            return self.inner.process_new(stream, shutdown).await;
+        };
+        let conn = Arc::new(H2Conn::default());
+        self.inner.idle.h2.lock().insert(cookie, conn.clone());
+        let served = tokio::select! {
+            biased;
+            reused = self.inner.process_new(stream, shutdown) => reused,
+            _ = conn.close.notified() => {
+                self.inner.idle_closed.with_label_values(&["max_connections"]).inc();
+                tracing::debug!("idle HTTP/2 connection closed for a new one at limits.max_connections");
+                None
+            }
+        };
+        self.inner.idle.h2.lock().remove(&cookie);
+        served
+    }
+
     /// A slot for a new connection: a free one, or the one an idle connection gives back when
     /// asked to close; `None` when every connection is busy.
     async fn slot(&self) -> Option<tokio::sync::SemaphorePermit<'_>> {
@@ -435,9 +515,7 @@ impl<A: HttpServerApp + Send + Sync + 'static> ServerApp for Guarded<A> {
             return None;
         };
         if matches!(stream.selected_alpn_proto(), Some(ALPN::H2)) {
-            // one call serves the whole HTTP/2 connection; its streams are separate tasks, and
-            // its idle deadline is Pingora's h2_idle_timeout (limits.header_timeout, server.rs)
-            return self.inner.process_new(stream, shutdown).await;
+            return self.serve_h2(stream, shutdown).await;
         }
         let (stream, watched) = track(stream, &self.inner.idle);
         // Pingora's HTTP/1 loop serves every request of the connection through PerRequest
@@ -484,6 +562,7 @@ impl<A: HttpServerApp + Send + Sync + 'static> HttpServerApp for PerRequest<A> {
     ) -> Option<ReusedHttpStream> {
         let Ok(seen) = WATCHED.try_with(Arc::clone) else {
             // an HTTP/2 stream: its connection's idle deadline is Pingora's h2_idle_timeout
+            let _in_flight = self.idle.h2_stream(&session);
             return self.app.process_new_http(session, shutdown).await;
         };
         seen.start_waiting();
