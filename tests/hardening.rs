@@ -300,7 +300,7 @@ fn past_max_connections_an_idle_connection_makes_room_and_busy_ones_do_not() {
     let busy: Vec<_> = (0..3)
         .map(|i| {
             let path = format!("/slow{i}");
-            origin.set(&path, Reply::ok("slow").delay(Duration::from_secs(3)));
+            origin.set(&path, Reply::ok("slow").delay(Duration::from_secs(2)));
             let mut s = TcpStream::connect(node.addr()).expect("connect");
             std::thread::spawn(move || get_on(&mut s, &path))
         })

@@ -549,7 +549,7 @@ fn connection_limits_apply_on_the_https_listener() {
         .map(|i| {
             origin.set(
                 &format!("/slow{i}"),
-                Reply::ok("slow").delay(Duration::from_secs(3)),
+                Reply::ok("slow").delay(Duration::from_secs(2)),
             );
             let c = client(&ca, "a.test", node.https_addr(), Some(false));
             let url = node.https_url("a.test", &format!("/slow{i}"));
@@ -578,7 +578,7 @@ fn connection_limits_apply_on_the_https_listener() {
 fn past_max_connections_an_idle_http2_connection_makes_room() {
     let origin = TestOrigin::start();
     origin.set("/x", Reply::ok("x"));
-    origin.set("/slow", Reply::ok("slow").delay(Duration::from_secs(3)));
+    origin.set("/slow", Reply::ok("slow").delay(Duration::from_secs(2)));
     let ca = TestCa::new();
     let a = ca.leaf(&["a.test"], Validity::Current);
     let node = tls_node(&origin, &[(&a, "")], "")
