@@ -63,21 +63,30 @@ struct Seen {
     status: AtomicU16,
     /// The request header was parsed (the proxy's first hook ran).
     header: AtomicBool,
-    /// Counted in `idle.waiting` (waiting for a request header).
+    /// Counted in its shard's `waiting` (waiting for a request header).
     waiting: AtomicBool,
     /// The idle connections of the application this connection belongs to.
     idle: Arc<Idle>,
+    /// This connection's shard of `idle`.
+    shard: usize,
 }
 
 impl Seen {
     fn new(idle: Arc<Idle>) -> Seen {
+        let shard = idle.next.fetch_add(1, Ordering::Relaxed) % IDLE_SHARDS;
         Seen {
             bytes_read: AtomicU64::new(0),
             status: AtomicU16::new(0),
             header: AtomicBool::new(false),
             waiting: AtomicBool::new(false),
             idle,
+            shard,
         }
+    }
+
+    /// This connection's shard of the idle connections.
+    fn idle_shard(&self) -> &IdleShard {
+        &self.idle.shards[self.shard]
     }
 
     /// A new request is awaited: forget the last one, count the connection as waiting.
@@ -86,14 +95,14 @@ impl Seen {
         self.status.store(0, Ordering::Relaxed);
         self.header.store(false, Ordering::Relaxed);
         if !self.waiting.swap(true, Ordering::Relaxed) {
-            self.idle.waiting.fetch_add(1, Ordering::Relaxed);
+            self.idle_shard().waiting.fetch_add(1, Ordering::Relaxed);
         }
     }
 
     /// The wait is over (a header came, or the connection is closing).
     fn stop_waiting(&self) {
         if self.waiting.swap(false, Ordering::Relaxed) {
-            self.idle.waiting.fetch_sub(1, Ordering::Relaxed);
+            self.idle_shard().waiting.fetch_sub(1, Ordering::Relaxed);
         }
     }
 
@@ -106,16 +115,38 @@ impl Seen {
 /// The idle connections of one application, and the signals that close one of them to make
 /// room for a new connection: HTTP/1 connections waiting for a request, and HTTP/2
 /// connections with no stream in flight.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 struct Idle {
-    /// HTTP/1 connections waiting for a request header (a hint: one may have begun sending).
-    waiting: AtomicUsize,
-    /// Wakes one waiting HTTP/1 connection, which closes if it is idle and passes the signal
-    /// on if not.
-    displace: Notify,
+    /// HTTP/1 connections, spread over shards so that worker threads do not all register
+    /// with one `Notify` (a lock) for every request they wait for.
+    shards: [IdleShard; IDLE_SHARDS],
+    /// The shard of the next connection.
+    next: AtomicUsize,
     /// Open HTTP/2 connections by socket cookie (unique for the socket's lifetime, so a
     /// stream, in its own task, finds its connection).
     h2: parking_lot::Mutex<HashMap<u64, Arc<H2Conn>>>,
+}
+
+/// Shards of [`Idle`]'s HTTP/1 connections.
+const IDLE_SHARDS: usize = 16;
+
+/// Some of the HTTP/1 connections of an [`Idle`].
+#[derive(Debug, Default)]
+struct IdleShard {
+    /// Connections waiting for a request header (a hint: one may have begun sending).
+    waiting: AtomicUsize,
+    /// Wakes one waiting connection, which closes if it is idle and passes the signal on if not.
+    displace: Notify,
+}
+
+impl Default for Idle {
+    fn default() -> Self {
+        Idle {
+            shards: std::array::from_fn(|_| IdleShard::default()),
+            next: AtomicUsize::new(0),
+            h2: parking_lot::Mutex::default(),
+        }
+    }
 }
 
 /// One open HTTP/2 connection.
@@ -144,8 +175,12 @@ impl Idle {
     /// Ask one idle connection to close: a waiting HTTP/1 one, else an HTTP/2 one with no
     /// stream; false if there is none.
     fn displace_one(&self) -> bool {
-        if self.waiting.load(Ordering::Relaxed) > 0 {
-            self.displace.notify_one();
+        let start = self.next.load(Ordering::Relaxed);
+        let waiting = (0..IDLE_SHARDS)
+            .map(|i| &self.shards[(start + i) % IDLE_SHARDS])
+            .find(|shard| shard.waiting.load(Ordering::Relaxed) > 0);
+        if let Some(shard) = waiting {
+            shard.displace.notify_one();
             return true;
         }
         let conns = self.h2.lock();
@@ -164,11 +199,11 @@ impl Idle {
     /// Resolves when this connection (`seen`) is asked to close for a new one while idle; a
     /// connection that is not idle passes the request on and never resolves.
     async fn displaced(&self, seen: &Seen) {
-        self.displace.notified().await;
+        seen.idle_shard().displace.notified().await;
         if seen.is_idle() {
             return;
         }
-        self.displace.notify_one();
+        self.displace_one();
         std::future::pending::<()>().await
     }
 
