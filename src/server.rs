@@ -319,13 +319,8 @@ pub fn run(
     let mut options = HttpServerOptions::default();
     options.h2_idle_timeout = Some(limits.header_timeout);
     app.server_options = Some(options);
-    let guarded = Guarded::new(
-        app,
-        limits.max_connections,
-        limits.header_timeout,
-        node.metrics.policy.rejected.clone(),
-    )
-    .with_shutdown_linger(shutdown_linger(cfg.node.shutdown_grace));
+    let guarded = Guarded::new(app, limits, node.metrics.policy.rejected.clone())
+        .with_shutdown_linger(shutdown_linger(cfg.node.shutdown_grace));
     let connections = guarded.open_connections();
     let mut proxy = Service::new("outpost proxy".into(), guarded);
     for addr in &cfg.listen.http {

@@ -9,10 +9,14 @@
 //! a task-local of the connection's task. The connection is watched ([`Tracked`]: bytes read,
 //! the status line written) so that a request Pingora's parser refused with a 400 before any
 //! hook ran is logged and counted too, and an idle keep-alive connection closed by the header
-//! deadline is not taken for a slow client. Its writes go through a [`WriteCoalescer`] (a
+//! deadline is not taken for a slow client. What it reads is also read for request lines
+//! Pingora's parser rewrites ([`RequestLines`]). Its writes go through a [`WriteCoalescer`] (a
 //! response's header leaves with its body).
 
 use super::coalesce::WriteCoalescer;
+use super::hardening::Rejection;
+use super::request_line::RequestLines;
+use crate::config::LimitsConfig;
 use async_trait::async_trait;
 use pingora_core::apps::ServerApp;
 use pingora_core::protocols::l4::stream::Stream as L4Stream;
@@ -59,6 +63,16 @@ pub struct Tracked {
     seen: Arc<Seen>,
     /// Small writes held to go out with the next large one (a header with its body).
     send: WriteCoalescer,
+    /// The lines read, as the client sent them.
+    lines: RequestLines,
+}
+
+/// The request lines the client sent on `stream`, if it is a watched (HTTP/1) connection.
+pub fn request_lines(stream: &Stream) -> Option<&RequestLines> {
+    stream
+        .as_any()
+        .downcast_ref::<Tracked>()
+        .map(|tracked| &tracked.lines)
 }
 
 /// The status code of an HTTP/1 status line at the start of `buf` (`HTTP/1.1 400 ...`).
@@ -75,9 +89,12 @@ impl AsyncRead for Tracked {
     ) -> Poll<io::Result<()>> {
         let before = buf.filled().len();
         let polled = Pin::new(&mut *self.inner).poll_read(cx, buf);
-        let n = buf.filled().len() - before;
-        if n > 0 {
-            self.seen.bytes_read.fetch_add(n as u64, Ordering::Relaxed);
+        let read = &buf.filled()[before..];
+        if !read.is_empty() {
+            self.seen
+                .bytes_read
+                .fetch_add(read.len() as u64, Ordering::Relaxed);
+            self.lines.feed(read);
         }
         polled
     }
@@ -198,9 +215,10 @@ impl Peek for Tracked {
     }
 }
 
-/// `stream` watched, its [`Seen`] reset for a new request (a kept-alive connection keeps its
-/// watch: nothing is allocated per request).
-fn track(stream: Stream) -> (Stream, Arc<Seen>) {
+/// `stream` watched (lines up to `max_line` bytes read for request lines), its [`Seen`] reset
+/// for a new request (a kept-alive connection keeps its watch: nothing is allocated per
+/// request).
+fn track(stream: Stream, max_line: usize) -> (Stream, Arc<Seen>) {
     if let Some(tracked) = stream.as_any().downcast_ref::<Tracked>() {
         let seen = tracked.seen.clone();
         seen.bytes_read.store(0, Ordering::Relaxed);
@@ -216,6 +234,7 @@ fn track(stream: Stream) -> (Stream, Arc<Seen>) {
             inner: stream,
             seen: seen.clone(),
             send: WriteCoalescer::new(plain),
+            lines: RequestLines::new(max_line),
         }),
         seen,
     )
@@ -256,6 +275,8 @@ pub struct Guarded<A> {
     /// On shutdown, how long idle keep-alive connections stay open before they are closed.
     linger: Duration,
     header_timeout: Duration,
+    /// Longest request line read for a rewritten target (`limits.max_header_bytes`).
+    max_line: usize,
     rejected: IntCounterVec,
     /// When the connection-limit warning was last logged (ms since `started`): at most one a
     /// second, so that an overload does not also flood the log.
@@ -264,23 +285,19 @@ pub struct Guarded<A> {
 }
 
 impl<A> Guarded<A> {
-    /// `inner` with at most `max_connections` connections and `header_timeout` per request
-    /// header; refusals are counted in `rejected` (reasons `max_connections`, `header_timeout`
-    /// for a header begun but not finished in time, `malformed` for requests Pingora's parser
-    /// refused with a 400).
-    pub fn new(
-        inner: A,
-        max_connections: usize,
-        header_timeout: Duration,
-        rejected: IntCounterVec,
-    ) -> Guarded<A> {
-        let max_connections = max_connections.min(Semaphore::MAX_PERMITS);
+    /// `inner` with at most `limits.max_connections` connections and `limits.header_timeout`
+    /// per request header; refusals are counted in `rejected` (reasons `max_connections`,
+    /// `header_timeout` for a header begun but not finished in time, `malformed` for requests
+    /// Pingora's parser refused with a 400).
+    pub fn new(inner: A, limits: &LimitsConfig, rejected: IntCounterVec) -> Guarded<A> {
+        let max_connections = limits.max_connections.min(Semaphore::MAX_PERMITS);
         Guarded {
             inner: Arc::new(inner),
             slots: Arc::new(Semaphore::new(max_connections)),
             max_connections,
             linger: Duration::ZERO,
-            header_timeout,
+            header_timeout: limits.header_timeout,
+            max_line: usize::try_from(limits.max_header_bytes).unwrap_or(usize::MAX),
             rejected,
             warned: AtomicU64::new(0),
             started: std::time::Instant::now(),
@@ -340,7 +357,7 @@ impl<A: ServerApp + Send + Sync + 'static> ServerApp for Guarded<A> {
             // its idle deadline is Pingora's h2_idle_timeout (limits.header_timeout, server.rs)
             return self.inner.process_new(stream, shutdown).await;
         }
-        let (stream, watched) = track(stream);
+        let (stream, watched) = track(stream, self.max_line);
         let seen = &watched.header;
         let served = WATCHED.scope(watched.clone(), self.inner.process_new(stream, shutdown));
         tokio::pin!(served);
@@ -369,10 +386,11 @@ impl<A: ServerApp + Send + Sync + 'static> ServerApp for Guarded<A> {
         };
         if !seen.load(Ordering::Relaxed) && watched.status.load(Ordering::Relaxed) == 400 {
             // Pingora's parser refused the request before any hook could see it
-            self.rejected.with_label_values(&["malformed"]).inc();
+            let reason = Rejection::Malformed.reason();
+            self.rejected.with_label_values(&[reason]).inc();
             tracing::info!(
                 status = 400,
-                reason = "malformed",
+                reason,
                 bytes_read = watched.bytes_read.load(Ordering::Relaxed),
                 "request refused: not a valid HTTP request"
             );
