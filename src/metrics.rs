@@ -748,7 +748,7 @@ impl Metrics {
         for reason in crate::policy::hardening::Rejection::ALL
             .iter()
             .map(|r| r.reason())
-            .chain(["header_timeout", "max_connections", "malformed"])
+            .chain(["header_timeout", "max_connections"])
         {
             policy.rejected.with_label_values(&[reason]);
         }

@@ -321,8 +321,7 @@ pub fn run(
     app.server_options = Some(options);
     let guarded = Guarded::new(
         app,
-        limits.max_connections,
-        limits.header_timeout,
+        limits,
         node.metrics.policy.rejected.clone(),
         node.metrics.policy.idle_closed.clone(),
     )

@@ -417,3 +417,73 @@ fn check_prints_stale_and_negative_settings_of_each_rule() {
         assert!(text.contains(needle), "missing {needle:?} in:\n{text}");
     }
 }
+
+#[test]
+fn sizes_and_durations_out_of_their_range_are_refused_naming_key_and_range() {
+    // too large to represent: an error, never a saturated (unbounded) value
+    assert_base_edit_fails(
+        "memory_size = \"64MiB\"",
+        "memory_size = \"99999999999999999999PiB\"",
+        &[
+            "cache.memory_size",
+            "\"99999999999999999999PiB\" is out of range",
+            "at most 1PiB",
+        ],
+    );
+    assert_base_edit_fails(
+        "connect_timeout = \"2s\"",
+        "connect_timeout = \"99999999999999999999s\"",
+        &["origins[0].connect_timeout", "out of range", "at most 1d"],
+    );
+    // representable, but beyond anything the key can mean
+    assert_base_edit_fails(
+        "memory_size = \"64MiB\"",
+        "memory_size = \"2PiB\"",
+        &["cache.memory_size", "at most 1PiB"],
+    );
+    assert_base_edit_fails(
+        "connect_timeout = \"2s\"",
+        "connect_timeout = \"1000000000h\"",
+        &["origins[0].connect_timeout", "at most 1d"],
+    );
+    assert_base_edit_fails(
+        "default = \"1h\"",
+        "default = \"1000000000h\"",
+        &["rules[1].ttl.default", "at most 3650d"],
+    );
+    // zero or too small where that makes no sense
+    assert_base_edit_fails(
+        "connect_timeout = \"2s\"",
+        "connect_timeout = \"0s\"",
+        &["origins[0].connect_timeout", "at least 1ms"],
+    );
+    assert_base_edit_fails(
+        "memory_size = \"64MiB\"",
+        "memory_size = \"64KiB\"",
+        &["cache.memory_size", "at least 1MiB"],
+    );
+    assert_base_edit_fails(
+        "[cache]",
+        "[limits]\nmax_header_bytes = 100\nheader_timeout = \"0s\"\n\n[cache]",
+        &[
+            "limits.max_header_bytes",
+            "at least 1KiB and at most 1MiB",
+            "limits.header_timeout",
+        ],
+    );
+    // every one of them at once
+    let all = replace_once(
+        BASE,
+        "memory_size = \"64MiB\"",
+        "memory_size = \"99999999999999999999PiB\"\nlock_wait_timeout = \"1000000000h\"",
+    );
+    let all = replace_once(&all, "shutdown_grace = \"1s\"", "shutdown_grace = \"2d\"");
+    assert_check_fails(
+        &all,
+        &[
+            "cache.memory_size",
+            "cache.lock_wait_timeout",
+            "node.shutdown_grace",
+        ],
+    );
+}

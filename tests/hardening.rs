@@ -389,3 +389,98 @@ fn bad_limits_are_errors_naming_the_key() {
         assert_refused(extra, key);
     }
 }
+
+/// Sends `req` on a new connection and reads until the node closes it: what it answered, or
+/// `None` if the connection stayed open for 5 s.
+fn answered_then_closed(node: &Node, req: &[u8]) -> Option<String> {
+    let mut s = TcpStream::connect(node.addr()).expect("connect");
+    s.write_all(req).expect("write");
+    s.set_read_timeout(Some(Duration::from_secs(5)))
+        .expect("timeout");
+    let mut out = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        match s.read(&mut buf) {
+            Ok(0) => return Some(String::from_utf8_lossy(&out).to_string()),
+            Ok(n) => out.extend_from_slice(&buf[..n]),
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => {
+                return Some(String::from_utf8_lossy(&out).to_string())
+            }
+            Err(_) => return None,
+        }
+    }
+}
+
+#[test]
+fn control_bytes_or_spaces_in_the_request_target_get_400_and_a_closed_connection() {
+    let origin = TestOrigin::start();
+    origin.set("/a", Reply::ok("a"));
+    let node = NodeConfig::new(&origin.url()).start();
+    let mut sent = 0.0;
+    for byte in [0x00u8, 0x01, 0x09, 0x1f, 0x7f, b' '] {
+        for (before, after) in [(&b"/a"[..], &b"b"[..]), (b"/a?q=", b"")] {
+            let mut req = b"GET ".to_vec();
+            req.extend_from_slice(before);
+            req.push(byte);
+            req.extend_from_slice(after);
+            req.extend_from_slice(b" HTTP/1.1\r\nHost: x\r\n\r\n");
+            let shown = req.escape_ascii().to_string();
+            let resp = answered_then_closed(&node, &req)
+                .unwrap_or_else(|| panic!("{shown}: the connection stayed open"));
+            assert_eq!(status_of(&resp), Some(400), "{shown}: {resp}");
+            assert!(
+                resp.to_ascii_lowercase().contains("connection: close"),
+                "{shown}: {resp}"
+            );
+            sent += 1.0;
+        }
+    }
+    assert_eq!(
+        origin.total_hits(),
+        0,
+        "a request with a bad target reached the origin"
+    );
+    assert_eq!(
+        rejected(&node, "malformed"),
+        sent,
+        "each one counted as malformed"
+    );
+    let log = node.log();
+    let refused = log
+        .lines()
+        .filter(|l| l.contains("request refused") && l.contains("malformed"))
+        .count();
+    assert_eq!(refused as f64, sent, "one log line each:\n{log}");
+    // the same bytes percent-encoded are an ordinary request, forwarded as sent
+    let resp = raw(&node, b"GET /a?q=%00%09%20%7F HTTP/1.1\r\nHost: x\r\n\r\n");
+    assert_eq!(status_of(&resp), Some(200), "{resp}");
+    let seen = origin.requests("/a");
+    assert_eq!(seen.len(), 1);
+    assert_eq!(seen[0].uri, "/a?q=%00%09%20%7F");
+    // a request whose body holds such a line is not refused, nor the one after it
+    let body = b"GET /a\x00b HTTP/1.1\r\n";
+    let mut req = format!(
+        "POST /a HTTP/1.1\r\nHost: x\r\nContent-Length: {}\r\n\r\n",
+        body.len()
+    )
+    .into_bytes();
+    req.extend_from_slice(body);
+    req.extend_from_slice(b"GET /a?q=%00b HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+    let resp = answered_then_closed(&node, &req).expect("closed after the second answer");
+    assert_eq!(resp.matches("HTTP/1.1 200").count(), 2, "{resp}");
+    assert_eq!(rejected(&node, "malformed"), sent);
+    // pipelined behind an ordinary request: that one is answered, then the 400, then the close
+    let forwarded = origin.requests("/a").len();
+    let resp = answered_then_closed(
+        &node,
+        b"GET /a HTTP/1.1\r\nHost: x\r\n\r\nGET /a\x00 HTTP/1.1\r\nHost: x\r\n\r\n",
+    )
+    .expect("closed after the 400");
+    let statuses: Vec<&str> = resp
+        .match_indices("HTTP/1.1 ")
+        .filter_map(|(at, _)| resp.get(at + 9..at + 12))
+        .collect();
+    assert_eq!(statuses, ["200", "400"], "{resp}");
+    assert_eq!(origin.requests("/a").len(), forwarded + 1);
+    assert_eq!(rejected(&node, "malformed"), sent + 1.0);
+}

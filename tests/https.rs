@@ -4,7 +4,7 @@
 //! HTTPS per rule, and keep the connection limits of the HTTP listeners.
 mod common;
 
-use common::tls::{client, peer_certificate};
+use common::tls::{client, peer_certificate, raw_tls};
 use common::*;
 use std::io::Read;
 use std::time::{Duration, Instant};
@@ -372,80 +372,15 @@ fn redirect_https_without_an_https_listener_and_https_without_certificates_are_r
     );
 }
 
-type RawTls =
-    tokio_rustls::rustls::StreamOwned<tokio_rustls::rustls::ClientConnection, std::net::TcpStream>;
-
-/// A TLS connection to the node's HTTPS listener (SNI `a.test`, trusting `ca`), handshake
-/// done, ALPN offering only `h2` when asked (else none: HTTP/1.1).
-fn raw_tls(node: &Node, ca: &TestCa, h2: bool) -> RawTls {
-    let mut config = tokio_rustls::rustls::ClientConfig::builder_with_provider(
-        std::sync::Arc::new(tokio_rustls::rustls::crypto::ring::default_provider()),
-    )
-    .with_safe_default_protocol_versions()
-    .unwrap()
-    .with_root_certificates({
-        let mut roots = tokio_rustls::rustls::RootCertStore::empty();
-        for c in rustls_pemfile::certs(&mut ca.pem().as_bytes()) {
-            roots.add(c.unwrap()).unwrap();
-        }
-        roots
-    })
-    .with_no_client_auth();
-    if h2 {
-        config.alpn_protocols = vec![b"h2".to_vec()];
-    }
-    let tcp = std::net::TcpStream::connect(node.https_addr()).unwrap();
-    tcp.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-    let conn = tokio_rustls::rustls::ClientConnection::new(
-        std::sync::Arc::new(config),
-        "a.test".try_into().unwrap(),
-    )
-    .unwrap();
-    let mut tls = tokio_rustls::rustls::StreamOwned::new(conn, tcp);
-    while tls.conn.is_handshaking() {
-        tls.conn.complete_io(&mut tls.sock).expect("handshake");
-    }
-    tls
-}
-
 /// On a fresh HTTP/2 connection: the preface, an empty SETTINGS and `GET https://a.test<path>`
-/// on stream 1, then the frames read until stream 1 ends; whether it was answered 200. The
-/// request's HPACK block: indexed `:method GET` and `:scheme https`, literal `:path` and
-/// `:authority` with indexed names.
-fn h2_get(tls: &mut RawTls, path: &str) -> bool {
-    let mut block = vec![0x82, 0x87, 0x44, path.len() as u8];
-    block.extend_from_slice(path.as_bytes());
-    block.extend_from_slice(&[0x41, 6]);
-    block.extend_from_slice(b"a.test");
-    let mut frames =
-        b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\x00\x00\x00\x04\x00\x00\x00\x00\x00".to_vec();
-    frames.extend_from_slice(&[0, 0, block.len() as u8, 0x01, 0x05, 0, 0, 0, 1]);
-    frames.extend_from_slice(&block);
-    std::io::Write::write_all(tls, &frames).unwrap();
-    let (mut got, mut at, mut ok) = (Vec::new(), 0, false);
-    let mut buf = [0u8; 4096];
-    loop {
-        while at + 9 <= got.len() {
-            let len = usize::from(got[at]) << 16
-                | usize::from(got[at + 1]) << 8
-                | usize::from(got[at + 2]);
-            if at + 9 + len > got.len() {
-                break;
-            }
-            let (kind, flags) = (got[at + 3], got[at + 4]);
-            let stream = u32::from_be_bytes([got[at + 5], got[at + 6], got[at + 7], got[at + 8]]);
-            // HEADERS on stream 1 starting with `:status: 200` (static table entry 8)
-            ok |= kind == 0x01 && stream == 1 && got.get(at + 9) == Some(&0x88);
-            if stream == 1 && (kind == 0x00 || kind == 0x01) && flags & 0x01 != 0 {
-                return ok;
-            }
-            at += 9 + len;
-        }
-        match tls.read(&mut buf) {
-            Ok(n) if n > 0 => got.extend_from_slice(&buf[..n]),
-            _ => return false,
-        }
-    }
+/// on stream 1; whether it was answered 200 (a HEADERS frame starting with `:status: 200`,
+/// static table entry 8).
+fn h2_get_ok<S: Read + std::io::Write>(tls: &mut S, path: &str) -> bool {
+    tls.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\0\0\0\x04\0\0\0\0\0")
+        .expect("preface");
+    tls.write_all(&h2_get(1, path.as_bytes())).expect("HEADERS");
+    let (kind, payload) = h2_answer(tls, 1);
+    kind == 1 && payload.first() == Some(&0x88)
 }
 
 #[test]
@@ -459,8 +394,8 @@ fn connection_limits_apply_on_the_https_listener() {
         .start();
 
     // a client that completes the handshake and then sends nothing is disconnected
-    let connect_with = |h2: bool| raw_tls(&node, &ca, h2);
-    let connect = || connect_with(false);
+    let connect_with = |alpn: &[&[u8]]| raw_tls(&ca, "a.test", node.https_addr(), alpn);
+    let connect = || connect_with(&[]);
     let mut idle = connect();
     let start = Instant::now();
     let mut buf = [0u8; 64];
@@ -476,7 +411,7 @@ fn connection_limits_apply_on_the_https_listener() {
     );
 
     // an HTTP/2 connection with no request in flight is closed at the same deadline
-    let mut idle_h2 = connect_with(true);
+    let mut idle_h2 = connect_with(&[b"h2"]);
     assert_eq!(idle_h2.conn.alpn_protocol(), Some(&b"h2"[..]));
     std::io::Write::write_all(
         &mut idle_h2,
@@ -497,8 +432,8 @@ fn connection_limits_apply_on_the_https_listener() {
     );
 
     // an HTTP/2 connection is closed at the deadline after its last response too
-    let mut h2 = connect_with(true);
-    assert!(h2_get(&mut h2, "/x"), "the h2 request was answered 200");
+    let mut h2 = connect_with(&[b"h2"]);
+    assert!(h2_get_ok(&mut h2, "/x"), "the h2 request was answered 200");
     let start = Instant::now();
     while let Ok(n) = h2.read(&mut buf) {
         if n == 0 {
@@ -585,8 +520,8 @@ fn past_max_connections_an_idle_http2_connection_makes_room() {
         .extra("[limits]\nheader_timeout = \"30s\"\nmax_connections = 2\n")
         .start();
     // an HTTP/2 connection, idle after its response, and an HTTP/1.1 one busy
-    let mut h2 = raw_tls(&node, &ca, true);
-    assert!(h2_get(&mut h2, "/x"), "the h2 request was answered 200");
+    let mut h2 = raw_tls(&ca, "a.test", node.https_addr(), &[b"h2"]);
+    assert!(h2_get_ok(&mut h2, "/x"), "the h2 request was answered 200");
     let busy = {
         let c = client(&ca, "a.test", node.https_addr(), Some(false));
         let url = node.https_url("a.test", "/slow");
@@ -625,5 +560,113 @@ fn past_max_connections_an_idle_http2_connection_makes_room() {
             &[("reason", "max_connections")]
         ),
         1.0
+    );
+}
+
+/// Reads HTTP/2 frames from `tls` until one of `stream` that answers or ends it; returns its
+/// type (1 HEADERS, 3 RST_STREAM) and payload, or a connection-level GOAWAY (7).
+fn h2_answer(tls: &mut impl Read, stream: u32) -> (u8, Vec<u8>) {
+    loop {
+        let mut head = [0u8; 9];
+        tls.read_exact(&mut head).expect("an HTTP/2 frame");
+        let len = u32::from_be_bytes([0, head[0], head[1], head[2]]) as usize;
+        let id = u32::from_be_bytes([head[5], head[6], head[7], head[8]]) & 0x7fff_ffff;
+        let mut payload = vec![0u8; len];
+        tls.read_exact(&mut payload).expect("frame payload");
+        if (id == stream && matches!(head[3], 1 | 3)) || head[3] == 7 {
+            return (head[3], payload);
+        }
+    }
+}
+
+/// An HTTP/2 HEADERS frame (END_STREAM, END_HEADERS) for `GET https://a.test<path>` on `stream`,
+/// HPACK literals without Huffman coding: any bytes can go in `path`.
+fn h2_get(stream: u32, path: &[u8]) -> Vec<u8> {
+    let mut block = vec![0x82, 0x87]; // :method GET, :scheme https (static table)
+    for (name_index, value) in [(4u8, path), (1, b"a.test")] {
+        block.push(name_index); // literal without indexing, name from the static table
+        block.push(u8::try_from(value.len()).expect("short value"));
+        block.extend_from_slice(value);
+    }
+    let mut frame = u32::try_from(block.len()).expect("len").to_be_bytes()[1..].to_vec();
+    frame.extend_from_slice(&[0x1, 0x5]);
+    frame.extend_from_slice(&stream.to_be_bytes());
+    frame.extend_from_slice(&block);
+    frame
+}
+
+#[test]
+fn control_bytes_in_the_target_are_refused_over_tls_and_http2() {
+    let origin = TestOrigin::start();
+    origin.set("/a", Reply::ok("a"));
+    let ca = TestCa::new();
+    let leaf = ca.leaf(&["a.test"], Validity::Current);
+    let node = tls_node(&origin, &[(&leaf, "")], "").start();
+    let bad: Vec<Vec<u8>> = [0x00u8, 0x01, 0x09, 0x1f, 0x7f, b' ']
+        .iter()
+        .flat_map(|&b| {
+            [
+                vec![b'/', b'a', b, b'b'],
+                vec![b'/', b'a', b'?', b'q', b'=', b],
+            ]
+        })
+        .collect();
+
+    // HTTP/1.1 over TLS: 400, counted, and the connection closed
+    for target in &bad {
+        let mut tls = raw_tls(&ca, "a.test", node.https_addr(), &[b"http/1.1"]);
+        let mut req = b"GET ".to_vec();
+        req.extend_from_slice(target);
+        req.extend_from_slice(b" HTTP/1.1\r\nHost: a.test\r\n\r\n");
+        std::io::Write::write_all(&mut tls, &req).expect("send");
+        let mut resp = Vec::new();
+        let _ = tls.read_to_end(&mut resp);
+        let resp = String::from_utf8_lossy(&resp);
+        assert_eq!(
+            status_of(&resp),
+            Some(400),
+            "{}: {resp}",
+            target.escape_ascii()
+        );
+        assert!(resp.contains("Connection: close"), "{resp}");
+    }
+    let malformed = |node: &Node| {
+        metric_sum(
+            &node.metrics(),
+            "outpost_rejected_requests_total",
+            &[("reason", "malformed")],
+        )
+    };
+    assert_eq!(malformed(&node), bad.len() as f64);
+
+    // HTTP/2: the h2 library resets each such stream (PROTOCOL_ERROR: a malformed request,
+    // RFC 9113 8.1.1) before the node sees it; the connection goes on serving
+    let mut h2 = raw_tls(&ca, "a.test", node.https_addr(), &[b"h2"]);
+    assert_eq!(h2.conn.alpn_protocol(), Some(&b"h2"[..]));
+    std::io::Write::write_all(
+        &mut h2,
+        b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\0\0\0\x04\0\0\0\0\0",
+    )
+    .expect("preface");
+    let mut stream = 1;
+    for target in &bad {
+        std::io::Write::write_all(&mut h2, &h2_get(stream, target)).expect("HEADERS");
+        let (kind, payload) = h2_answer(&mut h2, stream);
+        assert_eq!(
+            (kind, payload.as_slice()),
+            (3, &[0u8, 0, 0, 1][..]),
+            "{}: RST_STREAM(PROTOCOL_ERROR)",
+            target.escape_ascii()
+        );
+        stream += 2;
+    }
+    std::io::Write::write_all(&mut h2, &h2_get(stream, b"/a?q=%00")).expect("HEADERS");
+    let (kind, _) = h2_answer(&mut h2, stream);
+    assert_eq!(kind, 1, "the percent-encoded form is served");
+    let seen = origin.requests("/a");
+    assert_eq!(
+        seen.iter().map(|r| r.uri.as_str()).collect::<Vec<_>>(),
+        ["/a?q=%00"],
+        "only the well-formed request reached the origin"
     );
 }

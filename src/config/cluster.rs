@@ -2,7 +2,7 @@
 
 use super::error::Errors;
 use super::file;
-use super::validate::duration;
+use super::validate::{duration, LIFETIME, WAIT};
 use super::*;
 
 /// Validate `[cluster]`.
@@ -47,10 +47,8 @@ pub(super) fn cluster(errs: &mut Errors, c: &file::ClusterSection) -> ClusterCon
         "cluster.retention",
         c.retention.as_ref(),
         Duration::from_secs(7 * 86400),
+        Duration::from_secs(60)..=*LIFETIME.end(),
     );
-    if retention < Duration::from_secs(60) {
-        errs.push("cluster.retention", "must be at least 1m");
-    }
     let revalidate_until_synced = match c.until_synced.as_deref() {
         None | Some("revalidate") => true,
         Some("serve") => false,
@@ -72,6 +70,7 @@ pub(super) fn cluster(errs: &mut Errors, c: &file::ClusterSection) -> ClusterCon
             "cluster.max_lag",
             c.max_lag.as_ref(),
             Duration::from_secs(30),
+            WAIT,
         ),
         revalidate_until_synced,
     }

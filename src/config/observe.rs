@@ -2,7 +2,7 @@
 
 use super::error::Errors;
 use super::file;
-use super::validate::duration;
+use super::validate::{duration, TIMEOUT};
 use super::*;
 
 /// Validate `[access_log]`.
@@ -120,6 +120,7 @@ pub(super) fn tracing_config(
             "tracing.timeout",
             t.timeout.as_ref(),
             Duration::from_secs(5),
+            TIMEOUT,
         ),
     }
 }

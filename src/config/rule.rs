@@ -2,7 +2,7 @@
 
 use super::error::Errors;
 use super::file;
-use super::validate::{duration, opt_duration};
+use super::validate::{duration, opt_duration, LIFETIME};
 use super::*;
 
 /// Validate `rules[i]`: its `origin` names one of `origins` (else `default_origin`), its
@@ -48,18 +48,29 @@ pub(super) fn rule(
     let matcher = match_config(errs, &format!("rules[{i}].match"), &r.matcher);
 
     let ttl = TtlConfig {
-        override_ttl: opt_duration(errs, &key("ttl.override"), r.ttl.override_ttl.as_ref()),
-        default: opt_duration(errs, &key("ttl.default"), r.ttl.default.as_ref()),
+        override_ttl: opt_duration(
+            errs,
+            &key("ttl.override"),
+            r.ttl.override_ttl.as_ref(),
+            LIFETIME,
+        ),
+        default: opt_duration(errs, &key("ttl.default"), r.ttl.default.as_ref(), LIFETIME),
         heuristic: r.ttl.heuristic.unwrap_or(true),
         not_found: Some(duration(
             errs,
             &key("ttl.not_found"),
             r.ttl.not_found.as_ref(),
             DEFAULT_NOT_FOUND_TTL,
+            LIFETIME,
         ))
         .filter(|d| !d.is_zero()),
-        server_error: opt_duration(errs, &key("ttl.server_error"), r.ttl.server_error.as_ref())
-            .filter(|d| !d.is_zero()),
+        server_error: opt_duration(
+            errs,
+            &key("ttl.server_error"),
+            r.ttl.server_error.as_ref(),
+            LIFETIME,
+        )
+        .filter(|d| !d.is_zero()),
         targeted: if r.ttl.targeted.unwrap_or(true) {
             targeted_fields.to_vec()
         } else {
@@ -72,12 +83,14 @@ pub(super) fn rule(
             &key("stale.while_revalidate"),
             r.stale.while_revalidate.as_ref(),
             Duration::ZERO,
+            LIFETIME,
         ),
         if_error: duration(
             errs,
             &key("stale.if_error"),
             r.stale.if_error.as_ref(),
             Duration::ZERO,
+            LIFETIME,
         ),
     };
     for (name, d) in [

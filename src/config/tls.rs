@@ -4,7 +4,7 @@
 
 use super::error::Errors;
 use super::file::TlsSection;
-use super::validate::duration;
+use super::validate::{duration, WAIT};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -74,6 +74,7 @@ pub(super) fn tls(errs: &mut Errors, s: &TlsSection, source: &Path) -> TlsConfig
         "tls.reload_check",
         s.reload_check.as_ref(),
         DEFAULT_RELOAD_CHECK,
+        WAIT,
     );
     let mut certificates = Vec::new();
     for (i, c) in s.certificates.iter().enumerate() {

@@ -7,7 +7,7 @@ use super::file::{
     RateLimitSection,
 };
 use super::rule::match_config;
-use super::validate::{duration, size};
+use super::validate::{duration, size, BYTES, TIMEOUT};
 use super::MatchConfig;
 use http::{HeaderName, HeaderValue};
 use ipnet::IpNet;
@@ -213,50 +213,42 @@ fn count(errs: &mut Errors, key: &str, v: Option<i64>, default: u64, max: u64) -
 
 /// Validate `[limits]`.
 pub(super) fn limits(errs: &mut Errors, s: &LimitsSection) -> LimitsConfig {
-    let nonzero = |errs: &mut Errors, key: &str, v: u64| {
-        if v == 0 {
-            errs.push(key, "must be more than 0");
-        }
-        v
-    };
+    // Pingora reads a request header of at most 1MiB
     let max_header_bytes = size(
         errs,
         "limits.max_header_bytes",
         s.max_header_bytes.as_ref(),
         32 << 10,
+        1 << 10..=1 << 20,
     );
     let max_uri_bytes = size(
         errs,
         "limits.max_uri_bytes",
         s.max_uri_bytes.as_ref(),
         8 << 10,
+        1..=1 << 20,
     );
     let max_body_bytes = size(
         errs,
         "limits.max_body_bytes",
         s.max_body_bytes.as_ref(),
         16 << 20,
+        BYTES,
     );
     let header_timeout = duration(
         errs,
         "limits.header_timeout",
         s.header_timeout.as_ref(),
         Duration::from_secs(30),
+        TIMEOUT,
     );
     let body_timeout = duration(
         errs,
         "limits.body_timeout",
         s.body_timeout.as_ref(),
         Duration::from_secs(60),
+        TIMEOUT,
     );
-    for (key, zero) in [
-        ("limits.header_timeout", header_timeout.is_zero()),
-        ("limits.body_timeout", body_timeout.is_zero()),
-    ] {
-        if zero {
-            errs.push(key, "must be more than 0");
-        }
-    }
     LimitsConfig {
         max_connections: count(
             errs,
@@ -267,9 +259,9 @@ pub(super) fn limits(errs: &mut Errors, s: &LimitsSection) -> LimitsConfig {
         ) as usize,
         header_timeout,
         body_timeout,
-        max_header_bytes: nonzero(errs, "limits.max_header_bytes", max_header_bytes),
+        max_header_bytes,
         max_headers: count(errs, "limits.max_headers", s.max_headers, 100, 10_000) as usize,
-        max_uri_bytes: nonzero(errs, "limits.max_uri_bytes", max_uri_bytes),
+        max_uri_bytes,
         max_body_bytes,
     }
 }
@@ -388,7 +380,13 @@ pub(super) fn compression(errs: &mut Errors, s: &CompressionSection) -> Compress
         enabled: s.enabled.unwrap_or(true),
         encodings,
         types,
-        min_size: size(errs, "compression.min_size", s.min_size.as_ref(), 1024),
+        min_size: size(
+            errs,
+            "compression.min_size",
+            s.min_size.as_ref(),
+            1024,
+            BYTES,
+        ),
         brotli_level: level(errs, "compression.brotli_level", s.brotli_level, 5, 11),
         gzip_level: level(errs, "compression.gzip_level", s.gzip_level, 6, 9).max(1),
         zstd_level: level(errs, "compression.zstd_level", s.zstd_level, 3, 19).max(1),

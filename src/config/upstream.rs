@@ -4,7 +4,7 @@
 use super::error::Errors;
 use super::file::{HealthCheckSection, OriginSection, ServerEntry, ShieldSection};
 use super::traffic::cidrs;
-use super::validate::duration;
+use super::validate::{duration, opt_duration, TIMEOUT, WAIT};
 use ipnet::IpNet;
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::path::PathBuf;
@@ -185,40 +185,42 @@ pub(super) fn origin(errs: &mut Errors, i: usize, o: &OriginSection) -> Option<O
         &key("connect_timeout"),
         o.connect_timeout.as_ref(),
         Duration::from_secs(2),
+        TIMEOUT,
     );
     let read_timeout = duration(
         errs,
         &key("read_timeout"),
         o.read_timeout.as_ref(),
         Duration::from_secs(30),
+        TIMEOUT,
     );
-    let total_timeout = o.total_timeout.as_ref().map(|t| {
-        let d = duration(errs, &key("total_timeout"), Some(t), Duration::ZERO);
-        if d.is_zero() {
-            errs.push(
-                key("total_timeout"),
-                "must be more than 0s (leave it out for no limit)",
-            );
-        }
-        d
-    });
+    // unset: no limit
+    let total_timeout = opt_duration(
+        errs,
+        &key("total_timeout"),
+        o.total_timeout.as_ref(),
+        TIMEOUT,
+    );
     let failure_backoff = duration(
         errs,
         &key("failure_backoff"),
         o.failure_backoff.as_ref(),
         Duration::from_secs(2),
+        WAIT,
     );
     let keepalive_timeout = duration(
         errs,
         &key("keepalive_timeout"),
         o.keepalive_timeout.as_ref(),
         Duration::from_secs(60),
+        WAIT,
     );
     let fail_timeout = duration(
         errs,
         &key("fail_timeout"),
         o.fail_timeout.as_ref(),
         Duration::from_secs(10),
+        WAIT,
     );
     if let Some(host) = &o.host {
         if host.is_empty() || http::HeaderValue::from_str(host).is_err() {
@@ -397,16 +399,15 @@ fn health_check(errs: &mut Errors, prefix: &str, h: &HealthCheckSection) -> Heal
         &key("interval"),
         h.interval.as_ref(),
         Duration::from_secs(5),
+        TIMEOUT,
     );
     let timeout = duration(
         errs,
         &key("timeout"),
         h.timeout.as_ref(),
         Duration::from_secs(1),
+        TIMEOUT,
     );
-    if interval.is_zero() || timeout.is_zero() {
-        errs.push(key("interval"), "interval and timeout must be more than 0s");
-    }
     let expect_status = match &h.expect_status {
         None => vec![200],
         Some(list) if list.is_empty() => {

@@ -6,9 +6,10 @@ use super::file::{self, FileConfig, SizeValue};
 use super::observe::{access_log, tracing_config};
 use super::rule::rule;
 use super::traffic;
-use super::units::{parse_duration, parse_size};
+use super::units::{duration_within, size_within};
 use super::upstream;
 use super::*;
+use std::ops::RangeInclusive;
 
 /// The longest path a Unix socket address holds (`sun_path` is 108 bytes with the NUL).
 const MAX_UNIX_SOCKET_PATH: usize = 107;
@@ -38,27 +39,43 @@ pub(super) fn apply_overrides(file: &mut FileConfig, o: &Overrides) {
     }
 }
 
+const MS: Duration = Duration::from_millis(1);
+const DAY: Duration = Duration::from_secs(86_400);
+
+/// A timeout, or the interval of work that must happen: more than 0, at most a day (every one
+/// feeds a timer; tokio's reach about two years, and `Instant` arithmetic panics on overflow).
+pub(super) const TIMEOUT: RangeInclusive<Duration> = MS..=DAY;
+/// A wait or a period that "0s" turns off: at most a day.
+pub(super) const WAIT: RangeInclusive<Duration> = Duration::ZERO..=DAY;
+/// A freshness lifetime or a stale window: at most ten years.
+pub(super) const LIFETIME: RangeInclusive<Duration> =
+    Duration::ZERO..=Duration::from_secs(3650 * 86_400);
+/// A size on disk or on the wire: at most 1EiB.
+pub(super) const BYTES: RangeInclusive<u64> = 0..=1 << 60;
+/// A memory tier: at least 1MiB, at most 1PiB (more than a machine addresses).
+const MEMORY_TIER: RangeInclusive<u64> = 1 << 20..=1 << 50;
+/// A disk tier: at least 1MiB, at most 1EiB.
+const DISK_TIER: RangeInclusive<u64> = 1 << 20..=1 << 60;
+
+/// The duration at `key` (`default` when unset), which must lie in `range`.
 pub(super) fn duration(
     errs: &mut Errors,
     key: &str,
     value: Option<&String>,
     default: Duration,
+    range: RangeInclusive<Duration>,
 ) -> Duration {
-    match value {
-        None => default,
-        Some(text) => parse_duration(text).unwrap_or_else(|e| {
-            errs.push(key, e);
-            default
-        }),
-    }
+    opt_duration(errs, key, value, range).unwrap_or(default)
 }
 
+/// The duration at `key`, if set, which must lie in `range`.
 pub(super) fn opt_duration(
     errs: &mut Errors,
     key: &str,
     value: Option<&String>,
+    range: RangeInclusive<Duration>,
 ) -> Option<Duration> {
-    value.and_then(|text| match parse_duration(text) {
+    value.and_then(|text| match duration_within(text, &range) {
         Ok(d) => Some(d),
         Err(e) => {
             errs.push(key, e);
@@ -67,10 +84,17 @@ pub(super) fn opt_duration(
     })
 }
 
-pub(super) fn size(errs: &mut Errors, key: &str, value: Option<&SizeValue>, default: u64) -> u64 {
+/// The size at `key` (`default` when unset), which must lie in `range`.
+pub(super) fn size(
+    errs: &mut Errors,
+    key: &str,
+    value: Option<&SizeValue>,
+    default: u64,
+    range: RangeInclusive<u64>,
+) -> u64 {
     match value {
         None => default,
-        Some(v) => parse_size(v).unwrap_or_else(|e| {
+        Some(v) => size_within(v, &range).unwrap_or_else(|e| {
             errs.push(key, e);
             default
         }),
@@ -124,6 +148,7 @@ pub(super) fn validate(f: FileConfig, path: &Path) -> Result<Config, ConfigError
             "node.shutdown_grace",
             f.node.shutdown_grace.as_ref(),
             Duration::from_secs(5),
+            WAIT,
         ),
         work_stealing: f.node.work_stealing.unwrap_or(true),
         via: f.node.via.unwrap_or(true),
@@ -217,42 +242,54 @@ pub(super) fn validate(f: FileConfig, path: &Path) -> Result<Config, ConfigError
                 Tiers::MemoryAndDisk
             }
         },
-        disk_size: size(&mut errs, "cache.disk_size", c.disk_size.as_ref(), 1 << 30),
+        disk_size: size(
+            &mut errs,
+            "cache.disk_size",
+            c.disk_size.as_ref(),
+            1 << 30,
+            DISK_TIER,
+        ),
         disk_max_object_size: size(
             &mut errs,
             "cache.disk_max_object_size",
             c.disk_max_object_size.as_ref(),
             1 << 30,
+            1..=*DISK_TIER.end(),
         ),
         memory_size: size(
             &mut errs,
             "cache.memory_size",
             c.memory_size.as_ref(),
             256 << 20,
+            MEMORY_TIER,
         ),
         max_object_size: size(
             &mut errs,
             "cache.max_object_size",
             c.max_object_size.as_ref(),
             8 << 20,
+            1..=1 << 32,
         ),
         lock_wait_timeout: duration(
             &mut errs,
             "cache.lock_wait_timeout",
             c.lock_wait_timeout.as_ref(),
             Duration::from_secs(10),
+            TIMEOUT,
         ),
         lock_age_timeout: duration(
             &mut errs,
             "cache.lock_age_timeout",
             c.lock_age_timeout.as_ref(),
             Duration::from_secs(30),
+            TIMEOUT,
         ),
         heuristic_max_ttl: duration(
             &mut errs,
             "cache.heuristic_max_ttl",
             c.heuristic_max_ttl.as_ref(),
-            Duration::from_secs(86_400),
+            DAY,
+            LIFETIME,
         ),
         stream_fills: c.stream_fills.unwrap_or(false),
         targeted_fields: header_names(
@@ -301,42 +338,17 @@ pub(super) fn validate(f: FileConfig, path: &Path) -> Result<Config, ConfigError
             ),
         );
     }
-    if cache.memory_size < 1 << 20 {
-        errs.push(
-            "cache.memory_size",
-            format!(
-                "{} bytes is too small: use at least 1MiB",
-                cache.memory_size
-            ),
-        );
-    }
-    if cache.max_object_size == 0 || cache.max_object_size > u32::MAX as u64 {
-        errs.push("cache.max_object_size", "must be between 1 byte and 4GiB");
-    } else if cache.max_object_size > cache.memory_size {
+    if cache.max_object_size > cache.memory_size {
         errs.push("cache.max_object_size", "must not exceed cache.memory_size");
     }
     if c.disk_max_object_size.is_none() {
         // the default follows a small disk_size down (one object must not flush the tier)
         cache.disk_max_object_size = cache.disk_max_object_size.min(cache.disk_size / 4);
     }
-    if cache.disk_size < 1 << 20 {
-        errs.push(
-            "cache.disk_size",
-            format!("{} bytes is too small: use at least 1MiB", cache.disk_size),
-        );
-    }
-    if cache.disk_max_object_size == 0 {
-        errs.push("cache.disk_max_object_size", "must be at least 1 byte");
-    } else if cache.disk_max_object_size > cache.disk_size {
+    if cache.disk_max_object_size > cache.disk_size {
         errs.push(
             "cache.disk_max_object_size",
             "must not exceed cache.disk_size",
-        );
-    }
-    if cache.lock_wait_timeout.is_zero() || cache.lock_age_timeout.is_zero() {
-        errs.push(
-            "cache.lock_wait_timeout",
-            "coalescing timeouts must be greater than zero",
         );
     }
 
@@ -417,10 +429,8 @@ pub(super) fn validate(f: FileConfig, path: &Path) -> Result<Config, ConfigError
         "purge.lurker_interval",
         f.purge.lurker_interval.as_ref(),
         Duration::from_secs(10),
+        TIMEOUT,
     );
-    if lurker_interval.is_zero() {
-        errs.push("purge.lurker_interval", "must be more than 0");
-    }
     let client_ip = traffic::client_ip(&mut errs, &f.client_ip);
     let limits = traffic::limits(&mut errs, &f.limits);
     let compression = traffic::compression(&mut errs, &f.compression);

@@ -16,10 +16,14 @@
 //! a task-local of the connection's task. The connection is watched ([`Tracked`]: bytes read,
 //! the status line written) so that a request Pingora's parser refused with a 400 before any
 //! hook ran is logged and counted too, and an idle keep-alive connection closed by the header
-//! deadline is not taken for a slow client. Its writes go through a [`WriteCoalescer`] (a
+//! deadline is not taken for a slow client. What it reads is also read for request lines
+//! Pingora's parser rewrites ([`RequestLines`]). Its writes go through a [`WriteCoalescer`] (a
 //! response's header leaves with its body).
 
 use super::coalesce::WriteCoalescer;
+use super::hardening::Rejection;
+use super::request_line::RequestLines;
+use crate::config::LimitsConfig;
 use async_trait::async_trait;
 use pingora_core::apps::{HttpServerApp, HttpServerOptions, ReusedHttpStream, ServerApp};
 use pingora_core::protocols::http::v2::server::H2Options;
@@ -228,6 +232,16 @@ pub struct Tracked {
     seen: Arc<Seen>,
     /// Small writes held to go out with the next large one (a header with its body).
     send: WriteCoalescer,
+    /// The lines read, as the client sent them.
+    lines: RequestLines,
+}
+
+/// The request lines the client sent on `stream`, if it is a watched (HTTP/1) connection.
+pub fn request_lines(stream: &Stream) -> Option<&RequestLines> {
+    stream
+        .as_any()
+        .downcast_ref::<Tracked>()
+        .map(|tracked| &tracked.lines)
 }
 
 /// The status code of an HTTP/1 status line at the start of `buf` (`HTTP/1.1 400 ...`).
@@ -244,9 +258,12 @@ impl AsyncRead for Tracked {
     ) -> Poll<io::Result<()>> {
         let before = buf.filled().len();
         let polled = Pin::new(&mut *self.inner).poll_read(cx, buf);
-        let n = buf.filled().len() - before;
-        if n > 0 {
-            self.seen.bytes_read.fetch_add(n as u64, Ordering::Relaxed);
+        let read = &buf.filled()[before..];
+        if !read.is_empty() {
+            self.seen
+                .bytes_read
+                .fetch_add(read.len() as u64, Ordering::Relaxed);
+            self.lines.feed(read);
         }
         polled
     }
@@ -367,8 +384,9 @@ impl Peek for Tracked {
     }
 }
 
-/// `stream` watched, with a coalescing writer on plain TCP.
-fn track(stream: Stream, idle: &Arc<Idle>) -> (Stream, Arc<Seen>) {
+/// `stream` watched (lines up to `max_line` bytes read for request lines), with a coalescing
+/// writer on plain TCP.
+fn track(stream: Stream, idle: &Arc<Idle>, max_line: usize) -> (Stream, Arc<Seen>) {
     let seen = Arc::new(Seen::new(idle.clone()));
     // coalescing pays on a plain TCP stream (a TLS stream encrypts each write on its own)
     let plain = stream.as_any().is::<L4Stream>();
@@ -377,6 +395,7 @@ fn track(stream: Stream, idle: &Arc<Idle>) -> (Stream, Arc<Seen>) {
             inner: stream,
             seen: seen.clone(),
             send: WriteCoalescer::new(plain),
+            lines: RequestLines::new(max_line),
         }),
         seen,
     )
@@ -416,6 +435,8 @@ pub struct Guarded<A> {
     max_connections: usize,
     /// On shutdown, how long idle keep-alive connections stay open before they are closed.
     linger: Duration,
+    /// Longest request line read for a rewritten target (`limits.max_header_bytes`).
+    max_line: usize,
     rejected: IntCounterVec,
     /// When the connection-limit warning was last logged (ms since `started`): at most one a
     /// second, so that an overload does not also flood the log.
@@ -428,23 +449,22 @@ pub struct Guarded<A> {
 const DISPLACE_WAIT: Duration = Duration::from_millis(500);
 
 impl<A> Guarded<A> {
-    /// `inner` with at most `max_connections` connections and `header_timeout` per request
-    /// header; refusals are counted in `rejected` (reasons `max_connections`, `header_timeout`
-    /// for a header begun but not finished in time, `malformed` for requests Pingora's parser
-    /// refused with a 400), idle connections closed in `idle_closed` (reasons
+    /// `inner` with at most `limits.max_connections` connections and `limits.header_timeout`
+    /// per request header; refusals are counted in `rejected` (reasons `max_connections`,
+    /// `header_timeout` for a header begun but not finished in time, `malformed` for requests
+    /// Pingora's parser refused with a 400), idle connections closed in `idle_closed` (reasons
     /// `header_timeout`, `max_connections`).
     pub fn new(
         inner: A,
-        max_connections: usize,
-        header_timeout: Duration,
+        limits: &LimitsConfig,
         rejected: IntCounterVec,
         idle_closed: IntCounterVec,
     ) -> Guarded<A> {
-        let max_connections = max_connections.min(Semaphore::MAX_PERMITS);
+        let max_connections = limits.max_connections.min(Semaphore::MAX_PERMITS);
         Guarded {
             inner: Arc::new(PerRequest {
                 app: Arc::new(inner),
-                header_timeout,
+                header_timeout: limits.header_timeout,
                 rejected: rejected.clone(),
                 idle_closed,
                 idle: Arc::new(Idle::default()),
@@ -452,6 +472,7 @@ impl<A> Guarded<A> {
             slots: Arc::new(Semaphore::new(max_connections)),
             max_connections,
             linger: Duration::ZERO,
+            max_line: usize::try_from(limits.max_header_bytes).unwrap_or(usize::MAX),
             rejected,
             warned: AtomicU64::new(0),
             started: std::time::Instant::now(),
@@ -552,7 +573,7 @@ impl<A: HttpServerApp + Send + Sync + 'static> ServerApp for Guarded<A> {
         if matches!(stream.selected_alpn_proto(), Some(ALPN::H2)) {
             return self.serve_h2(stream, shutdown).await;
         }
-        let (stream, watched) = track(stream, &self.inner.idle);
+        let (stream, watched) = track(stream, &self.inner.idle, self.max_line);
         // Pingora's HTTP/1 loop serves every request of the connection through PerRequest
         let served = WATCHED.scope(watched.clone(), self.inner.process_new(stream, shutdown));
         let reused = served.await;
@@ -643,10 +664,11 @@ impl<A: HttpServerApp + Send + Sync + 'static> HttpServerApp for PerRequest<A> {
         };
         if !seen.header.load(Ordering::Relaxed) && seen.status.load(Ordering::Relaxed) == 400 {
             // Pingora's parser refused the request before any hook could see it
-            self.rejected.with_label_values(&["malformed"]).inc();
+            let reason = Rejection::Malformed.reason();
+            self.rejected.with_label_values(&[reason]).inc();
             tracing::info!(
                 status = 400,
-                reason = "malformed",
+                reason,
                 bytes_read = seen.bytes_read.load(Ordering::Relaxed),
                 "request refused: not a valid HTTP request"
             );

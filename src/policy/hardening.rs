@@ -29,6 +29,10 @@ pub enum Rejection {
     BodyTimeout,
     /// The request already passed this node (RFC 8586 `CDN-Loop`, or `Via`): a forwarding loop.
     Loop,
+    /// A malformed request line: a control byte or a space in the target (RFC 9112 3.2), which
+    /// Pingora's parser rewrote ([`super::request_line`]). The requests that parser refuses
+    /// itself are counted with the same reason ([`super::connections`]).
+    Malformed,
 }
 
 impl Rejection {
@@ -43,7 +47,8 @@ impl Rejection {
             Rejection::BadTransferEncoding => 501,
             Rejection::MissingHost
             | Rejection::ConflictingFraming
-            | Rejection::BadContentLength => 400,
+            | Rejection::BadContentLength
+            | Rejection::Malformed => 400,
         }
     }
 
@@ -60,6 +65,7 @@ impl Rejection {
             Rejection::BodyTooLarge => "body_too_large",
             Rejection::BodyTimeout => "body_timeout",
             Rejection::Loop => "loop",
+            Rejection::Malformed => "malformed",
         }
     }
 
@@ -83,11 +89,14 @@ impl Rejection {
                 "508 Loop Detected: this request already passed this node (CDN-Loop or Via); \
                  node names must be unique along a chain of nodes\n"
             }
+            Rejection::Malformed => {
+                "400 Bad Request: a control character or a space in the request target\n"
+            }
         }
     }
 
     /// Every reason, for metrics registered up front.
-    pub const ALL: [Rejection; 10] = [
+    pub const ALL: [Rejection; 11] = [
         Rejection::MissingHost,
         Rejection::UriTooLong,
         Rejection::TooManyHeaders,
@@ -98,6 +107,7 @@ impl Rejection {
         Rejection::BodyTooLarge,
         Rejection::BodyTimeout,
         Rejection::Loop,
+        Rejection::Malformed,
     ];
 }
 

@@ -8,3 +8,4 @@ pub mod connections;
 pub mod hardening;
 pub mod headers;
 pub mod ratelimit;
+pub mod request_line;

@@ -22,6 +22,7 @@ use crate::policy::connections;
 use crate::policy::hardening::{self, Rejection};
 use crate::policy::headers::{self, Via};
 use crate::policy::ratelimit::{Outcome, Phase};
+use crate::policy::request_line;
 use crate::purge::Verdict;
 use crate::rules::{key, normalize_host, Rule};
 use crate::tls::redirect;
@@ -183,6 +184,13 @@ impl ProxyHttp for OutpostProxy {
         if let Some(tracing) = &self.node.tracing {
             let parent = session.req_header().headers.get("traceparent");
             ctx.trace = Some(tracing.begin(parent.and_then(|v| v.to_str().ok())));
+        }
+        if session
+            .as_http1()
+            .is_some_and(request_line::target_rewritten)
+        {
+            self.reject(session, ctx, Rejection::Malformed).await?;
+            return Ok(true);
         }
         let limits = &self.node.config.limits;
         let raw = session

@@ -147,6 +147,37 @@ pub fn client(
     b.build().expect("TLS client")
 }
 
+/// A TLS connection to `addr` trusting `ca`, with SNI `sni` and ALPN `alpn` (none if empty),
+/// its handshake done and a 5 s read timeout: for requests no HTTP client would send.
+pub fn raw_tls(
+    ca: &TestCa,
+    sni: &str,
+    addr: SocketAddr,
+    alpn: &[&[u8]],
+) -> rustls::StreamOwned<rustls::ClientConnection, std::net::TcpStream> {
+    let mut roots = rustls::RootCertStore::empty();
+    for c in rustls_pemfile::certs(&mut ca.pem().as_bytes()) {
+        roots.add(c.expect("CA PEM")).expect("CA as a root");
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .expect("TLS versions")
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+    let tcp = std::net::TcpStream::connect(addr).expect("connect");
+    tcp.set_read_timeout(Some(Duration::from_secs(5)))
+        .expect("read timeout");
+    let name = rustls::pki_types::ServerName::try_from(sni.to_string()).expect("SNI name");
+    let conn = rustls::ClientConnection::new(Arc::new(config), name).expect("TLS client");
+    let mut tls = rustls::StreamOwned::new(conn, tcp);
+    while tls.conn.is_handshaking() {
+        tls.conn.complete_io(&mut tls.sock).expect("handshake");
+    }
+    tls
+}
+
 /// The DER certificate the server presented for `resp` (clients from [`client`]).
 pub fn peer_certificate(resp: &reqwest::blocking::Response) -> Vec<u8> {
     resp.extensions()
