@@ -34,11 +34,13 @@ fn cache_dir(cfg: &NodeConfig) -> PathBuf {
 }
 
 /// Summed sizes of the files under `dir`.
+/// Bytes of disk the files under `dir` take: their allocated blocks, as `du` counts them.
 fn bytes_under(dir: &Path) -> u64 {
+    use std::os::unix::fs::MetadataExt;
     files_under(dir)
         .iter()
         .filter_map(|p| fs::metadata(p).ok())
-        .map(|m| m.len())
+        .map(|m| m.blocks() * 512)
         .sum()
 }
 
@@ -428,7 +430,7 @@ fn disk_limit_respected_after_writing_three_times_its_size() {
     let on_disk = bytes_under(&cache.join("objects"));
     assert!(
         on_disk <= DISK_SIZE,
-        "files under objects/ sum to {on_disk} bytes, over disk_size {DISK_SIZE}:\n{}",
+        "files under objects/ take {on_disk} bytes of disk, over disk_size {DISK_SIZE}:\n{}",
         listing(&cache)
     );
 
@@ -436,7 +438,7 @@ fn disk_limit_respected_after_writing_three_times_its_size() {
     let on_disk = bytes_under(&cache.join("objects"));
     assert!(
         on_disk <= DISK_SIZE,
-        "after the graceful stop, files under objects/ sum to {on_disk} bytes, over {DISK_SIZE}"
+        "after the graceful stop, files under objects/ take {on_disk} bytes of disk, over {DISK_SIZE}"
     );
     let bodies = object_files(&cache, "body");
     assert!(

@@ -133,7 +133,7 @@ admin() { # method path [json body]
 }
 rss_kib() { awk '/^VmRSS/ {print $2}' "/proc/$NODE/status"; }
 fds() { find "/proc/$NODE/fd" -mindepth 1 -maxdepth 1 | wc -l; }
-disk_bytes() { du -sb "$WORK/cache" 2>/dev/null | cut -f1; }  # (temporary files come and go)
+disk_bytes() { du -s --block-size=1 "$WORK/cache" 2>/dev/null | cut -f1; }  # as du counts (blocks); temporary files come and go
 
 # the mix: 60% hits over HOT keys, 30% misses over KEYS keys, 10% no-store passes; a 5xx that
 # is not the origin's "origin-fail" and any other unexpected status is the node's error;

@@ -19,8 +19,9 @@
 //!   thread up to [`BLOCK`] bytes, from page cache as nginx does; larger ones on the blocking
 //!   pool); a larger one is streamed block by block, each block verified before it is sent
 //!   ([`stream`]).
-//! - Size: the tier's files stay within `capacity` bytes; eviction removes the least recently
-//!   used objects. Recency is the head file's mtime (refreshed on hits, at most once a minute
+//! - Size: the tier's files stay within `capacity` bytes of disk, each counted in whole
+//!   allocation units of the filesystem as `du` counts it (a 1 KiB object is two files of 4 KiB
+//!   on ext4); eviction removes the least recently used objects. Recency is the head file's mtime (refreshed on hits, at most once a minute
 //!   per object), so it survives restarts.
 //! - Start-up does not wait for the directory scan that rebuilds the index: until it finishes,
 //!   lookups go straight to the file named by the key; eviction waits for the scan.
@@ -104,6 +105,8 @@ pub struct DiskTier {
     objects: PathBuf,
     tmp: PathBuf,
     capacity: u64,
+    /// The filesystem's allocation unit: a file takes its length rounded up to it.
+    block: u64,
     max_object: u64,
     index: Mutex<Index>,
     scanned: AtomicBool,
@@ -115,6 +118,21 @@ pub struct DiskTier {
     queue: SyncSender<Job>,
     metrics: StorageMetrics,
     last_log: Mutex<HashMap<&'static str, Instant>>,
+}
+
+/// The allocation unit of the filesystem holding `dir` (or of the nearest existing parent):
+/// `st_blksize`, 4 KiB when unknown (ext4's and XFS's default).
+fn allocation_unit(dir: &Path) -> u64 {
+    dir.ancestors()
+        .find_map(|d| fs::metadata(d).ok())
+        .map(|m| std::os::unix::fs::MetadataExt::blksize(&m))
+        .filter(|b| (512..=1 << 20).contains(b))
+        .unwrap_or(4096)
+}
+
+/// Bytes of disk a file takes (its allocated blocks, as `du` counts them).
+fn allocated(meta: &fs::Metadata) -> u64 {
+    std::os::unix::fs::MetadataExt::blocks(meta).saturating_mul(512)
 }
 
 fn nanos(t: SystemTime) -> u64 {
@@ -195,6 +213,7 @@ impl DiskTier {
             objects: dir.join("objects"),
             tmp: dir.join("tmp"),
             capacity,
+            block: allocation_unit(dir),
             max_object,
             index: Mutex::new(Index::default()),
             scanned: AtomicBool::new(false),
@@ -253,7 +272,12 @@ impl DiskTier {
         self.index.lock().map.len() as u64
     }
 
-    /// Bytes of the tier's files.
+    /// Bytes of disk a file of `len` bytes takes: whole allocation units (an empty file none).
+    fn on_disk(&self, len: u64) -> u64 {
+        len.div_ceil(self.block).saturating_mul(self.block)
+    }
+
+    /// Bytes of disk the tier's files take (whole allocation units, as `du` counts them).
     pub fn bytes(&self) -> u64 {
         self.index.lock().bytes
     }
@@ -593,7 +617,7 @@ impl DiskTier {
             let _ = fs::remove_file(&body_tmp);
         }
         written?;
-        let bytes = (record.len() + object.body.len()) as u64;
+        let bytes = self.on_disk(record.len() as u64) + self.on_disk(object.body.len() as u64);
         // a purge may have removed the key while it was written: then delete what we wrote
         if self.pending.lock().get(&key).is_none_or(|p| p.seq != seq) {
             self.delete(key);
@@ -628,7 +652,7 @@ impl DiskTier {
         let record = HeadRecord::encode(key, head, old.body_len, &old.digest);
         let seq = self.next_seq.fetch_add(1, Ordering::Relaxed);
         write_then_rename(&self.tmp_path(seq, "head"), &head_path, &[&record])?;
-        let bytes = record.len() as u64 + old.body_len;
+        let bytes = self.on_disk(record.len() as u64) + self.on_disk(old.body_len);
         if body_path.exists() {
             self.index.lock().insert(key, bytes, now_nanos());
         }
@@ -712,7 +736,7 @@ impl DiskTier {
                 if index.map.contains_key(&key) || self.pending.lock().contains_key(&key) {
                     return 0;
                 }
-                index.insert(key, head.len() + body.len(), mtime_nanos(&head));
+                index.insert(key, allocated(&head) + allocated(&body), mtime_nanos(&head));
                 1
             }
             "body" => {
