@@ -44,11 +44,15 @@ fn describe_headers(o: &mut String, table: &str, p: &HeaderPolicy) {
 fn describe_traffic(c: &Config, o: &mut String) {
     let _ = writeln!(
         o,
-        "[client_ip]\ntrusted_proxies = {}\nheader = \"{}\"\n",
+        "[client_ip]\ntrusted_proxies = {}\nheader = \"{}\"\npass_forwarding_fields = \"{}\"\n",
         list(&c.client_ip.trusted_proxies),
         match c.client_ip.header {
             ForwardedHeader::XForwardedFor => "X-Forwarded-For",
             ForwardedHeader::Forwarded => "Forwarded",
+        },
+        match c.client_ip.pass_forwarding_fields {
+            PassForwarding::Trusted => "trusted",
+            PassForwarding::All => "all",
         }
     );
     let rl = &c.rate_limit;

@@ -160,6 +160,8 @@ pub struct ClientIpSection {
     pub trusted_proxies: Option<Vec<String>>,
     /// "X-Forwarded-For" or "Forwarded".
     pub header: Option<String>,
+    /// Whose forwarding fields go upstream: "trusted" or "all".
+    pub pass_forwarding_fields: Option<String>,
 }
 
 /// `[rate_limit]`.

@@ -17,7 +17,7 @@ pub use error::{ConfigError, FieldError};
 pub use tls::{CertificateConfig, TlsConfig};
 pub use traffic::{
     ClientIpConfig, CompressionConfig, Encoding, ForwardedHeader, HeaderPolicy, HeaderRules,
-    LimitKey, LimitRule, LimitsConfig, RateLimitConfig,
+    LimitKey, LimitRule, LimitsConfig, PassForwarding, RateLimitConfig,
 };
 pub use units::{parse_duration, parse_size};
 pub use upstream::{

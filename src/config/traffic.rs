@@ -25,7 +25,17 @@ pub enum ForwardedHeader {
     Forwarded,
 }
 
-/// How the client's address is found (nginx's `set_real_ip_from` + `real_ip_header`).
+/// Whose forwarding fields (`X-Forwarded-*`, `Forwarded`, `X-Original-URL`...) go upstream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PassForwarding {
+    /// Trusted proxies' (and trusted edges'); every other client's are removed.
+    Trusted,
+    /// Every client's, as sent (nginx's and Varnish's behaviour).
+    All,
+}
+
+/// How the client's address is found (nginx's `set_real_ip_from` + `real_ip_header`), and whose
+/// forwarding fields are believed.
 #[derive(Debug, Clone)]
 pub struct ClientIpConfig {
     /// Peers whose forwarding header is believed; the client is the rightmost address in it
@@ -33,6 +43,8 @@ pub struct ClientIpConfig {
     pub trusted_proxies: Vec<IpNet>,
     /// The forwarding header read.
     pub header: ForwardedHeader,
+    /// Whose forwarding fields are passed to the origin.
+    pub pass_forwarding_fields: PassForwarding,
 }
 
 /// What a rate limit counts requests by.
@@ -423,6 +435,17 @@ pub(super) fn client_ip(errs: &mut Errors, s: &ClientIpSection) -> ClientIpConfi
             ForwardedHeader::XForwardedFor
         }
     };
+    let pass_forwarding_fields = match s.pass_forwarding_fields.as_deref() {
+        None | Some("trusted") => PassForwarding::Trusted,
+        Some("all") => PassForwarding::All,
+        Some(other) => {
+            errs.push(
+                "client_ip.pass_forwarding_fields",
+                format!("{other:?}: use \"trusted\" (trusted proxies' only) or \"all\" (every client's)"),
+            );
+            PassForwarding::Trusted
+        }
+    };
     ClientIpConfig {
         trusted_proxies: cidrs(
             errs,
@@ -430,6 +453,7 @@ pub(super) fn client_ip(errs: &mut Errors, s: &ClientIpSection) -> ClientIpConfi
             s.trusted_proxies.as_ref(),
         ),
         header,
+        pass_forwarding_fields,
     }
 }
 

@@ -7,13 +7,14 @@ use crate::config::{ClientIpConfig, ForwardedHeader};
 use http::HeaderMap;
 use std::net::{IpAddr, SocketAddr};
 
-fn trusted(cfg: &ClientIpConfig, ip: IpAddr) -> bool {
+/// Whether `ip` is one of `cfg`'s trusted proxies.
+pub fn trusted(cfg: &ClientIpConfig, ip: IpAddr) -> bool {
     let ip = canonical(ip);
     cfg.trusted_proxies.iter().any(|net| net.contains(&ip))
 }
 
 /// IPv4-mapped IPv6 addresses as IPv4 (a dual-stack listener reports them).
-fn canonical(ip: IpAddr) -> IpAddr {
+pub fn canonical(ip: IpAddr) -> IpAddr {
     match ip {
         IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
         v4 => v4,
@@ -90,11 +91,13 @@ pub fn client_ip(cfg: &ClientIpConfig, peer: IpAddr, headers: &HeaderMap) -> IpA
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::PassForwarding;
 
     fn cfg(trusted: &[&str], header: ForwardedHeader) -> ClientIpConfig {
         ClientIpConfig {
             trusted_proxies: trusted.iter().map(|t| t.parse().expect("cidr")).collect(),
             header,
+            pass_forwarding_fields: PassForwarding::Trusted,
         }
     }
 

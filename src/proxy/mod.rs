@@ -19,6 +19,7 @@ use crate::observe::Ids;
 use crate::policy::client_ip::client_ip;
 use crate::policy::compression;
 use crate::policy::connections;
+use crate::policy::forwarding;
 use crate::policy::hardening::{self, Rejection};
 use crate::policy::headers::{self, Via};
 use crate::policy::ratelimit::{Outcome, Phase};
@@ -227,6 +228,8 @@ impl ProxyHttp for OutpostProxy {
             return Ok(true);
         }
         ctx.edge_key = Self::edge_key(session, ctx);
+        // forwarding fields as the origin will see them, before the key and Vary read them
+        forwarding::settle(session, &ctx.routing, &ctx.host)?;
         let req = session.req_header();
         ctx.rule = ctx
             .routing
@@ -674,18 +677,7 @@ impl ProxyHttp for OutpostProxy {
         let name = &self.node.config.node.name;
         let cdn_loop = tier::cdn_loop_value(&upstream.headers, name);
         upstream.insert_header(tier::CDN_LOOP, cdn_loop)?;
-        if let Some(addr) = session.client_addr().and_then(|a| a.as_inet()) {
-            let ip = addr.ip().to_string();
-            let value = match upstream
-                .headers
-                .get("x-forwarded-for")
-                .and_then(|v| v.to_str().ok())
-            {
-                Some(prev) => format!("{prev}, {ip}"),
-                None => ip,
-            };
-            upstream.insert_header("x-forwarded-for", value)?;
-        }
+        forwarding::forward(session, upstream)?;
         if self.node.config.node.via {
             let via = self.via.value(
                 session.req_header().version,
