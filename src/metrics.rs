@@ -351,8 +351,10 @@ pub struct Metrics {
     pub invalidations: IntCounter,
     /// Disk tier objects (set at scrape).
     pub disk_objects: IntGauge,
-    /// Disk tier bytes: the sizes of its files (set at scrape).
+    /// Disk tier bytes: the disk its files take (set at scrape).
     pub disk_bytes: IntGauge,
+    /// Bytes of objects queued for the disk writer (set at scrape).
+    pub disk_queued_bytes: IntGauge,
     /// Disk tier capacity.
     pub disk_capacity: IntGauge,
     /// Counters the storage tiers record into.
@@ -537,7 +539,11 @@ impl Metrics {
         let disk_objects = IntGauge::new("outpost_cache_disk_objects", "Objects in the disk tier")?;
         let disk_bytes = IntGauge::new(
             "outpost_cache_disk_bytes",
-            "Bytes of the disk tier's files (heads and bodies)",
+            "Bytes of disk the disk tier's files (heads and bodies) take, in whole filesystem blocks",
+        )?;
+        let disk_queued_bytes = IntGauge::new(
+            "outpost_cache_disk_write_queue_bytes",
+            "Bytes of objects queued to be written to the disk tier",
         )?;
         let disk_capacity = IntGauge::new(
             "outpost_cache_disk_capacity_bytes",
@@ -631,6 +637,7 @@ impl Metrics {
             Box::new(disk_writes_dropped.clone()),
             Box::new(disk_objects.clone()),
             Box::new(disk_bytes.clone()),
+            Box::new(disk_queued_bytes.clone()),
             Box::new(disk_capacity.clone()),
         ] {
             registry.register(c)?;
@@ -806,6 +813,7 @@ impl Metrics {
             memory_capacity,
             invalidations,
             disk_objects,
+            disk_queued_bytes,
             disk_bytes,
             disk_capacity,
             storage,

@@ -334,6 +334,9 @@ impl Node {
         if let Some(disk) = self.storage.disk() {
             self.metrics.disk_objects.set(disk.objects() as i64);
             self.metrics.disk_bytes.set(disk.bytes() as i64);
+            self.metrics
+                .disk_queued_bytes
+                .set(i64::try_from(disk.queued_bytes()).unwrap_or(i64::MAX));
         }
         self.metrics.render()
     }

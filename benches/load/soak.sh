@@ -186,60 +186,78 @@ curl -s -K "$WORK/hot.curl"
 mix 20s 64 0 "$WORK/capacity.txt"
 CAPACITY=$(rps_of "$WORK/capacity.txt")
 TARGET=$((CAPACITY * LOAD_PCT / 100))
-# each connection waits DELAY_MS between its requests: C / DELAY_MS (per ms) is about the pace
-CONNS=$((TARGET / 100 + 1))
-((CONNS <= 2000)) || CONNS=2000
-DELAY_MS=$(((CONNS * 1000 + TARGET / 2) / (TARGET > 0 ? TARGET : 1)))
-((DELAY_MS >= 1)) || DELAY_MS=1
-# each request also waits for its answer: measure the pace once and scale the connections
-mix 15s "$CONNS" "$DELAY_MS" "$WORK/pace.txt"
-PACED=$(rps_of "$WORK/pace.txt")
-((PACED > 0)) && CONNS=$((CONNS * TARGET / PACED))
-((CONNS >= 1 && CONNS <= 2000)) || CONNS=2000
-log "capacity on the mix: $CAPACITY req/s; pacing at about $TARGET req/s ($CONNS connections, ${DELAY_MS} ms between requests each; $PACED req/s with $((TARGET / 100 + 1))) for $MINUTES min"
+# The pace: each connection waits DELAY_MS between its requests, and the load runs a minute at
+# a time; after each minute the connections are scaled by target / achieved (a request also
+# waits for its answer, and the machine's speed changes).
+DELAY_MS=10
+CONNS=$((TARGET * DELAY_MS / 1000 + 1))
+log "capacity on the mix: $CAPACITY req/s; pacing at $TARGET req/s for $MINUTES min"
 
-mix "${MINUTES}m" "$CONNS" "$DELAY_MS" "$WORK/soak.txt" &
-WRK=$!
-PIDS+=("$WRK")
-started=$(date +%s)
-printf '%-6s %10s %10s %8s %6s %12s %8s %8s %9s\n' minute requests node_5xx rss_MiB fds disk_MiB purges reloads objects >"$WORK/table.txt"
 metric() { # name [label substring]: the sum of the family's samples (with that label)
   curl -fs "http://127.0.0.1:$PORT_METRICS/metrics" |
     awk -v m="$1" -v l="${2:-}" '($1 == m || index($1, m "{") == 1) && index($1, l) {s += $2} END {printf "%d\n", s}'
 }
-purges=0 purge_fail=0 reloads=0 reload_fail=0 minute=0 second=0
+field() { sed -n "s/.*[ ^]$1=\([0-9]*\).*/\1/p" "$2" | head -1; }  # MIX line fields
+row='%-6s %8s %8s %8s %8s %6s %8s %6s %8s %9s %9s %7s %7s\n'
+printf "$row" minute req/s ok origin5xx node_err sockerr p99_ms conns rss_MiB fds disk_MiB queue_MiB objects >"$WORK/table.txt"
+cat "$WORK/table.txt" >&2
+purges=0 purge_fail=0 reloads=0 reload_fail=0 total_ok=0 total_origin=0 total_node=0 total_sock=0
 declare -a RSS FDS
-while kill -0 "$WRK" 2>/dev/null; do
-  sleep 1
-  second=$((second + 1))
-  k=$((RANDOM * 32768 + RANDOM))
-  case $((second % 3)) in
-    0) body="{\"url\": \"http://127.0.0.1:$PORT/m/$((k % KEYS + 1))\"}" ;;
-    1) body="{\"prefix\": \"/m/$((k % 1000))\"}" ;;
-    *) body="{\"tags\": [\"m$((k % 100))\"]}" ;;
-  esac
-  code=$(admin POST /purge "$body")
-  [[ $code == 200 ]] && purges=$((purges + 1)) || { purge_fail=$((purge_fail + 1)); log "purge $body answered $code"; }
-  if ((second % 60 == 0)); then
-    minute=$((second / 60))
-    write_config "generation $minute"
-    code=$(admin POST /config/reload)
-    [[ $code == 200 ]] && reloads=$((reloads + 1)) || { reload_fail=$((reload_fail + 1)); log "reload answered $code"; }
-    RSS[minute]=$(rss_kib)
-    FDS[minute]=$(fds)
-    printf '%-6s %10s %10s %8s %6s %12s %8s %8s %9s\n' "$minute" \
-      "$(metric outpost_requests_total)" "$(metric outpost_requests_total 'status_class="5xx"')" \
-      "$((RSS[minute] / 1024))" "${FDS[minute]}" "$(($(disk_bytes) / 1048576))" "$purges" "$reloads" \
-      "$(metric outpost_cache_disk_objects)" | tee -a "$WORK/table.txt" >&2
+: >"$WORK/first_errors.txt"
+for minute in $(seq "$MINUTES"); do
+  write_config "generation $minute"
+  code=$(admin POST /config/reload)
+  [[ $code == 200 ]] && reloads=$((reloads + 1)) || { reload_fail=$((reload_fail + 1)); log "reload answered $code"; }
+  mix 60s "$CONNS" "$DELAY_MS" "$WORK/minute.txt" &
+  WRK=$!
+  PIDS+=("$WRK")
+  start=$(date +%s)
+  second=0
+  while kill -0 "$WRK" 2>/dev/null; do
+    # one purge a second by the wall clock: a URL, a prefix and a tag in turn
+    now=$(date +%s)
+    if ((now - start >= second)); then
+      k=$((RANDOM * 32768 + RANDOM))
+      case $((second % 3)) in
+        0) body="{\"url\": \"http://127.0.0.1:$PORT/m/$((k % KEYS + 1))\"}" ;;
+        1) body="{\"prefix\": \"/m/$((k % 1000))\"}" ;;
+        *) body="{\"tags\": [\"m$((k % 100))\"]}" ;;
+      esac
+      code=$(admin POST /purge "$body")
+      [[ $code == 200 ]] && purges=$((purges + 1)) || { purge_fail=$((purge_fail + 1)); log "purge $body answered $code"; }
+      second=$((second + 1))
+    fi
+    sleep 0.2
+  done
+  wait "$WRK" || true
+  cat "$WORK/minute.txt" >>"$WORK/soak.txt"
+  rps=$(rps_of "$WORK/minute.txt"); rps=${rps:-0}
+  ok=$(field ok "$WORK/minute.txt"); origin=$(field origin_fail "$WORK/minute.txt"); node=$(field node_err "$WORK/minute.txt")
+  sock=$(sed -n 's/.*socket_errors=\([0-9]*\)\/\([0-9]*\)\/\([0-9]*\)\/[0-9]*\/\([0-9]*\).*/\1 \2 \3 \4/p' "$WORK/minute.txt" | awk '{print $1 + $2 + $3 + $4}')
+  p99=$(sed -n 's/.*p99_ms=\([0-9.]*\).*/\1/p' "$WORK/minute.txt")
+  grep '^FIRST_NODE_ERROR' "$WORK/minute.txt" >>"$WORK/first_errors.txt" || true
+  total_ok=$((total_ok + ${ok:-0})); total_origin=$((total_origin + ${origin:-0}))
+  total_node=$((total_node + ${node:-0})); total_sock=$((total_sock + ${sock:-0}))
+  RSS[minute]=$(rss_kib || echo 0)
+  FDS[minute]=$(fds || echo 0)
+  printf "$row" "$minute" "$rps" "${ok:-?}" "${origin:-?}" "${node:-?}" "${sock:-?}" "${p99:-?}" "$CONNS" \
+    "$((RSS[minute] / 1024))" "${FDS[minute]}" "$(($(disk_bytes) / 1048576))" \
+    "$(($(metric outpost_cache_disk_write_queue_bytes) / 1048576))" \
+    "$(metric outpost_cache_disk_objects)" | tee -a "$WORK/table.txt" >&2
+  kill -0 "$NODE" 2>/dev/null || { log "the node exited"; break; }
+  if ((rps > 0)); then
+    CONNS=$((CONNS * TARGET / rps))
+    ((CONNS >= 1)) || CONNS=1
+    ((CONNS <= 4000)) || CONNS=4000
   fi
 done
-wait "$WRK" || true
 alive=yes
 kill -0 "$NODE" 2>/dev/null || alive="NO (exited)"
 
 cat "$WORK/table.txt"
 echo
-grep -E '^ +[0-9]+ requests in|^Requests/sec|^MIX|^FIRST_NODE_ERROR|Socket errors|Non-2xx' "$WORK/soak.txt" || true
+echo "requests answered 200: $total_ok; the origin's own 503: $total_origin; node errors (any other answer): $total_node; socket errors: $total_sock"
+head -3 "$WORK/first_errors.txt"
 spread() { # name values... -> min max spread% over the minutes after warm-up
   local name=$1; shift
   python3 - "$name" "$@" <<'EOF'

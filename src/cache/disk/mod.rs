@@ -277,6 +277,11 @@ impl DiskTier {
         len.div_ceil(self.block).saturating_mul(self.block)
     }
 
+    /// Bytes of objects queued for the writer.
+    pub fn queued_bytes(&self) -> u64 {
+        self.queued_bytes.load(Ordering::Relaxed)
+    }
+
     /// Bytes of disk the tier's files take (whole allocation units, as `du` counts them).
     pub fn bytes(&self) -> u64 {
         self.index.lock().bytes
