@@ -3,7 +3,8 @@
 //! Module map (see `shared/design/architecture.md`): `config` (TOML -> typed), `rules`
 //! (policy), `cache` (storage tiers and HTTP caching semantics), `upstream` (origins),
 //! `policy` (client address, rate limits, header rules, hardening, compression), `proxy` (the
-//! request path), `purge` (bans and their lurker), `admin` and `metrics` (own listeners),
+//! request path), `purge` (bans and their lurker), `journal` (the crash-safe record files
+//! of the cache directory), `admin` and `metrics` (own listeners),
 //! `tls` (HTTPS listeners' certificates, their reload, HTTP -> HTTPS redirects), `observe`
 //! (top keys, `outpost top`), `server` (bootstrap).
 
@@ -13,6 +14,7 @@ pub mod admin;
 pub mod cache;
 pub mod cluster;
 pub mod config;
+pub mod journal;
 pub mod metrics;
 pub mod node;
 pub mod observe;

@@ -1,7 +1,7 @@
 //! `POST /purge` on the admin listener, black-box: each target (URL with all its variants,
 //! prefix, tags, everything) on objects in both tiers, soft purge causing a conditional
-//! revalidation, purges surviving a restart, tag headers kept from clients, and the API's
-//! answers to unauthorised, malformed, oversized and misrouted calls.
+//! revalidation, purges surviving a restart (and a record torn by a crash), tag headers kept
+//! from clients, and the API's answers to unauthorised, malformed, oversized and misrouted calls.
 mod common;
 
 use std::time::Duration;
@@ -567,4 +567,74 @@ fn a_purge_is_not_retired_before_a_fill_it_covers_has_landed() {
         "purge retired once nothing it covers can land",
     );
     assert_hit(&get(&node, "/slow"), "refetched after the purge");
+}
+
+/// What a crash while appending a tag purge of `café` to `bans.jsonl` can leave at its end:
+/// the record cut inside `é` (two bytes in UTF-8), cut mid-JSON, a run of NUL bytes where the
+/// file system had not written it yet, or whole but without its newline. Whether it is damaged.
+fn torn_cafe_records() -> Vec<(&'static str, Vec<u8>, bool)> {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock")
+        .as_millis();
+    let record = format!(
+        r#"{{"id":99,"at_ms":{now},"soft":false,"target":{{"type":"tags","tags":["café"]}}}}"#
+    )
+    .into_bytes();
+    let e_acute = record.iter().position(|b| *b == 0xC3).expect("é");
+    let soft = record
+        .windows(6)
+        .position(|w| w == b"\"soft\"")
+        .expect("soft");
+    vec![
+        ("cut inside é", record[..=e_acute].to_vec(), true),
+        ("cut mid-JSON", record[..soft + 3].to_vec(), true),
+        ("a NUL run", vec![0; 4096], true),
+        ("whole without its newline", record, false),
+    ]
+}
+
+#[test]
+fn a_purge_record_torn_by_a_crash_costs_that_record_only() {
+    let origin = TestOrigin::start();
+    let tails = torn_cafe_records();
+    for i in 0..tails.len() {
+        for p in ["now", "end"] {
+            origin.set(
+                &format!("/c{i}/{p}"),
+                counted("max-age=600").header("Surrogate-Key", &format!("t{i}")),
+            );
+        }
+    }
+    // the purge pass runs at each start only (its first tick), not in the middle of a run
+    let cfg = NodeConfig::new(&origin.url()).extra("[purge]\nlurker_interval = \"1h\"");
+    let bans = cfg.dir().join("cache/bans.jsonl");
+    let mut node = cfg.start();
+    for (i, (what, tail, damaged)) in tails.iter().enumerate() {
+        // stored, purged (after the restart on a torn record for i > 0), the node stopped (its
+        // disk writes flushed), then the record torn as by a crash while appending a purge
+        for p in ["now", "end"] {
+            get(&node, &format!("/c{i}/{p}"));
+        }
+        purged_ok(&node, &format!(r#"{{"tags": ["t{i}"]}}"#));
+        stop_ok(node, what);
+        let mut text = std::fs::read(&bans).expect("purge record");
+        text.extend_from_slice(tail);
+        std::fs::write(&bans, text).expect("tear the record");
+
+        node = cfg.start();
+        assert_eq!(
+            get(&node, &format!("/c{i}/now")).text(),
+            "v#2",
+            "{what}: the purge before the torn record was lost"
+        );
+        assert_journal_damage(&node, &bans, usize::from(*damaged), what);
+    }
+    // every purge survived: those made before a torn record and those made after it
+    stop_ok(node, "last run");
+    let node = cfg.start();
+    assert_journal_damage(&node, &bans, 0, "torn tails were cut off");
+    for i in 0..tails.len() {
+        assert_eq!(get(&node, &format!("/c{i}/end")).text(), "v#2", "purge {i}");
+    }
 }

@@ -2,23 +2,24 @@
 //!
 //! A node publishes each admin purge to the stream (through a durable outbox: a purge issued
 //! while NATS is unreachable waits, on disk with a disk tier, and is published when NATS
-//! returns) and consumes the stream with a durable consumer named after itself, so purges it
-//! missed while down or partitioned are replayed when it comes back. Until it has caught up,
-//! objects it stored before it started (or, after a long partition, before it last caught up)
-//! are revalidated with the origin before they are served: a purge it has not seen yet cannot
-//! let it serve what the fleet purged.
+//! returns; a record a crash damaged costs that purge only, see [`crate::journal`]) and
+//! consumes the stream with a durable consumer named after itself, so purges it missed while
+//! down or partitioned are replayed when it comes back. Until it has caught up, objects it
+//! stored before it started (or, after a long partition, before it last caught up) are
+//! revalidated with the origin before they are served: a purge it has not seen yet cannot let
+//! it serve what the fleet purged.
 //!
 //! The bus itself ([`bus`]) runs as a background service.
 
 pub mod bus;
 
 use crate::config::ClusterConfig;
+use crate::journal::Journal;
 use crate::metrics::Metrics;
 use crate::purge::BanTarget;
 use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
 use std::collections::VecDeque;
-use std::io::Write;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, SystemTime};
@@ -71,7 +72,7 @@ pub struct Cluster {
     /// This node's name (its durable consumer, and the publisher field of its purges).
     pub node: String,
     outbox: Mutex<VecDeque<FleetPurge>>,
-    outbox_file: Option<PathBuf>,
+    outbox_file: Option<Journal>,
     /// Wakes the publisher.
     pub(crate) wake: Notify,
     /// When the process started (ms since the epoch).
@@ -95,26 +96,19 @@ impl Cluster {
         metrics: &Metrics,
     ) -> Cluster {
         let mut outbox = VecDeque::new();
-        if let Some(path) = &outbox_file {
-            match std::fs::read_to_string(path) {
-                Ok(text) => {
-                    for (i, line) in text.lines().enumerate().filter(|(_, l)| !l.is_empty()) {
-                        match serde_json::from_str::<FleetPurge>(line) {
-                            Ok(p) => outbox.push_back(p),
-                            Err(e) => tracing::warn!(
-                                file = %path.display(), line = i + 1, error = %e,
-                                "cluster outbox: unreadable line skipped"
-                            ),
-                        }
-                    }
-                }
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-                Err(e) => tracing::error!(
-                    file = %path.display(), error = %e,
-                    "cluster outbox unreadable: purges queued before the restart are not published"
-                ),
+        let outbox_file = outbox_file.and_then(|path| match Journal::open(&path) {
+            Ok((journal, queued)) => {
+                outbox.extend(queued);
+                Some(journal)
             }
-        }
+            Err(e) => {
+                tracing::error!(
+                    error = %e,
+                    "cluster outbox unreadable: purges queued before the restart are not published, new ones are kept in memory only"
+                );
+                None
+            }
+        });
         let metrics = metrics.cluster.clone();
         metrics.outbox.set(outbox.len() as i64);
         if !outbox.is_empty() {
@@ -143,10 +137,9 @@ impl Cluster {
         let mut outbox = self.outbox.lock();
         let written = match &self.outbox_file {
             None => false,
-            Some(path) => append_line(path, &purge)
-                .map_err(|e| {
-                    tracing::error!(file = %path.display(), error = %e, "cluster outbox: cannot record purge")
-                })
+            Some(journal) => journal
+                .append(&purge)
+                .map_err(|e| tracing::error!(error = %e, "cluster outbox: cannot record purge"))
                 .is_ok(),
         };
         outbox.push_back(purge);
@@ -173,9 +166,9 @@ impl Cluster {
         }
         self.metrics.outbox.set(outbox.len() as i64);
         self.metrics.published.inc();
-        if let Some(path) = &self.outbox_file {
-            if let Err(e) = rewrite(path, &outbox) {
-                tracing::warn!(file = %path.display(), error = %e, "cluster outbox: cannot rewrite (a purge may be published twice after a restart)");
+        if let Some(journal) = &self.outbox_file {
+            if let Err(e) = journal.rewrite(outbox.iter()) {
+                tracing::warn!(error = %e, "cluster outbox: cannot rewrite (a purge may be published twice after a restart)");
             }
         }
     }
@@ -251,35 +244,6 @@ pub(crate) fn delay_since(published_ms: u64) -> Duration {
     Duration::from_millis(now_ms().saturating_sub(published_ms))
 }
 
-fn append_line(path: &std::path::Path, purge: &FleetPurge) -> std::io::Result<()> {
-    let mut line = serde_json::to_vec(purge).map_err(std::io::Error::other)?;
-    line.push(b'\n');
-    let mut f = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(path)?;
-    f.write_all(&line)?;
-    f.sync_data()
-}
-
-fn rewrite(path: &std::path::Path, outbox: &VecDeque<FleetPurge>) -> std::io::Result<()> {
-    if outbox.is_empty() {
-        return match std::fs::remove_file(path) {
-            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e),
-            _ => Ok(()),
-        };
-    }
-    let tmp = path.with_extension("jsonl.tmp");
-    let mut f = std::fs::File::create(&tmp)?;
-    for p in outbox {
-        let mut line = serde_json::to_vec(p).map_err(std::io::Error::other)?;
-        line.push(b'\n');
-        f.write_all(&line)?;
-    }
-    f.sync_data()?;
-    std::fs::rename(&tmp, path)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -326,6 +290,43 @@ mod tests {
         c.published(&purge(2));
         assert_eq!(c.queued(), 0);
         assert!(!path.exists());
+    }
+
+    #[test]
+    fn a_torn_outbox_line_costs_that_purge_only() {
+        let dir = tempfile::tempdir().unwrap();
+        let metrics = Metrics::new(1, 1).unwrap();
+        let mut torn = serde_json::to_vec(&FleetPurge {
+            target: BanTarget::Tags {
+                tags: vec!["café".into()],
+            },
+            ..purge(2)
+        })
+        .unwrap();
+        torn.push(b'\n');
+        let e_acute = torn.iter().position(|b| *b == 0xC3).unwrap();
+        let garbage = [0u8; 64];
+        // inside the two bytes of é, mid-JSON, a NUL run left by a crash
+        for tail in [&torn[..=e_acute], &torn[..e_acute - 3], &garbage[..]] {
+            let path = dir.path().join("outbox.jsonl");
+            let c = Cluster::new(config(0), "a", Some(path.clone()), &metrics);
+            assert_eq!(c.publish(purge(1)), Handed::Queued);
+            drop(c);
+            let mut text = std::fs::read(&path).unwrap();
+            text.extend_from_slice(tail);
+            std::fs::write(&path, text).unwrap();
+
+            let c = Cluster::new(config(0), "a", Some(path.clone()), &metrics);
+            assert_eq!(c.queued(), 1, "the purge before the torn line is kept");
+            assert_eq!(c.publish(purge(3)), Handed::Queued);
+            drop(c);
+            let c = Cluster::new(config(0), "a", Some(path.clone()), &metrics);
+            assert_eq!(c.next_queued().map(|p| p.id), Some(1));
+            c.published(&purge(1));
+            assert_eq!(c.next_queued().map(|p| p.id), Some(3), "the purge after");
+            c.published(&purge(3));
+            assert!(!path.exists());
+        }
     }
 
     #[test]

@@ -7,7 +7,9 @@
 //! Contracts:
 //! - Durable: a ban is appended to `<cache dir>/bans.jsonl` and synced before it is applied and
 //!   acknowledged, and the file is read at start, so a purged object never comes back after a
-//!   restart (its files may still be on disk: it is still banned).
+//!   restart (its files may still be on disk: it is still banned). A record a crash damaged
+//!   costs that record only: the other bans apply and later purges are still recorded, durably
+//!   ([`crate::journal`]).
 //! - An object matches an exact-URL ban by its primary cache key's host and path (so every
 //!   `Vary` variant and both tiers), a prefix ban by host and path prefix, a tag ban by any tag in
 //!   its stored tag header fields (`purge.tag_headers`, default `Surrogate-Key` and `Cache-Tag`;
@@ -19,12 +21,12 @@
 //!   makes that durable, then retires them from the list and the file.
 
 use crate::cache::entry::{from_ms, to_ms};
+use crate::journal::Journal;
 use http::{HeaderMap, HeaderName};
 use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
-use std::fs::{File, OpenOptions};
-use std::io::{self, BufRead, BufReader, Write};
-use std::path::{Path, PathBuf};
+use std::io;
+use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::SystemTime;
@@ -77,6 +79,14 @@ pub struct Ban {
 #[serde(deny_unknown_fields)]
 struct NextId {
     next_id: u64,
+}
+
+/// A line of the purge record.
+#[derive(Serialize, Deserialize)]
+#[serde(untagged)]
+enum Record {
+    Ban(Ban),
+    NextId(NextId),
 }
 
 /// What a ban does to an object it covers.
@@ -190,7 +200,7 @@ pub struct BanList {
     bans: arc_swap::ArcSwap<Vec<Ban>>,
     /// Serialises appends (and keeps ids and times in file order).
     log: Mutex<()>,
-    path: Option<PathBuf>,
+    journal: Option<Journal>,
     next_id: AtomicU64,
     tag_headers: Vec<HeaderName>,
 }
@@ -201,67 +211,33 @@ impl BanList {
         BanList {
             bans: arc_swap::ArcSwap::from_pointee(Vec::new()),
             log: Mutex::new(()),
-            path: None,
+            journal: None,
             next_id: AtomicU64::new(1),
             tag_headers,
         }
     }
 
-    /// The bans recorded in `path` (created if missing). A line that does not parse (a write
-    /// cut short by a crash) is skipped with a warning; an unreadable file is an error.
+    /// The bans recorded in `path` (created if missing). A damaged line (a write cut short by
+    /// a crash) costs that line only ([`crate::journal`]); an unreadable or unwritable file is
+    /// an error.
     pub fn open(path: &Path, tag_headers: Vec<HeaderName>) -> io::Result<BanList> {
+        let (journal, records) = Journal::open::<Record>(path)?;
+        // fail now, not at the first purge, if the file cannot be written
+        journal.create()?;
         let mut bans = Vec::new();
         let mut next_id = 1;
-        match File::open(path) {
-            Ok(f) => {
-                for (n, line) in BufReader::new(f).lines().enumerate() {
-                    let line = line?;
-                    if line.trim().is_empty() {
-                        continue;
-                    }
-                    match serde_json::from_str::<Ban>(&line) {
-                        Ok(ban) => bans.push(ban),
-                        Err(e) => match serde_json::from_str::<NextId>(&line) {
-                            Ok(n) => next_id = next_id.max(n.next_id),
-                            Err(_) => tracing::warn!(
-                                file = %path.display(),
-                                line = n + 1,
-                                error = %e,
-                                "skipping an unreadable purge record"
-                            ),
-                        },
-                    }
-                }
+        for record in records {
+            match record {
+                Record::Ban(ban) => bans.push(ban),
+                Record::NextId(n) => next_id = next_id.max(n.next_id),
             }
-            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-            Err(e) => return Err(e),
         }
         bans.sort_by_key(|b| (b.at_ms, b.id));
         let next_id = next_id.max(bans.iter().map(|b| b.id).max().unwrap_or(0) + 1);
-        if let Some(dir) = path.parent() {
-            std::fs::create_dir_all(dir)?;
-        }
-        let mut log = OpenOptions::new()
-            .create(true)
-            .read(true)
-            .append(true)
-            .open(path)?;
-        // fail now, not at the first purge, if the file cannot be written
-        // a record torn by a crash must not swallow the next one
-        let len = log.metadata()?.len();
-        if len > 0 {
-            use std::os::unix::fs::FileExt;
-            let mut last = [0u8; 1];
-            log.read_exact_at(&mut last, len - 1)?;
-            if last[0] != b'\n' {
-                log.write_all(b"\n")?;
-            }
-        }
-        drop(log);
         Ok(BanList {
             bans: arc_swap::ArcSwap::from_pointee(bans),
             log: Mutex::new(()),
-            path: Some(path.to_path_buf()),
+            journal: Some(journal),
             next_id: AtomicU64::new(next_id),
             tag_headers,
         })
@@ -289,15 +265,8 @@ impl BanList {
             soft,
             target,
         };
-        let persisted = match &self.path {
-            Some(path) => serde_json::to_string(&ban)
-                .map_err(io::Error::other)
-                .and_then(|line| {
-                    let mut f = OpenOptions::new().create(true).append(true).open(path)?;
-                    f.write_all(format!("{line}\n").as_bytes())?;
-                    f.sync_data()
-                })
-                .map_err(|e| io::Error::new(e.kind(), format!("{}: {e}", path.display()))),
+        let persisted = match &self.journal {
+            Some(journal) => journal.append(&ban),
             None => Ok(()),
         };
         let next = if ban.target == BanTarget::All && !ban.soft {
@@ -320,23 +289,16 @@ impl BanList {
 
     /// Replace the record with `bans` (written aside, synced, renamed over it).
     fn rewrite(&self, bans: &[Ban]) -> io::Result<()> {
-        let Some(path) = &self.path else {
+        let Some(journal) = &self.journal else {
             return Ok(());
         };
-        let tmp = path.with_extension("jsonl.tmp");
-        let mut f = File::create(&tmp)?;
         // ids stay unique after the bans holding the highest ones are gone
-        let next = serde_json::to_string(&NextId {
+        let next = NextId {
             next_id: self.next_id.load(Ordering::Relaxed),
-        })
-        .map_err(io::Error::other)?;
-        f.write_all(format!("{next}\n").as_bytes())?;
-        for ban in bans {
-            let line = serde_json::to_string(ban).map_err(io::Error::other)?;
-            f.write_all(format!("{line}\n").as_bytes())?;
-        }
-        f.sync_data()?;
-        std::fs::rename(&tmp, path)
+        };
+        journal.rewrite(
+            std::iter::once(Record::NextId(next)).chain(bans.iter().cloned().map(Record::Ban)),
+        )
     }
 
     /// What the bans say about an object stored under primary key `key`, last confirmed by the
@@ -499,8 +461,11 @@ mod tests {
             .1
             .expect("persisted");
         }
-        let mut f = OpenOptions::new().append(true).open(&path).expect("append");
-        f.write_all(b"{\"id\":9,\"at_ms\":12").expect("torn write");
+        let mut f = std::fs::OpenOptions::new()
+            .append(true)
+            .open(&path)
+            .expect("append");
+        std::io::Write::write_all(&mut f, b"{\"id\":9,\"at_ms\":12").expect("torn write");
         drop(f);
         let bans = BanList::open(&path, default_tags()).expect("reopen");
         assert_eq!(bans.len(), 1);
@@ -522,6 +487,58 @@ mod tests {
             Some(Verdict::Gone)
         );
         assert_eq!(bans.add(BanTarget::All, true).0.id, 4, "ids keep growing");
+    }
+
+    #[test]
+    fn a_purge_record_torn_at_any_byte_costs_that_record_only() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let old = SystemTime::now() - Duration::from_secs(5);
+        let tag = |t: &str| BanTarget::Tags {
+            tags: vec![t.into()],
+        };
+        let tagged = |t: &str| headers(&[("surrogate-key", t)]);
+        // the line a crash cut short: a tag purge of `café` (é is two bytes in UTF-8)
+        let torn = {
+            let ban = Ban {
+                id: 2,
+                at_ms: to_ms(SystemTime::now()),
+                soft: false,
+                target: tag("café"),
+            };
+            let mut line = serde_json::to_vec(&ban).expect("serialise");
+            line.push(b'\n');
+            line
+        };
+        for cut in 0..=torn.len() {
+            let path = dir.path().join(format!("bans-{cut}.jsonl"));
+            let bans = BanList::open(&path, default_tags()).expect("open");
+            bans.add(tag("before"), false).1.expect("persisted");
+            drop(bans);
+            let mut text = std::fs::read(&path).expect("read");
+            text.extend_from_slice(&torn[..cut]);
+            std::fs::write(&path, text).expect("tear");
+
+            let bans = BanList::open(&path, default_tags()).expect("reopen after the tear");
+            let whole = cut + 1 >= torn.len();
+            assert_eq!(bans.len(), 1 + usize::from(whole), "cut at {cut}");
+            assert_eq!(
+                bans.check("h\n/\n", old, &tagged("before")),
+                Some(Verdict::Gone),
+                "cut at {cut}: the purge before the torn one is lost"
+            );
+            bans.add(tag("after"), false).1.expect("persisted");
+            drop(bans);
+
+            let bans = BanList::open(&path, default_tags()).expect("third open");
+            for t in ["before", "after"] {
+                assert_eq!(
+                    bans.check("h\n/\n", old, &tagged(t)),
+                    Some(Verdict::Gone),
+                    "cut at {cut}: purge {t}"
+                );
+            }
+            assert_eq!(bans.len(), 2 + usize::from(whole), "cut at {cut}");
+        }
     }
 
     #[test]

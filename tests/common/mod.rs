@@ -304,3 +304,25 @@ pub fn admin_reload(node: &Node) -> u16 {
         .status()
         .as_u16()
 }
+
+/// Assert that the node's log has one warning about damaged lines skipped in the journal
+/// `file` (`bans.jsonl`, `cluster-outbox.jsonl`), counting `skipped` of them; none at all if
+/// `skipped` is 0.
+pub fn assert_journal_damage(node: &Node, file: &std::path::Path, skipped: usize, what: &str) {
+    let log = node.log();
+    let warnings: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("skipped damaged lines"))
+        .collect();
+    if skipped == 0 {
+        assert!(warnings.is_empty(), "{what}: {warnings:?}");
+        return;
+    }
+    assert_eq!(warnings.len(), 1, "{what}: {warnings:?}");
+    assert!(
+        warnings[0].contains(&file.display().to_string())
+            && warnings[0].contains(&format!("skipped={skipped}")),
+        "{what}: {}",
+        warnings[0]
+    );
+}
