@@ -253,6 +253,13 @@ for minute in $(seq "$MINUTES"); do
 done
 alive=yes
 kill -0 "$NODE" 2>/dev/null || alive="NO (exited)"
+# what stays when the load stops: live data (the memory tier, the disk index, the write queue
+# draining) against what the allocator kept
+idle_rss=0
+if [[ $alive == yes ]]; then
+  sleep 30
+  idle_rss=$(rss_kib || echo 0)
+fi
 
 cat "$WORK/table.txt"
 echo
@@ -280,6 +287,6 @@ u={'B':1,'KiB':1<<10,'MiB':1<<20,'GiB':1<<30,'TiB':1<<40,'KB':10**3,'MB':10**6,'
 print(int(m.group(1)) * u[m.group(2) or 'B'])")
 echo "disk: $(disk_bytes) bytes used of disk_size $disk_limit"
 echo "purges: $purges answered 200, $purge_fail not; reloads: $reloads answered 200, $reload_fail not"
-echo "node alive at the end: $alive"
+echo "node alive at the end: $alive; 30 s after the load: RSS $((idle_rss / 1024)) MiB, memory tier $(($(metric outpost_cache_memory_bytes) / 1048576)) MiB, disk write queue $(($(metric outpost_cache_disk_write_queue_bytes) / 1048576)) MiB, $(metric outpost_cache_disk_objects) disk objects"
 echo "node log lines: $(wc -l <"$WORK/outpost.log") (ERROR $(grep -c ' ERROR ' "$WORK/outpost.log" || true), WARN $(grep -c ' WARN ' "$WORK/outpost.log" || true))"
 grep -E ' (ERROR|WARN) ' "$WORK/outpost.log" | sed -E 's/^[^ ]+ +//' | cut -c1-160 | sort | uniq -c | sort -rn | head -10 || true
