@@ -13,6 +13,7 @@
 //! response's header leaves with its body).
 
 use super::coalesce::WriteCoalescer;
+use crate::observe::logging::LogLimit;
 use async_trait::async_trait;
 use pingora_core::apps::ServerApp;
 use pingora_core::protocols::l4::stream::Stream as L4Stream;
@@ -257,10 +258,9 @@ pub struct Guarded<A> {
     linger: Duration,
     header_timeout: Duration,
     rejected: IntCounterVec,
-    /// When the connection-limit warning was last logged (ms since `started`): at most one a
-    /// second, so that an overload does not also flood the log.
-    warned: AtomicU64,
-    started: std::time::Instant,
+    /// The connection-limit warning: at most one a second, so that an overload does not also
+    /// flood the log.
+    full: LogLimit,
 }
 
 impl<A> Guarded<A> {
@@ -282,8 +282,7 @@ impl<A> Guarded<A> {
             linger: Duration::ZERO,
             header_timeout,
             rejected,
-            warned: AtomicU64::new(0),
-            started: std::time::Instant::now(),
+            full: LogLimit::new(Duration::from_secs(1)),
         }
     }
 
@@ -304,17 +303,6 @@ impl<A> Guarded<A> {
             max: self.max_connections,
         }
     }
-
-    /// Whether to log the connection-limit warning now (once a second at most).
-    fn may_warn(&self) -> bool {
-        let now = u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX) + 1000;
-        let last = self.warned.load(Ordering::Relaxed);
-        now.saturating_sub(last) >= 1000
-            && self
-                .warned
-                .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
-                .is_ok()
-    }
 }
 
 #[async_trait]
@@ -327,9 +315,10 @@ impl<A: ServerApp + Send + Sync + 'static> ServerApp for Guarded<A> {
         let Ok(_slot) = self.slots.try_acquire() else {
             let refused = self.rejected.with_label_values(&["max_connections"]);
             refused.inc();
-            if self.may_warn() {
+            if let Some(suppressed) = self.full.admit() {
                 tracing::warn!(
                     refused_so_far = refused.get(),
+                    suppressed,
                     "limits.max_connections reached: new connections are closed"
                 );
             }
