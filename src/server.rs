@@ -324,6 +324,7 @@ pub fn run(
         limits.max_connections,
         limits.header_timeout,
         node.metrics.policy.rejected.clone(),
+        node.metrics.disconnects.clone(),
     )
     .with_shutdown_linger(shutdown_linger(cfg.node.shutdown_grace));
     let connections = guarded.open_connections();

@@ -8,11 +8,13 @@
 //! The proxy marks a header as received from its first hook ([`header_received`]); the mark is
 //! a task-local of the connection's task. The connection is watched ([`Tracked`]: bytes read,
 //! the status line written) so that a request Pingora's parser refused with a 400 before any
-//! hook ran is logged and counted too, and an idle keep-alive connection closed by the header
-//! deadline is not taken for a slow client. Its writes go through a [`WriteCoalescer`] (a
-//! response's header leaves with its body).
+//! hook ran is logged and counted too, a connection closed inside a request header (HTTP/2:
+//! before its preface) is counted as a client disconnect, and an idle keep-alive connection
+//! closed by the header deadline is not taken for a slow client. Its writes go through a
+//! [`WriteCoalescer`] (a response's header leaves with its body).
 
 use super::coalesce::WriteCoalescer;
+use crate::metrics::{DisconnectPhase, Disconnects};
 use crate::observe::logging::LogLimit;
 use async_trait::async_trait;
 use pingora_core::apps::ServerApp;
@@ -42,6 +44,9 @@ tokio::task_local! {
 pub fn header_received() {
     let _ = WATCHED.try_with(|seen| seen.header.store(true, Ordering::Relaxed));
 }
+
+/// Bytes of the HTTP/2 connection preface (RFC 9113 3.4) a client sends first.
+const H2_PREFACE_LEN: u64 = 24;
 
 /// What a connection did while one request was read and answered.
 #[derive(Debug, Default)]
@@ -258,6 +263,7 @@ pub struct Guarded<A> {
     linger: Duration,
     header_timeout: Duration,
     rejected: IntCounterVec,
+    disconnects: Disconnects,
     /// The connection-limit warning: at most one a second, so that an overload does not also
     /// flood the log.
     full: LogLimit,
@@ -267,12 +273,14 @@ impl<A> Guarded<A> {
     /// `inner` with at most `max_connections` connections and `header_timeout` per request
     /// header; refusals are counted in `rejected` (reasons `max_connections`, `header_timeout`
     /// for a header begun but not finished in time, `malformed` for requests Pingora's parser
-    /// refused with a 400).
+    /// refused with a 400); clients that leave before a request header is complete are counted
+    /// in `disconnects` (phases `request_header`, `h2_preface`).
     pub fn new(
         inner: A,
         max_connections: usize,
         header_timeout: Duration,
         rejected: IntCounterVec,
+        disconnects: Disconnects,
     ) -> Guarded<A> {
         let max_connections = max_connections.min(Semaphore::MAX_PERMITS);
         Guarded {
@@ -282,6 +290,7 @@ impl<A> Guarded<A> {
             linger: Duration::ZERO,
             header_timeout,
             rejected,
+            disconnects,
             full: LogLimit::new(Duration::from_secs(1)),
         }
     }
@@ -324,12 +333,19 @@ impl<A: ServerApp + Send + Sync + 'static> ServerApp for Guarded<A> {
             }
             return None;
         };
+        let (stream, watched) = track(stream);
         if matches!(stream.selected_alpn_proto(), Some(ALPN::H2)) {
             // one call serves the whole HTTP/2 connection; its streams are separate tasks, and
             // its idle deadline is Pingora's h2_idle_timeout (limits.header_timeout, server.rs)
-            return self.inner.process_new(stream, shutdown).await;
+            let reused = self.inner.process_new(stream, shutdown).await;
+            if watched.bytes_read.load(Ordering::Relaxed) < H2_PREFACE_LEN {
+                // closed before its preface (an unused preconnect): Pingora's "H2 handshake
+                // error" line is left out of the log (observe::logging::QUIET)
+                self.disconnects.count(DisconnectPhase::H2Preface);
+                tracing::debug!("HTTP/2 connection closed before its preface");
+            }
+            return reused;
         }
-        let (stream, watched) = track(stream);
         let seen = &watched.header;
         let served = WATCHED.scope(watched.clone(), self.inner.process_new(stream, shutdown));
         tokio::pin!(served);
@@ -356,15 +372,27 @@ impl<A: ServerApp + Send + Sync + 'static> ServerApp for Guarded<A> {
                 return None;
             }
         };
-        if !seen.load(Ordering::Relaxed) && watched.status.load(Ordering::Relaxed) == 400 {
-            // Pingora's parser refused the request before any hook could see it
-            self.rejected.with_label_values(&["malformed"]).inc();
-            tracing::info!(
-                status = 400,
-                reason = "malformed",
-                bytes_read = watched.bytes_read.load(Ordering::Relaxed),
-                "request refused: not a valid HTTP request"
-            );
+        let bytes_read = watched.bytes_read.load(Ordering::Relaxed);
+        if !seen.load(Ordering::Relaxed) && bytes_read > 0 {
+            match watched.status.load(Ordering::Relaxed) {
+                400 => {
+                    // Pingora's parser refused the request before any hook could see it
+                    self.rejected.with_label_values(&["malformed"]).inc();
+                    tracing::info!(
+                        status = 400,
+                        reason = "malformed",
+                        bytes_read,
+                        "request refused: not a valid HTTP request"
+                    );
+                }
+                0 => {
+                    // the connection ended inside a request header: Pingora's "Fail to proxy"
+                    // line is left out of the log (observe::logging::QUIET)
+                    self.disconnects.count(DisconnectPhase::RequestHeader);
+                    tracing::debug!(bytes_read, "client closed the connection mid-header");
+                }
+                _ => {}
+            }
         }
         reused
     }
