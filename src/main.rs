@@ -132,24 +132,6 @@ fn purge_body(
     body
 }
 
-fn init_logging() {
-    let filter = tracing_subscriber::EnvFilter::try_from_env("OUTPOST_LOG").unwrap_or_else(|_| {
-        tracing_subscriber::EnvFilter::new(
-            "info,pingora_core=warn,pingora_proxy=warn,pingora_cache=warn",
-        )
-    });
-    let json = std::env::var("OUTPOST_LOG_FORMAT").is_ok_and(|f| f == "json");
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .with_writer(std::io::stderr);
-    if json {
-        builder.json().init();
-    } else {
-        builder.init();
-    }
-}
-
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
@@ -238,7 +220,7 @@ fn main() -> ExitCode {
                     return ExitCode::FAILURE;
                 }
             };
-            init_logging();
+            outpost::observe::logging::init();
             let start = if upgrade {
                 outpost::server::Start::Upgrade
             } else {

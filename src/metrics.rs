@@ -57,6 +57,59 @@ impl Source {
     }
 }
 
+/// Where an exchange stood when its client went away (label `phase` of
+/// `outpost_client_disconnects_total`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DisconnectPhase {
+    /// An HTTP/2 connection closed before its preface (an unused preconnect).
+    H2Preface,
+    /// Part of a request header sent, then the connection closed.
+    RequestHeader,
+    /// While its request body was being read.
+    RequestBody,
+    /// Request received, response header not sent yet (waiting for the origin).
+    ResponseHeader,
+    /// While the response body was being sent.
+    ResponseBody,
+}
+
+impl DisconnectPhase {
+    const ALL: [DisconnectPhase; 5] = [
+        DisconnectPhase::H2Preface,
+        DisconnectPhase::RequestHeader,
+        DisconnectPhase::RequestBody,
+        DisconnectPhase::ResponseHeader,
+        DisconnectPhase::ResponseBody,
+    ];
+
+    /// The label value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DisconnectPhase::H2Preface => "h2_preface",
+            DisconnectPhase::RequestHeader => "request_header",
+            DisconnectPhase::RequestBody => "request_body",
+            DisconnectPhase::ResponseHeader => "response_header",
+            DisconnectPhase::ResponseBody => "response_body",
+        }
+    }
+}
+
+/// Clients that went away mid-exchange, by phase (routine: counted, logged at debug only).
+#[derive(Clone)]
+pub struct Disconnects {
+    /// By [`DisconnectPhase`], in the order of `DisconnectPhase::ALL`.
+    by_phase: Vec<IntCounter>,
+}
+
+impl Disconnects {
+    /// Count one client gone in `phase`.
+    pub fn count(&self, phase: DisconnectPhase) {
+        if let Some(c) = self.by_phase.get(phase as usize) {
+            c.inc();
+        }
+    }
+}
+
 /// Why an upstream fetch failed (label `kind` of `outpost_upstream_errors_total`).
 pub const ERROR_KINDS: &[&str] = &["connect", "timeout", "tls", "reset", "protocol", "other"];
 
@@ -369,6 +422,8 @@ pub struct Metrics {
     pub cluster: ClusterMetrics,
     /// TLS certificates.
     pub tls: TlsMetrics,
+    /// Clients that went away mid-exchange.
+    pub disconnects: Disconnects,
 }
 
 impl Metrics {
@@ -793,8 +848,24 @@ impl Metrics {
         }
         registry.register(Box::new(tls.reloads.clone()))?;
         registry.register(Box::new(tls.expiry.clone()))?;
+        let disconnects_vec = IntCounterVec::new(
+            Opts::new(
+                "outpost_client_disconnects_total",
+                "Clients that closed the connection (or reset the HTTP/2 stream) mid-exchange, \
+                 by phase (h2_preface, request_header, request_body, response_header, response_body)",
+            ),
+            &["phase"],
+        )?;
+        let disconnects = Disconnects {
+            by_phase: DisconnectPhase::ALL
+                .iter()
+                .map(|p| disconnects_vec.with_label_values(&[p.as_str()]))
+                .collect(),
+        };
+        registry.register(Box::new(disconnects_vec))?;
         let cluster = ClusterMetrics::new(&registry)?;
         Ok(Metrics {
+            disconnects,
             first_byte,
             bytes,
             lock_wait,

@@ -324,6 +324,7 @@ pub fn run(
         limits,
         node.metrics.policy.rejected.clone(),
         node.metrics.policy.idle_closed.clone(),
+        node.metrics.disconnects.clone(),
     )
     .with_shutdown_linger(shutdown_linger(cfg.node.shutdown_grace));
     let connections = guarded.open_connections();

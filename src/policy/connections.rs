@@ -15,14 +15,17 @@
 //! The proxy marks a header as received from its first hook ([`header_received`]); the mark is
 //! a task-local of the connection's task. The connection is watched ([`Tracked`]: bytes read,
 //! the status line written) so that a request Pingora's parser refused with a 400 before any
-//! hook ran is logged and counted too, and an idle keep-alive connection closed by the header
-//! deadline is not taken for a slow client. What it reads is also read for request lines
+//! hook ran is logged and counted too, a connection closed inside a request header (HTTP/2:
+//! before its preface) is counted as a client disconnect, and an idle keep-alive connection
+//! closed by the header deadline is not taken for a slow client. What it reads is also read for request lines
 //! Pingora's parser rewrites ([`RequestLines`]). Its writes go through a [`WriteCoalescer`] (a
 //! response's header leaves with its body).
 
 use super::coalesce::WriteCoalescer;
 use super::hardening::Rejection;
 use super::request_line::RequestLines;
+use crate::metrics::{DisconnectPhase, Disconnects};
+use crate::observe::logging::LogLimit;
 use crate::config::LimitsConfig;
 use async_trait::async_trait;
 use pingora_core::apps::{HttpServerApp, HttpServerOptions, ReusedHttpStream, ServerApp};
@@ -46,6 +49,9 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::sync::{Notify, Semaphore};
+
+/// Bytes of the HTTP/2 connection preface (RFC 9113 3.4) a client sends first.
+const H2_PREFACE_LEN: u64 = 24;
 
 tokio::task_local! {
     static WATCHED: Arc<Seen>;
@@ -232,8 +238,8 @@ pub struct Tracked {
     seen: Arc<Seen>,
     /// Small writes held to go out with the next large one (a header with its body).
     send: WriteCoalescer,
-    /// The lines read, as the client sent them.
-    lines: RequestLines,
+    /// The lines read, as the client sent them (HTTP/1 connections).
+    lines: Option<RequestLines>,
 }
 
 /// The request lines the client sent on `stream`, if it is a watched (HTTP/1) connection.
@@ -241,7 +247,7 @@ pub fn request_lines(stream: &Stream) -> Option<&RequestLines> {
     stream
         .as_any()
         .downcast_ref::<Tracked>()
-        .map(|tracked| &tracked.lines)
+        .and_then(|tracked| tracked.lines.as_ref())
 }
 
 /// The status code of an HTTP/1 status line at the start of `buf` (`HTTP/1.1 400 ...`).
@@ -263,7 +269,9 @@ impl AsyncRead for Tracked {
             self.seen
                 .bytes_read
                 .fetch_add(read.len() as u64, Ordering::Relaxed);
-            self.lines.feed(read);
+            if let Some(lines) = &mut self.lines {
+                lines.feed(read);
+            }
         }
         polled
     }
@@ -384,9 +392,9 @@ impl Peek for Tracked {
     }
 }
 
-/// `stream` watched (lines up to `max_line` bytes read for request lines), with a coalescing
-/// writer on plain TCP.
-fn track(stream: Stream, idle: &Arc<Idle>, max_line: usize) -> (Stream, Arc<Seen>) {
+/// `stream` watched (lines up to `max_line` bytes read for request lines, none for HTTP/2),
+/// with a coalescing writer on plain TCP.
+fn track(stream: Stream, idle: &Arc<Idle>, max_line: Option<usize>) -> (Stream, Arc<Seen>) {
     let seen = Arc::new(Seen::new(idle.clone()));
     // coalescing pays on a plain TCP stream (a TLS stream encrypts each write on its own)
     let plain = stream.as_any().is::<L4Stream>();
@@ -395,7 +403,7 @@ fn track(stream: Stream, idle: &Arc<Idle>, max_line: usize) -> (Stream, Arc<Seen
             inner: stream,
             seen: seen.clone(),
             send: WriteCoalescer::new(plain),
-            lines: RequestLines::new(max_line),
+            lines: max_line.map(RequestLines::new),
         }),
         seen,
     )
@@ -438,10 +446,9 @@ pub struct Guarded<A> {
     /// Longest request line read for a rewritten target (`limits.max_header_bytes`).
     max_line: usize,
     rejected: IntCounterVec,
-    /// When the connection-limit warning was last logged (ms since `started`): at most one a
-    /// second, so that an overload does not also flood the log.
-    warned: AtomicU64,
-    started: std::time::Instant,
+    /// The connection-limit warning: at most one a second, so that an overload does not also
+    /// flood the log.
+    full: LogLimit,
 }
 
 /// How long a new connection past `max_connections` waits for the idle one it displaced to
@@ -453,12 +460,14 @@ impl<A> Guarded<A> {
     /// per request header; refusals are counted in `rejected` (reasons `max_connections`,
     /// `header_timeout` for a header begun but not finished in time, `malformed` for requests
     /// Pingora's parser refused with a 400), idle connections closed in `idle_closed` (reasons
-    /// `header_timeout`, `max_connections`).
+    /// `header_timeout`, `max_connections`), clients that leave before a request header is
+    /// complete in `disconnects` (phases `request_header`, `h2_preface`).
     pub fn new(
         inner: A,
         limits: &LimitsConfig,
         rejected: IntCounterVec,
         idle_closed: IntCounterVec,
+        disconnects: Disconnects,
     ) -> Guarded<A> {
         let max_connections = limits.max_connections.min(Semaphore::MAX_PERMITS);
         Guarded {
@@ -467,6 +476,7 @@ impl<A> Guarded<A> {
                 header_timeout: limits.header_timeout,
                 rejected: rejected.clone(),
                 idle_closed,
+                disconnects,
                 idle: Arc::new(Idle::default()),
             }),
             slots: Arc::new(Semaphore::new(max_connections)),
@@ -474,8 +484,7 @@ impl<A> Guarded<A> {
             linger: Duration::ZERO,
             max_line: usize::try_from(limits.max_header_bytes).unwrap_or(usize::MAX),
             rejected,
-            warned: AtomicU64::new(0),
-            started: std::time::Instant::now(),
+            full: LogLimit::new(Duration::from_secs(1)),
         }
     }
 
@@ -497,17 +506,6 @@ impl<A> Guarded<A> {
         }
     }
 
-    /// Whether to log the connection-limit warning now (once a second at most).
-    fn may_warn(&self) -> bool {
-        let now = u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX) + 1000;
-        let last = self.warned.load(Ordering::Relaxed);
-        now.saturating_sub(last) >= 1000
-            && self
-                .warned
-                .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
-                .is_ok()
-    }
-
     /// Serve one HTTP/2 connection (its streams are separate tasks, and its idle deadline is
     /// Pingora's h2_idle_timeout, limits.header_timeout: server.rs), registered so that it can
     /// be closed for a new connection while no stream is in flight.
@@ -518,11 +516,12 @@ impl<A> Guarded<A> {
         let cookie = stream
             .get_socket_digest()
             .and_then(|d| d.socket_cookie().ok());
-        let Some(cookie) = cookie else {
-            return self.inner.process_new(stream, shutdown).await;
-        };
+        // watched for the bytes it reads (no request lines: HTTP/2 frames are binary)
+        let (stream, watched) = track(stream, &self.inner.idle, None);
         let conn = Arc::new(H2Conn::default());
-        self.inner.idle.h2.lock().insert(cookie, conn.clone());
+        if let Some(cookie) = cookie {
+            self.inner.idle.h2.lock().insert(cookie, conn.clone());
+        }
         let served = tokio::select! {
             biased;
             reused = self.inner.process_new(stream, shutdown) => reused,
@@ -532,7 +531,15 @@ impl<A> Guarded<A> {
                 None
             }
         };
-        self.inner.idle.h2.lock().remove(&cookie);
+        if let Some(cookie) = cookie {
+            self.inner.idle.h2.lock().remove(&cookie);
+        }
+        if watched.bytes_read.load(Ordering::Relaxed) < H2_PREFACE_LEN {
+            // closed before its preface (an unused preconnect): Pingora's "H2 handshake
+            // error" line is left out of the log (observe::logging::QUIET)
+            self.inner.disconnects.count(DisconnectPhase::H2Preface);
+            tracing::debug!("HTTP/2 connection closed before its preface");
+        }
         served
     }
 
@@ -562,9 +569,10 @@ impl<A: HttpServerApp + Send + Sync + 'static> ServerApp for Guarded<A> {
         let Some(_slot) = self.slot().await else {
             let refused = self.rejected.with_label_values(&["max_connections"]);
             refused.inc();
-            if self.may_warn() {
+            if let Some(suppressed) = self.full.admit() {
                 tracing::warn!(
                     refused_so_far = refused.get(),
+                    suppressed,
                     "limits.max_connections reached with no idle connection: new connections are closed"
                 );
             }
@@ -573,7 +581,7 @@ impl<A: HttpServerApp + Send + Sync + 'static> ServerApp for Guarded<A> {
         if matches!(stream.selected_alpn_proto(), Some(ALPN::H2)) {
             return self.serve_h2(stream, shutdown).await;
         }
-        let (stream, watched) = track(stream, &self.inner.idle, self.max_line);
+        let (stream, watched) = track(stream, &self.inner.idle, Some(self.max_line));
         // Pingora's HTTP/1 loop serves every request of the connection through PerRequest
         let served = WATCHED.scope(watched.clone(), self.inner.process_new(stream, shutdown));
         let reused = served.await;
@@ -596,6 +604,7 @@ pub struct PerRequest<A> {
     header_timeout: Duration,
     rejected: IntCounterVec,
     idle_closed: IntCounterVec,
+    disconnects: Disconnects,
     idle: Arc<Idle>,
 }
 
@@ -662,16 +671,28 @@ impl<A: HttpServerApp + Send + Sync + 'static> HttpServerApp for PerRequest<A> {
                 return None;
             }
         };
-        if !seen.header.load(Ordering::Relaxed) && seen.status.load(Ordering::Relaxed) == 400 {
-            // Pingora's parser refused the request before any hook could see it
-            let reason = Rejection::Malformed.reason();
-            self.rejected.with_label_values(&[reason]).inc();
-            tracing::info!(
-                status = 400,
-                reason,
-                bytes_read = seen.bytes_read.load(Ordering::Relaxed),
-                "request refused: not a valid HTTP request"
-            );
+        let bytes_read = seen.bytes_read.load(Ordering::Relaxed);
+        if !seen.header.load(Ordering::Relaxed) && bytes_read > 0 {
+            match seen.status.load(Ordering::Relaxed) {
+                400 => {
+                    // Pingora's parser refused the request before any hook could see it
+                    let reason = Rejection::Malformed.reason();
+                    self.rejected.with_label_values(&[reason]).inc();
+                    tracing::info!(
+                        status = 400,
+                        reason,
+                        bytes_read,
+                        "request refused: not a valid HTTP request"
+                    );
+                }
+                0 => {
+                    // the connection ended inside a request header: Pingora's "Fail to proxy"
+                    // line is left out of the log (observe::logging::QUIET)
+                    self.disconnects.count(DisconnectPhase::RequestHeader);
+                    tracing::debug!(bytes_read, "client closed the connection mid-header");
+                }
+                _ => {}
+            }
         }
         reused
     }

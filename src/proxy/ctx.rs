@@ -54,6 +54,10 @@ pub struct RequestCtx {
     pub(super) no_shield: bool,
     /// The current attempt's failure was counted (passive health, error metric).
     pub(super) failure_counted: bool,
+    /// `fail_to_proxy` logged this request's failure.
+    pub(super) failure_logged: bool,
+    /// The request body was read to its end.
+    pub(super) request_body_ended: bool,
     /// The hash this request is placed by (ketama), once computed.
     pub(super) placement: Option<[u8; 16]>,
     /// When the response header went out (set in `response_filter`).
@@ -104,6 +108,8 @@ impl RequestCtx {
             shield_down: false,
             no_shield: false,
             failure_counted: false,
+            failure_logged: false,
+            request_body_ended: false,
             placement: None,
             first_byte: None,
             hit_source: None,

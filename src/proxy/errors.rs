@@ -27,11 +27,58 @@ pub(super) fn total_timeout_error() -> Box<Error> {
     .into_up()
 }
 
-/// A client that disconnects mid-response is routine, not an error worth a log line.
+/// A client that disconnects mid-response is routine, not an error worth a log line. Over
+/// HTTP/2 that is a downstream `H2Error`: the client reset the stream ("Client closed H2",
+/// "cannot reserve capacity") or closed the connection under it.
 pub(super) fn client_went_away(e: &Error) -> bool {
     e.esource() == &ErrorSource::Downstream
         && matches!(
             e.etype(),
-            ErrorType::ConnectionClosed | ErrorType::ReadError | ErrorType::WriteError
+            ErrorType::ConnectionClosed
+                | ErrorType::ReadError
+                | ErrorType::WriteError
+                | ErrorType::H2Error
         )
+}
+
+/// Where the exchange of `session` stood when its client went away. (Pingora's own "body
+/// done" is also true of a body cut short, hence `request_body_ended`.)
+fn disconnect_phase(session: &mut Session, ctx: &RequestCtx) -> DisconnectPhase {
+    if session.response_written().is_some() {
+        DisconnectPhase::ResponseBody
+    } else if !ctx.request_body_ended && !session.is_body_empty() {
+        DisconnectPhase::RequestBody
+    } else {
+        DisconnectPhase::ResponseHeader
+    }
+}
+
+impl OutpostProxy {
+    /// The failure `e` a request ended with, once (from `logging`): a client that went away is
+    /// counted by phase and logged at debug; another failure `fail_to_proxy` did not log (one
+    /// of a stored response being sent, whose Pingora line is left out of the log:
+    /// `observe::logging::QUIET`) is logged here, at most once per interval.
+    pub(super) fn record_failure(&self, session: &mut Session, e: &Error, ctx: &RequestCtx) {
+        if client_went_away(e) {
+            let phase = disconnect_phase(session, ctx);
+            self.node.metrics.disconnects.count(phase);
+            tracing::debug!(
+                error = %e,
+                host = %ctx.host,
+                phase = phase.as_str(),
+                "client closed the connection"
+            );
+        } else if !ctx.failure_logged {
+            if let Some(suppressed) = self.hit_failures.admit() {
+                let path = session.req_header().uri.path();
+                tracing::warn!(
+                    error = %e,
+                    host = %ctx.host,
+                    path,
+                    suppressed,
+                    "sending a stored response failed"
+                );
+            }
+        }
+    }
 }

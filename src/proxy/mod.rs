@@ -10,10 +10,12 @@ use crate::cache::vary;
 use crate::cache::{entry, freshness, ranges, targeted};
 use crate::config::{Balance, Encoding};
 use crate::metrics::{
-    error_kind, label_index, method_index, Finished, RevalidationOutcome, Source, StaleReason,
+    error_kind, label_index, method_index, DisconnectPhase, Finished, RevalidationOutcome, Source,
+    StaleReason,
 };
 use crate::node::Node;
 use crate::node::Routing;
+use crate::observe::logging::{LogLimit, LOG_INTERVAL};
 use crate::observe::otel::RequestTrace;
 use crate::observe::Ids;
 use crate::policy::client_ip::client_ip;
@@ -55,6 +57,8 @@ pub struct OutpostProxy {
     via: Via,
     /// Request ids made here.
     ids: Ids,
+    /// The warning of a stored response that could not be sent: one line per interval.
+    hit_failures: LogLimit,
 }
 
 impl OutpostProxy {
@@ -63,6 +67,7 @@ impl OutpostProxy {
         OutpostProxy {
             via: Via::new(&node.config.node.name),
             ids: Ids::new(),
+            hit_failures: LogLimit::new(LOG_INTERVAL),
             node,
         }
     }
@@ -494,10 +499,11 @@ impl ProxyHttp for OutpostProxy {
         &self,
         session: &mut Session,
         body: &mut Option<Bytes>,
-        _end_of_stream: bool,
+        end_of_stream: bool,
         ctx: &mut RequestCtx,
     ) -> Result<()> {
         ctx.body_bytes += body.as_ref().map_or(0, |b| b.len() as u64);
+        ctx.request_body_ended = end_of_stream;
         if ctx.body_bytes > self.node.config.limits.max_body_bytes {
             // a chunked body past the limit (a declared length was checked up front)
             self.count_rejection(session, ctx, Rejection::BodyTooLarge);
@@ -999,11 +1005,11 @@ impl ProxyHttp for OutpostProxy {
                 tracing::debug!(error = %err, "could not send error response");
             }
         }
-        if client_went_away(e) {
-            tracing::debug!(error = %e, host = %ctx.host, "client closed the connection");
-        } else {
+        // a client gone is counted and logged in `logging` (record_failure)
+        if !client_went_away(e) {
             let path = session.req_header().uri.path();
             tracing::warn!(error = %e, status = code, host = %ctx.host, path, "request failed");
+            ctx.failure_logged = true;
         }
         ctx.upstream_status = None;
         ctx.cache_status = Some(status);
@@ -1019,7 +1025,10 @@ impl ProxyHttp for OutpostProxy {
         true
     }
 
-    async fn logging(&self, session: &mut Session, _e: Option<&Error>, ctx: &mut RequestCtx) {
+    async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut RequestCtx) {
+        if let Some(e) = e {
+            self.record_failure(session, e, ctx);
+        }
         self.record_finished(session, ctx);
     }
 }

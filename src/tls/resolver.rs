@@ -92,10 +92,13 @@ impl SniResolver {
 
 impl ResolvesServerCert for SniResolver {
     fn resolve(&self, hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
-        self.current
-            .load()
-            .select(hello.server_name())
-            .map(|c| c.key.clone())
+        let sni = hello.server_name();
+        if sni.is_none() {
+            // rustls's WARN for an IP address sent as SNI is left out of the log
+            // (observe::logging::QUIET): this line says it, at debug
+            tracing::debug!("TLS handshake without a host name (no SNI, or an IP address)");
+        }
+        self.current.load().select(sni).map(|c| c.key.clone())
     }
 }
 

@@ -121,6 +121,7 @@ pub struct NodeConfig {
     tls: Vec<String>,
     certificates: Vec<String>,
     https_port: Option<u16>,
+    env: Vec<(String, String)>,
     http_port: u16,
     admin_port: u16,
     metrics_port: u16,
@@ -146,6 +147,7 @@ impl NodeConfig {
             tls: Vec::new(),
             certificates: Vec::new(),
             https_port: None,
+            env: Vec::new(),
             http_port: ports[0],
             admin_port: ports[1],
             metrics_port: ports[2],
@@ -215,6 +217,12 @@ impl NodeConfig {
     pub fn https_addr(&self) -> Option<SocketAddr> {
         self.https_port
             .map(|p| SocketAddr::from(([127, 0, 0, 1], p)))
+    }
+
+    /// An environment variable of the node process (e.g. `OUTPOST_LOG`).
+    pub fn env(mut self, key: &str, value: &str) -> Self {
+        self.env.push((key.to_string(), value.to_string()));
+        self
     }
 
     /// Raw TOML appended at the end.
@@ -376,6 +384,7 @@ impl NodeConfig {
             .args(args)
             .current_dir(self.dir.path())
             .env("RUST_BACKTRACE", "1")
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
             .stdout(Stdio::from(log))
             .stderr(Stdio::from(log2))

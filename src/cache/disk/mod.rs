@@ -37,6 +37,7 @@ pub mod spool;
 pub mod stream;
 
 use crate::metrics::StorageMetrics;
+use crate::observe::logging::{LogLimit, LOG_INTERVAL};
 use bytes::Bytes;
 use index::Index;
 use parking_lot::{Condvar, Mutex};
@@ -58,8 +59,6 @@ const MAX_QUEUED_BYTES: u64 = 256 << 20;
 /// bytes above), so this bound is set for bursts of small objects, not for memory: a cold
 /// start pulling 10,000 distinct 1 KiB objects in a second dropped ~250 writes at 4,096.
 const MAX_QUEUED_JOBS: usize = 32_768;
-/// At most one log line per fault kind per this interval.
-const LOG_INTERVAL: Duration = Duration::from_secs(10);
 
 /// An object read from (or queued for) the disk tier.
 #[derive(Clone)]
@@ -117,7 +116,19 @@ pub struct DiskTier {
     next_seq: AtomicU64,
     queue: SyncSender<Job>,
     metrics: StorageMetrics,
-    last_log: Mutex<HashMap<&'static str, Instant>>,
+    /// One log line per interval per kind of [`Fault`].
+    faults: [LogLimit; 3],
+}
+
+/// What failed, for the log (each kind has its own line per [`LOG_INTERVAL`]).
+#[derive(Debug, Clone, Copy)]
+pub(super) enum Fault {
+    /// Creating or opening the tier's directories.
+    Open,
+    /// Reading an entry.
+    Read,
+    /// Writing an entry.
+    Write,
 }
 
 /// What one file's name takes in its directory's blocks (ext4: 8 bytes and the 37-byte name
@@ -230,11 +241,11 @@ impl DiskTier {
             next_seq: AtomicU64::new(1),
             queue,
             metrics,
-            last_log: Mutex::new(HashMap::new()),
+            faults: [(); 3].map(|_| LogLimit::new(LOG_INTERVAL)),
         });
         if let Err(e) = tier.prepare_dirs() {
             tier.fault(
-                "open",
+                Fault::Open,
                 &e,
                 "disk tier directory unusable; serving without it until it is",
             );
@@ -294,16 +305,10 @@ impl DiskTier {
         self.index.lock().bytes
     }
 
-    /// Log a fault at most once per [`LOG_INTERVAL`] per kind.
-    fn fault(&self, kind: &'static str, e: &io::Error, what: &str) {
-        let mut last = self.last_log.lock();
-        let now = Instant::now();
-        if last
-            .get(kind)
-            .is_none_or(|t| now.duration_since(*t) >= LOG_INTERVAL)
-        {
-            last.insert(kind, now);
-            tracing::error!(error = %e, dir = %self.objects.display(), "{what}");
+    /// Log a fault at most once per [`LOG_INTERVAL`] per kind (saying how many were not).
+    fn fault(&self, kind: Fault, e: &io::Error, what: &str) {
+        if let Some(suppressed) = self.faults[kind as usize].admit() {
+            tracing::error!(error = %e, dir = %self.objects.display(), suppressed, "{what}");
         }
     }
 
@@ -343,7 +348,7 @@ impl DiskTier {
             Err(ReadFailure::Io(e)) => {
                 self.metrics.disk.misses.inc();
                 self.metrics.disk_read_errors.inc();
-                self.fault("read", &e, "disk tier read failed; treated as a miss");
+                self.fault(Fault::Read, &e, "disk tier read failed; treated as a miss");
                 None
             }
             Err(ReadFailure::Corrupt(why)) => {
@@ -588,7 +593,7 @@ impl DiskTier {
                     if let Err(e) = self.write_object(key, seq, &object) {
                         self.metrics.disk_write_errors.inc();
                         self.fault(
-                            "write",
+                            Fault::Write,
                             &e,
                             "disk tier write failed; object kept in memory only",
                         );
@@ -600,7 +605,7 @@ impl DiskTier {
                     if let Err(e) = self.rewrite_head(key, &head) {
                         if e.kind() != ErrorKind::NotFound {
                             self.metrics.disk_write_errors.inc();
-                            self.fault("write", &e, "disk tier head update failed");
+                            self.fault(Fault::Write, &e, "disk tier head update failed");
                         }
                     }
                 }

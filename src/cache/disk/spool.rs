@@ -10,7 +10,7 @@
 //! - A purge of the key cancels the spool: the finished object is deleted, never served.
 
 use super::record::{BlockHasher, HeadRecord};
-use super::{blocking, now_nanos, DiskTier};
+use super::{blocking, now_nanos, DiskTier, Fault};
 use bytes::Bytes;
 use parking_lot::Mutex;
 use pingora_cache::key::CacheKey;
@@ -125,7 +125,11 @@ impl DiskTier {
             Ok(f) => f,
             Err(e) => {
                 self.metrics.disk_write_errors.inc();
-                self.fault("write", &e, "disk tier write failed; object not stored");
+                self.fault(
+                    Fault::Write,
+                    &e,
+                    "disk tier write failed; object not stored",
+                );
                 return None;
             }
         };
@@ -226,8 +230,11 @@ impl Spool {
                 Err(e) => {
                     self.write_failed = true;
                     self.tier.metrics.disk_write_errors.inc();
-                    self.tier
-                        .fault("write", &e, "disk tier write failed; object not stored");
+                    self.tier.fault(
+                        Fault::Write,
+                        &e,
+                        "disk tier write failed; object not stored",
+                    );
                 }
             }
         }
@@ -270,8 +277,11 @@ impl Spool {
         let placed = blocking(move || tier.place(key, seq, &tmp, &record)).await;
         if let Err(e) = placed {
             self.tier.metrics.disk_write_errors.inc();
-            self.tier
-                .fault("write", &e, "disk tier write failed; object not stored");
+            self.tier.fault(
+                Fault::Write,
+                &e,
+                "disk tier write failed; object not stored",
+            );
             return 0;
         }
         self.tier.index.lock().insert(key, bytes, now_nanos());

@@ -8,7 +8,7 @@
 //! short body, never a complete-looking wrong one) and the entry is dropped.
 
 use super::record::{HeadRecord, BLOCK};
-use super::{blocking, DiskTier, ReadFailure};
+use super::{blocking, DiskTier, Fault, ReadFailure};
 use crate::cache::ranges::seek_span;
 use bytes::Bytes;
 use pingora_cache::key::CacheKey;
@@ -119,7 +119,7 @@ impl HandleHit for StreamHit {
                     Ok(Err(ReadFailure::Io(e))) | Err(e) => {
                         self.tier.metrics.disk_read_errors.inc();
                         self.tier
-                            .fault("read", &e, "disk tier read failed mid-response");
+                            .fault(Fault::Read, &e, "disk tier read failed mid-response");
                         return Err(Error::because(
                             ErrorType::InternalError,
                             "reading a cached body from disk",
