@@ -339,3 +339,26 @@ fn outpost_log_with_debug_shows_the_lines_left_out_and_disconnects_are_still_cou
         },
     );
 }
+
+#[test]
+fn failed_tls_handshakes_log_one_line_per_interval_not_one_each() {
+    let origin = TestOrigin::start();
+    let ca = TestCa::new();
+    let leaf = ca.leaf(&["a.test"], Validity::Current);
+    let mut cfg = NodeConfig::new(&origin.url()).https();
+    let (cert, key) = leaf.write(cfg.dir(), "leaf");
+    cfg = cfg.certificate(&cert, &key, "default = true");
+    let node = cfg.start();
+    // TCP health checks on the HTTPS port: connect, close without a handshake
+    for _ in 0..20 {
+        drop(std::net::TcpStream::connect(node.https_addr()).expect("connect"));
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    let lines = node
+        .log()
+        .lines()
+        .filter(|l| l.contains("Downstream handshake error"))
+        .count();
+    // the harness's own readiness probe and these 20 fall in one 10 s interval
+    assert!(lines <= 1, "{lines} handshake error lines:\n{}", node.log());
+}

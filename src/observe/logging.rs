@@ -48,7 +48,7 @@ pub fn init() {
         .with_writer(std::io::stderr);
     let subscriber = tracing_subscriber::registry()
         .with(filter)
-        .with(quiet.then_some(Quiet));
+        .with(quiet.then(Quiet::new));
     if json {
         subscriber.with(lines.json()).init();
     } else {
@@ -111,6 +111,14 @@ pub struct QuietLine {
     pub contains: &'static [&'static str],
 }
 
+impl QuietLine {
+    /// Whether `message` starts as this line does (and contains one of its parts).
+    fn starts_with_of(&self, message: &str) -> bool {
+        message.starts_with(self.starts)
+            && (self.contains.is_empty() || self.contains.iter().any(|c| message.contains(c)))
+    }
+}
+
 /// The lines left out of the default log, and who records their event instead.
 pub const QUIET: &[QuietLine] = &[
     // A stored response could not be sent: the proxy's `logging` hook counts a client that
@@ -149,17 +157,42 @@ pub const QUIET: &[QuietLine] = &[
     },
 ];
 
+/// Lines another crate logs once per event that the node cannot observe to count itself: let
+/// through at most once per [`LOG_INTERVAL`] each.
+pub const LIMITED: &[QuietLine] = &[
+    // A TLS handshake failed: a TCP health check on an HTTPS port, a scanner, a client that
+    // does not trust the certificate (Pingora logs an ERROR each; the handshake happens before
+    // the node's code sees the connection).
+    QuietLine {
+        target: "pingora_core::services::listening",
+        starts: "Downstream handshake error",
+        contains: &[],
+    },
+];
+
 /// Whether a line of `target` saying `message` is one of [`QUIET`].
 pub fn is_quiet(target: &str, message: &str) -> bool {
-    QUIET.iter().any(|q| {
-        q.target == target
-            && message.starts_with(q.starts)
-            && (q.contains.is_empty() || q.contains.iter().any(|c| message.contains(c)))
-    })
+    QUIET
+        .iter()
+        .any(|q| q.target == target && q.starts_with_of(message))
 }
 
-/// The layer leaving [`QUIET`] lines out.
-struct Quiet;
+/// The layer leaving [`QUIET`] lines out, and [`LIMITED`] lines but one per interval.
+struct Quiet {
+    /// One per [`LIMITED`] line.
+    limits: Vec<LogLimit>,
+}
+
+impl Quiet {
+    fn new() -> Quiet {
+        Quiet {
+            limits: LIMITED
+                .iter()
+                .map(|_| LogLimit::new(LOG_INTERVAL))
+                .collect(),
+        }
+    }
+}
 
 /// The target `tracing-log` gives the events it makes of `log` records; the record's own
 /// target is their `log.target` field.
@@ -205,11 +238,17 @@ impl<S: Subscriber> Layer<S> for Quiet {
             event.record(&mut bridged);
             target = bridged.0.as_deref().unwrap_or(target);
         }
-        if !QUIET.iter().any(|q| q.target == target) {
+        let limited = LIMITED.iter().position(|q| q.target == target);
+        if limited.is_none() && !QUIET.iter().any(|q| q.target == target) {
             return true;
         }
         let mut message = Message::default();
         event.record(&mut message);
+        if let Some(i) = limited {
+            if LIMITED[i].starts_with_of(&message.0) {
+                return self.limits[i].admit().is_some();
+            }
+        }
         !is_quiet(target, &message.0)
     }
 }
@@ -282,10 +321,10 @@ mod tests {
     }
 
     #[test]
-    fn the_quiet_layer_leaves_out_only_quiet_lines() {
+    fn the_quiet_layer_leaves_out_only_quiet_lines_and_limits_limited_ones() {
         let written = Written::default();
         let subscriber = tracing_subscriber::registry()
-            .with(Some(Quiet))
+            .with(Some(Quiet::new()))
             .with(written.clone());
         tracing::subscriber::with_default(subscriber, || {
             // as tracing-log dispatches Pingora's `log` records
@@ -298,6 +337,11 @@ mod tests {
             tracing::event!(target: "log", Level::ERROR, log.target = "other", "{hit}: {}", "z");
             tracing::error!(target: "pingora_proxy::proxy_cache", "Fail to serve cache: {}", "w");
             tracing::warn!("Fail to serve cache: ours");
+            // a limited line: the first of a burst only
+            let listening = "pingora_core::services::listening";
+            for _ in 0..5 {
+                tracing::event!(target: "log", Level::ERROR, log.target = listening, "Downstream handshake error: eof");
+            }
         });
         let written = written.0.lock().map(|w| w.clone()).unwrap_or_default();
         assert_eq!(
@@ -305,7 +349,8 @@ mod tests {
             [
                 "Cache lock timeout, y",
                 "Fail to serve cache: z",
-                "Fail to serve cache: ours"
+                "Fail to serve cache: ours",
+                "Downstream handshake error: eof"
             ]
         );
     }

@@ -24,9 +24,9 @@
 use super::coalesce::WriteCoalescer;
 use super::hardening::Rejection;
 use super::request_line::RequestLines;
+use crate::config::LimitsConfig;
 use crate::metrics::{DisconnectPhase, Disconnects};
 use crate::observe::logging::LogLimit;
-use crate::config::LimitsConfig;
 use async_trait::async_trait;
 use pingora_core::apps::{HttpServerApp, HttpServerOptions, ReusedHttpStream, ServerApp};
 use pingora_core::protocols::http::v2::server::H2Options;
