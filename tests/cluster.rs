@@ -170,8 +170,9 @@ fn a_node_that_was_down_catches_up_before_serving_old_objects() {
     wait_synced(&b);
     assert!(applied(&b) >= 1.0);
     // a purge from the bus is dated when it arrives here (safe whatever the nodes' clocks say),
-    // so a copy fetched before it arrived may be refetched once; then it is cached again
-    assert_eq!(get(&b, "/old").text(), "v2");
+    // so a copy fetched before it arrived may be refetched once (v3); then it is cached again
+    let again = get(&b, "/old").text();
+    assert!(again == "v2" || again == "v3", "{again}");
     assert!(get(&b, "/old").cache_status().contains("hit"));
 }
 
