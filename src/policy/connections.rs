@@ -522,19 +522,19 @@ impl<A> Guarded<A> {
         if let Some(cookie) = cookie {
             self.inner.idle.h2.lock().insert(cookie, conn.clone());
         }
-        let served = tokio::select! {
+        let (served, displaced) = tokio::select! {
             biased;
-            reused = self.inner.process_new(stream, shutdown) => reused,
+            reused = self.inner.process_new(stream, shutdown) => (reused, false),
             _ = conn.close.notified() => {
                 self.inner.idle_closed.with_label_values(&["max_connections"]).inc();
                 tracing::debug!("idle HTTP/2 connection closed for a new one at limits.max_connections");
-                None
+                (None, true)
             }
         };
         if let Some(cookie) = cookie {
             self.inner.idle.h2.lock().remove(&cookie);
         }
-        if watched.bytes_read.load(Ordering::Relaxed) < H2_PREFACE_LEN {
+        if !displaced && watched.bytes_read.load(Ordering::Relaxed) < H2_PREFACE_LEN {
             // closed before its preface (an unused preconnect): Pingora's "H2 handshake
             // error" line is left out of the log (observe::logging::QUIET)
             self.inner.disconnects.count(DisconnectPhase::H2Preface);
