@@ -201,6 +201,7 @@ field() { sed -n "s/.*[ ^]$1=\([0-9]*\).*/\1/p" "$2" | head -1; }  # MIX line fi
 row='%-6s %8s %8s %8s %8s %6s %8s %6s %8s %9s %9s %7s %7s\n'
 printf "$row" minute req/s ok origin5xx node_err sockerr p99_ms conns rss_MiB fds disk_MiB queue_MiB objects >"$WORK/table.txt"
 cat "$WORK/table.txt" >&2
+LAST_RPS=0
 purges=0 purge_fail=0 reloads=0 reload_fail=0 total_ok=0 total_origin=0 total_node=0 total_sock=0
 declare -a RSS FDS
 : >"$WORK/first_errors.txt"
@@ -245,11 +246,16 @@ for minute in $(seq "$MINUTES"); do
     "$(($(metric outpost_cache_disk_write_queue_bytes) / 1048576))" \
     "$(metric outpost_cache_disk_objects)" | tee -a "$WORK/table.txt" >&2
   kill -0 "$NODE" 2>/dev/null || { log "the node exited"; break; }
-  if ((rps > 0)); then
-    CONNS=$((CONNS * TARGET / rps))
+  # more connections only while they bring more requests: past the node's sustained capacity
+  # (lower than the 20 s measurement once the disk tier is full) they would only queue
+  if ((rps > 0)) && { ((rps < TARGET && rps > LAST_RPS * 102 / 100)) || ((rps >= TARGET)); }; then
+    NEXT=$((CONNS * TARGET / rps))
+    ((NEXT <= CONNS * 3 / 2)) || NEXT=$((CONNS * 3 / 2))
+    CONNS=$NEXT
     ((CONNS >= 1)) || CONNS=1
     ((CONNS <= 4000)) || CONNS=4000
   fi
+  LAST_RPS=$rps
 done
 alive=yes
 kill -0 "$NODE" 2>/dev/null || alive="NO (exited)"
