@@ -95,6 +95,14 @@ fn store_big(node: &Node) {
 
 const HIT: &[u8] = b"GET /big HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n";
 
+/// A node with an HTTPS listener serving a certificate of `ca` for `names` (the default one).
+fn https_node(origin: &TestOrigin, ca: &TestCa, names: &[&str]) -> Node {
+    let leaf = ca.leaf(names, Validity::Current);
+    let cfg = NodeConfig::new(&origin.url()).https();
+    let (cert, key) = leaf.write(cfg.dir(), "leaf");
+    cfg.certificate(&cert, &key, "default = true").start()
+}
+
 #[test]
 fn http1_clients_leaving_mid_exchange_are_counted_by_phase_not_logged_as_errors() {
     let origin = origin();
@@ -203,11 +211,7 @@ fn probe_line(line: &str) -> bool {
 fn http2_clients_resetting_streams_and_unused_preconnects_are_counted_not_logged() {
     let origin = origin();
     let ca = TestCa::new();
-    let leaf = ca.leaf(&["a.test"], Validity::Current);
-    let mut cfg = NodeConfig::new(&origin.url()).https();
-    let (cert, key) = leaf.write(cfg.dir(), "leaf");
-    cfg = cfg.certificate(&cert, &key, "default = true");
-    let node = cfg.start();
+    let node = https_node(&origin, &ca, &["a.test"]);
     let h2 = client(&ca, "a.test", node.https_addr(), Some(true));
     let url = |path: &str| node.https_url("a.test", path);
     let whole = |path: &str| {
@@ -282,11 +286,7 @@ fn tls_clients_connecting_by_ip_address_do_not_log_a_warning_each() {
     let origin = TestOrigin::start();
     origin.set("/a", Reply::ok("a").header("Cache-Control", "max-age=60"));
     let ca = TestCa::new();
-    let leaf = ca.leaf(&["a.test", "127.0.0.1"], Validity::Current);
-    let mut cfg = NodeConfig::new(&origin.url()).https();
-    let (cert, key) = leaf.write(cfg.dir(), "leaf");
-    cfg = cfg.certificate(&cert, &key, "default = true");
-    let node = cfg.start();
+    let node = https_node(&origin, &ca, &["a.test", "127.0.0.1"]);
     let mark = node.log().len();
 
     for _ in 0..5 {
@@ -344,11 +344,7 @@ fn outpost_log_with_debug_shows_the_lines_left_out_and_disconnects_are_still_cou
 fn failed_tls_handshakes_log_one_line_per_interval_not_one_each() {
     let origin = TestOrigin::start();
     let ca = TestCa::new();
-    let leaf = ca.leaf(&["a.test"], Validity::Current);
-    let mut cfg = NodeConfig::new(&origin.url()).https();
-    let (cert, key) = leaf.write(cfg.dir(), "leaf");
-    cfg = cfg.certificate(&cert, &key, "default = true");
-    let node = cfg.start();
+    let node = https_node(&origin, &ca, &["a.test"]);
     // TCP health checks on the HTTPS port: connect, close without a handshake
     for _ in 0..20 {
         drop(std::net::TcpStream::connect(node.https_addr()).expect("connect"));
