@@ -538,6 +538,9 @@ http {
   sendfile on;
   keepalive_requests 100000000;
   keepalive_timeout 300s;
+  # as a production proxy_cache runs: cache files' descriptors kept open between hits
+  open_file_cache max=200000 inactive=600s;
+  open_file_cache_valid 600s;
 $(nginx_temp_paths "$d")
   proxy_cache_path $d/cache ${NGINX_CACHE_ARGS:-levels=1:2 keys_zone=bench:64m max_size=4g inactive=1h use_temp_path=off};
   upstream origin {
