@@ -119,12 +119,13 @@ pub(super) fn describe(c: &Config) -> String {
     let _ = writeln!(o, "# effective configuration of {}", c.source.display());
     let _ = writeln!(
         o,
-        "[node]\nname = \"{}\"\nthreads = {}\nshutdown_grace = {}\nwork_stealing = {}\nvia = {}\nupstream_keepalive_pool = {}\nupgrade_sock = \"{}\"\n",
+        "[node]\nname = \"{}\"\nthreads = {}\nshutdown_grace = {}\nwork_stealing = {}\nvia = {}\nlean_hits = {}\nupstream_keepalive_pool = {}\nupgrade_sock = \"{}\"\n",
         c.node.name,
         c.node.threads,
         dur(c.node.shutdown_grace),
         c.node.work_stealing,
         c.node.via,
+        c.node.lean_hits,
         c.node.upstream_keepalive_pool,
         c.node.upgrade_sock.display()
     );

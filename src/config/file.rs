@@ -232,6 +232,8 @@ pub struct NodeSection {
     pub work_stealing: Option<bool>,
     /// Add `Via` to forwarded requests and responses.
     pub via: Option<bool>,
+    /// Answer plain fresh memory hits below Pingora's session.
+    pub lean_hits: Option<bool>,
     /// Idle upstream connections kept for reuse, in all.
     pub upstream_keepalive_pool: Option<i64>,
     /// Unix socket over which a graceful upgrade hands the listening sockets over.

@@ -152,6 +152,7 @@ pub(super) fn validate(f: FileConfig, path: &Path) -> Result<Config, ConfigError
         ),
         work_stealing: f.node.work_stealing.unwrap_or(true),
         via: f.node.via.unwrap_or(true),
+        lean_hits: f.node.lean_hits.unwrap_or(true),
         upstream_keepalive_pool: match f.node.upstream_keepalive_pool {
             None => 128,
             Some(n) if (0..=100_000).contains(&n) => n as usize,
