@@ -175,6 +175,127 @@ pub fn expire_stored(stored: Stored, at: SystemTime) -> Result<Option<Vec<u8>>> 
     encode_head(&meta, &primary.unwrap_or_default()).map(Some)
 }
 
+/// A stored head read in place, without building a header map: what the lean hit path
+/// (`crate::lean`) needs to answer from it. Times are milliseconds since the Unix epoch.
+#[derive(Debug, Clone, Copy)]
+pub struct HeadView<'a> {
+    /// Fresh until then.
+    pub fresh_until_ms: u64,
+    /// Age is counted from then (the decoded meta's epoch).
+    pub epoch_ms: u64,
+    /// When the origin last confirmed the response ([`Confirmed`]).
+    pub confirmed_ms: u64,
+    /// The object is a variant of a response with `Vary`.
+    pub has_variance: bool,
+    /// Response status code.
+    pub status: u16,
+    /// Header field count.
+    count: u16,
+    /// The encoded fields.
+    fields: &'a [u8],
+}
+
+impl<'a> HeadView<'a> {
+    /// Read a head written by [`encode_head`] (any format this build reads).
+    pub fn parse(head: &'a [u8]) -> Result<HeadView<'a>> {
+        let mut r = Slice(head);
+        let format = r.u8()?;
+        if !(1..=FORMAT).contains(&format) {
+            return Err(corrupt("stored head has an unknown format"));
+        }
+        let fresh_until_ms = r.u64()?;
+        let created_ms = r.u64()?;
+        let epoch_ms = r.u64()?;
+        let confirmed_ms = if format == 1 { created_ms } else { r.u64()? };
+        r.take(8)?; // stale-while-revalidate, stale-if-error
+        let has_variance = match r.u8()? {
+            0 => false,
+            1 => {
+                r.take(16)?;
+                true
+            }
+            _ => return Err(corrupt("stored head has an invalid variance flag")),
+        };
+        if format >= 3 {
+            let len = r.u16()? as usize;
+            r.take(len)?;
+        }
+        let status = r.u16()?;
+        r.u8()?; // version: a hit is answered as HTTP/1.1
+        let count = r.u16()?;
+        Ok(HeadView {
+            fresh_until_ms,
+            epoch_ms,
+            confirmed_ms: confirmed_ms.max(created_ms),
+            has_variance,
+            status,
+            count,
+            fields: r.0,
+        })
+    }
+
+    /// The header fields, names in their stored case, in order; an error at the first
+    /// malformed one.
+    pub fn fields(&self) -> impl Iterator<Item = Result<(&'a [u8], &'a [u8])>> {
+        let mut r = Slice(self.fields);
+        let mut left = self.count;
+        std::iter::from_fn(move || {
+            if left == 0 {
+                return (!r.0.is_empty())
+                    .then(|| Err(corrupt("stored head has trailing bytes")));
+            }
+            left -= 1;
+            let field = (|| {
+                let name_len = r.u16()? as usize;
+                let name = r.take(name_len)?;
+                let value_len = r.u32()? as usize;
+                Ok((name, r.take(value_len)?))
+            })();
+            if field.is_err() {
+                left = 0;
+                r.0 = &[];
+            }
+            Some(field)
+        })
+    }
+}
+
+/// A byte slice read from the front.
+struct Slice<'a>(&'a [u8]);
+
+impl<'a> Slice<'a> {
+    fn take(&mut self, n: usize) -> Result<&'a [u8]> {
+        if n > self.0.len() {
+            return Err(corrupt("stored header truncated"));
+        }
+        let (head, rest) = self.0.split_at(n);
+        self.0 = rest;
+        Ok(head)
+    }
+
+    fn array<const N: usize>(&mut self) -> Result<[u8; N]> {
+        let mut a = [0u8; N];
+        a.copy_from_slice(self.take(N)?);
+        Ok(a)
+    }
+
+    fn u8(&mut self) -> Result<u8> {
+        Ok(self.array::<1>()?[0])
+    }
+
+    fn u16(&mut self) -> Result<u16> {
+        self.array().map(u16::from_le_bytes)
+    }
+
+    fn u32(&mut self) -> Result<u32> {
+        self.array().map(u32::from_le_bytes)
+    }
+
+    fn u64(&mut self) -> Result<u64> {
+        self.array().map(u64::from_le_bytes)
+    }
+}
+
 fn too_long() -> Box<Error> {
     Error::explain(ErrorType::InternalError, "header field too long to store")
 }
@@ -421,4 +542,37 @@ mod tests {
         assert!(old.primary.is_none());
         assert_eq!(old.meta.headers()["surrogate-key"], "a b");
     }
+    #[test]
+    fn the_view_reads_what_decoding_reads() {
+        let mut h = ResponseHeader::build(203, None).unwrap();
+        h.append_header("Content-Type", "text/plain").unwrap();
+        h.append_header("set-cookie", "a=1").unwrap();
+        h.append_header("set-cookie", "b=2").unwrap();
+        let mut meta = meta_with(h);
+        meta.set_variance([1; 16]);
+        let head = encode_head(&meta, b"example.com\n/x\n").unwrap();
+        let view = HeadView::parse(&head).unwrap();
+        let decoded = decode_head(&Bytes::from(head.clone())).unwrap();
+        assert_eq!(view.status, 203);
+        assert!(view.has_variance);
+        assert_eq!(view.fresh_until_ms, to_ms(decoded.fresh_until()));
+        assert_eq!(view.epoch_ms, to_ms(decoded.epoch()));
+        assert_eq!(view.confirmed_ms, to_ms(confirmed_at(&decoded)));
+        let fields: Vec<_> = view.fields().map(Result::unwrap).collect();
+        assert_eq!(
+            fields,
+            [
+                (&b"Content-Type"[..], &b"text/plain"[..]),
+                (b"set-cookie", b"a=1"),
+                (b"set-cookie", b"b=2")
+            ]
+        );
+        for cut in 0..head.len() {
+            let ok = HeadView::parse(&head[..cut])
+                .map(|v| v.fields().all(|f| f.is_ok()))
+                .unwrap_or(false);
+            assert!(!ok, "cut at {cut}");
+        }
+    }
+
 }

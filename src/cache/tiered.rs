@@ -198,6 +198,14 @@ impl TieredStorage {
         self.memory
     }
 
+    /// The object the memory tier holds complete under `key`, counted as a memory hit as a
+    /// lookup counts it (`None` is not counted: the full path's lookup follows and counts).
+    pub fn memory_hit(&self, key: u128) -> Option<super::memory::StoredObject> {
+        let found = self.memory?.stored(key)?;
+        self.metrics.memory.hits.inc();
+        Some(found)
+    }
+
     /// The disk tier, if running.
     pub fn disk(&self) -> Option<&Arc<DiskTier>> {
         self.disk.as_ref()

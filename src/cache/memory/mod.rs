@@ -89,6 +89,21 @@ impl Entry {
     }
 }
 
+/// A stored object lent out by [`MemoryTier::stored`].
+pub struct StoredObject(Arc<Entry>);
+
+impl StoredObject {
+    /// The encoded head (`entry::encode_head`).
+    pub fn head(&self) -> &[u8] {
+        &self.0.head
+    }
+
+    /// The body, shared.
+    pub fn body(&self) -> &Bytes {
+        &self.0.body
+    }
+}
+
 /// Counts evictions.
 #[derive(Clone)]
 struct Lifecycle(Option<IntCounter>);
@@ -290,6 +305,16 @@ impl MemoryTier {
         self.entries
             .iter()
             .map(|(key, entry)| (key, entry.head_bytes()))
+    }
+
+    /// The complete object stored under `key`, as a lookup would find it: `None` when there is
+    /// none, or when a fill of the key is in flight and readable (it is newer than the stored
+    /// object). Touches the entry for the eviction policy as a lookup does.
+    pub fn stored(&self, key: u128) -> Option<StoredObject> {
+        if self.stream_fills && self.fill_for(key, None).is_some() {
+            return None;
+        }
+        self.entries.get(&key).map(StoredObject)
     }
 
     /// Remove the object stored under `key`; true if there was one.
