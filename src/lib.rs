@@ -15,6 +15,7 @@ pub mod cache;
 pub mod cluster;
 pub mod config;
 pub mod journal;
+pub mod lean;
 pub mod metrics;
 pub mod node;
 pub mod observe;

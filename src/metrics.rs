@@ -394,6 +394,8 @@ pub struct Metrics {
     upstream: UpstreamFamilies,
     /// Requests sent to the origin directly because no shield could be reached.
     pub shield_bypassed: IntCounter,
+    /// Hits answered by the lean hit path (`crate::lean`), a part of the hits counted.
+    pub lean_hits: IntCounter,
     /// Memory tier objects (set at scrape).
     pub memory_objects: IntGauge,
     /// Memory tier weighted bytes (set at scrape).
@@ -527,6 +529,10 @@ impl Metrics {
                 &["tier", "pool"],
             )?,
         };
+        let lean_hits = IntCounter::new(
+            "outpost_lean_hits_total",
+            "Hits answered by the lean hit path below Pingora's session (a part of the hits in outpost_requests_total)",
+        )?;
         let shield_bypassed = IntCounter::new(
             "outpost_shield_bypassed_total",
             "Requests sent to the origin directly because no shield could be reached",
@@ -736,6 +742,7 @@ impl Metrics {
         registry.register(Box::new(upstream.connections.clone()))?;
         registry.register(Box::new(upstream.retries.clone()))?;
         registry.register(Box::new(shield_bypassed.clone()))?;
+        registry.register(Box::new(lean_hits.clone()))?;
         registry.register(Box::new(memory_objects.clone()))?;
         registry.register(Box::new(memory_bytes.clone()))?;
         registry.register(Box::new(memory_capacity.clone()))?;
@@ -879,6 +886,7 @@ impl Metrics {
             latency,
             upstream,
             shield_bypassed,
+            lean_hits,
             memory_objects,
             memory_bytes,
             memory_capacity,

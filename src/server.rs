@@ -326,7 +326,8 @@ pub fn run(
         node.metrics.policy.idle_closed.clone(),
         node.metrics.disconnects.clone(),
     )
-    .with_shutdown_linger(shutdown_linger(cfg.node.shutdown_grace));
+    .with_shutdown_linger(shutdown_linger(cfg.node.shutdown_grace))
+    .with_lean_hits(Arc::new(crate::lean::LeanHits::new(node.clone())));
     let connections = guarded.open_connections();
     let mut proxy = Service::new("outpost proxy".into(), guarded);
     for addr in &cfg.listen.http {

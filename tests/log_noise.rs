@@ -318,11 +318,13 @@ fn tls_clients_connecting_by_ip_address_do_not_log_a_warning_each() {
 #[test]
 fn outpost_log_with_debug_shows_the_lines_left_out_and_disconnects_are_still_counted() {
     let origin = origin();
+    // Pingora's line is the full path's (a lean hit never reaches Pingora's session)
     let node = NodeConfig::new(&origin.url())
         .env(
             "OUTPOST_LOG",
             "info,pingora_proxy::proxy_cache=debug,outpost=debug",
         )
+        .node("lean_hits = false")
         .start();
     store_big(&node);
     for _ in 0..2 {

@@ -241,8 +241,7 @@ impl<'a> HeadView<'a> {
         let mut left = self.count;
         std::iter::from_fn(move || {
             if left == 0 {
-                return (!r.0.is_empty())
-                    .then(|| Err(corrupt("stored head has trailing bytes")));
+                return (!r.0.is_empty()).then(|| Err(corrupt("stored head has trailing bytes")));
             }
             left -= 1;
             let field = (|| {
@@ -574,5 +573,4 @@ mod tests {
             assert!(!ok, "cut at {cut}");
         }
     }
-
 }

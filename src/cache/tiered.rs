@@ -198,12 +198,9 @@ impl TieredStorage {
         self.memory
     }
 
-    /// The object the memory tier holds complete under `key`, counted as a memory hit as a
-    /// lookup counts it (`None` is not counted: the full path's lookup follows and counts).
-    pub fn memory_hit(&self, key: u128) -> Option<super::memory::StoredObject> {
-        let found = self.memory?.stored(key)?;
+    /// Count a memory-tier hit found without a lookup (the lean hit path, `crate::lean`).
+    pub fn count_memory_hit(&self) {
         self.metrics.memory.hits.inc();
-        Some(found)
     }
 
     /// The disk tier, if running.

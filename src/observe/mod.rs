@@ -64,6 +64,27 @@ pub fn evenly_sampled(n: u64, fraction: f64) -> bool {
     fraction >= 1.0 || ((n + 1) as f64 * fraction).floor() > (n as f64 * fraction).floor()
 }
 
+/// The request id: the client's (or a proxy's) if it sent a sane one, else a new one.
+pub fn request_id(sent: Option<&[u8]>, ids: &Ids) -> String {
+    match sent.and_then(|v| std::str::from_utf8(v).ok()) {
+        Some(v)
+            if !v.is_empty()
+                && v.len() <= 128
+                && v.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"-_.:".contains(&b)) =>
+        {
+            v.to_string()
+        }
+        // 16 hex digits
+        _ => format!("{:016x}", ids.next()),
+    }
+}
+
+/// Seconds as milliseconds rounded to the microsecond (log lines without float noise).
+pub fn millis(seconds: f64) -> f64 {
+    (seconds * 1_000_000.0).round() / 1000.0
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

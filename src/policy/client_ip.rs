@@ -64,6 +64,12 @@ fn x_forwarded_for(headers: &HeaderMap) -> Vec<Option<IpAddr>> {
         .collect()
 }
 
+/// Whether `peer` is a trusted proxy, so that the client's address comes from the
+/// forwarding fields it sent ([`client_ip`] reads them).
+pub fn behind_trusted_proxy(cfg: &ClientIpConfig, peer: IpAddr) -> bool {
+    !cfg.trusted_proxies.is_empty() && trusted(cfg, canonical(peer))
+}
+
 /// The client's address for a request from `peer` with header fields `headers`.
 pub fn client_ip(cfg: &ClientIpConfig, peer: IpAddr, headers: &HeaderMap) -> IpAddr {
     let peer = canonical(peer);

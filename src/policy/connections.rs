@@ -25,10 +25,13 @@ use super::coalesce::WriteCoalescer;
 use super::hardening::Rejection;
 use super::request_line::RequestLines;
 use crate::config::LimitsConfig;
+use crate::lean::{Answer, LeanHits, Outcome, Peer};
 use crate::metrics::{DisconnectPhase, Disconnects};
 use crate::observe::logging::LogLimit;
 use async_trait::async_trait;
-use pingora_core::apps::{HttpServerApp, HttpServerOptions, ReusedHttpStream, ServerApp};
+use pingora_core::apps::{
+    HttpPersistentSettings, HttpServerApp, HttpServerOptions, ReusedHttpStream, ServerApp,
+};
 use pingora_core::protocols::http::v2::server::H2Options;
 use pingora_core::protocols::http::ServerSession;
 use pingora_core::protocols::l4::stream::Stream as L4Stream;
@@ -47,7 +50,7 @@ use std::sync::atomic::{AtomicBool, AtomicU16, AtomicU64, AtomicUsize, Ordering}
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, ReadBuf};
 use tokio::sync::{Notify, Semaphore};
 
 /// Bytes of the HTTP/2 connection preface (RFC 9113 3.4) a client sends first.
@@ -240,6 +243,26 @@ pub struct Tracked {
     send: WriteCoalescer,
     /// The lines read, as the client sent them (HTTP/1 connections).
     lines: Option<RequestLines>,
+    /// Bytes read ahead by the lean hit path and handed back ([`Tracked::hand_over`]).
+    held: Held,
+}
+
+/// Bytes the lean hit path read and handed to Pingora with a request it does not answer.
+/// Pingora reads the lent part (that request) first; what follows (requests pipelined behind
+/// it) is kept for the lean path, and Pingora's reads wait meanwhile (they only watch for the
+/// client closing), so that Pingora never reads past its request and holds none of the next.
+#[derive(Debug, Default)]
+struct Held {
+    bytes: Vec<u8>,
+    /// Read position in `bytes`.
+    pos: usize,
+    /// Of `bytes[pos..]`, how many Pingora may read.
+    lend: usize,
+    /// Bytes Pingora read from the socket since the hand-over.
+    direct: u64,
+    /// Of those, how many belong to the request handed over (its body not read yet); `None`:
+    /// its length is unknown.
+    expected: Option<u64>,
 }
 
 /// The request lines the client sent on `stream`, if it is a watched (HTTP/1) connection.
@@ -256,12 +279,52 @@ fn status_of(buf: &[u8]) -> Option<u16> {
     std::str::from_utf8(rest).ok()?.parse().ok()
 }
 
+impl Tracked {
+    /// Give Pingora `bytes` read ahead, of which the first `lend` (one request, whose whole
+    /// length is `length` when known) are its to read.
+    fn hand_over(&mut self, bytes: Vec<u8>, lend: usize, length: Option<u64>) {
+        self.held = Held {
+            expected: length.map(|l| l.saturating_sub(lend as u64)),
+            lend,
+            pos: 0,
+            direct: 0,
+            bytes,
+        };
+    }
+
+    /// Take the connection back from Pingora after its request: the bytes read ahead that it
+    /// did not read, or `None` if it may have read into a next request (it read more from the
+    /// socket than the request it was handed, or its length was unknown and it read any).
+    fn take_back(&mut self) -> Option<Vec<u8>> {
+        let held = std::mem::take(&mut self.held);
+        if held.lend > 0 || held.direct > held.expected.unwrap_or(0) {
+            return None;
+        }
+        let mut bytes = held.bytes;
+        bytes.drain(..held.pos);
+        Some(bytes)
+    }
+}
+
 impl AsyncRead for Tracked {
     fn poll_read(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
+        let me = &mut *self;
+        if me.held.lend > 0 {
+            let n = me.held.lend.min(buf.remaining());
+            buf.put_slice(&me.held.bytes[me.held.pos..me.held.pos + n]);
+            me.held.pos += n;
+            me.held.lend -= n;
+            me.seen.bytes_read.fetch_add(n as u64, Ordering::Relaxed);
+            return Poll::Ready(Ok(()));
+        }
+        if me.held.pos < me.held.bytes.len() {
+            // the next request, kept for the lean path
+            return Poll::Pending;
+        }
         let before = buf.filled().len();
         let polled = Pin::new(&mut *self.inner).poll_read(cx, buf);
         let read = &buf.filled()[before..];
@@ -269,9 +332,11 @@ impl AsyncRead for Tracked {
             self.seen
                 .bytes_read
                 .fetch_add(read.len() as u64, Ordering::Relaxed);
+            let n = read.len() as u64;
             if let Some(lines) = &mut self.lines {
                 lines.feed(read);
             }
+            self.held.direct += n;
         }
         polled
     }
@@ -404,9 +469,35 @@ fn track(stream: Stream, idle: &Arc<Idle>, max_line: Option<usize>) -> (Stream, 
             seen: seen.clone(),
             send: WriteCoalescer::new(plain),
             lines: max_line.map(RequestLines::new),
+            held: Held::default(),
         }),
         seen,
     )
+}
+
+/// The watched connection inside `stream` (every HTTP/1 connection is one: [`track`]).
+fn downcast(stream: Stream) -> Option<Box<Tracked>> {
+    match stream.into_any().downcast::<Tracked>() {
+        Ok(tracked) => Some(tracked),
+        Err(_) => {
+            tracing::error!("connection is not a watched stream: closed");
+            None
+        }
+    }
+}
+
+/// Write a lean answer (its header goes out with its body: [`WriteCoalescer`]); false if the
+/// client is gone.
+async fn write_answer(tracked: &mut Tracked, answer: &Answer) -> bool {
+    use tokio::io::AsyncWriteExt as _;
+    let written = async {
+        tracked.write_all(&answer.head).await?;
+        if let Some(body) = answer.body.as_ref().filter(|b| !b.is_empty()) {
+            tracked.write_all(body).await?;
+        }
+        tracked.flush().await
+    };
+    written.await.is_ok()
 }
 
 /// How many client connections a [`Guarded`] application has open (a cheap, cloneable
@@ -449,6 +540,36 @@ pub struct Guarded<A> {
     /// The connection-limit warning: at most one a second, so that an overload does not also
     /// flood the log.
     full: LogLimit,
+    /// The lean hit path, when on (HTTP/1 connections).
+    lean: Option<Arc<LeanHits>>,
+    /// Set (and waiters woken) once idle connections are to close at shutdown.
+    closing: Arc<Closing>,
+}
+
+/// The shutdown's signal to close idle connections waiting in the lean path.
+#[derive(Default)]
+struct Closing {
+    now: AtomicBool,
+    notify: Notify,
+}
+
+impl Closing {
+    async fn wait(&self) {
+        let notified = self.notify.notified();
+        if self.now.load(Ordering::Acquire) {
+            return;
+        }
+        notified.await
+    }
+}
+
+/// How a wait for a request in the lean path ended.
+enum Read {
+    /// Bytes of a request are in the buffer.
+    More,
+    /// The connection is over (closed by the client, the deadline, for a new connection or
+    /// at shutdown; counted).
+    Over,
 }
 
 /// How long a new connection past `max_connections` waits for the idle one it displaced to
@@ -485,7 +606,15 @@ impl<A> Guarded<A> {
             max_line: usize::try_from(limits.max_header_bytes).unwrap_or(usize::MAX),
             rejected,
             full: LogLimit::new(Duration::from_secs(1)),
+            lean: None,
+            closing: Arc::default(),
         }
+    }
+
+    /// Answer fresh memory hits on HTTP/1 connections with `lean` (when it is enabled).
+    pub fn with_lean_hits(mut self, lean: Arc<LeanHits>) -> Self {
+        self.lean = lean.enabled().then_some(lean);
+        self
     }
 
     /// On a graceful shutdown (or upgrade), keep idle keep-alive connections open up to
@@ -543,6 +672,141 @@ impl<A> Guarded<A> {
         served
     }
 
+    /// Serve an HTTP/1 connection: the lean path answers the requests it can, in a loop of its
+    /// own; a request it does not answer goes to Pingora's session (through [`PerRequest`])
+    /// with the bytes already read, and the connection comes back after it unless Pingora
+    /// may have read into the next request (then Pingora keeps it, as its own loop would).
+    async fn serve_h1(
+        &self,
+        lean: &LeanHits,
+        stream: Stream,
+        seen: &Arc<Seen>,
+        shutdown: &ShutdownWatch,
+    ) -> Option<Stream>
+    where
+        A: HttpServerApp + Send + Sync + 'static,
+    {
+        let addr = stream
+            .get_socket_digest()
+            .and_then(|d| d.peer_addr().and_then(|a| a.as_inet()).map(|a| a.ip()));
+        let mut tracked = downcast(stream)?;
+        let mut buf: Vec<u8> = Vec::with_capacity(4096);
+        // Pingora keeps the connection (it may hold bytes of the next request), with the
+        // settings it carries from one request to the next
+        let mut pingora = false;
+        let mut kept: Option<HttpPersistentSettings> = None;
+        // when the request being read must be complete (from when the wait for it began)
+        let mut deadline = None;
+        loop {
+            if !pingora {
+                // the lean path's turn: answer requests until one is not a lean hit
+                let length = loop {
+                    if !buf.is_empty() {
+                        let peer = Peer {
+                            addr,
+                            closing: *shutdown.borrow(),
+                        };
+                        match lean.answer(&buf, peer) {
+                            Outcome::Answered(answer) => {
+                                seen.stop_waiting();
+                                let sent = write_answer(&mut tracked, &answer).await;
+                                lean.finished(&answer, sent);
+                                if !sent || !answer.keep_alive {
+                                    Shutdown::shutdown(&mut *tracked).await;
+                                    return None;
+                                }
+                                buf.drain(..answer.consumed);
+                                deadline = None;
+                                continue;
+                            }
+                            Outcome::Full { length } => break length,
+                            // past any header size limit: the full path refuses it
+                            Outcome::Incomplete if buf.len() > self.max_line + 4096 => break None,
+                            Outcome::Incomplete => {}
+                        }
+                    }
+                    let until = *deadline.get_or_insert_with(|| {
+                        tokio::time::Instant::now() + self.inner.header_timeout
+                    });
+                    match self.read_request(&mut tracked, &mut buf, seen, until).await {
+                        Read::More => {}
+                        Read::Over => return None,
+                    }
+                };
+                let lend = length
+                    .and_then(|l| usize::try_from(l).ok())
+                    .map_or(buf.len(), |l| l.min(buf.len()));
+                tracked.hand_over(std::mem::take(&mut buf), lend, length);
+                deadline = None;
+            }
+            let mut session = ServerSession::new_http1(tracked);
+            match kept.take() {
+                Some(settings) => settings.apply_to_session(&mut session),
+                // as Pingora's own HTTP/1 loop starts a connection
+                None => session.set_keepalive(if *shutdown.borrow() { None } else { Some(60) }),
+            }
+            let reused = self.inner.process_new_http(session, shutdown).await?;
+            let (stream, settings) = reused.consume();
+            tracked = downcast(stream)?;
+            if pingora {
+                kept = settings;
+                continue;
+            }
+            match tracked.take_back() {
+                Some(rest) => buf = rest,
+                None => {
+                    pingora = true;
+                    kept = settings;
+                }
+            }
+        }
+    }
+
+    /// Wait for (more of) a request on `tracked` into `buf` under the header deadline, as
+    /// [`PerRequest`] waits for Pingora's reads: a connection idle past the deadline, or
+    /// chosen to make room for a new connection, or open at shutdown, is closed and counted.
+    async fn read_request(
+        &self,
+        tracked: &mut Tracked,
+        buf: &mut Vec<u8>,
+        seen: &Seen,
+        until: tokio::time::Instant,
+    ) -> Read {
+        let inner = &self.inner;
+        if buf.is_empty() {
+            seen.start_waiting();
+        }
+        let deadline = tokio::time::sleep_until(until);
+        let read = async {
+            buf.reserve(4096);
+            tracked.read_buf(buf).await
+        };
+        let wait = tokio::select! {
+            biased;
+            read = read => Ok(read),
+            _ = deadline => Err(Wait::Deadline),
+            _ = inner.idle.displaced(seen) => Err(Wait::Displaced),
+            _ = self.closing.wait() => return Read::Over,
+        };
+        match wait {
+            Ok(Ok(n)) if n > 0 => Read::More,
+            Ok(_) => {
+                if !buf.is_empty() {
+                    inner.disconnects.count(DisconnectPhase::RequestHeader);
+                    tracing::debug!(
+                        bytes_read = buf.len(),
+                        "client closed the connection mid-header"
+                    );
+                }
+                Read::Over
+            }
+            Err(why) => {
+                inner.waited_too_long(why, !buf.is_empty());
+                Read::Over
+            }
+        }
+    }
+
     /// A slot for a new connection: a free one, or the one an idle connection gives back when
     /// asked to close; `None` when every connection is busy.
     async fn slot(&self) -> Option<tokio::sync::SemaphorePermit<'_>> {
@@ -582,9 +846,18 @@ impl<A: HttpServerApp + Send + Sync + 'static> ServerApp for Guarded<A> {
             return self.serve_h2(stream, shutdown).await;
         }
         let (stream, watched) = track(stream, &self.inner.idle, Some(self.max_line));
-        // Pingora's HTTP/1 loop serves every request of the connection through PerRequest
-        let served = WATCHED.scope(watched.clone(), self.inner.process_new(stream, shutdown));
-        let reused = served.await;
+        let reused = match &self.lean {
+            // the lean path answers what it can, Pingora's session the rest
+            Some(lean) => {
+                let served = self.serve_h1(lean, stream, &watched, shutdown);
+                WATCHED.scope(watched.clone(), served).await
+            }
+            // Pingora's HTTP/1 loop serves every request of the connection through PerRequest
+            None => {
+                let served = self.inner.process_new(stream, shutdown);
+                WATCHED.scope(watched.clone(), served).await
+            }
+        };
         watched.stop_waiting();
         reused
     }
@@ -593,6 +866,8 @@ impl<A: HttpServerApp + Send + Sync + 'static> ServerApp for Guarded<A> {
         // Pingora calls this once the listeners stopped accepting; the inner cleanup closes
         // every idle keep-alive connection at once
         self.open_connections().wait_closed(self.linger).await;
+        self.closing.now.store(true, Ordering::Release);
+        self.closing.notify.notify_waiters();
         self.inner.cleanup().await;
     }
 }
@@ -616,6 +891,39 @@ enum Wait {
     Deadline,
     /// A new connection needed this idle one's slot.
     Displaced,
+}
+
+impl<A> PerRequest<A> {
+    /// Count and log a connection closed while waiting for a request header: the deadline
+    /// passed (with `partial`, a header begun: a slow client), or a new connection needed
+    /// its slot.
+    fn waited_too_long(&self, why: Wait, partial: bool) {
+        match why {
+            Wait::Deadline if partial => {
+                self.rejected.with_label_values(&["header_timeout"]).inc();
+                tracing::info!(
+                    timeout = ?self.header_timeout,
+                    reason = "header_timeout",
+                    "request refused: header not complete within limits.header_timeout"
+                );
+            }
+            Wait::Deadline => {
+                self.idle_closed
+                    .with_label_values(&["header_timeout"])
+                    .inc();
+                tracing::debug!("idle keep-alive connection closed at limits.header_timeout");
+            }
+            Wait::Displaced => {
+                self.idle_closed
+                    .with_label_values(&["max_connections"])
+                    .inc();
+                tracing::debug!(
+                    "idle keep-alive connection closed for a new one at limits.max_connections"
+                );
+            }
+            Wait::Served(_) => {}
+        }
+    }
 }
 
 #[async_trait]
@@ -645,29 +953,8 @@ impl<A: HttpServerApp + Send + Sync + 'static> HttpServerApp for PerRequest<A> {
             // the header came in time: the request is served whatever it takes
             _ if seen.header.load(Ordering::Relaxed) => served.await,
             // dropping the future closes the connection
-            Wait::Deadline if seen.bytes_read.load(Ordering::Relaxed) > 0 => {
-                self.rejected.with_label_values(&["header_timeout"]).inc();
-                tracing::info!(
-                    timeout = ?self.header_timeout,
-                    reason = "header_timeout",
-                    "request refused: header not complete within limits.header_timeout"
-                );
-                return None;
-            }
-            Wait::Deadline => {
-                self.idle_closed
-                    .with_label_values(&["header_timeout"])
-                    .inc();
-                tracing::debug!("idle keep-alive connection closed at limits.header_timeout");
-                return None;
-            }
-            Wait::Displaced => {
-                self.idle_closed
-                    .with_label_values(&["max_connections"])
-                    .inc();
-                tracing::debug!(
-                    "idle keep-alive connection closed for a new one at limits.max_connections"
-                );
+            why => {
+                self.waited_too_long(why, seen.bytes_read.load(Ordering::Relaxed) > 0);
                 return None;
             }
         };

@@ -3,27 +3,6 @@
 
 use super::*;
 
-/// The request id: the client's (or a proxy's) if it sent a sane one, else a new one.
-pub(super) fn request_id(sent: Option<&http::HeaderValue>, ids: &Ids) -> String {
-    match sent.and_then(|v| v.to_str().ok()) {
-        Some(v)
-            if !v.is_empty()
-                && v.len() <= 128
-                && v.bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || b"-_.:".contains(&b)) =>
-        {
-            v.to_string()
-        }
-        // 16 hex digits
-        _ => format!("{:016x}", ids.next()),
-    }
-}
-
-/// Seconds as milliseconds rounded to the microsecond (log lines without float noise).
-pub(super) fn millis(seconds: f64) -> f64 {
-    (seconds * 1_000_000.0).round() / 1000.0
-}
-
 impl OutpostProxy {
     /// The request id field (`access_log.request_id_header`) and this request's id, sent to the
     /// origin and back to the client.
@@ -76,8 +55,10 @@ impl OutpostProxy {
                 .origin_start
                 .filter(|_| ctx.upstream_status.is_some())
                 .zip(ctx.origin_header)
-                .map(|(start, at)| millis(at.saturating_duration_since(start).as_secs_f64())),
-            ms: millis(seconds),
+                .map(|(start, at)| {
+                    crate::observe::millis(at.saturating_duration_since(start).as_secs_f64())
+                }),
+            ms: crate::observe::millis(seconds),
             id: ctx.request_id.as_deref(),
             ua: header(header::USER_AGENT),
             referer: header(header::REFERER),

@@ -80,7 +80,6 @@ mod errors;
 mod invalidate;
 mod status;
 
-use access::request_id;
 use answers::plain_response;
 pub use ctx::RequestCtx;
 use errors::{client_went_away, no_server_error, total_timeout_error, NO_SERVER};
@@ -226,7 +225,10 @@ impl ProxyHttp for OutpostProxy {
         };
         ctx.host = normalize_host(host).into_owned();
         if let Some(name) = &self.node.config.access_log.request_id_header {
-            ctx.request_id = Some(request_id(req.headers.get(name), &self.ids));
+            ctx.request_id = Some(crate::observe::request_id(
+                req.headers.get(name).map(|v| v.as_bytes()),
+                &self.ids,
+            ));
         }
         if tier::passed(&req.headers, &self.node.config.node.name) {
             self.reject(session, ctx, Rejection::Loop).await?;

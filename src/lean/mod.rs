@@ -1,0 +1,559 @@
+//! The lean hit path: the common fresh memory-tier hit answered at the connection layer, below
+//! Pingora's proxy session, with the response head serialized straight from the stored head.
+//!
+//! A fresh hit is most of a CDN node's traffic. Through Pingora's session it builds a request
+//! header map, runs the cache state machine, copies the stored response header into a map,
+//! edits it hook by hook and serializes it again. Here the request is parsed in place
+//! (`httparse`), the key hashed, the memory tier asked, and the response written field by field
+//! from the stored bytes, in one write with the body.
+//!
+//! Only what this module can answer exactly as the full path would is answered here
+//! ([`LeanHits::answer`] returns `None` for anything else, and the connection layer hands the
+//! request to Pingora untouched): an HTTP/1.x GET or HEAD in origin form, with a Host and no
+//! body, no `Range`, conditional, `Cache-Control`, `Pragma`, `Authorization`, `Expect` or
+//! `Upgrade` field, no `Via` or `CDN-Loop` (loop detection), no edge cache key; matched by a
+//! caching rule that keys on no request field and redirects nothing; no rate limits, no bans,
+//! no tracing; an object in the memory tier, complete, fresh, stored without `Vary` or a
+//! targeted cache-control field, that the fleet does not ask to revalidate. The differential
+//! test (tests/lean_differential.rs) sends one matrix of requests to a node with this path and
+//! to one without, and compares every response.
+
+use crate::cache::entry::{from_ms, HeadView};
+use crate::metrics::{label_index, method_index, DisconnectPhase, Finished, Source};
+use crate::node::{Node, Routing};
+use crate::observe::Ids;
+use crate::policy::client_ip::behind_trusted_proxy;
+use crate::rules::{key, normalize_host};
+use crate::upstream::tier;
+use bytes::{BufMut, Bytes};
+use http::{HeaderName, Method, StatusCode};
+use pingora_http::IntoCaseHeaderName;
+use std::borrow::Cow;
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::time::{Instant, SystemTime};
+
+/// Request header fields read at most (more: the full path).
+const MAX_FIELDS: usize = 48;
+
+/// Answers fresh memory-tier hits for one node.
+pub struct LeanHits {
+    node: Arc<Node>,
+    /// Request ids made here (`access_log.request_id_header`).
+    ids: Ids,
+}
+
+/// A connection as the lean path needs to know it.
+#[derive(Debug, Clone, Copy)]
+pub struct Peer {
+    /// The client's address (as connected).
+    pub addr: Option<IpAddr>,
+    /// The node is stopping: responses say `Connection: close`.
+    pub closing: bool,
+}
+
+/// What [`LeanHits::answer`] made of a request.
+// returned once per request and matched at once: boxing the answer would cost an allocation
+#[allow(clippy::large_enum_variant)]
+pub enum Outcome {
+    /// Answered here.
+    Answered(Answer),
+    /// The request header is not complete yet: read more.
+    Incomplete,
+    /// For the full path; `length` is the request's length (header and body) when its framing
+    /// is plain (no body or one `Content-Length`), else unknown.
+    Full {
+        /// Bytes of the request, when known.
+        length: Option<u64>,
+    },
+}
+
+/// The body length a request header announces, when plainly framed: none (0) or one
+/// `Content-Length`; `None` for chunked, conflicting or malformed framing.
+fn framed_length(headers: &[httparse::Header<'_>]) -> Option<u64> {
+    let mut length = None;
+    for h in headers {
+        if h.name.eq_ignore_ascii_case("transfer-encoding") {
+            return None;
+        }
+        if h.name.eq_ignore_ascii_case("content-length") {
+            let n = std::str::from_utf8(h.value)
+                .ok()?
+                .trim()
+                .parse::<u64>()
+                .ok()?;
+            if length.replace(n).is_some_and(|m| m != n) {
+                return None;
+            }
+        }
+    }
+    Some(length.unwrap_or(0))
+}
+
+/// A request answered here: what to write, and what to record once it is written.
+pub struct Answer {
+    /// Bytes of the request (its header: it has no body).
+    pub consumed: usize,
+    /// The response header, serialized.
+    pub head: Vec<u8>,
+    /// The body (`None` for HEAD).
+    pub body: Option<Bytes>,
+    /// The connection stays open after the response.
+    pub keep_alive: bool,
+    done: Done,
+}
+
+/// What a finished lean response records (as `proxy::access` records a full one).
+struct Done {
+    start: Instant,
+    first_byte: f64,
+    method: Method,
+    status: u16,
+    host: String,
+    /// The target as sent (path and query).
+    target: String,
+    version10: bool,
+    client: Option<IpAddr>,
+    request_id: Option<String>,
+    user_agent: Option<String>,
+    referer: Option<String>,
+    body_len: u64,
+}
+
+/// The request fields the lean path reads.
+#[derive(Default)]
+struct Fields<'a> {
+    host: Option<&'a [u8]>,
+    connection: Option<&'a [u8]>,
+    request_id: Option<&'a [u8]>,
+    user_agent: Option<&'a [u8]>,
+    referer: Option<&'a [u8]>,
+}
+
+/// Request fields that take a request to the full path.
+const FULL_PATH_FIELDS: &[&str] = &[
+    "content-length",
+    "transfer-encoding",
+    "range",
+    "if-range",
+    "if-match",
+    "if-none-match",
+    "if-modified-since",
+    "if-unmodified-since",
+    "cache-control",
+    "pragma",
+    "authorization",
+    "expect",
+    "upgrade",
+    "via",
+    tier::CDN_LOOP,
+    tier::CACHE_KEY,
+];
+
+/// A visible ASCII target byte an origin-form target may hold as http::Uri keeps it verbatim.
+fn target_byte(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b"-._~!$&'()*+,;=:@/?%".contains(&b)
+}
+
+/// A response field being assembled: stored (borrowed) or made here.
+type Field<'a> = (Cow<'a, [u8]>, Cow<'a, [u8]>);
+
+/// The response fields, edited as the full path's hooks edit a header map.
+struct Response<'a>(Vec<Field<'a>>);
+
+impl<'a> Response<'a> {
+    fn remove(&mut self, name: &[u8]) {
+        self.0.retain(|(n, _)| !n.eq_ignore_ascii_case(name));
+    }
+
+    /// Replace every field `name` with one (as `insert_header`).
+    fn insert(&mut self, name: impl Into<Cow<'a, [u8]>>, value: impl Into<Cow<'a, [u8]>>) {
+        let name = name.into();
+        self.remove(&name);
+        self.0.push((name, value.into()));
+    }
+
+    fn first(&self, name: &[u8]) -> Option<&[u8]> {
+        self.0
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| &**v)
+    }
+
+    fn all<'s>(&'s self, name: &'s [u8]) -> impl Iterator<Item = &'s [u8]> + 's {
+        self.0
+            .iter()
+            .filter(move |(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| &**v)
+    }
+}
+
+/// A `HeaderName` as Pingora writes one it inserts (well-known names title-cased).
+fn wire_name(name: &HeaderName) -> Cow<'static, [u8]> {
+    Cow::Owned(name.clone().into_case_header_name().as_slice().to_vec())
+}
+
+/// Whether `v` is a header value `to_str` accepts (visible ASCII, space, tab).
+fn ascii_value(v: &[u8]) -> bool {
+    v.iter().all(|&b| b == b'\t' || (b' '..0x7f).contains(&b))
+}
+
+impl LeanHits {
+    /// The lean path of `node`.
+    pub fn new(node: Arc<Node>) -> LeanHits {
+        LeanHits {
+            node,
+            ids: Ids::new(),
+        }
+    }
+
+    /// Whether the node runs the lean path (`node.lean_hits` and a memory tier).
+    pub fn enabled(&self) -> bool {
+        self.node.config.node.lean_hits && self.node.storage.memory().is_some()
+    }
+
+    /// What to do with the bytes at the start of `buf` (a request begins there): answer it
+    /// here, read more, or hand it to the full path.
+    pub fn answer(&self, buf: &[u8], peer: Peer) -> Outcome {
+        if let Some(answer) = self.try_answer(buf, peer) {
+            return Outcome::Answered(answer);
+        }
+        let mut storage = [httparse::EMPTY_HEADER; MAX_FIELDS];
+        let mut req = httparse::Request::new(&mut storage);
+        match req.parse(buf) {
+            Ok(httparse::Status::Partial) => Outcome::Incomplete,
+            Ok(httparse::Status::Complete(n)) => Outcome::Full {
+                length: framed_length(req.headers).map(|body| n as u64 + body),
+            },
+            Err(_) => Outcome::Full { length: None },
+        }
+    }
+
+    /// The answer to a request at the start of `buf`, if this path serves it.
+    fn try_answer(&self, buf: &[u8], peer: Peer) -> Option<Answer> {
+        let start = Instant::now();
+        let mut storage = [httparse::EMPTY_HEADER; MAX_FIELDS];
+        let mut req = httparse::Request::new(&mut storage);
+        let consumed = match req.parse(buf) {
+            Ok(httparse::Status::Complete(n)) => n,
+            _ => return None,
+        };
+        let method = match req.method? {
+            "GET" => Method::GET,
+            "HEAD" => Method::HEAD,
+            _ => return None,
+        };
+        let version10 = match req.version? {
+            1 => false,
+            0 => true,
+            _ => return None,
+        };
+        let target = req.path?;
+        if !target.starts_with('/') || !target.bytes().all(target_byte) {
+            return None;
+        }
+        let limits = &self.node.config.limits;
+        let headers = &*req.headers;
+        let fields_len: u64 = headers
+            .iter()
+            .map(|h| (h.name.len() + h.value.len() + 4) as u64)
+            .sum();
+        if target.len() as u64 > limits.max_uri_bytes
+            || headers.len() > limits.max_headers
+            || target.len() as u64 + fields_len + 16 > limits.max_header_bytes
+        {
+            return None;
+        }
+        let request_id_name = self.node.config.access_log.request_id_header.as_ref();
+        let mut seen = Fields::default();
+        for h in headers {
+            let name = h.name;
+            if FULL_PATH_FIELDS
+                .iter()
+                .any(|f| f.eq_ignore_ascii_case(name))
+            {
+                return None;
+            }
+            let slot = if name.eq_ignore_ascii_case("host") {
+                &mut seen.host
+            } else if name.eq_ignore_ascii_case("connection") {
+                &mut seen.connection
+            } else if request_id_name.is_some_and(|n| n.as_str().eq_ignore_ascii_case(name)) {
+                &mut seen.request_id
+            } else if name.eq_ignore_ascii_case("user-agent") {
+                &mut seen.user_agent
+            } else if name.eq_ignore_ascii_case("referer") {
+                &mut seen.referer
+            } else {
+                continue;
+            };
+            if slot.replace(h.value).is_some() {
+                // a field sent twice: the full path decides which one counts
+                return None;
+            }
+        }
+        // RFC 9112 3.2: Host is required in HTTP/1.1; an HTTP/1.0 request without is rare
+        let host = std::str::from_utf8(seen.host?).ok()?;
+        if host.is_empty() || !ascii_value(host.as_bytes()) {
+            return None;
+        }
+        let asked_close = match seen.connection {
+            None => version10,
+            Some(v) if v.eq_ignore_ascii_case(b"close") => true,
+            Some(v) if v.eq_ignore_ascii_case(b"keep-alive") => false,
+            Some(_) => return None,
+        };
+        let node = &self.node;
+        if node.tracing.is_some() || !node.bans.is_empty() {
+            return None;
+        }
+        let routing = node.routing.load();
+        if !routing.limits.is_empty() {
+            return None;
+        }
+        if peer
+            .addr
+            .is_some_and(|ip| behind_trusted_proxy(&routing.client_ip, ip))
+        {
+            // the client's address comes from forwarding fields: the full path reads them
+            return None;
+        }
+        let host = normalize_host(host);
+        let (path, query) = match target.split_once('?') {
+            Some((p, q)) => (p, Some(q)),
+            None => (target, None),
+        };
+        let rule = routing
+            .rules
+            .get(routing.rules.matching(&method, &host, path));
+        let rc = &rule.config;
+        if !rule.caches() || rc.redirect_https || !rc.key.headers.is_empty() {
+            return None;
+        }
+        let mut primary = String::new();
+        key::build_primary(
+            &rc.key,
+            &host,
+            path,
+            query,
+            &http::HeaderMap::new(),
+            &mut primary,
+        );
+        let hash = u128::from_le_bytes(pingora_cache::key::hash_key(&primary));
+        let memory = node.storage.memory()?;
+        let object = memory.stored(hash)?;
+        let view = HeadView::parse(object.head()).ok()?;
+        let now = SystemTime::now();
+        let fresh_until = from_ms(view.fresh_until_ms);
+        if view.has_variance
+            || fresh_until < now
+            || matches!(view.status, 100..=199 | 204 | 304)
+            || node
+                .cluster
+                .as_ref()
+                .is_some_and(|c| c.must_revalidate(from_ms(view.confirmed_ms)))
+        {
+            return None;
+        }
+        let mut resp = Response(Vec::with_capacity(24));
+        for field in view.fields() {
+            let (name, value) = field.ok()?;
+            if name.eq_ignore_ascii_case(b"vary")
+                || name.eq_ignore_ascii_case(b"transfer-encoding")
+                || rc
+                    .ttl
+                    .targeted
+                    .iter()
+                    .any(|t| name.eq_ignore_ascii_case(t.as_str().as_bytes()))
+            {
+                // variance, framing and targeted fields: the full path's decisions
+                return None;
+            }
+            resp.0.push((Cow::Borrowed(name), Cow::Borrowed(value)));
+        }
+        let body = object.body();
+        node.storage.count_memory_hit();
+        let keep_alive = !asked_close && !peer.closing;
+        let status = view.status;
+
+        // Pingora's cache_hit_header: Age
+        let age = now
+            .duration_since(from_ms(view.epoch_ms))
+            .unwrap_or_default()
+            .as_secs();
+        resp.insert(&b"Age"[..], age.to_string().into_bytes());
+        // range_header_filter: a stored response without a length gets one
+        if resp.first(b"content-length").is_none() {
+            resp.insert(&b"Content-Length"[..], body.len().to_string().into_bytes());
+        }
+        // response_filter: Cache-Status, request id, tag and targeted fields, Via, header rules
+        let ttl = match fresh_until.duration_since(now) {
+            Ok(d) => d.as_secs() as i64,
+            Err(e) => -(e.duration().as_secs() as i64),
+        };
+        let ours = format!("{}; hit; ttl={ttl}", node.config.node.name);
+        let cache_status = match resp
+            .first(b"cache-status")
+            .filter(|v| ascii_value(v))
+            .and_then(|v| std::str::from_utf8(v).ok())
+            .map(str::trim)
+        {
+            Some(upstream) if !upstream.is_empty() => format!("{upstream}, {ours}"),
+            _ => ours,
+        };
+        resp.insert(&b"cache-status"[..], cache_status.into_bytes());
+        let request_id = request_id_name.map(|name| {
+            let id = crate::observe::request_id(seen.request_id, &self.ids);
+            resp.insert(wire_name(name), id.clone().into_bytes());
+            id
+        });
+        let purge = &node.config.purge;
+        if purge.strip_tag_headers {
+            for name in &purge.tag_headers {
+                resp.remove(name.as_str().as_bytes());
+            }
+        }
+        for name in &node.config.cache.strip_targeted {
+            resp.remove(name.as_str().as_bytes());
+        }
+        if node.config.node.via {
+            let mut via = Vec::new();
+            for v in resp.all(b"via").filter(|v| ascii_value(v)) {
+                via.extend_from_slice(v);
+                via.extend_from_slice(b", ");
+            }
+            via.extend_from_slice(b"1.1 ");
+            via.extend_from_slice(node.config.node.name.as_bytes());
+            resp.insert(&b"Via"[..], via);
+        }
+        for rules in [&routing.headers.response, &rc.headers.response] {
+            for name in &rules.remove {
+                resp.remove(name.as_str().as_bytes());
+            }
+            for (name, value) in &rules.set {
+                resp.insert(wire_name(name), value.as_bytes().to_vec());
+            }
+        }
+        // Pingora's HTTP/1 writer: Date, Connection
+        let date = pingora_core::protocols::http::date::get_cached_date();
+        resp.insert(&b"Date"[..], date.as_bytes().to_vec());
+        let connection: &[u8] = if keep_alive { b"keep-alive" } else { b"close" };
+        resp.insert(&b"Connection"[..], connection);
+
+        let head = serialize(status, &resp);
+        let first_byte = start.elapsed().as_secs_f64();
+        let text = |v: Option<&[u8]>| {
+            v.filter(|v| ascii_value(v))
+                .map(|v| String::from_utf8_lossy(v).into_owned())
+        };
+        let head_only = method == Method::HEAD;
+        Some(Answer {
+            consumed,
+            head,
+            body: (!head_only).then(|| body.clone()),
+            keep_alive,
+            done: Done {
+                start,
+                first_byte,
+                method,
+                status,
+                host: host.into_owned(),
+                target: target.to_string(),
+                version10,
+                client: peer.addr,
+                request_id,
+                user_agent: text(seen.user_agent),
+                referer: text(seen.referer),
+                body_len: if head_only { 0 } else { body.len() as u64 },
+            },
+        })
+    }
+
+    /// Record an answer once written (`sent`: the write completed), as the full path records
+    /// a hit: metrics, access log line, top keys; a failed write counts a client disconnect.
+    pub fn finished(&self, answer: &Answer, sent: bool) {
+        let d = &answer.done;
+        let node = &self.node;
+        let seconds = d.start.elapsed().as_secs_f64();
+        let body_bytes = if sent { d.body_len } else { 0 };
+        if !sent {
+            node.metrics
+                .disconnects
+                .count(DisconnectPhase::ResponseBody);
+            tracing::debug!(host = %d.host, "client closed the connection");
+        }
+        node.metrics.lean_hits.inc();
+        node.metrics.record_request(&Finished {
+            label: label_index("hit"),
+            method: method_index(&d.method),
+            status: d.status,
+            seconds,
+            first_byte_seconds: d.first_byte,
+            body_bytes,
+            source: Source::Memory,
+        });
+        if matches!(d.status, 404 | 410 | 500..=599) {
+            node.metrics.stale.negative_hits.inc();
+        }
+        let log = &node.access_log;
+        if log.wanted(d.status) {
+            let routing: arc_swap::Guard<Arc<Routing>> = node.routing.load();
+            let client = d.client.map_or_else(
+                || "-".to_string(),
+                |ip| {
+                    crate::policy::client_ip::client_ip(
+                        &routing.client_ip,
+                        ip,
+                        &http::HeaderMap::new(),
+                    )
+                    .to_string()
+                },
+            );
+            log.write(&crate::observe::access_log::Record {
+                ts: humantime::format_rfc3339_millis(SystemTime::now()).to_string(),
+                client,
+                method: d.method.as_str(),
+                host: &d.host,
+                uri: &d.target,
+                proto: if d.version10 { "HTTP/1.0" } else { "HTTP/1.1" },
+                status: d.status,
+                bytes: body_bytes,
+                cache: "hit",
+                source: Source::Memory.as_str(),
+                upstream: None,
+                origin_ms: None,
+                ms: crate::observe::millis(seconds),
+                id: d.request_id.as_deref(),
+                ua: d.user_agent.as_deref(),
+                referer: d.referer.as_deref(),
+            });
+        }
+        let path = d.target.split('?').next().unwrap_or("/");
+        node.top_keys.record(&d.host, path, body_bytes);
+    }
+}
+
+/// The status line and fields of a response, as Pingora's HTTP/1 writer serializes them.
+fn serialize(status: u16, resp: &Response<'_>) -> Vec<u8> {
+    let len: usize = resp.0.iter().map(|(n, v)| n.len() + v.len() + 4).sum();
+    let mut out = Vec::with_capacity(len + 40);
+    out.put_slice(b"HTTP/1.1 ");
+    let code = StatusCode::from_u16(status).ok();
+    match code {
+        Some(code) => out.put_slice(code.as_str().as_bytes()),
+        None => out.put_slice(status.to_string().as_bytes()),
+    }
+    out.put_u8(b' ');
+    if let Some(reason) = code.and_then(|c| c.canonical_reason()) {
+        out.put_slice(reason.as_bytes());
+    }
+    out.put_slice(b"\r\n");
+    for (name, value) in &resp.0 {
+        out.put_slice(name);
+        out.put_slice(b": ");
+        out.put_slice(value);
+        out.put_slice(b"\r\n");
+    }
+    out.put_slice(b"\r\n");
+    out
+}

@@ -1,0 +1,198 @@
+//! The lean hit path (src/lean): which hits it answers (counted in `outpost_lean_hits_total`),
+//! the switch that turns it off, and connections moving between it and Pingora's session
+//! (pipelined requests of both kinds, a request body followed by a pipelined request). That
+//! its responses equal the full path's is tests/lean_differential.rs.
+mod common;
+
+use common::*;
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::time::Duration;
+
+fn origin() -> TestOrigin {
+    let origin = TestOrigin::start();
+    for p in ["/a", "/b", "/c"] {
+        origin.set(
+            p,
+            Reply::ok(format!("body of {p}")).header("Cache-Control", "max-age=300"),
+        );
+    }
+    origin.set("/post", Reply::ok("posted"));
+    origin
+}
+
+fn lean_hits(node: &Node) -> f64 {
+    metric_sum(&node.metrics(), "outpost_lean_hits_total", &[])
+}
+
+/// Read from `s` until `n` responses with `Content-Length` bodies are complete (or 5 s pass);
+/// their status codes and bodies.
+fn responses(s: &mut TcpStream, n: usize) -> Vec<(u16, String)> {
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let mut data = Vec::new();
+    let mut buf = [0u8; 8192];
+    loop {
+        let parsed = parse(&data);
+        if parsed.len() >= n {
+            return parsed;
+        }
+        match s.read(&mut buf) {
+            Ok(0) | Err(_) => return parse(&data),
+            Ok(k) => data.extend_from_slice(&buf[..k]),
+        }
+    }
+}
+
+/// Complete responses at the start of `data`.
+fn parse(mut data: &[u8]) -> Vec<(u16, String)> {
+    let mut out = Vec::new();
+    while let Some(end) = data.windows(4).position(|w| w == b"\r\n\r\n") {
+        let head = String::from_utf8_lossy(&data[..end]).to_string();
+        let len: usize = head
+            .lines()
+            .find_map(|l| {
+                let (n, v) = l.split_once(':')?;
+                n.eq_ignore_ascii_case("content-length")
+                    .then(|| v.trim().parse().ok())?
+            })
+            .unwrap_or(0);
+        let body_at = end + 4;
+        if data.len() < body_at + len {
+            break;
+        }
+        let status = status_of(&head).unwrap_or(0);
+        out.push((
+            status,
+            String::from_utf8_lossy(&data[body_at..body_at + len]).to_string(),
+        ));
+        data = &data[body_at + len..];
+    }
+    out
+}
+
+#[test]
+fn fresh_memory_hits_take_the_lean_path_and_the_switch_turns_it_off() {
+    let origin = origin();
+    let node = NodeConfig::new(&origin.url()).start();
+    assert_stored_miss(&get(&node, "/a"), "first request");
+    assert_eq!(lean_hits(&node), 0.0, "a miss is not a lean hit");
+    for _ in 0..3 {
+        let hit = get(&node, "/a");
+        assert_eq!(hit.text(), "body of /a");
+        assert!(cs_has(&hit.cache_status(), "hit"), "{}", hit.cache_status());
+    }
+    assert_eq!(lean_hits(&node), 3.0);
+    // what the lean path does not take: a conditional, a range, request directives
+    for headers in [
+        &[("If-None-Match", "\"x\"")][..],
+        &[("Range", "bytes=0-3")],
+        &[("Cache-Control", "max-stale=5")],
+    ] {
+        get_with(&node, "/a", headers);
+    }
+    assert_eq!(
+        lean_hits(&node),
+        3.0,
+        "full-path requests are not lean hits"
+    );
+    assert_eq!(origin.hits("/a"), 1);
+
+    let off = NodeConfig::new(&origin.url())
+        .node("lean_hits = false")
+        .start();
+    get(&off, "/a");
+    let hit = get(&off, "/a");
+    assert!(cs_has(&hit.cache_status(), "hit"), "{}", hit.cache_status());
+    assert_eq!(
+        lean_hits(&off),
+        0.0,
+        "lean_hits = false: every request takes the full path"
+    );
+}
+
+#[test]
+fn pipelined_requests_are_answered_in_order_whichever_path_takes_each() {
+    let origin = origin();
+    let node = NodeConfig::new(&origin.url()).start();
+    get(&node, "/a");
+    get(&node, "/c");
+    let mut s = TcpStream::connect(node.addr()).expect("connect");
+    // hit (lean), miss (Pingora), hit (lean), a POST with a body (Pingora), hit (lean); the
+    // host is the one reqwest sent (the key's)
+    let host = node.addr();
+    let batch = format!(
+        "GET /a HTTP/1.1\r\nHost: {host}\r\n\r\n\
+         GET /b HTTP/1.1\r\nHost: {host}\r\n\r\n\
+         GET /a HTTP/1.1\r\nHost: {host}\r\n\r\n\
+         POST /post HTTP/1.1\r\nHost: {host}\r\nContent-Length: 5\r\n\r\nhello\
+         GET /c HTTP/1.1\r\nHost: {host}\r\n\r\n"
+    );
+    s.write_all(batch.as_bytes()).expect("write");
+    let got = responses(&mut s, 5);
+    let want = [
+        (200, "body of /a"),
+        (200, "body of /b"),
+        (200, "body of /a"),
+        (200, "posted"),
+        (200, "body of /c"),
+    ];
+    let got: Vec<(u16, &str)> = got.iter().map(|(c, b)| (*c, b.as_str())).collect();
+    assert_eq!(got, want, "{}", node.log());
+    assert_eq!(lean_hits(&node), 3.0);
+    let posted = origin.requests("/post");
+    assert_eq!(posted.len(), 1);
+    // the connection is still usable, and back on the lean path
+    s.write_all(format!("GET /b HTTP/1.1\r\nHost: {host}\r\n\r\n").as_bytes())
+        .unwrap();
+    assert_eq!(responses(&mut s, 1), [(200, "body of /b".to_string())]);
+    assert_eq!(lean_hits(&node), 4.0);
+}
+
+#[test]
+fn a_request_body_sent_in_pieces_then_a_pipelined_request_are_both_answered() {
+    let origin = origin();
+    let node = NodeConfig::new(&origin.url()).start();
+    get(&node, "/a");
+    let mut s = TcpStream::connect(node.addr()).expect("connect");
+    s.write_all(b"POST /post HTTP/1.1\r\nHost: x\r\nContent-Length: 10\r\n\r\nhel")
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(200));
+    // the rest of the body, and a request behind it in the same write: Pingora reads both
+    s.write_all(b"lo worldGET /a HTTP/1.1\r\nHost: x\r\n\r\n")
+        .unwrap();
+    let got = responses(&mut s, 2);
+    assert_eq!(
+        got,
+        [(200, "posted".to_string()), (200, "body of /a".to_string())],
+        "{}",
+        node.log()
+    );
+    let posted = origin.requests("/post");
+    assert_eq!(posted.len(), 1);
+    // Pingora kept the connection: the next hit is served, by the full path
+    s.write_all(b"GET /a HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+    assert_eq!(responses(&mut s, 1), [(200, "body of /a".to_string())]);
+}
+
+#[test]
+fn connection_close_and_http10_end_the_connection_after_a_lean_hit() {
+    let origin = origin();
+    let node = NodeConfig::new(&origin.url()).start();
+    get(&node, "/a");
+    let host = node.addr();
+    for request in [
+        format!("GET /a HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n"),
+        format!("GET /a HTTP/1.0\r\nHost: {host}\r\n\r\n"),
+    ] {
+        let mut s = TcpStream::connect(node.addr()).expect("connect");
+        s.write_all(request.as_bytes()).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        let mut all = Vec::new();
+        let read = s.read_to_end(&mut all);
+        assert!(read.is_ok(), "{request:?}: the node closed the connection");
+        let text = String::from_utf8_lossy(&all);
+        assert!(text.contains("\r\nConnection: close\r\n"), "{text}");
+        assert!(text.ends_with("body of /a"), "{text}");
+    }
+    assert_eq!(lean_hits(&node), 2.0);
+}
