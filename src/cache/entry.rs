@@ -181,12 +181,16 @@ pub fn expire_stored(stored: Stored, at: SystemTime) -> Result<Option<Vec<u8>>> 
 pub struct HeadView<'a> {
     /// Fresh until then.
     pub fresh_until_ms: u64,
+    /// Stored then (a decoded meta's creation and provenance).
+    pub created_ms: u64,
     /// Age is counted from then (the decoded meta's epoch).
     pub epoch_ms: u64,
     /// When the origin last confirmed the response ([`Confirmed`]).
     pub confirmed_ms: u64,
     /// The object is a variant of a response with `Vary`.
     pub has_variance: bool,
+    /// Its variance (secondary key hash), when it has one.
+    pub variance: Option<[u8; 16]>,
     /// Response status code.
     pub status: u16,
     /// Header field count.
@@ -208,12 +212,9 @@ impl<'a> HeadView<'a> {
         let epoch_ms = r.u64()?;
         let confirmed_ms = if format == 1 { created_ms } else { r.u64()? };
         r.take(8)?; // stale-while-revalidate, stale-if-error
-        let has_variance = match r.u8()? {
-            0 => false,
-            1 => {
-                r.take(16)?;
-                true
-            }
+        let variance = match r.u8()? {
+            0 => None,
+            1 => Some(r.array::<16>()?),
             _ => return Err(corrupt("stored head has an invalid variance flag")),
         };
         if format >= 3 {
@@ -225,9 +226,11 @@ impl<'a> HeadView<'a> {
         let count = r.u16()?;
         Ok(HeadView {
             fresh_until_ms,
+            created_ms,
             epoch_ms,
             confirmed_ms: confirmed_ms.max(created_ms),
-            has_variance,
+            has_variance: variance.is_some(),
+            variance,
             status,
             count,
             fields: r.0,
@@ -554,6 +557,8 @@ mod tests {
         let decoded = decode_head(&Bytes::from(head.clone())).unwrap();
         assert_eq!(view.status, 203);
         assert!(view.has_variance);
+        assert_eq!(view.variance, Some([1; 16]));
+        assert_eq!(view.created_ms, to_ms(decoded.created()));
         assert_eq!(view.fresh_until_ms, to_ms(decoded.fresh_until()));
         assert_eq!(view.epoch_ms, to_ms(decoded.epoch()));
         assert_eq!(view.confirmed_ms, to_ms(confirmed_at(&decoded)));

@@ -17,20 +17,12 @@ pub fn fields(headers: &HMap) -> Vec<String> {
 
 /// [`fields`] without allocating unless a name has upper-case letters.
 fn names(headers: &HMap) -> impl Iterator<Item = Cow<'_, str>> {
-    headers
-        .get_all(header::VARY)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .map(str::trim)
-        .filter(|n| !n.is_empty())
-        .map(|n| {
-            if n.bytes().any(|b| b.is_ascii_uppercase()) {
-                Cow::Owned(n.to_ascii_lowercase())
-            } else {
-                Cow::Borrowed(n)
-            }
-        })
+    vary_names(
+        headers
+            .get_all(header::VARY)
+            .iter()
+            .map(http::HeaderValue::as_bytes),
+    )
 }
 
 /// Add `field` (lowercase) to `resp`'s `Vary` unless it is there (or `*` is).
@@ -60,7 +52,28 @@ pub fn add(resp: &mut ResponseHeader, field: &str) -> pingora_error::Result<()> 
 /// allocated unless a `Vary` field name has upper-case letters. This runs on every hit on a
 /// varying object.
 pub fn variance(stored: &HMap, req: &RequestHeader, encoding: Option<&str>) -> Option<HashBinary> {
-    let mut listed: SmallVec<[Cow<'_, str>; 4]> = names(stored).collect();
+    let vary = stored
+        .get_all(header::VARY)
+        .iter()
+        .map(http::HeaderValue::as_bytes);
+    variance_of(
+        vary,
+        |name| req.headers.get_all(name).iter().map(|v| v.as_bytes()),
+        encoding,
+    )
+}
+
+/// [`variance`] from the stored `Vary` values and a lookup of the request's field lines by
+/// (lowercase) name, in order: the lean hit path reads both in place.
+pub fn variance_of<'a, 'r, I>(
+    vary: impl Iterator<Item = &'a [u8]>,
+    request: impl Fn(&str) -> I,
+    encoding: Option<&str>,
+) -> Option<HashBinary>
+where
+    I: Iterator<Item = &'r [u8]>,
+{
+    let mut listed: SmallVec<[Cow<'a, str>; 4]> = vary_names(vary).collect();
     if listed.is_empty() {
         return None;
     }
@@ -75,17 +88,33 @@ pub fn variance(stored: &HMap, req: &RequestHeader, encoding: Option<&str>) -> O
         match (encoding, name.as_ref()) {
             (Some(token), "accept-encoding") => hash.update(token.as_bytes()),
             _ => {
-                for (i, v) in req.headers.get_all(name.as_ref()).iter().enumerate() {
+                for (i, v) in request(name).enumerate() {
                     if i > 0 {
                         hash.update(b", ");
                     }
-                    hash.update(v.as_bytes());
+                    hash.update(v);
                 }
             }
         }
         hash.update([0u8]);
     }
     Some(hash.finalize().into())
+}
+
+/// The field names raw `Vary` values list, as [`names`] reads them from a header map.
+fn vary_names<'a>(vary: impl Iterator<Item = &'a [u8]>) -> impl Iterator<Item = Cow<'a, str>> {
+    vary.filter(|v| v.iter().all(|&b| b == b'\t' || (b' '..0x7f).contains(&b)))
+        .filter_map(|v| std::str::from_utf8(v).ok())
+        .flat_map(|v| v.split(','))
+        .map(str::trim)
+        .filter(|n| !n.is_empty())
+        .map(|n| {
+            if n.bytes().any(|b| b.is_ascii_uppercase()) {
+                Cow::Owned(n.to_ascii_lowercase())
+            } else {
+                Cow::Borrowed(n)
+            }
+        })
 }
 
 #[cfg(test)]

@@ -13,21 +13,30 @@
 //! body, no `Range`, conditional, `Cache-Control`, `Pragma`, `Authorization`, `Expect` or
 //! `Upgrade` field, no `Via` or `CDN-Loop` (loop detection), no edge cache key; matched by a
 //! caching rule that keys on no request field and redirects nothing; no rate limits, no bans,
-//! no tracing; an object in the memory tier, complete, fresh, stored without `Vary` or a
-//! targeted cache-control field, that the fleet does not ask to revalidate. The differential
+//! no tracing; an object in the memory tier, complete and fresh, stored without a targeted
+//! cache-control field, that the fleet does not ask to revalidate. A response with `Vary` is
+//! looked up as Pingora looks it up (primary slot, then the variant's secondary key; the
+//! variance hashed as `cache::vary` hashes it), unless `Vary` names a forwarding field. The differential
 //! test (tests/lean_differential.rs) sends one matrix of requests to a node with this path and
 //! to one without, and compares every response.
 
 use crate::cache::entry::{from_ms, HeadView};
+use crate::cache::memory::StoredObject;
+use crate::cache::{vary, MemoryTier};
+use crate::config::Encoding;
 use crate::metrics::{label_index, method_index, DisconnectPhase, Finished, Source};
 use crate::node::{Node, Routing};
 use crate::observe::Ids;
 use crate::policy::client_ip::behind_trusted_proxy;
+use crate::policy::{compression, forwarding};
 use crate::rules::{key, normalize_host};
 use crate::upstream::tier;
+use blake2::digest::consts::U16;
+use blake2::{Blake2b, Digest};
 use bytes::{BufMut, Bytes};
 use http::{HeaderName, Method, StatusCode};
 use pingora_http::IntoCaseHeaderName;
+use smallvec::SmallVec;
 use std::borrow::Cow;
 use std::net::IpAddr;
 use std::sync::Arc;
@@ -339,14 +348,13 @@ impl LeanHits {
             &http::HeaderMap::new(),
             &mut primary,
         );
-        let hash = u128::from_le_bytes(pingora_cache::key::hash_key(&primary));
+        let primary_bin = pingora_cache::key::hash_key(&primary);
         let memory = node.storage.memory()?;
-        let object = memory.stored(hash)?;
+        let object = self.variant(memory, primary_bin, headers)?;
         let view = HeadView::parse(object.head()).ok()?;
         let now = SystemTime::now();
         let fresh_until = from_ms(view.fresh_until_ms);
-        if view.has_variance
-            || fresh_until < now
+        if fresh_until < now
             || matches!(view.status, 100..=199 | 204 | 304)
             || node
                 .cluster
@@ -356,20 +364,28 @@ impl LeanHits {
             return None;
         }
         let mut resp = Response(Vec::with_capacity(24));
+        let mut chunked = false;
         for field in view.fields() {
             let (name, value) = field.ok()?;
-            if name.eq_ignore_ascii_case(b"vary")
-                || name.eq_ignore_ascii_case(b"transfer-encoding")
+            if name.eq_ignore_ascii_case(b"transfer-encoding") {
+                // stored from a chunked response: sent with its length (below)
+                chunked = true;
+                continue;
+            }
+            if (name.eq_ignore_ascii_case(b"vary") && !view.has_variance)
                 || rc
                     .ttl
                     .targeted
                     .iter()
                     .any(|t| name.eq_ignore_ascii_case(t.as_str().as_bytes()))
             {
-                // variance, framing and targeted fields: the full path's decisions
+                // variance not recorded, targeted fields: the full path's decisions
                 return None;
             }
             resp.0.push((Cow::Borrowed(name), Cow::Borrowed(value)));
+        }
+        if chunked && resp.first(b"content-length").is_some() {
+            return None;
         }
         let body = object.body();
         node.storage.count_memory_hit();
@@ -382,7 +398,8 @@ impl LeanHits {
             .unwrap_or_default()
             .as_secs();
         resp.insert(&b"Age"[..], age.to_string().into_bytes());
-        // range_header_filter: a stored response without a length gets one
+        // range_header_filter: a stored response without a length gets one (and loses its
+        // Transfer-Encoding); one with both is the full path's to frame
         if resp.first(b"content-length").is_none() {
             resp.insert(&b"Content-Length"[..], body.len().to_string().into_bytes());
         }
@@ -467,6 +484,65 @@ impl LeanHits {
                 body_len: if head_only { 0 } else { body.len() as u64 },
             },
         })
+    }
+
+    /// The stored object a request with `headers` gets for the primary key hashed
+    /// `primary_bin`, as Pingora's lookup finds it: the primary slot, or when the stored
+    /// response varies and the request's variance is not the primary slot's, the variant
+    /// stored under the secondary key, if it was stored after the primary slot's (older
+    /// variants belong to a former `Vary` family). `None`: not stored, or not for this path.
+    fn variant(
+        &self,
+        memory: &MemoryTier,
+        primary_bin: [u8; 16],
+        headers: &[httparse::Header<'_>],
+    ) -> Option<StoredObject> {
+        let first = memory.stored(u128::from_le_bytes(primary_bin))?;
+        let view = HeadView::parse(first.head()).ok()?;
+        let Some(variance) = view.variance else {
+            return Some(first);
+        };
+        let mut vary = SmallVec::<[&[u8]; 2]>::new();
+        for field in view.fields() {
+            let (name, value) = field.ok()?;
+            if name.eq_ignore_ascii_case(b"vary") {
+                let forwarding = value
+                    .split(|&b| b == b',')
+                    .filter_map(|n| std::str::from_utf8(n).ok())
+                    .any(|n| forwarding::is_forwarding_field(n.trim()));
+                if forwarding {
+                    // the full path settles these fields before Vary reads them
+                    return None;
+                }
+                vary.push(value);
+            }
+        }
+        let lines = |name: &str| {
+            let name = name.to_string();
+            headers
+                .iter()
+                .filter(move |h| h.name.eq_ignore_ascii_case(&name))
+                .map(|h| h.value)
+        };
+        let compression = &self.node.config.compression;
+        let encoding = compression.enabled.then(|| {
+            let accept = headers
+                .iter()
+                .filter(|h| h.name.eq_ignore_ascii_case("accept-encoding"))
+                .map(|h| h.value);
+            compression::negotiate_bytes(accept, &compression.encodings)
+        });
+        let wanted = vary::variance_of(vary.into_iter(), lines, encoding.map(Encoding::token))?;
+        if wanted == variance {
+            return Some(first);
+        }
+        let mut hasher = Blake2b::<U16>::new();
+        hasher.update(primary_bin);
+        hasher.update(wanted);
+        let combined: [u8; 16] = hasher.finalize().into();
+        let other = memory.stored(u128::from_le_bytes(combined))?;
+        let found = HeadView::parse(other.head()).ok()?;
+        (found.variance == Some(wanted) && found.created_ms >= view.created_ms).then_some(other)
     }
 
     /// Record an answer once written (`sent`: the write completed), as the full path records

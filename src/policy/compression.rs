@@ -16,8 +16,23 @@ pub fn negotiate<'a>(
     accept: impl Iterator<Item = &'a HeaderValue>,
     offered: &[Encoding],
 ) -> Encoding {
+    negotiate_bytes(accept.map(HeaderValue::as_bytes), offered)
+}
+
+/// [`negotiate`] from the raw `Accept-Encoding` values (the lean hit path's); a value that is
+/// not visible ASCII is skipped, as `HeaderValue::to_str` refuses it.
+pub fn negotiate_bytes<'a>(
+    accept: impl Iterator<Item = &'a [u8]>,
+    offered: &[Encoding],
+) -> Encoding {
     let mut q_of: Vec<(String, u16)> = Vec::new();
-    for value in accept.filter_map(|v| v.to_str().ok()) {
+    let text = |v: &'a [u8]| {
+        v.iter()
+            .all(|&b| b == b'\t' || (b' '..0x7f).contains(&b))
+            .then(|| std::str::from_utf8(v).ok())
+            .flatten()
+    };
+    for value in accept.filter_map(text) {
         for item in value.split(',') {
             let mut parts = item.split(';');
             let coding = parts.next().unwrap_or("").trim().to_ascii_lowercase();

@@ -59,6 +59,15 @@ const METHOD_OVERRIDE: [HeaderName; 3] = [
     HeaderName::from_static("x-method-override"),
 ];
 
+/// Whether `name` (any case) is a field this module settles or removes before the cache key
+/// and `Vary` read the request.
+pub fn is_forwarding_field(name: &str) -> bool {
+    FORWARDING
+        .iter()
+        .chain(&METHOD_OVERRIDE)
+        .any(|f| f.as_str().eq_ignore_ascii_case(name))
+}
+
 /// Whether the forwarding fields of a request from `peer` are believed.
 pub fn believed(cfg: &ClientIpConfig, trusted_edges: &[IpNet], peer: Option<IpAddr>) -> bool {
     if cfg.pass_forwarding_fields == PassForwarding::All {
