@@ -350,7 +350,7 @@ impl LeanHits {
         );
         let primary_bin = pingora_cache::key::hash_key(&primary);
         let memory = node.storage.memory()?;
-        let object = self.variant(memory, primary_bin, headers)?;
+        let (object, lookups) = self.variant(memory, primary_bin, headers)?;
         let view = HeadView::parse(object.head()).ok()?;
         let now = SystemTime::now();
         let fresh_until = from_ms(view.fresh_until_ms);
@@ -388,7 +388,10 @@ impl LeanHits {
             return None;
         }
         let body = object.body();
-        node.storage.count_memory_hit();
+        for _ in 0..lookups {
+            // as many as the full path's storage lookups that found something
+            node.storage.count_memory_hit();
+        }
         let keep_alive = !asked_close && !peer.closing;
         let status = view.status;
 
@@ -490,17 +493,18 @@ impl LeanHits {
     /// `primary_bin`, as Pingora's lookup finds it: the primary slot, or when the stored
     /// response varies and the request's variance is not the primary slot's, the variant
     /// stored under the secondary key, if it was stored after the primary slot's (older
-    /// variants belong to a former `Vary` family). `None`: not stored, or not for this path.
+    /// variants belong to a former `Vary` family), with the number of lookups that took
+    /// (Pingora counts a tier hit for each). `None`: not stored, or not for this path.
     fn variant(
         &self,
         memory: &MemoryTier,
         primary_bin: [u8; 16],
         headers: &[httparse::Header<'_>],
-    ) -> Option<StoredObject> {
+    ) -> Option<(StoredObject, u8)> {
         let first = memory.stored(u128::from_le_bytes(primary_bin))?;
         let view = HeadView::parse(first.head()).ok()?;
         let Some(variance) = view.variance else {
-            return Some(first);
+            return Some((first, 1));
         };
         let mut vary = SmallVec::<[&[u8]; 2]>::new();
         for field in view.fields() {
@@ -534,7 +538,7 @@ impl LeanHits {
         });
         let wanted = vary::variance_of(vary.into_iter(), lines, encoding.map(Encoding::token))?;
         if wanted == variance {
-            return Some(first);
+            return Some((first, 1));
         }
         let mut hasher = Blake2b::<U16>::new();
         hasher.update(primary_bin);
@@ -542,7 +546,8 @@ impl LeanHits {
         let combined: [u8; 16] = hasher.finalize().into();
         let other = memory.stored(u128::from_le_bytes(combined))?;
         let found = HeadView::parse(other.head()).ok()?;
-        (found.variance == Some(wanted) && found.created_ms >= view.created_ms).then_some(other)
+        (found.variance == Some(wanted) && found.created_ms >= view.created_ms)
+            .then_some((other, 2))
     }
 
     /// Record an answer once written (`sent`: the write completed), as the full path records
