@@ -231,9 +231,17 @@ impl LeanHits {
         let mut req = httparse::Request::new(&mut storage);
         match req.parse(buf) {
             Ok(httparse::Status::Partial) => Outcome::Incomplete,
-            Ok(httparse::Status::Complete(n)) => Outcome::Full {
-                length: framed_length(req.headers).map(|body| n as u64 + body),
-            },
+            Ok(httparse::Status::Complete(n)) => {
+                // a connection that may turn into a tunnel (Upgrade, CONNECT) is Pingora's
+                // with every byte read: what follows the request is the tunnel's
+                let tunnel = req.method == Some("CONNECT")
+                    || req.headers.iter().any(|h| h.name.eq_ignore_ascii_case("upgrade"));
+                Outcome::Full {
+                    length: framed_length(req.headers)
+                        .filter(|_| !tunnel)
+                        .map(|body| n as u64 + body),
+                }
+            }
             Err(_) => Outcome::Full { length: None },
         }
     }
