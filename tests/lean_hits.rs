@@ -4,6 +4,7 @@
 //! its responses equal the full path's is tests/lean_differential.rs.
 mod common;
 
+use common::tls::{client, TestCa, Validity};
 use common::*;
 use std::io::{Read, Write};
 use std::net::TcpStream;
@@ -268,4 +269,28 @@ fn variants_of_a_varying_response_are_lean_hits_counted_as_the_full_path_counts_
         tier_hits,
         "memory tier hits (a lookup of the primary slot, then of the variant) as counted by the full path"
     );
+}
+
+#[test]
+fn https_http1_hits_take_the_lean_path_and_http2_ones_the_full_path() {
+    let origin = origin();
+    let ca = TestCa::new();
+    let leaf = ca.leaf(&["a.test"], Validity::Current);
+    let cfg = NodeConfig::new(&origin.url()).https();
+    let (cert, key) = leaf.write(cfg.dir(), "leaf");
+    let node = cfg.certificate(&cert, &key, "default = true").start();
+    let url = node.https_url("a.test", "/a");
+    let h1 = client(&ca, "a.test", node.https_addr(), Some(false));
+    for _ in 0..3 {
+        let resp = h1.get(&url).send().expect("HTTPS GET");
+        assert_eq!(resp.version(), reqwest::Version::HTTP_11);
+        assert_eq!(resp.text().expect("body"), "body of /a");
+    }
+    expect_lean_hits(&node, 2.0, "HTTP/1.1 over TLS: the two hits");
+    let h2 = client(&ca, "a.test", node.https_addr(), Some(true));
+    let resp = h2.get(&url).send().expect("HTTP/2 GET");
+    assert_eq!(resp.version(), reqwest::Version::HTTP_2);
+    assert!(cs_has(&common::cache_status(&resp), "hit"));
+    assert_eq!(resp.text().expect("body"), "body of /a");
+    expect_lean_hits(&node, 2.0, "an HTTP/2 hit takes the full path");
 }

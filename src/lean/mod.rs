@@ -235,7 +235,10 @@ impl LeanHits {
                 // a connection that may turn into a tunnel (Upgrade, CONNECT) is Pingora's
                 // with every byte read: what follows the request is the tunnel's
                 let tunnel = req.method == Some("CONNECT")
-                    || req.headers.iter().any(|h| h.name.eq_ignore_ascii_case("upgrade"));
+                    || req
+                        .headers
+                        .iter()
+                        .any(|h| h.name.eq_ignore_ascii_case("upgrade"));
                 Outcome::Full {
                     length: framed_length(req.headers)
                         .filter(|_| !tunnel)
