@@ -308,6 +308,16 @@ cpu_ticks() { # pids... -> utime+stime summed (clock ticks)
   done
   echo "$total"
 }
+cpu_split() { # pids... -> "utime stime" summed (clock ticks)
+  local user=0 sys=0 p line f
+  for p in "$@"; do
+    line=$(cat "/proc/$p/stat" 2>/dev/null) || continue
+    line=${line##*) }
+    read -r -a f <<<"$line"
+    user=$((user + f[11])) sys=$((sys + f[12]))
+  done
+  echo "$user $sys"
+}
 cpu_busy() { # cpu number -> "busy total" ticks of that CPU from /proc/stat
   awk -v c="cpu$1" '$1 == c {print $2 + $3 + $4 + $7 + $8 + $9, $2 + $3 + $4 + $5 + $6 + $7 + $8 + $9}' /proc/stat
 }
@@ -347,7 +357,7 @@ to_ms() { # wrk latency "1.23ms" / "512.00us" / "1.02s" / "1.00m" -> ms
     else print "?" }'
 }
 
-declare -A RPS P99 REQS CPU EFF ORIG FLAG MEM DISK OTHER TIER_D TIER_M
+declare -A RPS P99 REQS CPU EFF ORIG FLAG MEM DISK OTHER TIER_D TIER_M USR SYS
 FAILED=()
 SCENARIOS=(hit-1k hit-100k hit-10k-keys pass hit-page-br)
 ((DISK_OBJECTS)) && SCENARIOS+=(disk-hits)
@@ -399,10 +409,13 @@ run_wrk() { # proxy scenario url [lua args...]
   mapfile -t pids < <(descendants "$PROXY_PID")
   o0=$(origin_count)
   b0=$(cpu_busy "$PROXY_CPU")
+  local s0 s1
+  s0=$(cpu_split "${pids[@]}")
   c0=$(cpu_ticks "${pids[@]}")
   taskset -c "$LOAD_CPU" wrk -t1 -c"$CONNECTIONS" -d"$DURATION" --latency "${lua[@]}" >"$out" 2>&1 ||
     warn "$proxy $sc: wrk exited non-zero (see $out)"
   c1=$(cpu_ticks "${pids[@]}")
+  s1=$(cpu_split "${pids[@]}")
   b1=$(cpu_busy "$PROXY_CPU")
   o1=$(origin_count)
   [[ $proxy == outpost ]] && scrape "$ma"
@@ -421,6 +434,12 @@ run_wrk() { # proxy scenario url [lua args...]
   CPU[$proxy,$sc]=$(awk -v t=$((c1 - c0)) -v hz="$CLK_TCK" 'BEGIN {printf "%.2f", t / hz}')
   EFF[$proxy,$sc]=$(awk -v r="$reqs" -v t=$((c1 - c0)) -v hz="$CLK_TCK" 'BEGIN {if (t > 0) printf "%.0f", r / (t / hz); else print 0}')
   ORIG[$proxy,$sc]=$((o1 - o0))
+  # CPU µs per request, user and kernel (ticks of 1/CLK_TCK s: ±1 tick over the run)
+  local us
+  us=$(awk -v a="$s0" -v b="$s1" -v r="$reqs" -v hz="$CLK_TCK" 'BEGIN {
+    split(a, x, " "); split(b, y, " ")
+    if (r > 0) printf "%.1f %.1f\n", (y[1] - x[1]) * 1e6 / hz / r, (y[2] - x[2]) * 1e6 / hz / r; else print "- -" }')
+  USR[$proxy,$sc]=${us% *} SYS[$proxy,$sc]=${us#* }
   if [[ ${OTHER[$proxy,$sc]%\%} =~ ^[0-9]+$ ]] && ((${OTHER[$proxy,$sc]%\%} > 20)); then
     warn "$proxy $sc: CPU $PROXY_CPU was ${OTHER[$proxy,$sc]} busy with other work during the run: numbers are noisy"
   fi
@@ -430,7 +449,7 @@ run_wrk() { # proxy scenario url [lua args...]
     warn "$proxy $sc: origin received $((o1 - o0)) requests during the hit run ($reqs requests): not served from cache"
     FLAG[$proxy,$sc]='!'
   fi
-  log "$proxy $sc: ${RPS[$proxy,$sc]} req/s, p99 ${P99[$proxy,$sc]} ms, cpu ${CPU[$proxy,$sc]} s, ${EFF[$proxy,$sc]} req/cpu-s, origin reqs $((o1 - o0)), other load on CPU $PROXY_CPU ${OTHER[$proxy,$sc]}"
+  log "$proxy $sc: ${RPS[$proxy,$sc]} req/s, p99 ${P99[$proxy,$sc]} ms, cpu ${CPU[$proxy,$sc]} s, ${EFF[$proxy,$sc]} req/cpu-s, ${USR[$proxy,$sc]} us user + ${SYS[$proxy,$sc]} us kernel per request, origin reqs $((o1 - o0)), other load on CPU $PROXY_CPU ${OTHER[$proxy,$sc]}"
   if [[ $proxy == outpost ]]; then
     TIER_D[$sc]=$(metric_delta "$mb" "$ma" "$DISK_HITS")
     TIER_M[$sc]=$(metric_delta "$mb" "$ma" "$MEM_HITS")
@@ -1035,6 +1054,22 @@ fmt='%-16s | %13s | %11s | %13s | %11s | %9s | %11s | %15s | %17s\n'
   echo " orig = requests the origin received during the measured run: ~0 for hit scenarios;"
   echo " other load = share of CPU $PROXY_CPU busy with anything but the proxy during the run (softirq, other processes): noise)"
   echo "flags: * = cache hit not confirmed before the run, ! = errors or origin traffic during the run (see warnings)"
+  echo
+  fmt4='%-16s | %21s | %21s | %21s | %11s | %-24s\n'
+  printf "$fmt4" scenario "outpost us user+kern" "nginx us user+kern" "varnish us user+kern" "o/n cpu" "outpost p99 vs nginx"
+  printf '%s\n' "$(printf "$fmt4" | sed 's/[^|]/-/g')"
+  per_request() { # proxy scenario -> "user + kernel" µs per request
+    if [[ -n ${USR[$1,$2]:-} ]]; then echo "${USR[$1,$2]} + ${SYS[$1,$2]}"; else echo "-"; fi
+  }
+  for sc in "${SCENARIOS[@]}"; do
+    printf "$fmt4" "${SC_DESC[$sc]}" "$(per_request outpost "$sc")" "$(per_request nginx "$sc")" "$(per_request varnish "$sc")" \
+      "$(ratio "${EFF[outpost,$sc]:-}" "${EFF[nginx,$sc]:-}" "")" \
+      "$(awk -v o="${P99[outpost,$sc]:-}" -v n="${P99[nginx,$sc]:-}" 'BEGIN {
+         if (o !~ /^[0-9.]+$/ || n !~ /^[0-9.]+$/) print "-"; else printf "%s (%s vs %s ms)", (o <= n ? "at or below" : "above"), o, n }')"
+  done
+  echo "(us user+kern = CPU microseconds per request of the proxy's process tree, user + kernel, from /proc/<pid>/stat"
+  echo " over the measured run (1/$CLK_TCK s ticks); o/n cpu = outpost / nginx req per CPU-second. Machines differ in how fast"
+  echo " user-space code runs relative to the kernel: compare these per-request costs, which travel between machines, with the ratios.)"
   if ((RESTART_OBJECTS)) && { [[ -n ${R[outpost,listen]:-}${R[outpost,failed]:-} ]] || [[ -n ${R[nginx,listen]:-}${R[nginx,failed]:-} ]]; }; then
     echo
     echo "restart to first hit on a large disk cache: $RESTART_OBJECTS objects of 512 B, ${PAGE_CACHE:-page cache state unknown}; times from process start"

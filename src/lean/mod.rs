@@ -417,6 +417,14 @@ impl LeanHits {
         if resp.first(b"content-length").is_none() {
             resp.insert(&b"Content-Length"[..], body.len().to_string().into_bytes());
         }
+        // Pingora's range filter: a 200 with a length may be asked for in ranges (as nginx)
+        let ranged = resp
+            .first(b"content-length")
+            .and_then(|v| std::str::from_utf8(v).ok())
+            .is_some_and(|v| v.parse::<usize>().is_ok());
+        if status == 200 && ranged {
+            resp.insert(&b"Accept-Ranges"[..], &b"bytes"[..]);
+        }
         // response_filter: Cache-Status, request id, tag and targeted fields, Via, header rules
         let ttl = match fresh_until.duration_since(now) {
             Ok(d) => d.as_secs() as i64,

@@ -1,0 +1,587 @@
+//! The lean hit path (src/lean) against the full path: one matrix of requests, sent as raw
+//! bytes to a node with `lean_hits = true` and to one with `lean_hits = false`, in the same
+//! order; every response must have the same status, the same header fields (as a multiset of
+//! lowercase name and value; `Age`, `Date` and the request id left out, `ttl=` of Cache-Status
+//! masked: the two nodes stored their copies moments apart) and the same body. Afterwards both
+//! nodes must have counted the same requests and tier hits, and logged the same lines.
+mod common;
+
+use common::tls::{raw_tls, TestCa, Validity};
+use common::*;
+use std::collections::BTreeMap;
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::time::Duration;
+
+/// A response as read from the wire.
+#[derive(Debug, PartialEq)]
+struct Wire {
+    status: u16,
+    /// (lowercase name, value), sorted: a multiset.
+    fields: Vec<(String, String)>,
+    body: Vec<u8>,
+}
+
+/// Fields whose values differ between two nodes by time or by design.
+fn comparable(name: &str, value: &str) -> Option<(String, String)> {
+    let name = name.to_ascii_lowercase();
+    match name.as_str() {
+        "age" | "date" | "x-request-id" => None,
+        "cache-status" => {
+            // `ttl=<seconds>`: the nodes stored their copies moments apart
+            let masked = value
+                .split(';')
+                .map(|p| {
+                    if p.trim().starts_with("ttl=") {
+                        " ttl=*".to_string()
+                    } else {
+                        p.to_string()
+                    }
+                })
+                .collect::<Vec<_>>()
+                .join(";");
+            Some((name, masked))
+        }
+        _ => Some((name, value.to_string())),
+    }
+}
+
+/// Read one response to a request with method `method` from `s`, `pending` holding bytes read
+/// past the previous one. `None` if the connection ended first.
+fn read_response(
+    s: &mut (impl Read + ?Sized),
+    pending: &mut Vec<u8>,
+    method: &str,
+) -> Option<Wire> {
+    let head_end = loop {
+        if let Some(i) = pending.windows(4).position(|w| w == b"\r\n\r\n") {
+            break i;
+        }
+        fill(s, pending)?;
+    };
+    let head = String::from_utf8_lossy(&pending[..head_end]).to_string();
+    pending.drain(..head_end + 4);
+    let mut lines = head.split("\r\n");
+    let status = status_of(lines.next()?)?;
+    let mut fields = Vec::new();
+    let (mut length, mut chunked, mut has_id) = (None, false, false);
+    let mut boundary = None;
+    for line in lines {
+        let (name, value) = line.split_once(':')?;
+        let value = value.trim();
+        if name.eq_ignore_ascii_case("content-length") {
+            length = value.parse::<usize>().ok();
+        }
+        if name.eq_ignore_ascii_case("transfer-encoding") && value.contains("chunked") {
+            chunked = true;
+        }
+        if name.eq_ignore_ascii_case("x-request-id") {
+            has_id = true;
+        }
+        if let Some((_, b)) = value.split_once("boundary=") {
+            // a multipart boundary is random per response
+            boundary = Some(b.to_string());
+            fields.push((name.to_ascii_lowercase(), value.replace(b, "*")));
+            continue;
+        }
+        fields.extend(comparable(name, value));
+    }
+    if has_id {
+        fields.push(("x-request-id".into(), "(present)".into()));
+    }
+    fields.sort();
+    let no_body = method == "HEAD" || status == 304 || status == 204;
+    let body = if no_body {
+        Vec::new()
+    } else if chunked {
+        let mut body = Vec::new();
+        loop {
+            let line_end = loop {
+                if let Some(i) = pending.windows(2).position(|w| w == b"\r\n") {
+                    break i;
+                }
+                fill(s, pending)?;
+            };
+            let size_text = String::from_utf8_lossy(&pending[..line_end]).to_string();
+            let size = usize::from_str_radix(size_text.split(';').next()?.trim(), 16).ok()?;
+            pending.drain(..line_end + 2);
+            while pending.len() < size + 2 {
+                fill(s, pending)?;
+            }
+            body.extend_from_slice(&pending[..size]);
+            pending.drain(..size + 2);
+            if size == 0 {
+                break body;
+            }
+        }
+    } else {
+        let length = length.unwrap_or(0);
+        while pending.len() < length {
+            fill(s, pending)?;
+        }
+        pending.drain(..length).collect()
+    };
+    let body = match boundary {
+        Some(b) => String::from_utf8_lossy(&body).replace(&b, "*").into_bytes(),
+        None => body,
+    };
+    Some(Wire {
+        status,
+        fields,
+        body,
+    })
+}
+
+fn fill(s: &mut (impl Read + ?Sized), pending: &mut Vec<u8>) -> Option<()> {
+    let mut buf = [0u8; 16384];
+    match s.read(&mut buf) {
+        Ok(0) | Err(_) => None,
+        Ok(n) => {
+            pending.extend_from_slice(&buf[..n]);
+            Some(())
+        }
+    }
+}
+
+/// Send `requests` (method, raw bytes) in one write on a new connection (TLS when `tls` is
+/// given) and read as many responses as come (a closed connection ends the list).
+fn exchange(node: &Node, tls: Option<&TestCa>, requests: &[(&str, String)]) -> Vec<Wire> {
+    let bytes: Vec<u8> = requests.iter().flat_map(|(_, r)| r.bytes()).collect();
+    let read_all = |s: &mut dyn ReadWrite| {
+        s.write_all(&bytes).expect("send");
+        let mut pending = Vec::new();
+        let mut out = Vec::new();
+        for (method, _) in requests {
+            match read_response(s, &mut pending, method) {
+                Some(w) => out.push(w),
+                None => break,
+            }
+        }
+        out
+    };
+    match tls {
+        None => {
+            let mut s = TcpStream::connect(node.addr()).expect("connect");
+            s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+            read_all(&mut s)
+        }
+        Some(ca) => {
+            let mut s = raw_tls(ca, "a.test", node.https_addr(), &[b"http/1.1"]);
+            read_all(&mut s)
+        }
+    }
+}
+
+trait ReadWrite: Read + Write {}
+impl<T: Read + Write> ReadWrite for T {}
+
+/// A GET-like request for `path` with Host `host` and `extra` field lines.
+fn request(method: &str, path: &str, host: &str, extra: &[&str]) -> String {
+    let mut r = format!("{method} {path} HTTP/1.1\r\nHost: {host}\r\n");
+    for e in extra {
+        r.push_str(e);
+        r.push_str("\r\n");
+    }
+    r.push_str("\r\n");
+    r
+}
+
+fn origin() -> TestOrigin {
+    // one Date for every response (both nodes store the same fields), a second ago: fresh
+    let date = common::origin::http_date(std::time::SystemTime::now() - Duration::from_secs(1));
+    let date = date.as_str();
+    let origin = TestOrigin::start();
+    let cached = |body: &str| {
+        Reply::ok(body.to_string())
+            .header("Cache-Control", "max-age=300")
+            .header("Date", date)
+            .header("Last-Modified", "Fri, 04 Dec 2026 10:00:00 GMT")
+            .header("ETag", "\"v1\"")
+            .header("Surrogate-Key", "tag-a")
+            .header("X-Powered-By", "origin")
+            .conditional()
+    };
+    for p in [
+        "/a",
+        "/b",
+        "/q",
+        "/p%20q",
+        "/auth",
+        "/purge-me",
+        "/pipe-hit",
+        "/post-me",
+    ] {
+        origin.set(p, cached(&format!("body of {p}")));
+    }
+    origin.set(
+        "/txt",
+        cached(&"compressible text, ".repeat(60)).header("Content-Type", "text/plain"),
+    );
+    origin.set("/lang", cached("bonjour").header("Vary", "Accept-Language"));
+    origin.set("/chunked", cached(&"chunked body ".repeat(30)).chunked());
+    origin.set(
+        "/short",
+        Reply::ok("short-lived")
+            .header("Cache-Control", "max-age=1")
+            .header("Date", date)
+            .header("ETag", "\"s1\"")
+            .conditional(),
+    );
+    origin.set(
+        "/swr",
+        Reply::ok("stale while revalidate")
+            .header("Cache-Control", "max-age=1, stale-while-revalidate=30")
+            .header("Date", date),
+    );
+    origin.set(
+        "/404",
+        Reply::new(404)
+            .body("not here")
+            .header("Cache-Control", "max-age=300")
+            .header("Date", date),
+    );
+    origin.set("/form", Reply::ok("posted").header("Date", date));
+    origin
+}
+
+fn node(origin: &TestOrigin, lean: bool, ca: &TestCa) -> Node {
+    let cfg = NodeConfig::new(&origin.url())
+        .https()
+        .node(&format!("lean_hits = {lean}"))
+        .extra(
+            "[headers.response]\nremove = [\"X-Powered-By\"]\nset = { \"X-Served-By\" = \"{node}\" }\n\n\
+             [access_log]\nrequest_id_header = \"X-Request-Id\"\n\n\
+             [purge]\ntag_headers = [\"Surrogate-Key\"]\nstrip_tag_headers = true",
+        );
+    let leaf = ca.leaf(&["a.test"], Validity::Current);
+    let (cert, key) = leaf.write(cfg.dir(), "leaf");
+    cfg.certificate(&cert, &key, "default = true").start()
+}
+
+fn purge_url(node: &Node, url: &str) {
+    let r = node
+        .client()
+        .post(node.admin_url("/purge"))
+        .header("Authorization", "Bearer test-token")
+        .header("Content-Type", "application/json")
+        .body(format!(r#"{{"url": "{url}"}}"#))
+        .send()
+        .expect("POST /purge");
+    assert_eq!(r.status().as_u16(), 200, "purge {url}");
+}
+
+/// Metric samples both nodes must agree on.
+fn counted(node: &Node) -> BTreeMap<String, String> {
+    std::thread::sleep(Duration::from_millis(300));
+    node.metrics()
+        .lines()
+        .filter(|l| {
+            l.starts_with("outpost_requests_total")
+                || l.starts_with("outpost_cache_tier_hits_total")
+                || l.starts_with("outpost_cache_tier_misses_total")
+                || l.starts_with("outpost_response_bytes_total")
+                || l.starts_with("outpost_client_disconnects_total")
+                || l.starts_with("outpost_requests_rejected_total")
+        })
+        .filter_map(|l| l.rsplit_once(' '))
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
+}
+
+/// The access log lines of `node`, without the fields that differ by time or id.
+fn log_lines(node: &Node) -> Vec<String> {
+    node.log()
+        .lines()
+        .filter(|l| l.starts_with('{'))
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .map(|mut v| {
+            if let Some(o) = v.as_object_mut() {
+                for k in ["ts", "ms", "origin_ms", "id", "upstream"] {
+                    o.remove(k);
+                }
+            }
+            v.to_string()
+        })
+        .collect()
+}
+
+#[test]
+fn the_lean_path_answers_exactly_as_the_full_path() {
+    let origin = origin();
+    let ca = TestCa::new();
+    let lean = node(&origin, true, &ca);
+    let full = node(&origin, false, &ca);
+    let nodes = [&lean, &full];
+
+    // what both nodes store first, in the same order
+    let warm: Vec<(&str, &[&str])> = vec![
+        ("/a", &[]),
+        ("/b", &[]),
+        ("/q?x=1&y=2", &[]),
+        ("/p%20q", &[]),
+        ("/auth", &[]),
+        ("/purge-me", &[]),
+        ("/post-me", &[]),
+        ("/404", &[]),
+        ("/chunked", &[]),
+        ("/short", &[]),
+        ("/swr", &[]),
+        ("/txt", &["Accept-Encoding: gzip"]),
+        ("/txt", &["Accept-Encoding: br"]),
+        ("/txt", &[]),
+        ("/lang", &["Accept-Language: fr"]),
+        ("/lang", &["Accept-Language: en"]),
+    ];
+    for n in nodes {
+        let host = n.addr().to_string();
+        for (path, extra) in &warm {
+            let got = exchange(n, None, &[("GET", request("GET", path, &host, extra))]);
+            assert_eq!(got.len(), 1, "warming {path}");
+        }
+    }
+    std::thread::sleep(Duration::from_millis(1500)); // /short and /swr go stale
+
+    // (case, requests as templates: {host} is each node's own address)
+    type Case = (&'static str, Vec<(&'static str, String)>);
+    let get = |path: &str, extra: &[&str]| ("GET", request("GET", path, "{host}", extra));
+    let head = |path: &str| ("HEAD", request("HEAD", path, "{host}", &[]));
+    let cases: Vec<Case> = vec![
+        ("GET hit", vec![get("/a", &[])]),
+        ("HEAD hit", vec![head("/a")]),
+        (
+            "GET hit with client fields",
+            vec![get(
+                "/a",
+                &["User-Agent: t/1", "Accept: */*", "Referer: http://r/"],
+            )],
+        ),
+        (
+            "GET hit keep-alive explicit",
+            vec![get("/a", &["Connection: keep-alive"])],
+        ),
+        (
+            "GET hit Connection: close",
+            vec![get("/a", &["Connection: close"])],
+        ),
+        (
+            "HTTP/1.0 hit",
+            vec![("GET", "GET /a HTTP/1.0\r\nHost: {host}\r\n\r\n".to_string())],
+        ),
+        (
+            "HTTP/1.0 keep-alive hit",
+            vec![(
+                "GET",
+                "GET /a HTTP/1.0\r\nHost: {host}\r\nConnection: keep-alive\r\n\r\n".to_string(),
+            )],
+        ),
+        (
+            "hits in sequence",
+            vec![get("/a", &[]), get("/b", &[]), head("/b"), get("/a", &[])],
+        ),
+        (
+            "pipelined hit miss hit",
+            vec![get("/a", &[]), get("/pipe-miss", &[]), get("/b", &[])],
+        ),
+        (
+            "query and percent-encoding",
+            vec![
+                get("/q?x=1&y=2", &[]),
+                get("/p%20q", &[]),
+                get("/q?y=2&x=1", &[]),
+            ],
+        ),
+        (
+            "upper-case host",
+            vec![("GET", "GET /a HTTP/1.1\r\nHost: {HOST}\r\n\r\n".to_string())],
+        ),
+        (
+            "chunked-stored hit",
+            vec![get("/chunked", &[]), head("/chunked")],
+        ),
+        ("negative hit", vec![get("/404", &[])]),
+        (
+            "Vary accept-encoding",
+            vec![
+                get("/txt", &["Accept-Encoding: gzip"]),
+                get("/txt", &["Accept-Encoding: br;q=1, gzip;q=0.5"]),
+                get("/txt", &[]),
+                get("/txt", &["Accept-Encoding: zstd"]),
+            ],
+        ),
+        (
+            "Vary accept-language",
+            vec![
+                get("/lang", &["Accept-Language: fr"]),
+                get("/lang", &["Accept-Language: en"]),
+                get("/lang", &["Accept-Language: de"]),
+            ],
+        ),
+        (
+            "ranges",
+            vec![
+                get("/a", &["Range: bytes=0-3"]),
+                get("/a", &["Range: bytes=0-1,4-5"]),
+                get("/a", &["Range: bytes=900-"]),
+            ],
+        ),
+        (
+            "If-Range",
+            vec![
+                get("/a", &["Range: bytes=0-3", "If-Range: \"v1\""]),
+                get("/a", &["Range: bytes=0-3", "If-Range: \"v0\""]),
+            ],
+        ),
+        (
+            "conditionals",
+            vec![
+                get("/a", &["If-None-Match: \"v1\""]),
+                get("/a", &["If-None-Match: \"zz\""]),
+                get("/a", &["If-Modified-Since: Fri, 04 Dec 2026 10:00:00 GMT"]),
+            ],
+        ),
+        (
+            "request directives",
+            vec![
+                get("/b", &["Cache-Control: max-age=0"]),
+                get("/b", &["Pragma: no-cache"]),
+                get("/never", &["Cache-Control: only-if-cached"]),
+            ],
+        ),
+        (
+            "Authorization",
+            vec![get("/auth", &["Authorization: Bearer x"])],
+        ),
+        ("stale", vec![get("/short", &[]), get("/swr", &[])]),
+        (
+            "unsafe methods",
+            vec![
+                (
+                    "POST",
+                    "POST /post-me HTTP/1.1\r\nHost: {host}\r\nContent-Length: 2\r\n\r\nhi"
+                        .to_string(),
+                ),
+                get("/post-me", &[]),
+            ],
+        ),
+        (
+            "OPTIONS and DELETE",
+            vec![
+                ("OPTIONS", request("OPTIONS", "/a", "{host}", &[])),
+                ("DELETE", request("DELETE", "/form", "{host}", &[])),
+            ],
+        ),
+        (
+            "absolute-form target",
+            vec![(
+                "GET",
+                "GET http://{host}/a HTTP/1.1\r\nHost: {host}\r\n\r\n".to_string(),
+            )],
+        ),
+        (
+            "request id sent",
+            vec![get("/a", &["X-Request-Id: abc-123"])],
+        ),
+        (
+            "Via and CDN-Loop from a client",
+            vec![
+                get("/a", &["Via: 1.1 other"]),
+                get("/a", &["CDN-Loop: other"]),
+            ],
+        ),
+        (
+            "forwarding fields",
+            vec![get(
+                "/a",
+                &["X-Forwarded-For: 10.0.0.1", "X-Forwarded-Host: evil"],
+            )],
+        ),
+        (
+            "missing Host",
+            vec![("GET", "GET /a HTTP/1.1\r\n\r\n".to_string())],
+        ),
+        (
+            "bad request line",
+            vec![(
+                "GET",
+                "GET /a\x01b HTTP/1.1\r\nHost: {host}\r\n\r\n".to_string(),
+            )],
+        ),
+        (
+            "oversized header",
+            vec![(
+                "GET",
+                format!(
+                    "GET /a HTTP/1.1\r\nHost: {{host}}\r\nX-Big: {}\r\n\r\n",
+                    "x".repeat(40 * 1024)
+                ),
+            )],
+        ),
+    ];
+    for (name, requests) in &cases {
+        let answers: Vec<Vec<Wire>> = nodes
+            .iter()
+            .map(|n| {
+                let host = n.addr().to_string();
+                let concrete: Vec<(&str, String)> = requests
+                    .iter()
+                    .map(|(m, r)| {
+                        let r = r
+                            .replace("{HOST}", &host.to_uppercase())
+                            .replace("{host}", &host);
+                        (*m, r)
+                    })
+                    .collect();
+                exchange(n, None, &concrete)
+            })
+            .collect();
+        assert!(!answers[0].is_empty(), "{name}: no response");
+        assert_eq!(
+            answers[0], answers[1],
+            "case {name:?}: lean (left) and full (right) differ"
+        );
+    }
+    // a purged object, and the same over TLS
+    for n in nodes {
+        purge_url(n, &format!("http://{}/purge-me", n.addr()));
+    }
+    for tls in [None, Some(&ca)] {
+        let answers: Vec<Vec<Wire>> = nodes
+            .iter()
+            .map(|n| {
+                let host = if tls.is_some() {
+                    "a.test".to_string()
+                } else {
+                    n.addr().to_string()
+                };
+                let reqs = [
+                    ("GET", request("GET", "/purge-me", &host, &[])),
+                    ("GET", request("GET", "/a", &host, &[])),
+                    ("GET", request("GET", "/a", &host, &[])),
+                    (
+                        "HEAD",
+                        request("HEAD", "/txt", &host, &["Accept-Encoding: gzip"]),
+                    ),
+                ];
+                exchange(n, tls, &reqs)
+            })
+            .collect();
+        assert_eq!(answers[0].len(), 4, "tls {}: responses", tls.is_some());
+        assert_eq!(
+            answers[0],
+            answers[1],
+            "purged / over TLS ({}): lean and full differ",
+            tls.is_some()
+        );
+    }
+
+    assert!(
+        metric_sum(&lean.metrics(), "outpost_lean_hits_total", &[]) > 20.0,
+        "the lean node answered hits on the lean path"
+    );
+    assert_eq!(
+        metric_sum(&full.metrics(), "outpost_lean_hits_total", &[]),
+        0.0
+    );
+    assert_eq!(counted(&lean), counted(&full), "metrics counted alike");
+    assert_eq!(log_lines(&lean), log_lines(&full), "access log lines alike");
+}
