@@ -58,7 +58,9 @@ fn wait_disconnects(node: &Node, phase: &str, n: f64) -> f64 {
 }
 
 /// An origin with a large cacheable body (`/big`), a slow uncacheable body (`/slow-body`:
-/// 1,000 bytes then a pause) and slow uncacheable headers (`/slow-header`, `/form`).
+/// 1,000 bytes then a pause, then more than the kernel's socket buffers hold, 4 MiB of send
+/// buffer here, so that the node cannot have written it all before a client that stopped
+/// reading closes) and slow uncacheable headers (`/slow-header`, `/form`).
 fn origin() -> TestOrigin {
     let origin = TestOrigin::start();
     origin.set(
@@ -70,7 +72,7 @@ fn origin() -> TestOrigin {
     origin.set(
         "/slow-body",
         Reply::ok("")
-            .generated(1 << 20)
+            .generated(16 << 20)
             .header("Cache-Control", "no-store")
             .stall_after(1000, Duration::from_secs(1)),
     );
