@@ -294,3 +294,38 @@ fn https_http1_hits_take_the_lean_path_and_http2_ones_the_full_path() {
     assert_eq!(resp.text().expect("body"), "body of /a");
     expect_lean_hits(&node, 2.0, "an HTTP/2 hit takes the full path");
 }
+
+#[test]
+fn while_a_tag_purge_is_pending_objects_it_covers_are_refetched_and_others_stay_lean_hits() {
+    let origin = origin();
+    origin.set(
+        "/tagged",
+        Reply::ok("tagged")
+            .header("Cache-Control", "max-age=300")
+            .header("Surrogate-Key", "t1"),
+    );
+    let node = NodeConfig::new(&origin.url()).start();
+    get(&node, "/tagged");
+    get(&node, "/a");
+    let r = node
+        .client()
+        .post(node.admin_url("/purge"))
+        .header("Authorization", "Bearer test-token")
+        .header("Content-Type", "application/json")
+        .body(r#"{"tags": ["t1"]}"#)
+        .send()
+        .expect("POST /purge");
+    assert_eq!(r.status().as_u16(), 200);
+    // the ban stays pending for at least lurker::SETTLE (2 s): these run while it is
+    let untagged = get(&node, "/a");
+    assert!(cs_has(&untagged.cache_status(), "hit"));
+    expect_lean_hits(&node, 1.0, "an object no ban covers is a lean hit");
+    let tagged = get(&node, "/tagged");
+    assert!(
+        !cs_has(&tagged.cache_status(), "hit"),
+        "{}",
+        tagged.cache_status()
+    );
+    assert_eq!(origin.hits("/tagged"), 2, "the covered object is refetched");
+    expect_lean_hits(&node, 1.0, "the covered object took the full path");
+}

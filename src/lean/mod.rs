@@ -12,8 +12,8 @@
 //! request to Pingora untouched): an HTTP/1.x GET or HEAD in origin form, with a Host and no
 //! body, no `Range`, conditional, `Cache-Control`, `Pragma`, `Authorization`, `Expect` or
 //! `Upgrade` field, no `Via` or `CDN-Loop` (loop detection), no edge cache key; matched by a
-//! caching rule that keys on no request field and redirects nothing; no rate limits, no bans,
-//! no tracing; an object in the memory tier, complete and fresh, stored without a targeted
+//! caching rule that keys on no request field and redirects nothing; no rate limits, no
+//! tracing; no pending ban covering the object; an object in the memory tier, complete and fresh, stored without a targeted
 //! cache-control field, that the fleet does not ask to revalidate. A response with `Vary` is
 //! looked up as Pingora looks it up (primary slot, then the variant's secondary key; the
 //! variance hashed as `cache::vary` hashes it), unless `Vary` names a forwarding field. The differential
@@ -324,7 +324,7 @@ impl LeanHits {
             Some(_) => return None,
         };
         let node = &self.node;
-        if node.tracing.is_some() || !node.bans.is_empty() {
+        if node.tracing.is_some() {
             return None;
         }
         let routing = node.routing.load();
@@ -372,6 +372,10 @@ impl LeanHits {
                 .as_ref()
                 .is_some_and(|c| c.must_revalidate(from_ms(view.confirmed_ms)))
         {
+            return None;
+        }
+        if !node.bans.is_empty() && self.banned(&view, &primary) {
+            // the full path counts the purged lookup and refetches or revalidates
             return None;
         }
         let mut resp = Response(Vec::with_capacity(24));
@@ -567,6 +571,28 @@ impl LeanHits {
         let found = HeadView::parse(other.head()).ok()?;
         (found.variance == Some(wanted) && found.created_ms >= view.created_ms)
             .then_some((other, 2))
+    }
+
+    /// Whether a ban newer than the object stored under `primary` covers it (by key or by a
+    /// tag in its fields), as `cache_hit_filter` asks: only while bans are pending (a purge by
+    /// prefix or tag, until the background pass retires it), so the header map built here
+    /// costs nothing otherwise. An unreadable head counts as covered (the full path decides).
+    fn banned(&self, view: &HeadView<'_>, primary: &str) -> bool {
+        let mut fields = http::HeaderMap::new();
+        for field in view.fields() {
+            let Ok((name, value)) = field else {
+                return true;
+            };
+            let (Ok(name), Ok(value)) = (
+                HeaderName::from_bytes(name),
+                http::HeaderValue::from_bytes(value),
+            ) else {
+                return true;
+            };
+            fields.append(name, value);
+        }
+        let confirmed = from_ms(view.confirmed_ms);
+        self.node.bans.check(primary, confirmed, &fields).is_some()
     }
 
     /// Record an answer once written (`sent`: the write completed), as the full path records
