@@ -5,15 +5,23 @@
 //! Pingora's own `CacheMeta::serialize` compresses the header with zstd and parses it back with
 //! a fresh 8 KiB header array on every hit (about 3 µs, most of a memory hit). This form decodes
 //! with no decompression and no copies: header names and values are `Bytes` slices of the
-//! stored buffer.
+//! stored buffer (or static names), and [`HeadView`] reads it in place.
 //!
-//! Head encoding, little endian: `format u8 | fresh_until_ms u64 | created_ms u64 |
-//! epoch_ms u64 | updated_ms u64 | stale_while_revalidate u32 | stale_if_error u32 | has_variance u8 |
-//! variance [u8; 16] if present | key_len u16 | primary key | header`, where header is `status u16 | version u8 |
-//! count u16 | (name_len u16, name, value_len u32, value)*`, names in their original case.
-//! Times are milliseconds since the Unix epoch (HTTP caching's unit is the second). The
-//! primary cache key is kept so that a background pass can tell which purges cover an object
-//! (the tiers index objects by hash only); hits skip it.
+//! Head encoding (format 4; integers little endian, `varint` is LEB128):
+//! `format u8 | flags u8 | created_ms varint | fresh_until delta | epoch delta if flagged |
+//! confirmed delta if flagged | stale_while_revalidate varint, stale_if_error varint if
+//! flagged | variance [u8; 16] if flagged | key_len varint | primary key | status u16 |
+//! count varint | (code u8, [name_len varint, name if code is 0], value_len varint, value)*`.
+//! Flags: [`F_VARIANCE`], [`F_HTTP_10`], [`F_EPOCH`], [`F_CONFIRMED`], [`F_STALE`]. Times are
+//! milliseconds since the Unix epoch; the others are stored relative to `created_ms` (a
+//! zigzag varint, in whole seconds when they are whole seconds). Well-known field names are
+//! one-byte codes (`names`), the others are kept as they came; every name keeps its
+//! original case. Fields the node regenerates on every response are not among those stored
+//! anyway (hop-by-hop fields are removed before a response is stored; `Age` is set on hits),
+//! and `Date` is stored as the origin sent it. The primary cache key is kept so that a
+//! background pass can tell which purges cover an object (the tiers index objects by hash
+//! only); hits skip it. Formats 1 to 3 (fixed-width fields, names and values with u16/u32
+//! lengths, written by earlier versions to the disk tier) are still read (`legacy`).
 //!
 //! Fidelity: `CacheMeta::new` is the only public constructor, so provenance is restored as the
 //! creation time. Provenance is only ever earlier than creation after a full refetch of an
@@ -25,13 +33,27 @@ use http::{HeaderValue, Version};
 use pingora_cache::CacheMeta;
 use pingora_error::{Error, ErrorType, Result};
 use pingora_http::ResponseHeader;
+use prost::encoding::{decode_varint, encode_varint};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-/// The head format this build writes; formats 1 (no `updated_ms`, no key) and 2 (no key) are
-/// still read.
-const FORMAT: u8 = 3;
-/// Bytes of the fixed freshness record before the optional variance.
-const FIXED: usize = 1 + 8 * 4 + 4 * 2 + 1;
+mod legacy;
+mod names;
+
+/// The head format this build writes; formats 1 to 3 are still read.
+const FORMAT: u8 = 4;
+
+/// Flag: a variance follows.
+const F_VARIANCE: u8 = 1;
+/// Flag: the response was HTTP/1.0 (else HTTP/1.1).
+const F_HTTP_10: u8 = 2;
+/// Flag: the epoch differs from the creation time; its delta follows.
+const F_EPOCH: u8 = 4;
+/// Flag: the confirmation time differs from the creation time; its delta follows.
+const F_CONFIRMED: u8 = 8;
+/// Flag: stale-while-revalidate and stale-if-error follow (else both are 0).
+const F_STALE: u8 = 16;
+/// Bytes a varint takes at most.
+const VARINT_MAX: usize = 10;
 
 /// When the origin last confirmed a stored response: when it was stored or last revalidated
 /// (Pingora's `updated`, which `CacheMeta::new` cannot restore, so decoded metas carry it as
@@ -57,47 +79,112 @@ pub fn from_ms(ms: u64) -> SystemTime {
     UNIX_EPOCH + Duration::from_millis(ms)
 }
 
-/// The exact encoded size of `meta`'s head.
-fn head_len(meta: &CacheMeta) -> usize {
-    let header = meta.response_header();
-    let fields: usize = if header.has_case() {
-        header
-            .case_header_iter()
-            .map(|(n, v)| 6 + n.as_slice().len() + v.len())
-            .sum()
+/// Call `f` with each field of `header` (name in its original case, value), in order.
+fn each_field(
+    header: &ResponseHeader,
+    mut f: impl FnMut(&[u8], &HeaderValue) -> Result<()>,
+) -> Result<()> {
+    if header.has_case() {
+        for (name, value) in header.case_header_iter() {
+            f(name.as_slice(), value)?;
+        }
     } else {
-        header
-            .headers
-            .iter()
-            .map(|(n, v)| 6 + n.as_str().len() + v.len())
-            .sum()
-    };
-    FIXED + meta.variance().map_or(0, |_| 16) + 2 + 5 + fields
+        for (name, value) in header.headers.iter() {
+            f(name.as_str().as_bytes(), value)?;
+        }
+    }
+    Ok(())
 }
 
 /// Encode `meta` (freshness fields and response header) and the object's `primary` cache key
 /// into an exact-size buffer. An empty `primary` records that the key is not known.
 pub fn encode_head(meta: &CacheMeta, primary: &[u8]) -> Result<Vec<u8>> {
-    let key_len = u16::try_from(primary.len()).map_err(|_| too_long())?;
-    let mut out = Vec::with_capacity(head_len(meta) + primary.len());
-    out.put_u8(FORMAT);
-    out.put_u64_le(to_ms(meta.fresh_until()));
-    out.put_u64_le(to_ms(meta.created()));
-    out.put_u64_le(to_ms(meta.epoch()));
-    out.put_u64_le(to_ms(confirmed_at(meta)));
-    out.put_u32_le(meta.stale_while_revalidate_sec());
-    out.put_u32_le(meta.stale_if_error_sec());
-    match meta.variance() {
-        Some(v) => {
-            out.put_u8(1);
-            out.put_slice(&v);
+    let header = meta.response_header();
+    let created = to_ms(meta.created());
+    let epoch = to_ms(meta.epoch());
+    let confirmed = to_ms(confirmed_at(meta));
+    let (swr, sie) = (meta.stale_while_revalidate_sec(), meta.stale_if_error_sec());
+    let variance = meta.variance();
+    let mut flags = 0;
+    for (set, flag) in [
+        (variance.is_some(), F_VARIANCE),
+        (header.version == Version::HTTP_10, F_HTTP_10),
+        (epoch != created, F_EPOCH),
+        (confirmed != created, F_CONFIRMED),
+        (swr != 0 || sie != 0, F_STALE),
+    ] {
+        if set {
+            flags |= flag;
         }
-        None => out.put_u8(0),
     }
-    out.put_u16_le(key_len);
+    let (mut count, mut fields_len) = (0u64, 0);
+    each_field(header, |name, value| {
+        count += 1;
+        fields_len += 1 + VARINT_MAX * 2 + name.len() + value.len();
+        Ok(())
+    })?;
+    let mut out = Vec::with_capacity(2 + VARINT_MAX * 9 + 16 + primary.len() + 2 + fields_len);
+    out.put_u8(FORMAT);
+    out.put_u8(flags);
+    encode_varint(created, &mut out);
+    put_delta(to_ms(meta.fresh_until()), created, &mut out)?;
+    if flags & F_EPOCH != 0 {
+        put_delta(epoch, created, &mut out)?;
+    }
+    if flags & F_CONFIRMED != 0 {
+        put_delta(confirmed, created, &mut out)?;
+    }
+    if flags & F_STALE != 0 {
+        encode_varint(swr.into(), &mut out);
+        encode_varint(sie.into(), &mut out);
+    }
+    if let Some(v) = variance {
+        out.put_slice(&v);
+    }
+    encode_varint(primary.len() as u64, &mut out);
     out.put_slice(primary);
-    encode_header(meta.response_header(), &mut out)?;
+    out.put_u16_le(header.status.as_u16());
+    encode_varint(count, &mut out);
+    each_field(header, |name, value| {
+        match names::code(name) {
+            Some(code) => out.put_u8(code),
+            None => {
+                out.put_u8(names::LITERAL);
+                encode_varint(name.len() as u64, &mut out);
+                out.put_slice(name);
+            }
+        }
+        encode_varint(value.len() as u64, &mut out);
+        out.put_slice(value.as_bytes());
+        Ok(())
+    })?;
+    out.shrink_to_fit();
     Ok(out)
+}
+
+/// Append `at` relative to `base` (both in ms): a zigzag varint, tagged in its lowest bit as
+/// whole seconds when it is (freshness lifetimes are; 2 bytes instead of 4 for an hour).
+fn put_delta(at: u64, base: u64, out: &mut Vec<u8>) -> Result<()> {
+    let d = i64::try_from(i128::from(at) - i128::from(base)).map_err(|_| out_of_range())?;
+    let tagged = if d % 1000 == 0 {
+        (zigzag(d / 1000) << 1) | 1
+    } else {
+        zigzag(d).checked_mul(2).ok_or_else(out_of_range)?
+    };
+    encode_varint(tagged, out);
+    Ok(())
+}
+
+fn zigzag(v: i64) -> u64 {
+    ((v << 1) ^ (v >> 63)) as u64
+}
+
+fn unzigzag(v: u64) -> i64 {
+    (v >> 1) as i64 ^ -((v & 1) as i64)
+}
+
+fn out_of_range() -> Box<Error> {
+    Error::explain(ErrorType::InternalError, "stored time out of range")
 }
 
 /// A stored head decoded with its primary cache key.
@@ -119,49 +206,39 @@ pub fn decode_stored(head: &Bytes) -> Result<Stored> {
 }
 
 fn decode(head: &Bytes, want_key: bool) -> Result<Stored> {
-    let mut r = Reader { buf: head, pos: 0 };
-    let format = r.u8()?;
-    if !(1..=FORMAT).contains(&format) {
-        return Err(corrupt("stored head has an unknown format"));
-    }
-    let fresh_until = from_ms(r.u64()?);
-    let created = from_ms(r.u64()?);
-    let epoch_ms = r.u64()?;
-    let confirmed = if format == 1 {
-        created
+    let p = Parts::parse(head)?;
+    let mut header = ResponseHeader::build(p.status, Some(p.fields.left))?;
+    header.set_version(if p.http10 {
+        Version::HTTP_10
     } else {
-        from_ms(r.u64()?)
-    };
-    let swr = r.u32()?;
-    let sie = r.u32()?;
-    let variance = match r.u8()? {
-        0 => None,
-        1 => Some(r.array::<16>()?),
-        _ => return Err(corrupt("stored head has an invalid variance flag")),
-    };
-    let mut primary = None;
-    if format >= 3 {
-        let len = r.u16()? as usize;
-        if want_key && len > 0 {
-            primary = Some(r.take(len)?);
-        } else {
-            r.skip(len)?;
-        }
+        Version::HTTP_11
+    });
+    for field in p.fields {
+        let (name, value) = field?;
+        let name = match name {
+            Name::Known(n) => Bytes::from_static(n),
+            Name::Stored(n) => head.slice_ref(n),
+        };
+        let value = HeaderValue::from_maybe_shared(head.slice_ref(value))
+            .map_err(|_| corrupt("stored header value invalid"))?;
+        header.append_header(name, value)?;
     }
-    let header = decode_header(&mut r)?;
-    if r.pos != head.len() {
-        return Err(corrupt("stored head has trailing bytes"));
+    let created = from_ms(p.created_ms);
+    let mut meta = CacheMeta::new(from_ms(p.fresh_until_ms), created, p.swr, p.sie, header);
+    if p.epoch_ms != p.created_ms {
+        meta.set_epoch_override(from_ms(p.epoch_ms));
     }
-    let mut meta = CacheMeta::new(fresh_until, created, swr, sie, header);
-    if epoch_ms != to_ms(created) {
-        meta.set_epoch_override(from_ms(epoch_ms));
-    }
-    if let Some(v) = variance {
+    if let Some(v) = p.variance {
         meta.set_variance(v);
     }
-    if confirmed > created {
-        meta.extensions_mut().insert(Confirmed(confirmed));
+    if p.confirmed_ms > p.created_ms {
+        meta.extensions_mut()
+            .insert(Confirmed(from_ms(p.confirmed_ms)));
     }
+    let primary = p
+        .primary
+        .filter(|k| want_key && !k.is_empty())
+        .map(|k| head.slice_ref(k));
     Ok(Stored { primary, meta })
 }
 
@@ -173,6 +250,160 @@ pub fn expire_stored(stored: Stored, at: SystemTime) -> Result<Option<Vec<u8>>> 
     }
     meta.expire_at(at);
     encode_head(&meta, &primary.unwrap_or_default()).map(Some)
+}
+
+/// A stored head's parts, read in place (any format this build reads).
+struct Parts<'a> {
+    fresh_until_ms: u64,
+    created_ms: u64,
+    epoch_ms: u64,
+    /// As stored (formats before 2: the creation time).
+    confirmed_ms: u64,
+    swr: u32,
+    sie: u32,
+    variance: Option<[u8; 16]>,
+    /// The primary key (empty when not known), formats 3 and later.
+    primary: Option<&'a [u8]>,
+    status: u16,
+    http10: bool,
+    fields: Fields<'a>,
+}
+
+impl<'a> Parts<'a> {
+    fn parse(head: &'a [u8]) -> Result<Parts<'a>> {
+        let mut r = Slice(head);
+        match r.u8()? {
+            FORMAT => Self::parse_compact(r),
+            format @ 1..=3 => legacy::parse(format, r),
+            _ => Err(corrupt("stored head has an unknown format")),
+        }
+    }
+
+    /// The rest of a format 4 head.
+    fn parse_compact(mut r: Slice<'a>) -> Result<Parts<'a>> {
+        let flags = r.u8()?;
+        let created_ms = r.varint()?;
+        let fresh_until_ms = r.delta(created_ms)?;
+        let flagged = |r: &mut Slice<'a>, flag| {
+            if flags & flag != 0 {
+                r.delta(created_ms)
+            } else {
+                Ok(created_ms)
+            }
+        };
+        let epoch_ms = flagged(&mut r, F_EPOCH)?;
+        let confirmed_ms = flagged(&mut r, F_CONFIRMED)?;
+        let (swr, sie) = if flags & F_STALE != 0 {
+            (r.varint_u32()?, r.varint_u32()?)
+        } else {
+            (0, 0)
+        };
+        let variance = if flags & F_VARIANCE != 0 {
+            Some(r.array()?)
+        } else {
+            None
+        };
+        let key_len = r.len()?;
+        let primary = Some(r.take(key_len)?);
+        let status = r.u16()?;
+        let count = r.len()?;
+        Ok(Parts {
+            fresh_until_ms,
+            created_ms,
+            epoch_ms,
+            confirmed_ms,
+            swr,
+            sie,
+            variance,
+            primary,
+            status,
+            http10: flags & F_HTTP_10 != 0,
+            fields: Fields::new(true, count, r.0)?,
+        })
+    }
+}
+
+/// A field name: one of the well-known ones, or as stored.
+#[derive(Debug, Clone, Copy)]
+enum Name<'a> {
+    Known(&'static [u8]),
+    Stored(&'a [u8]),
+}
+
+impl<'a> Name<'a> {
+    fn bytes(self) -> &'a [u8] {
+        match self {
+            Name::Known(n) => n,
+            Name::Stored(n) => n,
+        }
+    }
+}
+
+/// The stored header fields, in order; an error at the first malformed one (or at trailing
+/// bytes after the last), then nothing.
+#[derive(Debug, Clone, Copy)]
+struct Fields<'a> {
+    /// Format 4 (else formats 1 to 3).
+    compact: bool,
+    left: usize,
+    rest: &'a [u8],
+}
+
+impl<'a> Fields<'a> {
+    fn new(compact: bool, count: usize, rest: &'a [u8]) -> Result<Fields<'a>> {
+        // a field takes at least 2 bytes: a count beyond that is corrupt, and must not size
+        // a header map
+        if count > rest.len() / 2 {
+            return Err(corrupt("stored header truncated"));
+        }
+        Ok(Fields {
+            compact,
+            left: count,
+            rest,
+        })
+    }
+
+    fn field(&mut self) -> Result<(Name<'a>, &'a [u8])> {
+        let mut r = Slice(self.rest);
+        let field = if self.compact {
+            let name = match r.u8()? {
+                names::LITERAL => {
+                    let len = r.len()?;
+                    Name::Stored(r.take(len)?)
+                }
+                code => Name::Known(
+                    names::name(code).ok_or_else(|| corrupt("stored field name code unknown"))?,
+                ),
+            };
+            let len = r.len()?;
+            (name, r.take(len)?)
+        } else {
+            legacy::field(&mut r)?
+        };
+        self.rest = r.0;
+        Ok(field)
+    }
+}
+
+impl<'a> Iterator for Fields<'a> {
+    type Item = Result<(Name<'a>, &'a [u8])>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        if self.left == 0 {
+            if self.rest.is_empty() {
+                return None;
+            }
+            self.rest = &[];
+            return Some(Err(corrupt("stored head has trailing bytes")));
+        }
+        self.left -= 1;
+        let field = self.field();
+        if field.is_err() {
+            self.left = 0;
+            self.rest = &[];
+        }
+        Some(field)
+    }
 }
 
 /// A stored head read in place, without building a header map: what the lean hit path
@@ -193,72 +424,31 @@ pub struct HeadView<'a> {
     pub variance: Option<[u8; 16]>,
     /// Response status code.
     pub status: u16,
-    /// Header field count.
-    count: u16,
     /// The encoded fields.
-    fields: &'a [u8],
+    fields: Fields<'a>,
 }
 
 impl<'a> HeadView<'a> {
     /// Read a head written by [`encode_head`] (any format this build reads).
     pub fn parse(head: &'a [u8]) -> Result<HeadView<'a>> {
-        let mut r = Slice(head);
-        let format = r.u8()?;
-        if !(1..=FORMAT).contains(&format) {
-            return Err(corrupt("stored head has an unknown format"));
-        }
-        let fresh_until_ms = r.u64()?;
-        let created_ms = r.u64()?;
-        let epoch_ms = r.u64()?;
-        let confirmed_ms = if format == 1 { created_ms } else { r.u64()? };
-        r.take(8)?; // stale-while-revalidate, stale-if-error
-        let variance = match r.u8()? {
-            0 => None,
-            1 => Some(r.array::<16>()?),
-            _ => return Err(corrupt("stored head has an invalid variance flag")),
-        };
-        if format >= 3 {
-            let len = r.u16()? as usize;
-            r.take(len)?;
-        }
-        let status = r.u16()?;
-        r.u8()?; // version: a hit is answered as HTTP/1.1
-        let count = r.u16()?;
+        let p = Parts::parse(head)?;
         Ok(HeadView {
-            fresh_until_ms,
-            created_ms,
-            epoch_ms,
-            confirmed_ms: confirmed_ms.max(created_ms),
-            has_variance: variance.is_some(),
-            variance,
-            status,
-            count,
-            fields: r.0,
+            fresh_until_ms: p.fresh_until_ms,
+            created_ms: p.created_ms,
+            epoch_ms: p.epoch_ms,
+            confirmed_ms: p.confirmed_ms.max(p.created_ms),
+            has_variance: p.variance.is_some(),
+            variance: p.variance,
+            status: p.status,
+            fields: p.fields,
         })
     }
 
     /// The header fields, names in their stored case, in order; an error at the first
     /// malformed one.
     pub fn fields(&self) -> impl Iterator<Item = Result<(&'a [u8], &'a [u8])>> {
-        let mut r = Slice(self.fields);
-        let mut left = self.count;
-        std::iter::from_fn(move || {
-            if left == 0 {
-                return (!r.0.is_empty()).then(|| Err(corrupt("stored head has trailing bytes")));
-            }
-            left -= 1;
-            let field = (|| {
-                let name_len = r.u16()? as usize;
-                let name = r.take(name_len)?;
-                let value_len = r.u32()? as usize;
-                Ok((name, r.take(value_len)?))
-            })();
-            if field.is_err() {
-                left = 0;
-                r.0 = &[];
-            }
-            Some(field)
-        })
+        self.fields
+            .map(|f| f.map(|(name, value)| (name.bytes(), value)))
     }
 }
 
@@ -296,118 +486,31 @@ impl<'a> Slice<'a> {
     fn u64(&mut self) -> Result<u64> {
         self.array().map(u64::from_le_bytes)
     }
-}
 
-fn too_long() -> Box<Error> {
-    Error::explain(ErrorType::InternalError, "header field too long to store")
-}
-
-/// Append the encoding of `header` to `out`.
-fn encode_header(header: &ResponseHeader, out: &mut Vec<u8>) -> Result<()> {
-    out.put_u16_le(header.status.as_u16());
-    out.put_u8(if header.version == Version::HTTP_10 {
-        10
-    } else {
-        11
-    });
-    let count_at = out.len();
-    out.put_u16_le(0);
-    let mut count: u16 = 0;
-    let mut put = |name: &[u8], value: &HeaderValue| -> Result<()> {
-        let name_len = u16::try_from(name.len()).map_err(|_| too_long())?;
-        let value_len = u32::try_from(value.len()).map_err(|_| too_long())?;
-        out.put_u16_le(name_len);
-        out.put_slice(name);
-        out.put_u32_le(value_len);
-        out.put_slice(value.as_bytes());
-        count = count.checked_add(1).ok_or_else(too_long)?;
-        Ok(())
-    };
-    if header.has_case() {
-        for (name, value) in header.case_header_iter() {
-            put(name.as_slice(), value)?;
-        }
-    } else {
-        for (name, value) in header.headers.iter() {
-            put(name.as_str().as_bytes(), value)?;
-        }
+    fn varint(&mut self) -> Result<u64> {
+        decode_varint(&mut self.0).map_err(|_| corrupt("stored head has an invalid varint"))
     }
-    out[count_at..count_at + 2].copy_from_slice(&count.to_le_bytes());
-    Ok(())
+
+    fn varint_u32(&mut self) -> Result<u32> {
+        u32::try_from(self.varint()?).map_err(|_| corrupt("stored head value out of range"))
+    }
+
+    /// A length (of something that must still follow).
+    fn len(&mut self) -> Result<usize> {
+        usize::try_from(self.varint()?).map_err(|_| corrupt("stored header truncated"))
+    }
+
+    /// A time stored relative to `base` by [`put_delta`].
+    fn delta(&mut self, base: u64) -> Result<u64> {
+        let v = self.varint()?;
+        let d = i128::from(unzigzag(v >> 1));
+        let d = if v & 1 == 1 { d * 1000 } else { d };
+        u64::try_from(i128::from(base) + d).map_err(|_| out_of_range())
+    }
 }
 
 fn corrupt(what: &'static str) -> Box<Error> {
     Error::explain(ErrorType::InternalError, what)
-}
-
-struct Reader<'a> {
-    buf: &'a Bytes,
-    pos: usize,
-}
-
-impl Reader<'_> {
-    fn skip(&mut self, n: usize) -> Result<usize> {
-        let start = self.pos;
-        let end = start.checked_add(n).filter(|&e| e <= self.buf.len());
-        self.pos = end.ok_or_else(|| corrupt("stored header truncated"))?;
-        Ok(start)
-    }
-
-    /// The next `n` bytes, borrowed (no reference count touched: most reads are these).
-    fn bytes(&mut self, n: usize) -> Result<&[u8]> {
-        let start = self.skip(n)?;
-        Ok(&self.buf[start..self.pos])
-    }
-
-    /// The next `n` bytes as a `Bytes` sharing the stored buffer (names and values).
-    fn take(&mut self, n: usize) -> Result<Bytes> {
-        let start = self.skip(n)?;
-        Ok(self.buf.slice(start..self.pos))
-    }
-
-    fn array<const N: usize>(&mut self) -> Result<[u8; N]> {
-        let mut a = [0u8; N];
-        a.copy_from_slice(self.bytes(N)?);
-        Ok(a)
-    }
-
-    fn u8(&mut self) -> Result<u8> {
-        Ok(self.array::<1>()?[0])
-    }
-
-    fn u16(&mut self) -> Result<u16> {
-        self.array().map(u16::from_le_bytes)
-    }
-
-    fn u32(&mut self) -> Result<u32> {
-        self.array().map(u32::from_le_bytes)
-    }
-
-    fn u64(&mut self) -> Result<u64> {
-        self.array().map(u64::from_le_bytes)
-    }
-}
-
-/// Decode a header encoded by [`encode_header`] at the reader's position.
-fn decode_header(r: &mut Reader<'_>) -> Result<ResponseHeader> {
-    let status = r.u16()?;
-    let version = r.u8()?;
-    let count = r.u16()?;
-    let mut header = ResponseHeader::build(status, Some(count as usize))?;
-    header.set_version(if version == 10 {
-        Version::HTTP_10
-    } else {
-        Version::HTTP_11
-    });
-    for _ in 0..count {
-        let name_len = r.u16()? as usize;
-        let name = r.take(name_len)?;
-        let value_len = r.u32()? as usize;
-        let value = HeaderValue::from_maybe_shared(r.take(value_len)?)
-            .map_err(|_| corrupt("stored header value invalid"))?;
-        header.append_header(name, value)?;
-    }
-    Ok(header)
 }
 
 #[cfg(test)]
@@ -447,16 +550,20 @@ mod tests {
         h.append_header("ETag", "\"x\"").unwrap();
         let mut meta = meta_with(h);
         meta.set_variance([9; 16]);
-        let full = Bytes::from(encode_head(&meta, b"k").unwrap());
-        for cut in 0..full.len() {
-            assert!(decode_head(&full.slice(..cut)).is_err(), "cut at {cut}");
+        for full in [
+            Bytes::from(encode_head(&meta, b"k").unwrap()),
+            Bytes::from(legacy::encode_v3(&meta, b"k")),
+        ] {
+            for cut in 0..full.len() {
+                assert!(decode_head(&full.slice(..cut)).is_err(), "cut at {cut}");
+            }
+            let mut longer = full.to_vec();
+            longer.push(0);
+            assert!(decode_head(&Bytes::from(longer)).is_err());
+            let mut other_format = full.to_vec();
+            other_format[0] = 0xff;
+            assert!(decode_head(&Bytes::from(other_format)).is_err());
         }
-        let mut longer = full.to_vec();
-        longer.push(0);
-        assert!(decode_head(&Bytes::from(longer)).is_err());
-        let mut other_format = full.to_vec();
-        other_format[0] = 0xff;
-        assert!(decode_head(&Bytes::from(other_format)).is_err());
     }
 
     #[test]
@@ -487,6 +594,99 @@ mod tests {
         assert!((29..=31).contains(&back.age().as_secs()));
     }
 
+    /// `meta` and `d` have the same freshness fields and header (on the wire, in order).
+    fn assert_same(meta: &CacheMeta, d: &CacheMeta) {
+        for (a, b) in [
+            (meta.fresh_until(), d.fresh_until()),
+            (meta.created(), d.created()),
+            (meta.epoch(), d.epoch()),
+            (confirmed_at(meta), confirmed_at(d)),
+        ] {
+            assert_eq!(to_ms(a), to_ms(b));
+        }
+        assert_eq!(meta.variance(), d.variance());
+        assert_eq!(
+            (meta.stale_while_revalidate_sec(), meta.stale_if_error_sec()),
+            (d.stale_while_revalidate_sec(), d.stale_if_error_sec())
+        );
+        let (mut a, mut b) = (Vec::new(), Vec::new());
+        meta.response_header().header_to_h1_wire(&mut a);
+        d.response_header().header_to_h1_wire(&mut b);
+        assert_eq!(String::from_utf8(a).unwrap(), String::from_utf8(b).unwrap());
+        assert_eq!(meta.response_header().version, d.response_header().version);
+    }
+
+    /// A response as nginx sends a static file, and the same with every optional part set.
+    fn metas() -> Vec<CacheMeta> {
+        let now = SystemTime::now();
+        let mut h = ResponseHeader::build(200, None).unwrap();
+        for (k, v) in [
+            ("Server", "nginx/1.22.1"),
+            ("Date", "Sat, 05 Dec 2026 13:37:01 GMT"),
+            ("Content-Type", "application/octet-stream"),
+            ("Content-Length", "1024"),
+            ("Last-Modified", "Tue, 01 Apr 2025 10:00:00 GMT"),
+            ("ETag", "\"67ebb9a0-400\""),
+            ("Cache-Control", "public, max-age=3600"),
+            ("Accept-Ranges", "bytes"),
+        ] {
+            h.append_header(k, v).unwrap();
+        }
+        let plain = CacheMeta::new(now + Duration::from_secs(3600), now, 0, 0, h);
+        let mut h = ResponseHeader::build(404, None).unwrap();
+        h.set_version(Version::HTTP_10);
+        h.append_header("x-Odd-CASE", "").unwrap();
+        h.append_header("vary", "accept-encoding").unwrap();
+        h.append_header("Set-Cookie", "a=1").unwrap();
+        h.append_header("set-cookie", "b=2").unwrap();
+        // stale when stored, by a fraction of a second
+        let mut full = CacheMeta::new(now - Duration::from_millis(1500), now, 30, 86_400, h);
+        full.set_epoch_override(now - Duration::from_millis(45_123));
+        full.set_variance([7; 16]);
+        full.extensions_mut()
+            .insert(Confirmed(now + Duration::from_millis(2_001)));
+        vec![plain, full]
+    }
+
+    #[test]
+    fn every_field_survives_and_format_3_heads_read_the_same() {
+        for meta in metas() {
+            let key = b"example.com\n/x\n";
+            let head = Bytes::from(encode_head(&meta, key).unwrap());
+            let stored = decode_stored(&head).unwrap();
+            assert_eq!(stored.primary.as_deref(), Some(&key[..]));
+            assert_same(&meta, &stored.meta);
+            let v3 = Bytes::from(legacy::encode_v3(&meta, key));
+            let old = decode_stored(&v3).unwrap();
+            assert_eq!(old.primary.as_deref(), Some(&key[..]));
+            assert_same(&meta, &old.meta);
+            // re-encoding an old head writes the current format, the same object
+            let again = encode_head(&old.meta, key).unwrap();
+            assert_eq!(again, head.to_vec());
+        }
+    }
+
+    #[test]
+    fn a_typical_origin_head_is_compact() {
+        let meta = &metas()[0];
+        let key = b"127.0.0.1:18083\n/m/12345\n";
+        let head = encode_head(meta, key).unwrap();
+        let v3 = legacy::encode_v3(meta, key);
+        // the values alone take 138 bytes, the key 25
+        assert!(
+            head.len() <= 192,
+            "{} bytes (format 3: {})",
+            head.len(),
+            v3.len()
+        );
+        assert!(
+            head.len() + 140 <= v3.len(),
+            "{} vs {}",
+            head.len(),
+            v3.len()
+        );
+    }
+
     #[test]
     fn confirmation_time_survives_and_format_1_heads_still_decode() {
         let now = SystemTime::now();
@@ -497,22 +697,19 @@ mod tests {
             0,
             ResponseHeader::build(200, None).unwrap(),
         );
-        let mut head = encode_head(&meta, b"").unwrap();
         assert_eq!(to_ms(confirmed_at(&meta)), to_ms(now));
         // a revalidation 5 s later (Pingora keeps `created`, moves `updated`)
         let later = to_ms(now) + 5_000;
+        let mut head = legacy::encode_v3(&meta, b"");
         head[25..33].copy_from_slice(&later.to_le_bytes());
         let back = decode_head(&Bytes::from(head.clone())).unwrap();
         assert_eq!(to_ms(back.created()), to_ms(now));
         assert_eq!(to_ms(confirmed_at(&back)), later);
-        assert_eq!(
-            encode_head(&back, b"").unwrap(),
-            head,
-            "re-encoding keeps it"
-        );
+        let again = decode_head(&Bytes::from(encode_head(&back, b"").unwrap())).unwrap();
+        assert_eq!(to_ms(confirmed_at(&again)), later, "re-encoding keeps it");
         // format 1: no confirmation field, no key; confirmed when created
         let mut v1 = head.clone();
-        v1.drain(FIXED..FIXED + 2);
+        v1.drain(legacy::FIXED..legacy::FIXED + 2);
         v1.drain(25..33);
         v1[0] = 1;
         let old = decode_head(&Bytes::from(v1)).unwrap();
@@ -536,46 +733,55 @@ mod tests {
         );
         let unknown = Bytes::from(encode_head(&meta, b"").unwrap());
         assert!(decode_stored(&unknown).unwrap().primary.is_none());
-        // format 2: the same without the key field
-        let mut v2 = unknown.to_vec();
-        v2.drain(FIXED..FIXED + 2);
+        // format 2: format 3 without the key field
+        let mut v2 = legacy::encode_v3(&meta, b"");
+        v2.drain(legacy::FIXED..legacy::FIXED + 2);
         v2[0] = 2;
         let old = decode_stored(&Bytes::from(v2)).unwrap();
         assert!(old.primary.is_none());
         assert_eq!(old.meta.headers()["surrogate-key"], "a b");
     }
+
     #[test]
     fn the_view_reads_what_decoding_reads() {
         let mut h = ResponseHeader::build(203, None).unwrap();
         h.append_header("Content-Type", "text/plain").unwrap();
+        h.append_header("X-Thing", "x").unwrap();
         h.append_header("set-cookie", "a=1").unwrap();
         h.append_header("set-cookie", "b=2").unwrap();
         let mut meta = meta_with(h);
         meta.set_variance([1; 16]);
-        let head = encode_head(&meta, b"example.com\n/x\n").unwrap();
-        let view = HeadView::parse(&head).unwrap();
-        let decoded = decode_head(&Bytes::from(head.clone())).unwrap();
-        assert_eq!(view.status, 203);
-        assert!(view.has_variance);
-        assert_eq!(view.variance, Some([1; 16]));
-        assert_eq!(view.created_ms, to_ms(decoded.created()));
-        assert_eq!(view.fresh_until_ms, to_ms(decoded.fresh_until()));
-        assert_eq!(view.epoch_ms, to_ms(decoded.epoch()));
-        assert_eq!(view.confirmed_ms, to_ms(confirmed_at(&decoded)));
-        let fields: Vec<_> = view.fields().map(Result::unwrap).collect();
-        assert_eq!(
-            fields,
-            [
-                (&b"Content-Type"[..], &b"text/plain"[..]),
-                (b"set-cookie", b"a=1"),
-                (b"set-cookie", b"b=2")
-            ]
-        );
-        for cut in 0..head.len() {
-            let ok = HeadView::parse(&head[..cut])
-                .map(|v| v.fields().all(|f| f.is_ok()))
-                .unwrap_or(false);
-            assert!(!ok, "cut at {cut}");
+        meta.set_epoch_override(meta.created() - Duration::from_secs(3));
+        let key = b"example.com\n/x\n";
+        for head in [
+            encode_head(&meta, key).unwrap(),
+            legacy::encode_v3(&meta, key),
+        ] {
+            let view = HeadView::parse(&head).unwrap();
+            let decoded = decode_head(&Bytes::from(head.clone())).unwrap();
+            assert_eq!(view.status, 203);
+            assert!(view.has_variance);
+            assert_eq!(view.variance, Some([1; 16]));
+            assert_eq!(view.created_ms, to_ms(decoded.created()));
+            assert_eq!(view.fresh_until_ms, to_ms(decoded.fresh_until()));
+            assert_eq!(view.epoch_ms, to_ms(decoded.epoch()));
+            assert_eq!(view.confirmed_ms, to_ms(confirmed_at(&decoded)));
+            let fields: Vec<_> = view.fields().map(Result::unwrap).collect();
+            assert_eq!(
+                fields,
+                [
+                    (&b"Content-Type"[..], &b"text/plain"[..]),
+                    (b"X-Thing", b"x"),
+                    (b"set-cookie", b"a=1"),
+                    (b"set-cookie", b"b=2")
+                ]
+            );
+            for cut in 0..head.len() {
+                let ok = HeadView::parse(&head[..cut])
+                    .map(|v| v.fields().all(|f| f.is_ok()))
+                    .unwrap_or(false);
+                assert!(!ok, "cut at {cut}");
+            }
         }
     }
 }
