@@ -110,7 +110,7 @@ impl MemoryMiss {
         };
         let body = entry.body.clone();
         if !cancelled && body.len() as u64 <= self.tier.max_object {
-            self.tier.entries.insert(self.key, Arc::new(entry));
+            self.tier.entries.insert(self.key.into(), Arc::new(entry));
         } else if !cancelled {
             self.tier.count_rejected();
         }

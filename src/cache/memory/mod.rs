@@ -12,8 +12,8 @@
 //!   replaces only the head.
 //!
 //! Why not moka (the stack's first choice): its bookkeeping alone measured ~285 bytes per
-//! entry, the whole per-object budget; quick_cache's is ~120 (see issue 2's note and
-//! `examples/memory_per_object.rs`).
+//! entry, the whole per-object budget; quick_cache's is 55 (its slot and index; see issue 2's
+//! note and `examples/memory_per_object.rs`).
 
 use super::entry::{decode_head, decode_stored, encode_head, expire_stored};
 use crate::metrics::TierMetrics;
@@ -46,9 +46,10 @@ pub use hit::CompleteHit;
 use hit::PartialHit;
 pub use miss::{Committed, MemoryMiss};
 
-/// Bytes charged per entry on top of head and body: the cache slot, our `Entry` and its `Arc`,
-/// and the body's shared-buffer record (measured with `examples/memory_per_object.rs`).
-pub const ENTRY_OVERHEAD: u64 = 224;
+/// Bytes charged per entry on top of head and body: the table's slot (48) and its share of
+/// the table's index (~7), our `Entry` and its `Arc` (64), and the body's shared-buffer record
+/// (24); allocator rounding of the head comes on top (`examples/memory_per_object.rs`).
+pub const ENTRY_OVERHEAD: u64 = 144;
 
 /// Average object size assumed when sizing the tier's bookkeeping for a byte capacity.
 const ESTIMATED_OBJECT_SIZE: u64 = 8 * 1024;
@@ -104,16 +105,33 @@ impl StoredObject {
     }
 }
 
+/// A key as the table stores it: the tiers' u128 key as two u64 halves. A u128 is 16-aligned,
+/// which pads each of the table's slots by 16 bytes.
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+struct Slot([u64; 2]);
+
+impl From<u128> for Slot {
+    fn from(key: u128) -> Slot {
+        Slot([key as u64, (key >> 64) as u64])
+    }
+}
+
+impl From<Slot> for u128 {
+    fn from(Slot([low, high]): Slot) -> u128 {
+        u128::from(high) << 64 | u128::from(low)
+    }
+}
+
 /// Counts evictions.
 #[derive(Clone)]
 struct Lifecycle(Option<IntCounter>);
 
-impl quick_cache::Lifecycle<u128, Arc<Entry>> for Lifecycle {
+impl quick_cache::Lifecycle<Slot, Arc<Entry>> for Lifecycle {
     type RequestState = ();
 
     fn begin_request(&self) -> Self::RequestState {}
 
-    fn on_evict(&self, _state: &mut (), _key: u128, _val: Arc<Entry>) {
+    fn on_evict(&self, _state: &mut (), _key: Slot, _val: Arc<Entry>) {
         if let Some(c) = &self.0 {
             c.inc();
         }
@@ -123,8 +141,8 @@ impl quick_cache::Lifecycle<u128, Arc<Entry>> for Lifecycle {
 #[derive(Clone)]
 struct Weigher;
 
-impl quick_cache::Weighter<u128, Arc<Entry>> for Weigher {
-    fn weight(&self, _key: &u128, e: &Arc<Entry>) -> u64 {
+impl quick_cache::Weighter<Slot, Arc<Entry>> for Weigher {
+    fn weight(&self, _key: &Slot, e: &Arc<Entry>) -> u64 {
         (e.head.len() + e.body.len()) as u64 + ENTRY_OVERHEAD
     }
 }
@@ -163,7 +181,7 @@ struct Fill {
 
 /// The memory tier storage. Create one with [`MemoryTier::new`] and leak it once at start-up.
 pub struct MemoryTier {
-    entries: quick_cache::sync::Cache<u128, Arc<Entry>, Weigher, DefaultHashBuilder, Lifecycle>,
+    entries: quick_cache::sync::Cache<Slot, Arc<Entry>, Weigher, DefaultHashBuilder, Lifecycle>,
     /// Counts objects too large for this tier.
     rejected: Option<IntCounter>,
     max_object: u64,
@@ -295,7 +313,7 @@ impl MemoryTier {
             head: Box::from(head),
             body,
         };
-        self.entries.insert(key, Arc::new(entry));
+        self.entries.insert(key.into(), Arc::new(entry));
         true
     }
 
@@ -304,7 +322,7 @@ impl MemoryTier {
     pub fn heads(&self) -> impl Iterator<Item = (u128, Bytes)> + '_ {
         self.entries
             .iter()
-            .map(|(key, entry)| (key, entry.head_bytes()))
+            .map(|(key, entry)| (key.into(), entry.head_bytes()))
     }
 
     /// The complete object stored under `key`, as a lookup would find it: `None` when there is
@@ -314,24 +332,24 @@ impl MemoryTier {
         if self.stream_fills && self.fill_for(key, None).is_some() {
             return None;
         }
-        self.entries.get(&key).map(StoredObject)
+        self.entries.get(&Slot::from(key)).map(StoredObject)
     }
 
     /// Remove the object stored under `key`; true if there was one.
     pub fn remove(&self, key: u128) -> bool {
-        self.entries.remove(&key).is_some()
+        self.entries.remove(&Slot::from(key)).is_some()
     }
 
     /// Replace the head of the object stored under `key`, keeping its body; false if none.
     pub fn replace_head(&self, key: u128, head: &[u8]) -> bool {
-        let Some(entry) = self.entries.get(&key) else {
+        let Some(entry) = self.entries.get(&Slot::from(key)) else {
             return false;
         };
         let updated = Entry {
             head: Box::from(head),
             body: entry.body.clone(),
         };
-        self.entries.insert(key, Arc::new(updated));
+        self.entries.insert(key.into(), Arc::new(updated));
         true
     }
 
@@ -405,7 +423,7 @@ impl MemoryTier {
             head: encode_head(meta, primary)?.into_boxed_slice(),
             body: entry.body.clone(),
         };
-        self.entries.insert(key, Arc::new(updated));
+        self.entries.insert(key.into(), Arc::new(updated));
         Ok(())
     }
 
@@ -440,7 +458,7 @@ impl Storage for MemoryTier {
                 return Self::partial_hit(fill);
             }
         }
-        let Some(entry) = self.entries.get(&h) else {
+        let Some(entry) = self.entries.get(&Slot::from(h)) else {
             return Ok(None);
         };
         let meta = entry.meta()?;
@@ -485,7 +503,7 @@ impl Storage for MemoryTier {
             return Ok(PurgeOutcome::NotFound);
         }
         let h = hash(target.key());
-        let mut found = self.entries.remove(&h).is_some();
+        let mut found = self.entries.remove(&Slot::from(h)).is_some();
         if let Some(list) = self.fills.lock().get(&h) {
             for fill in list {
                 fill.state.write().cancelled = true;
@@ -501,7 +519,7 @@ impl Storage for MemoryTier {
         _trace: &SpanHandle,
     ) -> Result<PurgeOutcome> {
         let h = hash(target.key());
-        let Some(entry) = self.entries.get(&h) else {
+        let Some(entry) = self.entries.get(&Slot::from(h)) else {
             return Ok(PurgeOutcome::NotFound);
         };
         if let Some(head) = expire_stored(decode_stored(&entry.head_bytes())?, SystemTime::now())? {
@@ -517,7 +535,7 @@ impl Storage for MemoryTier {
         _trace: &SpanHandle,
     ) -> Result<bool> {
         let h = hash(key);
-        let Some(entry) = self.entries.get(&h) else {
+        let Some(entry) = self.entries.get(&Slot::from(h)) else {
             return Ok(false);
         };
         // The body is shared, not copied: a 304 never rewrites it.
