@@ -286,7 +286,7 @@ impl DiskTier {
 
     /// Objects on disk (and being written).
     pub fn objects(&self) -> u64 {
-        self.index.lock().map.len() as u64
+        self.index.lock().len() as u64
     }
 
     /// Bytes of disk a file of `len` bytes takes: whole allocation units (an empty file none)
@@ -323,7 +323,7 @@ impl DiskTier {
 
     /// Whether a lookup of `key` can skip the disk: the index is complete and lacks it.
     fn surely_absent(&self, key: u128) -> bool {
-        self.scanned.load(Ordering::Acquire) && !self.index.lock().map.contains_key(&key)
+        self.scanned.load(Ordering::Acquire) && !self.index.lock().contains(key)
     }
 
     /// Count a lookup's outcome, refresh recency on a hit, drop a corrupt entry.
@@ -483,7 +483,7 @@ impl DiskTier {
                 return true;
             }
         }
-        if !self.index.lock().map.contains_key(&key) && self.scanned.load(Ordering::Acquire) {
+        if !self.index.lock().contains(key) && self.scanned.load(Ordering::Acquire) {
             return false;
         }
         if self.queue.try_send(Job::Head { key, head }).is_err() {
@@ -494,7 +494,7 @@ impl DiskTier {
 
     /// Every object on disk or queued for it (a snapshot: objects placed later are not in it).
     pub fn keys(&self) -> Vec<u128> {
-        let mut keys: Vec<u128> = self.index.lock().map.keys().copied().collect();
+        let mut keys: Vec<u128> = self.index.lock().keys().collect();
         keys.extend(self.pending.lock().keys().copied());
         keys
     }
@@ -571,6 +571,11 @@ impl DiskTier {
             .get(&key)
             .is_some_and(|p| seq.is_none_or(|s| p.seq == s));
         let taken = if matches { pending.remove(&key) } else { None };
+        if pending.capacity() > 1024 && pending.len() * 8 < pending.capacity() {
+            // a burst of writes left the table large (~100 bytes a slot): give it back
+            let keep = pending.len() * 2;
+            pending.shrink_to(keep);
+        }
         if let Some(p) = &taken {
             self.queued_bytes
                 .fetch_sub(p.object.size(), Ordering::AcqRel);
@@ -718,10 +723,11 @@ impl DiskTier {
                 }
             }
         }
-        self.scanned.store(true, Ordering::Release);
         let (objects, bytes) = {
-            let index = self.index.lock();
-            (index.map.len(), index.bytes)
+            let mut index = self.index.lock();
+            index.order_by_stamp();
+            self.scanned.store(true, Ordering::Release);
+            (index.len(), index.bytes)
         };
         tracing::info!(
             objects,
@@ -750,7 +756,7 @@ impl DiskTier {
                     return 0;
                 };
                 let mut index = self.index.lock();
-                if index.map.contains_key(&key) || self.pending.lock().contains_key(&key) {
+                if index.contains(key) || self.pending.lock().contains_key(&key) {
                     return 0;
                 }
                 let bytes = allocated(&head) + allocated(&body) + 2 * DIRECTORY_ENTRY;
