@@ -229,18 +229,23 @@ impl TieredStorage {
             None => Ok(None),
             Some(DiskHit::Whole(object)) => {
                 let meta = decode_head(&object.head)?;
+                let mut body = object.body;
                 if let Some(memory) = self.memory {
-                    if memory.insert(key, &object.head, object.body.clone()) {
-                        if self.sweeps.load(Ordering::SeqCst) != sweeps {
-                            // a sweep changed disk objects since this one was read: it may
-                            // have been one of them, and the memory sweep may be past it
-                            memory.remove(key);
-                        } else {
-                            self.metrics.promotions.inc();
+                    body = match memory.insert(key, &object.head, body) {
+                        Ok(stored) => {
+                            if self.sweeps.load(Ordering::SeqCst) != sweeps {
+                                // a sweep changed disk objects since this one was read: it may
+                                // have been one of them, and the memory sweep may be past it
+                                memory.remove(key);
+                            } else {
+                                self.metrics.promotions.inc();
+                            }
+                            stored
                         }
-                    }
+                        Err(body) => body,
+                    };
                 }
-                Ok(Some((meta, Box::new(CompleteHit::new(object.body)))))
+                Ok(Some((meta, Box::new(CompleteHit::new(body)))))
             }
             Some(DiskHit::Stream { head, hit }) => Ok(Some((decode_head(&head)?, Box::new(hit)))),
         }

@@ -33,7 +33,7 @@ use crate::rules::{key, normalize_host};
 use crate::upstream::tier;
 use blake2::digest::consts::U16;
 use blake2::{Blake2b, Digest};
-use bytes::{BufMut, Bytes};
+use bytes::BufMut;
 use http::{HeaderName, Method, StatusCode};
 use pingora_http::IntoCaseHeaderName;
 use smallvec::SmallVec;
@@ -105,8 +105,8 @@ pub struct Answer {
     pub consumed: usize,
     /// The response header, serialized.
     pub head: Vec<u8>,
-    /// The body (`None` for HEAD).
-    pub body: Option<Bytes>,
+    /// The stored object whose body is sent (`None` for HEAD).
+    pub body: Option<StoredObject>,
     /// The connection stays open after the response.
     pub keep_alive: bool,
     done: Done,
@@ -397,12 +397,16 @@ impl LeanHits {
                 // variance not recorded, targeted fields: the full path's decisions
                 return None;
             }
-            resp.0.push((Cow::Borrowed(name), Cow::Borrowed(value)));
+            if name.eq_ignore_ascii_case(b"date") {
+                // Pingora's writer sends its own (below): not worth rendering
+                continue;
+            }
+            resp.0.push((Cow::Borrowed(name), value.bytes()));
         }
         if chunked && resp.first(b"content-length").is_some() {
             return None;
         }
-        let body = object.body();
+        let body_len = object.body().len();
         for _ in 0..lookups {
             // as many as the full path's storage lookups that found something
             node.storage.count_memory_hit();
@@ -419,7 +423,7 @@ impl LeanHits {
         // range_header_filter: a stored response without a length gets one (and loses its
         // Transfer-Encoding); one with both is the full path's to frame
         if resp.first(b"content-length").is_none() {
-            resp.insert(&b"Content-Length"[..], body.len().to_string().into_bytes());
+            resp.insert(&b"Content-Length"[..], body_len.to_string().into_bytes());
         }
         // Pingora's range filter: a 200 with a length may be asked for in ranges (as nginx)
         let ranged = resp
@@ -493,7 +497,7 @@ impl LeanHits {
         Some(Answer {
             consumed,
             head,
-            body: (!head_only).then(|| body.clone()),
+            body: (!head_only).then_some(object),
             keep_alive,
             done: Done {
                 start,
@@ -507,7 +511,7 @@ impl LeanHits {
                 request_id,
                 user_agent: text(seen.user_agent),
                 referer: text(seen.referer),
-                body_len: if head_only { 0 } else { body.len() as u64 },
+                body_len: if head_only { 0 } else { body_len as u64 },
             },
         })
     }
@@ -529,10 +533,11 @@ impl LeanHits {
         let Some(variance) = view.variance else {
             return Some((first, 1));
         };
-        let mut vary = SmallVec::<[&[u8]; 2]>::new();
+        let mut vary = SmallVec::<[Cow<'_, [u8]>; 2]>::new();
         for field in view.fields() {
             let (name, value) = field.ok()?;
             if name.eq_ignore_ascii_case(b"vary") {
+                let value = value.bytes();
                 let forwarding = value
                     .split(|&b| b == b',')
                     .filter_map(|n| std::str::from_utf8(n).ok())
@@ -559,7 +564,13 @@ impl LeanHits {
                 .map(|h| h.value);
             compression::negotiate_bytes(accept, &compression.encodings)
         });
-        let wanted = vary::variance_of(vary.into_iter(), lines, encoding.map(Encoding::token))?;
+        let wanted = vary::variance_of(
+            vary.iter().map(|v| &**v),
+            lines,
+            encoding.map(Encoding::token),
+        )?;
+        drop(vary);
+        let created_ms = view.created_ms;
         if wanted == variance {
             return Some((first, 1));
         }
@@ -569,8 +580,7 @@ impl LeanHits {
         let combined: [u8; 16] = hasher.finalize().into();
         let other = memory.stored(u128::from_le_bytes(combined))?;
         let found = HeadView::parse(other.head()).ok()?;
-        (found.variance == Some(wanted) && found.created_ms >= view.created_ms)
-            .then_some((other, 2))
+        (found.variance == Some(wanted) && found.created_ms >= created_ms).then_some((other, 2))
     }
 
     /// Whether a ban newer than the object stored under `primary` covers it (by key or by a
@@ -585,7 +595,7 @@ impl LeanHits {
             };
             let (Ok(name), Ok(value)) = (
                 HeaderName::from_bytes(name),
-                http::HeaderValue::from_bytes(value),
+                http::HeaderValue::from_bytes(&value.bytes()),
             ) else {
                 return true;
             };

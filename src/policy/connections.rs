@@ -492,7 +492,12 @@ async fn write_answer(tracked: &mut Tracked, answer: &Answer) -> bool {
     use tokio::io::AsyncWriteExt as _;
     let written = async {
         tracked.write_all(&answer.head).await?;
-        if let Some(body) = answer.body.as_ref().filter(|b| !b.is_empty()) {
+        if let Some(body) = answer
+            .body
+            .as_ref()
+            .map(|o| o.body())
+            .filter(|b| !b.is_empty())
+        {
             tracked.write_all(body).await?;
         }
         tracked.flush().await

@@ -42,7 +42,7 @@ pub(super) fn parse(format: u8, mut r: Slice<'_>) -> Result<Parts<'_>> {
         primary,
         status,
         http10,
-        fields: Fields::new(false, count, r.0)?,
+        fields: Fields::new(format, count, r.0, 0)?,
     })
 }
 

@@ -4,6 +4,10 @@
 //! lowercase (as HTTP/2 origins and `http::HeaderName` spell it) rather than as the table
 //! spells it (as HTTP/1 origins usually do); a name spelled any other way is stored as it is
 //! (code 0). The table is part of the stored format: append only, never reorder.
+//!
+//! Format 5 also codes values: common field values ([`VALUES`], byte for byte), and HTTP dates
+//! in their preferred form (IMF-fixdate), which are stored as a number of seconds (see
+//! `entry::Value`). The values table is part of the stored format too.
 
 /// Names with a code, as HTTP/1 origins usually spell them.
 const WELL_KNOWN: [&str; 56] = [
@@ -125,6 +129,72 @@ const LOWERCASE: [&str; 56] = [
     "content-md5",
 ];
 
+/// Field values with a code (format 5), byte for byte as origins send them: append only.
+const VALUES: [&str; 48] = [
+    "bytes",
+    "none",
+    "application/octet-stream",
+    "application/json",
+    "application/json; charset=utf-8",
+    "application/javascript",
+    "application/javascript; charset=utf-8",
+    "text/javascript",
+    "text/javascript; charset=utf-8",
+    "text/css",
+    "text/css; charset=utf-8",
+    "text/html",
+    "text/html; charset=utf-8",
+    "text/html; charset=UTF-8",
+    "text/plain",
+    "text/plain; charset=utf-8",
+    "text/plain; charset=UTF-8",
+    "text/xml",
+    "application/xml",
+    "image/png",
+    "image/jpeg",
+    "image/gif",
+    "image/webp",
+    "image/avif",
+    "image/svg+xml",
+    "image/x-icon",
+    "font/woff2",
+    "font/woff",
+    "video/mp4",
+    "application/wasm",
+    "gzip",
+    "br",
+    "zstd",
+    "chunked",
+    "Accept-Encoding",
+    "accept-encoding",
+    "Origin",
+    "Accept-Encoding, Origin",
+    "nosniff",
+    "SAMEORIGIN",
+    "DENY",
+    "*",
+    "no-cache",
+    "no-store",
+    "private",
+    "public",
+    "max-age=31536000",
+    "public, max-age=31536000, immutable",
+];
+
+/// The code of a field value (1-based index into [`VALUES`]), if it has one.
+pub(super) fn value_code(value: &[u8]) -> Option<u64> {
+    VALUES
+        .iter()
+        .position(|v| v.as_bytes() == value)
+        .map(|i| i as u64 + 1)
+}
+
+/// The value a code from [`value_code`] stands for; `None` for an unknown code.
+pub(super) fn value(code: u64) -> Option<&'static str> {
+    let i = usize::try_from(code).ok()?.checked_sub(1)?;
+    VALUES.get(i).copied()
+}
+
 /// Code 0: the name follows, stored as it is.
 pub(super) const LITERAL: u8 = 0;
 const LOWER: u8 = 0x80;
@@ -178,5 +248,20 @@ mod tests {
         assert_eq!(name(LITERAL), None);
         assert_eq!(name(LOWER), None);
         assert_eq!(name(WELL_KNOWN.len() as u8 + 1), None);
+    }
+
+    #[test]
+    fn every_value_round_trips_and_codes_are_exact() {
+        for v in VALUES {
+            assert_eq!(value(value_code(v.as_bytes()).unwrap()), Some(v));
+        }
+        assert_eq!(value_code(b"BYTES"), None);
+        assert_eq!(value_code(b"bytes "), None);
+        assert_eq!(value(0), None);
+        assert_eq!(value(VALUES.len() as u64 + 1), None);
+        let mut sorted = VALUES.to_vec();
+        sorted.sort_unstable();
+        sorted.dedup();
+        assert_eq!(sorted.len(), VALUES.len(), "no value twice");
     }
 }

@@ -106,11 +106,11 @@ impl MemoryMiss {
         let (entry, cancelled) = {
             let state = self.fill.state.read();
             let entry = Entry::new(Box::from(&self.fill.head[..]), &state.chunks);
-            (entry, state.cancelled)
+            (Arc::new(entry), state.cancelled)
         };
-        let body = entry.body.clone();
+        let body = entry.body_bytes();
         if !cancelled && body.len() as u64 <= self.tier.max_object {
-            self.tier.entries.insert(self.key.into(), Arc::new(entry));
+            self.tier.entries.insert(self.key.into(), entry);
         } else if !cancelled {
             self.tier.count_rejected();
         }

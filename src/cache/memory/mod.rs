@@ -47,18 +47,28 @@ use hit::PartialHit;
 pub use miss::{Committed, MemoryMiss};
 
 /// Bytes charged per entry on top of head and body: the table's slot (48) and its share of
-/// the table's index (~7), our `Entry` and its `Arc` (64), and the body's shared-buffer record
-/// (24); allocator rounding of the head comes on top (`examples/memory_per_object.rs`).
-pub const ENTRY_OVERHEAD: u64 = 144;
+/// the table's index (~7), and our `Entry` with its `Arc` (48); allocator rounding of the
+/// head comes on top (`examples/memory_per_object.rs`).
+pub const ENTRY_OVERHEAD: u64 = 104;
 
 /// Average object size assumed when sizing the tier's bookkeeping for a byte capacity.
 const ESTIMATED_OBJECT_SIZE: u64 = 8 * 1024;
 
 /// A stored object: its head (freshness fields + encoded header, exact size) and its body
-/// (exact size, shared with readers).
+/// (exact size). Readers share both through the entry's `Arc` ([`HeadOf`], [`BodyOf`]): a
+/// body of its own `Bytes` would carry a 24 B shared-buffer record for every object.
 struct Entry {
     head: Box<[u8]>,
-    body: Bytes,
+    body: Box<[u8]>,
+}
+
+/// Lends an entry's body to `Bytes` without copying it.
+struct BodyOf(Arc<Entry>);
+
+impl AsRef<[u8]> for BodyOf {
+    fn as_ref(&self) -> &[u8] {
+        &self.0.body
+    }
 }
 
 /// Lends an entry's head to `Bytes` without copying it.
@@ -74,10 +84,19 @@ impl Entry {
     /// Copy the body `chunks` into one exact-size buffer: a chunk may be a slice of a larger
     /// read buffer that would otherwise stay allocated as long as the object is cached.
     fn new(head: Box<[u8]>, chunks: &[Bytes]) -> Entry {
+        let mut body = Vec::with_capacity(chunks.iter().map(Bytes::len).sum());
+        for c in chunks {
+            body.extend_from_slice(c);
+        }
         Entry {
             head,
-            body: concat(chunks),
+            body: body.into_boxed_slice(),
         }
+    }
+
+    /// The body, sharing the entry's memory.
+    fn body_bytes(self: &Arc<Self>) -> Bytes {
+        Bytes::from_owner(BodyOf(self.clone()))
     }
 
     /// The encoded head, sharing the entry's memory.
@@ -99,8 +118,8 @@ impl StoredObject {
         &self.0.head
     }
 
-    /// The body, shared.
-    pub fn body(&self) -> &Bytes {
+    /// The body.
+    pub fn body(&self) -> &[u8] {
         &self.0.body
     }
 }
@@ -301,20 +320,23 @@ impl MemoryTier {
         self.stream_fills
     }
 
-    /// Store an object read from elsewhere (a disk hit being promoted). Returns false if it is
-    /// larger than this tier's objects may be. Admission is the eviction policy's: a promoted
-    /// object that is not hit again leaves first.
-    pub fn insert(&self, key: u128, head: &[u8], body: Bytes) -> bool {
+    /// Store an object read from elsewhere (a disk hit being promoted) and return its body as
+    /// stored (shared with the tier), or the body given back if it is larger than this tier's
+    /// objects may be. Admission is the eviction policy's: a promoted object that is not hit
+    /// again leaves first.
+    pub fn insert(&self, key: u128, head: &[u8], body: Bytes) -> Result<Bytes, Bytes> {
         if body.len() as u64 > self.max_object {
             self.count_rejected();
-            return false;
+            return Err(body);
         }
-        let entry = Entry {
+        let entry = Arc::new(Entry {
             head: Box::from(head),
-            body,
-        };
-        self.entries.insert(key.into(), Arc::new(entry));
-        true
+            // no copy when the body is not shared
+            body: Vec::from(body).into_boxed_slice(),
+        });
+        let stored = entry.body_bytes();
+        self.entries.insert(key.into(), entry);
+        Ok(stored)
     }
 
     /// Every stored object's key and encoded head (objects stored while this runs may or may
@@ -340,7 +362,8 @@ impl MemoryTier {
         self.entries.remove(&Slot::from(key)).is_some()
     }
 
-    /// Replace the head of the object stored under `key`, keeping its body; false if none.
+    /// Replace the head of the object stored under `key`, keeping its body (copied: readers
+    /// of the old entry keep theirs); false if none.
     pub fn replace_head(&self, key: u128, head: &[u8]) -> bool {
         let Some(entry) = self.entries.get(&Slot::from(key)) else {
             return false;
@@ -411,7 +434,7 @@ impl MemoryTier {
     }
 
     /// Store `meta` for an existing object with primary key `primary`: a new head, the same
-    /// (shared) body.
+    /// body (copied).
     fn replace_meta(
         &self,
         key: u128,
@@ -462,7 +485,7 @@ impl Storage for MemoryTier {
             return Ok(None);
         };
         let meta = entry.meta()?;
-        Ok(Some((meta, Box::new(CompleteHit::new(entry.body.clone())))))
+        Ok(Some((meta, Box::new(CompleteHit::new(entry.body_bytes())))))
     }
 
     async fn lookup_streaming_write(
@@ -538,7 +561,8 @@ impl Storage for MemoryTier {
         let Some(entry) = self.entries.get(&Slot::from(h)) else {
             return Ok(false);
         };
-        // The body is shared, not copied: a 304 never rewrites it.
+        // The body is copied into the new entry (one copy per revalidation, not 24 B more
+        // for every object to share it); readers of the old entry keep theirs.
         self.replace_meta(h, &entry, meta, key.primary_key())?;
         Ok(true)
     }
