@@ -210,6 +210,8 @@ fn origin() -> TestOrigin {
         "/purge-me",
         "/pipe-hit",
         "/post-me",
+        "/rl/x",
+        "/key/y",
     ] {
         origin.set(p, cached(&format!("body of {p}")));
     }
@@ -289,6 +291,7 @@ fn counted(node: &Node) -> BTreeMap<String, String> {
                 || l.starts_with("outpost_response_bytes_total")
                 || l.starts_with("outpost_client_disconnects_total")
                 || l.starts_with("outpost_requests_rejected_total")
+                || l.starts_with("outpost_rate_limited_total")
         })
         .filter_map(|l| l.rsplit_once(' '))
         .map(|(k, v)| (k.to_string(), v.to_string()))
@@ -613,29 +616,111 @@ fn the_lean_path_answers_exactly_as_the_full_path() {
         metric_sum(&full.metrics(), "outpost_lean_hits_total", &[]),
         0.0
     );
-    let mut counts = [counted(&lean), counted(&full)];
+    let lines = counted_and_logged_alike(&lean, &full, 61);
+    assert!(lines > 60, "{lines} access log lines");
+}
+
+/// Assert that `lean` and `full` counted the same metrics and logged the same access log
+/// lines (as a multiset: the log is written by a thread of its own, and a background
+/// revalidation logs when it ends), waiting for at least `want` of them; the number of lines.
+fn counted_and_logged_alike(lean: &Node, full: &Node, want: usize) -> usize {
+    let mut counts = [counted(lean), counted(full)];
     for _ in 0..20 {
         if counts[0] == counts[1] {
             break;
         }
-        counts = [counted(&lean), counted(&full)];
+        counts = [counted(lean), counted(full)];
     }
     assert_eq!(counts[0], counts[1], "metrics counted alike");
-    // the access log is written by a thread of its own, and a background revalidation logs
-    // when it ends: compare the lines as a multiset once both logs have them all
     let logged = || {
-        let mut both = [log_lines(&lean), log_lines(&full)];
+        let mut both = [log_lines(lean), log_lines(full)];
         both.iter_mut().for_each(|l| l.sort());
         both
     };
     let mut lines = logged();
     for _ in 0..40 {
-        if lines[0] == lines[1] {
+        if lines[0] == lines[1] && lines[0].len() >= want {
             break;
         }
         std::thread::sleep(Duration::from_millis(250));
         lines = logged();
     }
     assert_eq!(lines[0], lines[1], "access log lines alike");
-    assert!(lines[0].len() > 60, "{} access log lines", lines[0].len());
+    lines[0].len()
+}
+
+/// Limits of every request: 2 a minute with a burst of 1 on /rl/ (two allowed, then refused),
+/// and one keyed on a request field on /key/ (one per key; no key: by address).
+const LIMITS: &str = r#"
+[[rate_limit.rules]]
+name = "strict"
+limit = "2/min"
+burst = 1
+[rate_limit.rules.match]
+path_prefix = ["/rl/"]
+
+[[rate_limit.rules]]
+name = "keyed"
+limit = "2/min"
+burst = 0
+key = "header:X-Api-Key"
+[rate_limit.rules.match]
+path_prefix = ["/key/"]
+"#;
+
+#[test]
+fn rate_limited_hits_are_counted_and_refused_as_on_the_full_path() {
+    let origin = origin();
+    let start = |lean: bool| {
+        NodeConfig::new(&origin.url())
+            .node(&format!("lean_hits = {lean}"))
+            .extra(&format!(
+                "[access_log]\nrequest_id_header = \"X-Request-Id\"\n{LIMITS}"
+            ))
+            .start()
+    };
+    let lean = start(true);
+    let full = start(false);
+    let answers: Vec<Vec<Wire>> = [&lean, &full]
+        .iter()
+        .map(|n| {
+            let host = n.addr().to_string();
+            let reqs = [
+                // a miss and a hit allowed, then refused (GET and HEAD)
+                ("GET", request("GET", "/rl/x", &host, &[])),
+                ("GET", request("GET", "/rl/x", &host, &["User-Agent: t/1"])),
+                ("GET", request("GET", "/rl/x", &host, &[])),
+                ("HEAD", request("HEAD", "/rl/x", &host, &[])),
+                // not limited: no fields
+                ("GET", request("GET", "/b", &host, &[])),
+                ("GET", request("GET", "/b", &host, &[])),
+                // keyed: k1 allowed once, k2 and no key counted apart
+                ("GET", request("GET", "/key/y", &host, &["X-Api-Key: k1"])),
+                ("GET", request("GET", "/key/y", &host, &["X-Api-Key: k1"])),
+                ("GET", request("GET", "/key/y", &host, &["X-Api-Key: k2"])),
+                ("GET", request("GET", "/key/y", &host, &[])),
+                (
+                    "GET",
+                    request("GET", "/rl/x", &host, &["Connection: close"]),
+                ),
+            ];
+            exchange(n, None, &reqs)
+        })
+        .collect();
+    assert_eq!(answers[0].len(), 11, "every request answered");
+    let statuses: Vec<u16> = answers[0].iter().map(|w| w.status).collect();
+    assert_eq!(
+        statuses,
+        [200, 200, 429, 429, 200, 200, 200, 429, 200, 200, 429]
+    );
+    assert_eq!(answers[0], answers[1], "lean and full differ");
+    assert!(
+        metric_sum(&lean.metrics(), "outpost_lean_hits_total", &[]) >= 3.0,
+        "allowed hits were lean"
+    );
+    assert_eq!(
+        counted_and_logged_alike(&lean, &full, 11),
+        11,
+        "access log lines"
+    );
 }

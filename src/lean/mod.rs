@@ -12,8 +12,10 @@
 //! request to Pingora untouched): an HTTP/1.x GET or HEAD in origin form, with a Host and no
 //! body, no `Range`, conditional, `Cache-Control`, `Pragma`, `Authorization`, `Expect` or
 //! `Upgrade` field, no `Via` or `CDN-Loop` (loop detection), no edge cache key; matched by a
-//! caching rule that keys on no request field and redirects nothing; no rate limits, no
-//! tracing; no pending ban covering the object; an object in the memory tier, complete and fresh, stored without a targeted
+//! caching rule that keys on no request field and redirects nothing; no tracing; rate limits
+//! of every request counted here as `request_filter` counts them (a refusal answered here as
+//! the full path answers it, the allowed hit carrying their fields), unless a limit is keyed
+//! on a forwarding field or the client has no address; no pending ban covering the object; an object in the memory tier, complete and fresh, stored without a targeted
 //! cache-control field, that the fleet does not ask to revalidate. A response with `Vary` is
 //! looked up as Pingora looks it up (primary slot, then the variant's secondary key; the
 //! variance hashed as `cache::vary` hashes it), unless `Vary` names a forwarding field. The differential
@@ -28,6 +30,7 @@ use crate::metrics::{label_index, method_index, DisconnectPhase, Finished, Sourc
 use crate::node::{Node, Routing};
 use crate::observe::Ids;
 use crate::policy::client_ip::behind_trusted_proxy;
+use crate::policy::ratelimit::Phase;
 use crate::policy::{compression, forwarding};
 use crate::rules::{key, normalize_host};
 use crate::upstream::tier;
@@ -105,15 +108,65 @@ pub struct Answer {
     pub consumed: usize,
     /// The response header, serialized.
     pub head: Vec<u8>,
-    /// The stored object whose body is sent (`None` for HEAD).
-    pub body: Option<StoredObject>,
+    /// What is sent after the header (`None` for HEAD).
+    pub body: Option<Payload>,
     /// The connection stays open after the response.
     pub keep_alive: bool,
     done: Done,
 }
 
+/// The body of an answer.
+pub enum Payload {
+    /// A stored object's body.
+    Stored(StoredObject),
+    /// A body made here (a refusal's text).
+    Made(Vec<u8>),
+}
+
+impl Payload {
+    /// The bytes sent.
+    pub fn bytes(&self) -> &[u8] {
+        match self {
+            Payload::Stored(object) => object.body(),
+            Payload::Made(text) => text,
+        }
+    }
+}
+
+/// A request refused by a rate limit, as [`LeanHits::refusal`] answers it.
+struct RefusalOf<'a> {
+    start: Instant,
+    consumed: usize,
+    method: Method,
+    host: String,
+    target: &'a str,
+    version10: bool,
+    peer: Peer,
+    keep_alive: bool,
+    request_id: Option<String>,
+    seen: &'a Fields<'a>,
+    limits: &'a [crate::policy::ratelimit::Outcome],
+    refused: crate::policy::ratelimit::Outcome,
+    routing: &'a Routing,
+    client: IpAddr,
+}
+
+/// `headers` as a header map; `None` if one of them is not a valid field.
+fn header_map(headers: &[httparse::Header<'_>]) -> Option<http::HeaderMap> {
+    let mut map = http::HeaderMap::with_capacity(headers.len());
+    for h in headers {
+        map.append(
+            HeaderName::from_bytes(h.name.as_bytes()).ok()?,
+            http::HeaderValue::from_bytes(h.value).ok()?,
+        );
+    }
+    Some(map)
+}
+
 /// What a finished lean response records (as `proxy::access` records a full one).
 struct Done {
+    /// A rate limit's refusal (else a hit).
+    refused: bool,
     start: Instant,
     first_byte: f64,
     method: Method,
@@ -328,7 +381,16 @@ impl LeanHits {
             return None;
         }
         let routing = node.routing.load();
-        if !routing.limits.is_empty() {
+        let limited = !routing.limits.is_empty();
+        if limited
+            && (peer.addr.is_none()
+                || routing
+                    .limits
+                    .keyed_field(Phase::Every)
+                    .is_some_and(|f| forwarding::is_forwarding_field(f.as_str())))
+        {
+            // no address to count (the full path counts none either), or a key the full path
+            // settles before counting
             return None;
         }
         if peer
@@ -406,6 +468,44 @@ impl LeanHits {
         if chunked && resp.first(b"content-length").is_some() {
             return None;
         }
+        // request_filter: the request id, then the limits of every request (last: nothing
+        // after this hands the request to the full path, which would count it again)
+        let request_id =
+            request_id_name.map(|_| crate::observe::request_id(seen.request_id, &self.ids));
+        let mut limits = Vec::new();
+        if let Some(client) = peer.addr.filter(|_| limited) {
+            let fields = match routing.limits.keyed_field(Phase::Every) {
+                Some(_) => header_map(headers)?,
+                None => http::HeaderMap::new(),
+            };
+            let client = crate::policy::client_ip::client_ip(&routing.client_ip, client, &fields);
+            let refused = routing.limits.check(
+                &node.buckets,
+                Phase::Every,
+                (&method, &host, path),
+                client,
+                &fields,
+                &mut limits,
+            );
+            if let Some(refused) = refused {
+                return Some(self.refusal(RefusalOf {
+                    start,
+                    consumed,
+                    method,
+                    host: host.into_owned(),
+                    target,
+                    version10,
+                    peer,
+                    keep_alive: !asked_close && !peer.closing,
+                    request_id,
+                    seen: &seen,
+                    limits: &limits,
+                    refused,
+                    routing: &routing,
+                    client,
+                }));
+            }
+        }
         let body_len = object.body().len();
         for _ in 0..lookups {
             // as many as the full path's storage lookups that found something
@@ -449,11 +549,15 @@ impl LeanHits {
             _ => ours,
         };
         resp.insert(&b"cache-status"[..], cache_status.into_bytes());
-        let request_id = request_id_name.map(|name| {
-            let id = crate::observe::request_id(seen.request_id, &self.ids);
+        if let (Some(name), Some(id)) = (request_id_name, &request_id) {
             resp.insert(wire_name(name), id.clone().into_bytes());
-            id
-        });
+        }
+        if !limits.is_empty() {
+            let policy = routing.limits.policy_field(&limits);
+            resp.insert(&b"ratelimit-policy"[..], policy.into_bytes());
+            let state = routing.limits.state_field(&limits);
+            resp.insert(&b"ratelimit"[..], state.into_bytes());
+        }
         let purge = &node.config.purge;
         if purge.strip_tag_headers {
             for name in &purge.tag_headers {
@@ -497,9 +601,10 @@ impl LeanHits {
         Some(Answer {
             consumed,
             head,
-            body: (!head_only).then_some(object),
+            body: (!head_only).then_some(Payload::Stored(object)),
             keep_alive,
             done: Done {
+                refused: false,
                 start,
                 first_byte,
                 method,
@@ -605,6 +710,71 @@ impl LeanHits {
         self.node.bans.check(primary, confirmed, &fields).is_some()
     }
 
+    /// The 429 of a request a rate limit refuses, as `OutpostProxy::rate_limit` writes it:
+    /// counted, with `Retry-After` and the limits' fields, without the fields
+    /// `response_filter` adds (the full path sends it past that hook).
+    fn refusal(&self, r: RefusalOf<'_>) -> Answer {
+        let limits = &r.routing.limits;
+        let (text, retry) =
+            limits.refuse(&self.node.metrics.policy.rate_limited, &r.refused, r.client);
+        let mut resp = Response(Vec::with_capacity(8));
+        resp.insert(
+            wire_name(&http::header::CONTENT_TYPE),
+            &b"text/plain; charset=utf-8"[..],
+        );
+        resp.insert(
+            wire_name(&http::header::CONTENT_LENGTH),
+            text.len().to_string().into_bytes(),
+        );
+        resp.insert(wire_name(&http::header::CACHE_CONTROL), &b"no-store"[..]);
+        resp.insert(
+            wire_name(&http::header::RETRY_AFTER),
+            retry.to_string().into_bytes(),
+        );
+        resp.insert(
+            &b"ratelimit-policy"[..],
+            limits.policy_field(r.limits).into_bytes(),
+        );
+        resp.insert(&b"ratelimit"[..], limits.state_field(r.limits).into_bytes());
+        let date = pingora_core::protocols::http::date::get_cached_date();
+        resp.insert(&b"Date"[..], date.as_bytes().to_vec());
+        let connection: &[u8] = if r.keep_alive {
+            b"keep-alive"
+        } else {
+            b"close"
+        };
+        resp.insert(&b"Connection"[..], connection);
+        let status = StatusCode::TOO_MANY_REQUESTS.as_u16();
+        let head = serialize(status, &resp);
+        let head_only = r.method == Method::HEAD;
+        let body_len = if head_only { 0 } else { text.len() as u64 };
+        let text_of = |v: Option<&[u8]>| {
+            v.filter(|v| ascii_value(v))
+                .map(|v| String::from_utf8_lossy(v).into_owned())
+        };
+        Answer {
+            consumed: r.consumed,
+            head,
+            body: (!head_only).then(|| Payload::Made(text.into_bytes())),
+            keep_alive: r.keep_alive,
+            done: Done {
+                refused: true,
+                start: r.start,
+                first_byte: 0.0,
+                method: r.method,
+                status,
+                host: r.host,
+                target: r.target.to_string(),
+                version10: r.version10,
+                client: r.peer.addr,
+                request_id: r.request_id,
+                user_agent: text_of(r.seen.user_agent),
+                referer: text_of(r.seen.referer),
+                body_len,
+            },
+        }
+    }
+
     /// Record an answer once written (`sent`: the write completed), as the full path records
     /// a hit: metrics, access log line, top keys; a failed write counts a client disconnect.
     pub fn finished(&self, answer: &Answer, sent: bool) {
@@ -618,19 +788,25 @@ impl LeanHits {
                 .count(DisconnectPhase::ResponseBody);
             tracing::debug!(host = %d.host, "client closed the connection");
         }
-        node.metrics.lean_hits.inc();
+        // a refusal is written by the node itself, with no first byte of its own
+        let (label, source, first_byte) = if d.refused {
+            ("refused", Source::Node, seconds)
+        } else {
+            node.metrics.lean_hits.inc();
+            if matches!(d.status, 404 | 410 | 500..=599) {
+                node.metrics.stale.negative_hits.inc();
+            }
+            ("hit", Source::Memory, d.first_byte)
+        };
         node.metrics.record_request(&Finished {
-            label: label_index("hit"),
+            label: label_index(label),
             method: method_index(&d.method),
             status: d.status,
             seconds,
-            first_byte_seconds: d.first_byte,
+            first_byte_seconds: first_byte,
             body_bytes,
-            source: Source::Memory,
+            source,
         });
-        if matches!(d.status, 404 | 410 | 500..=599) {
-            node.metrics.stale.negative_hits.inc();
-        }
         let log = &node.access_log;
         if log.wanted(d.status) {
             let routing: arc_swap::Guard<Arc<Routing>> = node.routing.load();
@@ -654,8 +830,8 @@ impl LeanHits {
                 proto: if d.version10 { "HTTP/1.0" } else { "HTTP/1.1" },
                 status: d.status,
                 bytes: body_bytes,
-                cache: "hit",
-                source: Source::Memory.as_str(),
+                cache: label,
+                source: source.as_str(),
                 upstream: None,
                 origin_ms: None,
                 ms: crate::observe::millis(seconds),

@@ -25,7 +25,7 @@ use super::coalesce::WriteCoalescer;
 use super::hardening::Rejection;
 use super::request_line::RequestLines;
 use crate::config::LimitsConfig;
-use crate::lean::{Answer, LeanHits, Outcome, Peer};
+use crate::lean::{Answer, LeanHits, Outcome, Payload, Peer};
 use crate::metrics::{DisconnectPhase, Disconnects};
 use crate::observe::logging::LogLimit;
 use async_trait::async_trait;
@@ -495,7 +495,7 @@ async fn write_answer(tracked: &mut Tracked, answer: &Answer) -> bool {
         if let Some(body) = answer
             .body
             .as_ref()
-            .map(|o| o.body())
+            .map(Payload::bytes)
             .filter(|b| !b.is_empty())
         {
             tracked.write_all(body).await?;

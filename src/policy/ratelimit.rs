@@ -143,6 +143,17 @@ impl Limits {
         self.rules.is_empty()
     }
 
+    /// The request field a limit of `phase` is keyed on, if any is (the first).
+    pub fn keyed_field(&self, phase: Phase) -> Option<&http::HeaderName> {
+        self.rules
+            .iter()
+            .filter(|(_, r)| r.only_misses == (phase == Phase::Misses))
+            .find_map(|(_, r)| match &r.key {
+                LimitKey::Header(name) => Some(name),
+                _ => None,
+            })
+    }
+
     /// Whether any limit counts only misses.
     pub fn has_miss_limits(&self) -> bool {
         self.rules.iter().any(|(_, r)| r.only_misses)
@@ -194,6 +205,22 @@ impl Limits {
             }
         }
         refused
+    }
+
+    /// Count `refused` (a request from `client` refused) in `counter` and log it; the 429's
+    /// body and its `Retry-After` seconds, as every path answers them.
+    pub fn refuse(
+        &self,
+        counter: &prometheus::IntCounterVec,
+        refused: &Outcome,
+        client: IpAddr,
+    ) -> (String, u64) {
+        let name = &self.rule(refused.rule).name;
+        counter.with_label_values(&[name]).inc();
+        let retry = refused.retry_after.unwrap_or(1);
+        tracing::debug!(%client, limit = %name, retry_after = retry, "rate limited");
+        let text = format!("429 Too Many Requests: rate limit {name:?}; retry after {retry} s\n");
+        (text, retry)
     }
 
     /// `RateLimit-Policy` for `outcomes`.

@@ -125,18 +125,8 @@ impl OutpostProxy {
         let Some(refused) = refused else {
             return Ok(false);
         };
-        let name = &limits.rule(refused.rule).name;
-        self.node
-            .metrics
-            .policy
-            .rate_limited
-            .with_label_values(&[name])
-            .inc();
-        let retry = refused.retry_after.unwrap_or(1);
-        tracing::debug!(%client, limit = %name, retry_after = retry, "rate limited");
-        let body = Bytes::from(format!(
-            "429 Too Many Requests: rate limit {name:?}; retry after {retry} s\n"
-        ));
+        let (text, retry) = limits.refuse(&self.node.metrics.policy.rate_limited, &refused, client);
+        let body = Bytes::from(text);
         let mut resp = plain_response(StatusCode::TOO_MANY_REQUESTS.as_u16(), body.len())?;
         resp.insert_header(header::RETRY_AFTER, retry.to_string())?;
         resp.insert_header("ratelimit-policy", limits.policy_field(&ctx.limits))?;
