@@ -4,6 +4,9 @@
 //! lowercase name and value; `Age`, `Date` and the request id left out, `ttl=` of Cache-Status
 //! masked: the two nodes stored their copies moments apart) and the same body. Afterwards both
 //! nodes must have counted the same requests and tier hits, and logged the same lines.
+//! Pass-through requests go to `/echo`, whose (never stored) body is the request as the origin
+//! received it: what a request handed from the lean loop to the full path carries upstream is
+//! compared too. Rate limits: a second pair of nodes with limits of every request.
 mod common;
 
 use common::tls::{raw_tls, TestCa, Validity};
@@ -249,6 +252,31 @@ fn origin() -> TestOrigin {
             .header("Date", date),
     );
     origin.set("/form", Reply::ok("posted").header("Date", date));
+    // never stored: what the origin received, as the body (fields that name the node's own
+    // address or a generated id left out: the two nodes differ there by design)
+    let echo_date = date.to_string();
+    origin.set_handler("/echo", move |req, _| {
+        let mut fields: Vec<String> = req
+            .headers
+            .iter()
+            .filter(|(k, _)| {
+                !["host", "x-forwarded-host", "x-request-id"]
+                    .contains(&k.to_ascii_lowercase().as_str())
+            })
+            .map(|(k, v)| format!("{}: {v}", k.to_ascii_lowercase()))
+            .collect();
+        fields.sort();
+        let body = format!(
+            "{} {} {}\n{}\n",
+            req.method,
+            req.uri,
+            req.version,
+            fields.join("\n")
+        );
+        Reply::ok(body)
+            .header("Cache-Control", "no-store")
+            .header("Date", &echo_date)
+    });
     origin
 }
 
@@ -475,6 +503,41 @@ fn the_lean_path_answers_exactly_as_the_full_path() {
             ],
         ),
         (
+            "pass-through: what the origin receives",
+            vec![
+                get(
+                    "/echo",
+                    &[
+                        "User-Agent: t/1",
+                        "X-Forwarded-For: 10.9.9.9",
+                        "X-Custom: a",
+                        "X-Custom: b",
+                        "Accept-Encoding: gzip",
+                    ],
+                ),
+                head("/echo"),
+                get(
+                    "/echo?q=1",
+                    &["Connection: keep-alive", "Referer: http://r/"],
+                ),
+            ],
+        ),
+        (
+            "pipelined hit, pass, hit",
+            vec![get("/a", &[]), get("/echo", &["X-One: 1"]), get("/b", &[])],
+        ),
+        (
+            "pass after a request body",
+            vec![
+                (
+                    "POST",
+                    "POST /echo HTTP/1.1\r\nHost: {host}\r\nContent-Length: 3\r\n\r\nabc"
+                        .to_string(),
+                ),
+                get("/echo", &[]),
+            ],
+        ),
+        (
             "OPTIONS and DELETE",
             vec![
                 ("OPTIONS", request("OPTIONS", "/a", "{host}", &[])),
@@ -550,6 +613,26 @@ fn the_lean_path_answers_exactly_as_the_full_path() {
             answers[0], answers[1],
             "case {name:?}: lean (left) and full (right) differ"
         );
+        if name.starts_with("pass-through") {
+            // the echo says what the origin saw: forwarding fields settled, both X-Custom lines
+            let seen = String::from_utf8_lossy(&answers[0][0].body).into_owned();
+            assert!(seen.starts_with("GET /echo HTTP/1.1\n"), "{seen}");
+            for line in [
+                "x-custom: a",
+                "x-custom: b",
+                "x-forwarded-for: 127.0.0.1",
+                "cdn-loop:",
+            ] {
+                assert!(
+                    seen.contains(line),
+                    "{line:?} not in what the origin saw: {seen}"
+                );
+            }
+            assert!(
+                !seen.contains("10.9.9.9"),
+                "a client's X-Forwarded-For passed: {seen}"
+            );
+        }
     }
     // a purged object, and the same over TLS
     for n in nodes {
