@@ -8,8 +8,10 @@
 //!   whose writer is dropped without `finish` get an error, never a clean (truncated) end.
 //! - A purge also cancels in-flight fills of the key, so a purge racing a fill cannot be undone
 //!   when the fill finishes.
-//! - The hit path copies no body bytes: bodies are `Bytes` shared with every reader, and a 304
-//!   replaces only the head.
+//! - The hit path copies no body bytes: readers get the body as `Bytes` lent by the entry's
+//!   own `Arc`. A 304 stores a new entry with the new head and a copy of the body (one copy per
+//!   revalidation rather than a 24 B shared-buffer record on every object); readers of the old
+//!   entry keep theirs.
 //!
 //! Why not moka (the stack's first choice): its bookkeeping alone measured ~285 bytes per
 //! entry, the whole per-object budget; quick_cache's is 55 (its slot and index; see issue 2's
