@@ -3,8 +3,16 @@
 
 use clap::{ArgGroup, Parser, Subcommand};
 use outpost::config::{Config, Overrides};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+
+/// The configuration `outpost run` reads when `--config` is not given.
+const DEFAULT_CONFIG: &str = "conf/outpost.toml";
+/// conf/outpost.toml as built: what `outpost run` runs on without `--config` where there is no
+/// conf/outpost.toml (from any other directory).
+const EMBEDDED_CONFIG: &str = include_str!("../conf/outpost.toml");
+/// How errors and the start-up line name the built-in configuration.
+const EMBEDDED_NAME: &str = "(built-in conf/outpost.toml)";
 
 /// mimalloc: less fragmentation than glibc malloc for many small cache objects, and faster
 /// small allocations on the request path (measured with benches/load/run.sh).
@@ -24,9 +32,10 @@ enum Command {
     /// Run a node (until SIGTERM: graceful, SIGINT: fast, or SIGQUIT: hand the listening
     /// sockets to a node started with --upgrade, then stop gracefully).
     Run {
-        /// Configuration file.
-        #[arg(long, short, default_value = "conf/outpost.toml")]
-        config: PathBuf,
+        /// Configuration file [default: conf/outpost.toml, or when there is none here, that
+        /// file as built into the binary].
+        #[arg(long, short)]
+        config: Option<PathBuf>,
         /// Origin URL (replaces the first [[origins]] url), e.g. http://127.0.0.1:8000.
         #[arg(long, value_name = "URL")]
         origin: Option<String>,
@@ -213,7 +222,17 @@ fn main() -> ExitCode {
                 metrics,
                 cache_dir,
             };
-            let cfg = match Config::load(&config, &overrides) {
+            // no --config: conf/outpost.toml here, else the same file as built in (reloads
+            // then have no file to read)
+            let file = config.or_else(|| {
+                let default = PathBuf::from(DEFAULT_CONFIG);
+                default.exists().then_some(default)
+            });
+            let loaded = match &file {
+                Some(path) => Config::load(path, &overrides),
+                None => Config::from_str(EMBEDDED_CONFIG, Path::new(EMBEDDED_NAME), &overrides),
+            };
+            let cfg = match loaded {
                 Ok(cfg) => cfg,
                 Err(e) => {
                     eprintln!("error: {e}");
@@ -226,7 +245,7 @@ fn main() -> ExitCode {
             } else {
                 outpost::server::Start::Fresh
             };
-            match outpost::server::run(cfg, Some((config, overrides)), start) {
+            match outpost::server::run(cfg, file.map(|path| (path, overrides)), start) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     eprintln!("error: {e:#}");

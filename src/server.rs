@@ -401,6 +401,7 @@ pub fn run(
         memory_bytes = cfg.cache.memory_size,
         disk_bytes = cfg.cache.disk_size,
         threads = cfg.node.threads,
+        config = %cfg.source.display(),
         "outpost starting"
     );
     server.run_forever()

@@ -487,3 +487,75 @@ fn sizes_and_durations_out_of_their_range_are_refused_naming_key_and_range() {
         ],
     );
 }
+
+/// `outpost run` from a directory with no conf/outpost.toml and no `--config` runs on the
+/// shipped configuration built into the binary, and its start-up line says so; an explicit
+/// `--config` that is missing is still an error.
+#[test]
+fn run_without_a_config_file_here_uses_the_built_in_default() {
+    let origin = TestOrigin::start();
+    origin.set(
+        "/hello",
+        Reply::ok("hello").header("Cache-Control", "max-age=60"),
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let [port, admin, metrics] = [free_port(), free_port(), free_port()];
+    let addr = |p: u16| format!("127.0.0.1:{p}");
+    let cache = dir.path().join("cache");
+    let mut child = Command::new(outpost_bin())
+        .args(["run", "--origin", &origin.url()])
+        .args(["--listen", &addr(port), "--admin", &addr(admin)])
+        .args(["--metrics", &addr(metrics)])
+        .arg("--cache-dir")
+        .arg(&cache)
+        .current_dir(dir.path())
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let listening = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            let out = child.wait_with_output().unwrap();
+            panic!("run exited ({status}):\n{}", all_output(&out));
+        }
+        if TcpStream::connect(addr(port)).is_ok() {
+            break true;
+        }
+        if Instant::now() > deadline {
+            break false;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let answers: Vec<(u16, String)> = (0..2)
+        .filter(|_| listening)
+        .map(|_| {
+            let r = reqwest::blocking::get(format!("http://{}/hello", addr(port))).expect("GET");
+            (r.status().as_u16(), r.text().unwrap_or_default())
+        })
+        .collect();
+    let _ = child.kill();
+    let out = child.wait_with_output().unwrap();
+    let text = all_output(&out);
+    assert!(listening, "not listening within 30 s:\n{text}");
+    assert_eq!(
+        answers,
+        [(200, "hello".into()), (200, "hello".into())],
+        "{text}"
+    );
+    assert_eq!(origin.hits("/hello"), 1, "the second GET was a hit");
+    assert!(
+        text.contains("outpost starting") && text.contains("config=(built-in conf/outpost.toml)"),
+        "the start-up line does not say the configuration is the built-in one:\n{text}"
+    );
+    assert!(cache.exists(), "the disk tier directory was not made");
+
+    let missing = outpost(&["run", "--config", "missing.toml"]);
+    let text = all_output(&missing);
+    assert!(!missing.status.success());
+    assert!(
+        text.contains("missing.toml") && text.contains("cannot read config file"),
+        "{text}"
+    );
+}
