@@ -289,6 +289,48 @@ fn origin_age_counts_towards_current_age() {
     assert!(origin.hits("/aged") >= 2);
 }
 
+/// RFC 9111 5.1: `Age` is a list-based field for a recipient: the first member of its first
+/// line counts, the rest is discarded; a value that is not delta-seconds is ignored.
+/// `Age: 7200, 0` (or two lines) on `max-age=3600` is stale on arrival: never served as fresh.
+#[test]
+fn a_list_based_age_uses_its_first_member_and_junk_is_ignored() {
+    let origin = TestOrigin::start();
+    origin.set_handler("/list", |_, n| {
+        Reply::ok(format!("list#{n}"))
+            .header("Cache-Control", "max-age=3600")
+            .header("ETag", "\"l\"")
+            .header("Age", "7200, 0")
+    });
+    origin.set_handler("/lines", |_, n| {
+        Reply::ok(format!("lines#{n}"))
+            .header("Cache-Control", "max-age=3600")
+            .header("ETag", "\"m\"")
+            .header("Age", "7200")
+            .header("Age", "0")
+    });
+    origin.set_handler("/junk", |_, n| {
+        Reply::ok(format!("junk#{n}"))
+            .header("Cache-Control", "max-age=3600")
+            .header("Age", "-5, 7200")
+    });
+    let node = NodeConfig::new(&origin.url()).start();
+    for path in ["/list", "/lines"] {
+        get(&node, path);
+        let r = get(&node, path);
+        assert_forwarded(&r, &format!("{path}: Age 7200 on max-age=3600"));
+        assert_eq!(origin.hits(path), 2, "{path}");
+    }
+    get(&node, "/junk");
+    let r = get(&node, "/junk");
+    assert!(
+        cs_has(&r.cache_status(), "hit"),
+        "an Age that is not delta-seconds is ignored: {}",
+        r.cache_status()
+    );
+    assert!(ttl_of(&r, "junk") > 3500, "{}", r.cache_status());
+    assert_eq!(origin.hits("/junk"), 1);
+}
+
 /// RFC 9111 4.2.2 / RFC 9110 15.1: heuristic freshness only for heuristically cacheable status
 /// codes. A 302 without explicit freshness is not stored (even when the rule lists 302 and the
 /// response has a Last-Modified); a 302 with `max-age` is (3: explicit freshness).

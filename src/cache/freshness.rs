@@ -204,13 +204,7 @@ pub fn decide(
         return Err("stale-without-validator");
     }
 
-    let age_value = resp
-        .headers
-        .get(header::AGE)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|s| s.trim().parse::<u64>().ok())
-        .map(Duration::from_secs)
-        .unwrap_or(Duration::ZERO);
+    let age_value = age_value(&resp.headers);
     let apparent_age = now.duration_since(date).unwrap_or(Duration::ZERO);
     let initial_age = age_value.max(apparent_age);
 
@@ -223,6 +217,27 @@ pub fn decide(
         stale_while_revalidate,
         stale_if_error,
     })
+}
+
+/// The `Age` an origin or upstream cache sent (RFC 9111 5.1): the first member of the first
+/// field line (`Age: 7200, 0` and two lines are lists: the rest is discarded), ignored (0)
+/// unless it is delta-seconds; past 2^31 s it counts as 2^31 (1.2.2).
+fn age_value(headers: &http::HeaderMap) -> Duration {
+    let first = headers
+        .get(header::AGE)
+        .map(|v| v.as_bytes())
+        .and_then(|v| v.split(|&b| b == b',').next())
+        .map(<[u8]>::trim_ascii);
+    match first {
+        Some(d) if !d.is_empty() && d.iter().all(u8::is_ascii_digit) => {
+            let secs = std::str::from_utf8(d)
+                .ok()
+                .and_then(|d| d.parse::<u64>().ok())
+                .unwrap_or(u64::MAX);
+            Duration::from_secs(secs.min(1 << 31))
+        }
+        _ => Duration::ZERO,
+    }
 }
 
 /// Build the [`CacheMeta`] to store for an accepted response: hop-by-hop and
