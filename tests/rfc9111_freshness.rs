@@ -331,6 +331,42 @@ fn a_list_based_age_uses_its_first_member_and_junk_is_ignored() {
     assert_eq!(origin.hits("/junk"), 1);
 }
 
+/// RFC 9110 5.6.7: dates in the obsolete RFC 850 and asctime forms are read, and (as the
+/// most-used caches do) day names, month names and `GMT` in any letter case: an `Expires` or
+/// `Last-Modified` written so gives the freshness it says, not "already expired".
+#[test]
+fn expires_and_last_modified_are_read_leniently() {
+    let origin = TestOrigin::start();
+    let lower_expires = from_now(600).to_ascii_lowercase();
+    origin.set_handler("/lower-expires", move |_, n| {
+        Reply::ok(format!("e#{n}")).header("Expires", &lower_expires)
+    });
+    // RFC 850: the full day name, a two-digit year (37: 2037, within 50 years)
+    origin.set_handler("/rfc850", |_, n| {
+        Reply::ok(format!("r#{n}")).header("Expires", "Thursday, 31-Dec-37 23:59:59 GMT")
+    });
+    let lower_lm = ago(20_000).to_uppercase();
+    origin.set_handler("/lower-lm", move |_, n| {
+        Reply::ok(format!("l#{n}")).header("Last-Modified", &lower_lm)
+    });
+    let node = NodeConfig::new(&origin.url()).start();
+    for (path, at_least) in [
+        ("/lower-expires", 500),
+        ("/rfc850", 500),
+        ("/lower-lm", 1_000),
+    ] {
+        get(&node, path);
+        let r = get(&node, path);
+        assert!(
+            cs_has(&r.cache_status(), "hit"),
+            "{path}: not a hit: {}",
+            r.cache_status()
+        );
+        assert!(ttl_of(&r, path) >= at_least, "{path}: {}", r.cache_status());
+        assert_eq!(origin.hits(path), 1, "{path}");
+    }
+}
+
 /// RFC 9111 4.2.2 / RFC 9110 15.1: heuristic freshness only for heuristically cacheable status
 /// codes. A 302 without explicit freshness is not stored (even when the rule lists 302 and the
 /// response has a Last-Modified); a 302 with `max-age` is (3: explicit freshness).

@@ -26,9 +26,68 @@ fn http_date(headers: &HeaderMap, name: header::HeaderName) -> Option<Result<Sys
     headers.get(name).map(|v| {
         v.to_str()
             .ok()
-            .and_then(|s| httpdate::parse_http_date(s.trim()).ok())
+            .and_then(|s| lenient_date(s.trim()))
             .ok_or(())
     })
+}
+
+/// Day and month names as HTTP dates spell them.
+const DATE_WORDS: [&str; 27] = [
+    "Mon",
+    "Tue",
+    "Wed",
+    "Thu",
+    "Fri",
+    "Sat",
+    "Sun",
+    "Monday",
+    "Tuesday",
+    "Wednesday",
+    "Thursday",
+    "Friday",
+    "Saturday",
+    "Sunday",
+    "Jan",
+    "Feb",
+    "Mar",
+    "Apr",
+    "May",
+    "Jun",
+    "Jul",
+    "Aug",
+    "Sep",
+    "Oct",
+    "Nov",
+    "Dec",
+    "GMT",
+];
+
+/// An HTTP date in any of the three forms RFC 9110 5.6.7 asks recipients to accept
+/// (IMF-fixdate, the obsolete RFC 850 and asctime forms), and, as the most-used caches do,
+/// with day names, month names and `GMT` in any letter case.
+pub fn lenient_date(s: &str) -> Option<SystemTime> {
+    if let Ok(t) = httpdate::parse_http_date(s) {
+        return Some(t);
+    }
+    let mut fixed = String::with_capacity(s.len());
+    let mut word = String::new();
+    let canonical = |word: &str| {
+        DATE_WORDS
+            .iter()
+            .find(|w| w.eq_ignore_ascii_case(word))
+            .map_or_else(|| word.to_string(), |w| w.to_string())
+    };
+    for c in s.chars() {
+        if c.is_ascii_alphabetic() {
+            word.push(c);
+            continue;
+        }
+        fixed.push_str(&canonical(&word));
+        word.clear();
+        fixed.push(c);
+    }
+    fixed.push_str(&canonical(&word));
+    httpdate::parse_http_date(&fixed).ok()
 }
 
 /// Where the freshness lifetime came from (for `outpost check`, logs and Cache-Status detail).

@@ -479,3 +479,28 @@ fn negative_lifetimes_apply_without_explicit_freshness() {
         (5, LifetimeSource::Negative)
     );
 }
+
+#[test]
+fn dates_in_every_form_and_any_letter_case_are_read() {
+    let want = httpdate::parse_http_date("Sun, 06 Nov 1994 08:49:37 GMT").unwrap();
+    for s in [
+        "Sun, 06 Nov 1994 08:49:37 GMT",
+        "Sunday, 06-Nov-94 08:49:37 GMT",
+        "Sun Nov  6 08:49:37 1994",
+        "sun, 06 nov 1994 08:49:37 gmt",
+        "SUNDAY, 06-NOV-94 08:49:37 GMT",
+        "sun NOV  6 08:49:37 1994",
+    ] {
+        assert_eq!(super::lenient_date(s), Some(want), "{s}");
+    }
+    for s in [
+        "0",
+        "",
+        "Sun, 06 Nov 1994",
+        "Sun, 32 Nov 1994 08:49:37 GMT",
+        "tomorrow",
+        "Sün",
+    ] {
+        assert_eq!(super::lenient_date(s), None, "{s}");
+    }
+}
