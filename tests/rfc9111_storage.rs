@@ -159,6 +159,26 @@ action = "cache"
     assert_hit(&r, "Set-Cookie with set_cookie = true");
     assert_eq!(r.text(), "c#1");
     assert_eq!(origin.hits("/cookies/c"), 1);
+
+    // the page stored, its cookie not (README): private="Set-Cookie" (RFC 9111 5.2.2.7)
+    origin.set(
+        "/cookies/private",
+        Reply::ok("p")
+            .header("Cache-Control", "max-age=3600, private=\"Set-Cookie\"")
+            .header("Set-Cookie", "session=abc; Path=/"),
+    );
+    let r = get(&node, "/cookies/private");
+    assert_stored_miss(&r, "private=\"Set-Cookie\"");
+    assert!(
+        r.header("set-cookie").is_some(),
+        "the miss lost its Set-Cookie"
+    );
+    let r = get(&node, "/cookies/private");
+    assert_hit(&r, "private=\"Set-Cookie\"");
+    assert!(
+        r.header("set-cookie").is_none(),
+        "a cookie named in private=\"...\" was served from cache"
+    );
 }
 
 /// RFC 9111 3.5: the response to a request with `Authorization` is stored only if it has
