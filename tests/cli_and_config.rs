@@ -308,6 +308,19 @@ fn check_reports_toml_syntax_error_with_line() {
     );
 }
 
+/// `outpost run` with the arguments `args` adds, in `dir`, its output captured.
+fn spawn_run(dir: &std::path::Path, args: impl FnOnce(&mut Command)) -> std::process::Child {
+    let mut c = Command::new(outpost_bin());
+    c.arg("run");
+    args(&mut c);
+    c.current_dir(dir)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn outpost run")
+}
+
 #[test]
 fn run_with_bad_config_exits_nonzero_without_listening() {
     let port = free_port();
@@ -320,16 +333,9 @@ fn run_with_bad_config_exits_nonzero_without_listening() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("outpost.toml");
     std::fs::write(&path, &t).unwrap();
-    let mut child = Command::new(outpost_bin())
-        .arg("run")
-        .arg("--config")
-        .arg(&path)
-        .current_dir(dir.path())
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn");
+    let mut child = spawn_run(dir.path(), |c| {
+        c.arg("--config").arg(&path);
+    });
     let deadline = Instant::now() + Duration::from_secs(15);
     let mut listened = false;
     let status = loop {
@@ -502,18 +508,13 @@ fn run_without_a_config_file_here_uses_the_built_in_default() {
     let [port, admin, metrics] = [free_port(), free_port(), free_port()];
     let addr = |p: u16| format!("127.0.0.1:{p}");
     let cache = dir.path().join("cache");
-    let mut child = Command::new(outpost_bin())
-        .args(["run", "--origin", &origin.url()])
-        .args(["--listen", &addr(port), "--admin", &addr(admin)])
-        .args(["--metrics", &addr(metrics)])
-        .arg("--cache-dir")
-        .arg(&cache)
-        .current_dir(dir.path())
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn");
+    let mut child = spawn_run(dir.path(), |c| {
+        c.args(["--origin", &origin.url()])
+            .args(["--listen", &addr(port), "--admin", &addr(admin)])
+            .args(["--metrics", &addr(metrics)])
+            .arg("--cache-dir")
+            .arg(&cache);
+    });
     let deadline = Instant::now() + Duration::from_secs(30);
     let listening = loop {
         if let Some(status) = child.try_wait().unwrap() {

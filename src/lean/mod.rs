@@ -382,12 +382,10 @@ impl LeanHits {
         }
         let routing = node.routing.load();
         let limited = !routing.limits.is_empty();
+        let keyed = routing.limits.keyed_field(Phase::Every);
         if limited
             && (peer.addr.is_none()
-                || routing
-                    .limits
-                    .keyed_field(Phase::Every)
-                    .is_some_and(|f| forwarding::is_forwarding_field(f.as_str())))
+                || keyed.is_some_and(|f| forwarding::is_forwarding_field(f.as_str())))
         {
             // no address to count (the full path counts none either), or a key the full path
             // settles before counting
@@ -474,7 +472,7 @@ impl LeanHits {
             request_id_name.map(|_| crate::observe::request_id(seen.request_id, &self.ids));
         let mut limits = Vec::new();
         if let Some(client) = peer.addr.filter(|_| limited) {
-            let fields = match routing.limits.keyed_field(Phase::Every) {
+            let fields = match keyed {
                 Some(_) => header_map(headers)?,
                 None => http::HeaderMap::new(),
             };
@@ -585,18 +583,8 @@ impl LeanHits {
                 resp.insert(wire_name(name), value.as_bytes().to_vec());
             }
         }
-        // Pingora's HTTP/1 writer: Date, Connection
-        let date = pingora_core::protocols::http::date::get_cached_date();
-        resp.insert(&b"Date"[..], date.as_bytes().to_vec());
-        let connection: &[u8] = if keep_alive { b"keep-alive" } else { b"close" };
-        resp.insert(&b"Connection"[..], connection);
-
-        let head = serialize(status, &resp);
+        let head = written(status, resp, keep_alive);
         let first_byte = start.elapsed().as_secs_f64();
-        let text = |v: Option<&[u8]>| {
-            v.filter(|v| ascii_value(v))
-                .map(|v| String::from_utf8_lossy(v).into_owned())
-        };
         let head_only = method == Method::HEAD;
         Some(Answer {
             consumed,
@@ -614,8 +602,8 @@ impl LeanHits {
                 version10,
                 client: peer.addr,
                 request_id,
-                user_agent: text(seen.user_agent),
-                referer: text(seen.referer),
+                user_agent: ascii_text(seen.user_agent),
+                referer: ascii_text(seen.referer),
                 body_len: if head_only { 0 } else { body_len as u64 },
             },
         })
@@ -736,22 +724,10 @@ impl LeanHits {
             limits.policy_field(r.limits).into_bytes(),
         );
         resp.insert(&b"ratelimit"[..], limits.state_field(r.limits).into_bytes());
-        let date = pingora_core::protocols::http::date::get_cached_date();
-        resp.insert(&b"Date"[..], date.as_bytes().to_vec());
-        let connection: &[u8] = if r.keep_alive {
-            b"keep-alive"
-        } else {
-            b"close"
-        };
-        resp.insert(&b"Connection"[..], connection);
         let status = StatusCode::TOO_MANY_REQUESTS.as_u16();
-        let head = serialize(status, &resp);
+        let head = written(status, resp, r.keep_alive);
         let head_only = r.method == Method::HEAD;
         let body_len = if head_only { 0 } else { text.len() as u64 };
-        let text_of = |v: Option<&[u8]>| {
-            v.filter(|v| ascii_value(v))
-                .map(|v| String::from_utf8_lossy(v).into_owned())
-        };
         Answer {
             consumed: r.consumed,
             head,
@@ -768,8 +744,8 @@ impl LeanHits {
                 version10: r.version10,
                 client: r.peer.addr,
                 request_id: r.request_id,
-                user_agent: text_of(r.seen.user_agent),
-                referer: text_of(r.seen.referer),
+                user_agent: ascii_text(r.seen.user_agent),
+                referer: ascii_text(r.seen.referer),
                 body_len,
             },
         }
@@ -843,6 +819,21 @@ impl LeanHits {
         let path = d.target.split('?').next().unwrap_or("/");
         node.top_keys.record(&d.host, path, body_bytes);
     }
+}
+
+/// A request field's value for the access log, if it is ASCII text (as `to_str` reads it).
+fn ascii_text(v: Option<&[u8]>) -> Option<String> {
+    v.filter(|v| ascii_value(v))
+        .map(|v| String::from_utf8_lossy(v).into_owned())
+}
+
+/// `resp` with what Pingora's HTTP/1 writer adds (Date, Connection), serialized.
+fn written(status: u16, mut resp: Response<'_>, keep_alive: bool) -> Vec<u8> {
+    let date = pingora_core::protocols::http::date::get_cached_date();
+    resp.insert(&b"Date"[..], date.as_bytes().to_vec());
+    let connection: &[u8] = if keep_alive { b"keep-alive" } else { b"close" };
+    resp.insert(&b"Connection"[..], connection);
+    serialize(status, &resp)
 }
 
 /// The status line and fields of a response, as Pingora's HTTP/1 writer serializes them.

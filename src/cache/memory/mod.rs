@@ -86,13 +86,10 @@ impl Entry {
     /// Copy the body `chunks` into one exact-size buffer: a chunk may be a slice of a larger
     /// read buffer that would otherwise stay allocated as long as the object is cached.
     fn new(head: Box<[u8]>, chunks: &[Bytes]) -> Entry {
-        let mut body = Vec::with_capacity(chunks.iter().map(Bytes::len).sum());
-        for c in chunks {
-            body.extend_from_slice(c);
-        }
         Entry {
             head,
-            body: body.into_boxed_slice(),
+            // an exact-size, unshared buffer: no second copy
+            body: Vec::from(concat(chunks)).into_boxed_slice(),
         }
     }
 
