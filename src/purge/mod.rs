@@ -120,7 +120,9 @@ fn verdict(
     let url = key.map(split_key);
     let mut verdict = None;
     for ban in bans.iter().rev() {
-        if ban.at_ms <= created_ms {
+        // a ban covers what was confirmed in its own millisecond too: a purge issued right
+        // after a fill (same ms) must not miss it; at worst an object is fetched once more
+        if ban.at_ms < created_ms {
             break;
         }
         if ban.covers(tag_headers, url, headers) {
@@ -391,6 +393,9 @@ mod tests {
             None,
             "stored after the purge"
         );
+        // stored in the purge's own millisecond: covered (a fill just before it must go)
+        let ban_at = from_ms(bans.snapshot().bans[0].at_ms);
+        assert_eq!(bans.check(key, ban_at, &none), Some(Verdict::Gone));
     }
 
     #[test]
