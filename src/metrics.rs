@@ -219,6 +219,8 @@ pub enum StaleReason {
     IfError,
     /// The client's `max-stale` accepted it.
     MaxStale,
+    /// The origin could not be reached and nothing forbade stale use (RFC 9111 4.2.4).
+    Disconnected,
 }
 
 /// How a revalidation with the origin ended (label `outcome`).
@@ -234,7 +236,7 @@ pub enum RevalidationOutcome {
 
 /// Revalidation, stale and negative-cache counters.
 pub struct StaleMetrics {
-    stale: [IntCounter; 3],
+    stale: [IntCounter; 4],
     revalidations: [IntCounter; 3],
     /// Hits on stored 404/410/5xx responses.
     pub negative_hits: IntCounter,
@@ -613,7 +615,7 @@ impl Metrics {
         let stale_served = IntCounterVec::new(
             Opts::new(
                 "outpost_cache_stale_served_total",
-                "Stale responses served, by reason (while-revalidate, if-error, max-stale)",
+                "Stale responses served, by reason (while-revalidate, if-error, max-stale, disconnected)",
             ),
             &["reason"],
         )?;
@@ -630,7 +632,7 @@ impl Metrics {
             "Hits on stored 404, 410 and 5xx responses",
         )?;
         let stale = StaleMetrics {
-            stale: ["while-revalidate", "if-error", "max-stale"]
+            stale: ["while-revalidate", "if-error", "max-stale", "disconnected"]
                 .map(|r| stale_served.with_label_values(&[r])),
             revalidations: ["not-modified", "replaced", "error"]
                 .map(|o| revalidations.with_label_values(&[o])),

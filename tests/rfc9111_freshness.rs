@@ -429,3 +429,168 @@ status = [200, 302]
     assert_hit(&get(&node, "/ok-plain"), "200 with Last-Modified");
     assert_eq!(origin.hits("/ok-plain"), 1);
 }
+
+/// Stored with `cc`, already 90 s stale on arrival (max-age 10, Age 100), with a validator.
+fn stale_on_arrival(body: &str, cc: &str) -> Reply {
+    Reply::ok(body.to_string())
+        .header("Cache-Control", &format!("max-age=10{cc}"))
+        .header("Age", "100")
+        .header("ETag", "\"v1\"")
+}
+
+/// RFC 9111 4.2.4: with no rule saying otherwise, a stale response is served when the origin
+/// cannot be reached or hangs up without a response ("disconnected"), and Cache-Status says
+/// so; never when it has must-revalidate, proxy-revalidate, no-cache or s-maxage, nor when the
+/// origin answered (a 503 goes through), nor under a rule's `stale.if_error = "0s"`.
+#[test]
+fn stale_is_served_when_disconnected_unless_forbidden() {
+    let origin = TestOrigin::start();
+    let cases = [
+        ("/plain", "", true),
+        ("/must", ", must-revalidate", false),
+        ("/proxy", ", proxy-revalidate", false),
+        ("/no-cache", ", no-cache", false),
+        ("/s-maxage", ", s-maxage=10", false),
+        ("/off/plain", "", false),
+    ];
+    for (path, cc, _) in cases {
+        origin.set(path, stale_on_arrival("kept", cc));
+    }
+    origin.set_handler("/hangs-up", |_, n| {
+        if n == 1 {
+            stale_on_arrival("kept", "")
+        } else {
+            Reply::ok("").hang_up()
+        }
+    });
+    origin.set_handler("/answers-503", |_, n| {
+        if n == 1 {
+            stale_on_arrival("kept", "")
+        } else {
+            Reply::new(503).body("busy")
+        }
+    });
+    let node = NodeConfig::new(&origin.url())
+        .rules(
+            r#"
+[[rules]]
+name = "off"
+action = "cache"
+[rules.match]
+path_prefix = ["/off/"]
+[rules.stale]
+if_error = "0s"
+
+[[rules]]
+name = "default"
+action = "cache"
+"#,
+        )
+        .start();
+    for path in cases
+        .iter()
+        .map(|c| c.0)
+        .chain(["/hangs-up", "/answers-503"])
+    {
+        assert_eq!(get(&node, path).status, 200, "{path}: fill");
+    }
+
+    let r = get(&node, "/hangs-up");
+    assert_eq!((r.status, r.text().as_str()), (200, "kept"), "hung up");
+    assert_eq!(
+        cs_get(&r.cache_status(), "detail").as_deref(),
+        Some("disconnected")
+    );
+    let r = get(&node, "/answers-503");
+    assert_eq!(
+        r.status,
+        503,
+        "an answer is not a disconnection: {}",
+        r.cache_status()
+    );
+
+    drop(origin);
+    for (path, _, served) in cases {
+        let r = get(&node, path);
+        let cs = r.cache_status();
+        if served {
+            assert_eq!((r.status, r.text().as_str()), (200, "kept"), "{path}: {cs}");
+            assert!(cs_has(&cs, "fwd=stale") || cs_get(&cs, "fwd").as_deref() == Some("stale"));
+            assert_eq!(
+                cs_get(&cs, "detail").as_deref(),
+                Some("disconnected"),
+                "{path}"
+            );
+        } else {
+            assert_eq!(r.status, 502, "{path} was served stale: {cs}");
+        }
+    }
+    let served = metric_sum(
+        &node.metrics(),
+        "outpost_cache_stale_served_total",
+        &[("reason", "disconnected")],
+    );
+    assert!(
+        served >= 1.0,
+        "stale served when disconnected is not counted"
+    );
+}
+
+/// The shipped conf/outpost.toml serves nothing stale that the origin did not allow (beyond
+/// "disconnected"): a `max-age=1` response is fetched again 2 s later, not served from cache.
+#[test]
+fn the_shipped_configuration_serves_nothing_stale_the_origin_did_not_allow() {
+    use std::net::TcpStream;
+    use std::process::{Command, Stdio};
+    let origin = TestOrigin::start();
+    origin.set(
+        "/short",
+        Reply::ok("s")
+            .header("Cache-Control", "max-age=1")
+            .body_counter(),
+    );
+    origin.set(
+        "/static/app.css",
+        Reply::ok("c")
+            .header("Cache-Control", "max-age=1")
+            .body_counter(),
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let [port, admin, metrics] = [free_port(), free_port(), free_port()];
+    let addr = |p: u16| format!("127.0.0.1:{p}");
+    let conf = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("conf/outpost.toml");
+    let mut child = Command::new(outpost_bin())
+        .arg("run")
+        .arg("--config")
+        .arg(&conf)
+        .args(["--origin", &origin.url()])
+        .args(["--listen", &addr(port), "--admin", &addr(admin)])
+        .args(["--metrics", &addr(metrics)])
+        .arg("--cache-dir")
+        .arg(dir.path().join("cache"))
+        .current_dir(dir.path())
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn outpost run");
+    wait_until("the node listens", Duration::from_secs(30), || {
+        TcpStream::connect(addr(port)).is_ok()
+    });
+    let fetch = |path: &str| {
+        let r = reqwest::blocking::get(format!("http://{}{path}", addr(port))).expect("GET");
+        r.text().unwrap_or_default()
+    };
+    let mut seen = Vec::new();
+    for path in ["/short", "/static/app.css"] {
+        seen.push(fetch(path));
+        seen.push(fetch(path));
+    }
+    std::thread::sleep(Duration::from_millis(2200));
+    for path in ["/short", "/static/app.css"] {
+        seen.push(fetch(path));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    assert_eq!(seen, ["s#1", "s#1", "c#1", "c#1", "s#2", "c#2"]);
+}

@@ -3,6 +3,7 @@
 mod common;
 
 use common::*;
+use std::time::{Duration, SystemTime};
 
 /// Forwarded to the origin and not stored.
 fn assert_not_stored(f: &Fetched, what: &str) {
@@ -179,6 +180,19 @@ action = "cache"
         r.header("set-cookie").is_none(),
         "a cookie named in private=\"...\" was served from cache"
     );
+    // the same needs no opt-in: what is stored carries no cookie
+    origin.set(
+        "/default/private",
+        Reply::ok("d")
+            .header("Cache-Control", "max-age=3600, private=\"set-cookie\"")
+            .header("Set-Cookie", "session=abc; Path=/"),
+    );
+    let r = get(&node, "/default/private");
+    assert_stored_miss(&r, "private=\"set-cookie\" by default");
+    assert!(r.header("set-cookie").is_some());
+    let r = get(&node, "/default/private");
+    assert_hit(&r, "private=\"set-cookie\" by default");
+    assert!(r.header("set-cookie").is_none());
 }
 
 /// RFC 9111 3.5: the response to a request with `Authorization` is stored only if it has
@@ -280,16 +294,32 @@ fn stored_response_served_to_authorized_request_only_if_public() {
     assert_eq!(origin.hits("/shared/public"), 1);
 }
 
-/// RFC 9111 3 / RFC 9110 15.1: statuses cacheable by default (404) are stored, others (500) are
-/// not, even with explicit freshness.
+/// RFC 9111 3, 4.2: any final status with explicit freshness is stored (299, 303, 4xx, 5xx and
+/// codes the node does not know); without it, only the heuristically cacheable ones (404 here)
+/// and no 500. A rule's own `cacheable.status` restricts storage to its codes.
 #[test]
-fn status_404_stored_500_not_by_default() {
+fn any_final_status_with_explicit_freshness_is_stored() {
     let origin = TestOrigin::start();
+    let codes = [299, 303, 400, 404, 499, 500, 502, 503, 504, 599];
+    for code in codes {
+        for prefix in ["", "/strict"] {
+            origin.set(
+                &format!("{prefix}/explicit/{code}"),
+                Reply::new(code)
+                    .body("x")
+                    .header("Cache-Control", "max-age=60")
+                    .body_counter(),
+            );
+        }
+    }
     origin.set(
-        "/missing",
-        Reply::new(404)
-            .body("gone")
-            .header("Cache-Control", "max-age=60")
+        "/expires/503",
+        Reply::new(503)
+            .body("e")
+            .header(
+                "Expires",
+                &http_date(SystemTime::now() + Duration::from_secs(60)),
+            )
             .body_counter(),
     );
     // 404 is heuristically cacheable
@@ -304,27 +334,132 @@ fn status_404_stored_500_not_by_default() {
         "/broken",
         Reply::new(500)
             .body("err")
-            .header("Cache-Control", "max-age=60")
+            .header("Last-Modified", "Sun, 06 Nov 1994 08:49:37 GMT")
             .body_counter(),
     );
-    let node = NodeConfig::new(&origin.url()).start();
+    let node = NodeConfig::new(&origin.url())
+        .rules(
+            r#"
+[[rules]]
+name = "strict"
+action = "cache"
+[rules.match]
+path_prefix = ["/strict/"]
+[rules.cacheable]
+status = [200]
 
-    for path in ["/missing", "/missing-heuristic"] {
+[[rules]]
+name = "default"
+action = "cache"
+"#,
+        )
+        .start();
+
+    let mut stored: Vec<String> = codes.iter().map(|c| format!("/explicit/{c}")).collect();
+    stored.extend(["/expires/503".to_string(), "/missing-heuristic".to_string()]);
+    for path in &stored {
         let r = get(&node, path);
-        assert_eq!(r.status, 404);
         assert_stored_miss(&r, path);
         let r = get(&node, path);
-        assert_eq!(r.status, 404);
         assert_hit(&r, path);
         assert!(r.text().ends_with("#1"), "{path}: {}", r.text());
         assert_eq!(origin.hits(path), 1, "{path}");
     }
+    let r = get(&node, "/explicit/599");
+    assert_eq!(r.status, 599, "an unknown code is served as it came");
 
-    for i in 1..=2 {
-        let r = get(&node, "/broken");
-        assert_eq!(r.status, 500);
-        assert_eq!(r.text(), format!("err#{i}"));
-        assert_not_stored(&r, &format!("500, request {i}"));
+    for path in ["/broken", "/strict/explicit/503", "/strict/explicit/404"] {
+        for i in 1..=2 {
+            let r = get(&node, path);
+            assert_eq!(
+                r.text(),
+                format!("{}#{i}", if path == "/broken" { "err" } else { "x" })
+            );
+            assert_not_stored(&r, &format!("{path}, request {i}"));
+        }
+        assert_eq!(origin.hits(path), 2, "{path}");
     }
-    assert_eq!(origin.hits("/broken"), 2);
+}
+
+/// RFC 9111 3: a response stored for its explicit freshness alone is, once stale, refetched,
+/// never served stale: not past its max-age, not when the origin is gone.
+#[test]
+fn a_stored_error_is_never_served_stale() {
+    let origin = TestOrigin::start();
+    origin.set_handler("/flaky", |_, n| {
+        if n == 1 {
+            Reply::new(503)
+                .body("busy")
+                .header("Cache-Control", "max-age=1")
+                .header("ETag", "\"b\"")
+        } else {
+            Reply::ok("back")
+        }
+    });
+    origin.set_handler("/down", |_, _| {
+        Reply::new(503)
+            .body("busy")
+            .header("Cache-Control", "max-age=1")
+            .header("ETag", "\"b\"")
+    });
+    let node = NodeConfig::new(&origin.url()).start();
+    for path in ["/flaky", "/down"] {
+        let r = get(&node, path);
+        assert_eq!(r.status, 503);
+        assert_stored_miss(&r, path);
+        assert_hit(&get(&node, path), path);
+    }
+    std::thread::sleep(Duration::from_millis(2100));
+    let r = get(&node, "/flaky");
+    assert_eq!((r.status, r.text().as_str()), (200, "back"));
+    drop(origin);
+    let r = get(&node, "/down");
+    assert_eq!(
+        r.status,
+        502,
+        "the stale 503 was served: {}",
+        r.cache_status()
+    );
+}
+
+/// RFC 9111 5.2.2.3: `must-understand` stores a response whose status the cache knows, its
+/// `no-store` notwithstanding, and never one whose status it does not know. RFC 9110 15.1:
+/// heuristic freshness only for heuristically cacheable codes.
+#[test]
+fn must_understand_and_heuristics_follow_the_status() {
+    let origin = TestOrigin::start();
+    let mu = "max-age=60, must-understand, no-store";
+    for (path, code) in [("/mu/200", 200), ("/mu/599", 599)] {
+        origin.set(
+            path,
+            Reply::new(code)
+                .body("m")
+                .header("Cache-Control", mu)
+                .body_counter(),
+        );
+    }
+    for (path, code) in [("/h/302", 302), ("/h/599", 599)] {
+        origin.set(
+            path,
+            Reply::new(code)
+                .body("h")
+                .header("Last-Modified", "Sun, 06 Nov 1994 08:49:37 GMT")
+                .body_counter(),
+        );
+    }
+    let node = NodeConfig::new(&origin.url()).start();
+    assert_stored_miss(&get(&node, "/mu/200"), "must-understand, 200");
+    let r = get(&node, "/mu/200");
+    assert_hit(&r, "must-understand, 200");
+    assert_eq!(r.text(), "m#1");
+    for path in ["/mu/599", "/h/302", "/h/599"] {
+        for i in 1..=2 {
+            assert_not_stored(&get(&node, path), &format!("{path}, request {i}"));
+        }
+    }
+    let r = get(&node, "/mu/599");
+    assert_eq!(
+        cs_get(&r.cache_status(), "detail").as_deref(),
+        Some("must-understand")
+    );
 }

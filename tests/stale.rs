@@ -170,7 +170,12 @@ fn stale_if_error_covers_an_unreachable_origin_within_its_window_only() {
     // 90 s stale: inside a 300 s window, outside a 60 s one
     origin.set("/inside", stale_on_arrival("kept", "stale-if-error=300"));
     origin.set("/outside", stale_on_arrival("gone", "stale-if-error=60"));
-    let node = NodeConfig::new(&origin.url()).start();
+    // "0s": no serving stale when disconnected either, so only the windows count
+    let node = NodeConfig::new(&origin.url())
+        .rules(
+            "[[rules]]\nname = \"windows\"\naction = \"cache\"\n[rules.stale]\nif_error = \"0s\"",
+        )
+        .start();
     for path in ["/inside", "/outside"] {
         assert_stored_miss(&get(&node, path), path);
     }

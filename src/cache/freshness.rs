@@ -126,18 +126,36 @@ pub struct Decision {
     pub stale_if_error: u32,
     /// The targeted field (RFC 9213) that decided, instead of `Cache-Control`.
     pub targeted: Option<http::HeaderName>,
+    /// It may be served stale when the origin cannot be reached (RFC 9111 4.2.4).
+    pub disconnected: bool,
 }
+
+/// RFC 9110 15: the status codes whose semantics (caching ones included) this node knows;
+/// a `must-understand` response with another code is not stored (RFC 9111 5.2.2.3).
+fn understood(status: StatusCode) -> bool {
+    matches!(
+        status.as_u16(),
+        200..=205 | 300..=305 | 307 | 308 | 400..=418 | 421 | 422 | 426 | 500..=505
+    )
+}
+
+/// The `stale_if_error` a stored response carries when it may be served stale however stale
+/// it is once the origin cannot be reached (RFC 9111 4.2.4): Pingora then always asks
+/// `should_serve_stale`, which holds 5xx answers and timeouts to [`stale_if_error_window`].
+pub const DISCONNECTED: u32 = u32::MAX;
 
 /// The stale windows of a response: its own `stale-while-revalidate` / `stale-if-error`
 /// directives, else the rule's defaults; none where the response forbids stale use
 /// (`must-revalidate`, `proxy-revalidate`, `no-cache`), and no defaults under `s-maxage`
 /// (RFC 9111 5.2.2.10: it implies `proxy-revalidate`; explicit stale directives beside it are
-/// the origin's own permission, as CDNs read them).
-fn stale_windows(cc: Option<&CacheControl>, rule: &RuleConfig) -> (u32, u32) {
+/// the origin's own permission, as CDNs read them) or for a status stored only for its
+/// explicit freshness (`defaults` false). The third value: whether it may be served stale
+/// when disconnected.
+fn stale_windows(cc: Option<&CacheControl>, rule: &RuleConfig, defaults: bool) -> (u32, u32, bool) {
     if cc.is_some_and(|c| c.must_revalidate() || c.proxy_revalidate() || c.no_cache()) {
-        return (0, 0);
+        return (0, 0, false);
     }
-    let defaults_apply = !cc.is_some_and(|c| c.has_key("s-maxage"));
+    let defaults_apply = defaults && !cc.is_some_and(|c| c.has_key("s-maxage"));
     let window = |explicit: Option<u32>, default: Duration| {
         explicit.unwrap_or(if defaults_apply {
             u32::try_from(default.as_secs()).unwrap_or(u32::MAX)
@@ -154,7 +172,25 @@ fn stale_windows(cc: Option<&CacheControl>, rule: &RuleConfig) -> (u32, u32) {
             cc.and_then(|c| c.stale_if_error().ok().flatten()),
             rule.stale.if_error,
         ),
+        defaults_apply && rule.stale.disconnected,
     )
+}
+
+/// How long past expiry a stored response (`status`, fields `stored`) may be served when the
+/// origin fails (times out, answers 500/502/503/504), as `rule` and the response say; serving
+/// it when the origin cannot be reached at all is [`DISCONNECTED`]'s concern.
+pub fn stale_if_error_window(status: StatusCode, stored: &HeaderMap, rule: &RuleConfig) -> u32 {
+    let (cc, _) = super::targeted::directives(stored, &rule.ttl.targeted);
+    let defaults = admitted_without_freshness(status, rule);
+    stale_windows(cc.as_ref(), rule, defaults).1
+}
+
+/// Whether `rule` stores responses with `status` without explicit freshness: listed in
+/// `cacheable.status`, or a 5xx that `ttl.server_error` opts in.
+fn admitted_without_freshness(status: StatusCode, rule: &RuleConfig) -> bool {
+    let code = status.as_u16();
+    rule.cacheable.status.binary_search(&code).is_ok()
+        || (rule.ttl.server_error.is_some() && matches!(code, 500 | 502 | 503 | 504))
 }
 
 /// Decide whether `resp` (to `req`) may be stored under `rule`, and for how long.
@@ -166,19 +202,8 @@ pub fn decide(
     now: SystemTime,
 ) -> Result<Decision, NotStored> {
     let status = resp.status;
-    let negative = match status.as_u16() {
-        404 | 410 => rule.ttl.not_found,
-        500 | 502 | 503 | 504 => rule.ttl.server_error,
-        _ => None,
-    };
-    let listed = rule
-        .cacheable
-        .status
-        .binary_search(&status.as_u16())
-        .is_ok();
-    // a server_error lifetime opts those 5xx in; 404/410 still need to be listed
-    let opted_in = negative.is_some() && status.is_server_error();
-    if !(listed || opted_in) {
+    // final statuses only; partial content is not stored
+    if status.as_u16() < 200 || matches!(status.as_u16(), 206 | 304) {
         return Err("status-not-cacheable");
     }
     if let Some(req_cc) = CacheControl::from_req_headers(req) {
@@ -189,9 +214,29 @@ pub fn decide(
     // RFC 9213: a targeted field present and valid replaces Cache-Control (and Expires)
     let (cc, targeted) = super::targeted::directives(&resp.headers, &rule.ttl.targeted);
     let cc = cc.as_ref();
-    if cc.is_some_and(|c| c.no_store()) {
+    let explicit = cc.is_some_and(|c| c.has_key("s-maxage") || c.has_key("max-age"))
+        || (targeted.is_none() && resp.headers.contains_key(header::EXPIRES));
+    // RFC 9111 3: any final status with explicit freshness, unless the rule lists the codes
+    let by_freshness_only = !admitted_without_freshness(status, rule);
+    if by_freshness_only && rule.cacheable.restrict_status {
+        return Err("status-not-cacheable");
+    }
+    if by_freshness_only && !explicit {
+        return Err("no-explicit-freshness");
+    }
+    let must_understand = cc.is_some_and(|c| c.has_key("must-understand"));
+    if must_understand && !understood(status) {
+        return Err("must-understand");
+    }
+    // RFC 9111 5.2.2.3: must-understand with a known status overrides no-store
+    if cc.is_some_and(|c| c.no_store()) && !must_understand {
         return Err("no-store");
     }
+    let negative = match status.as_u16() {
+        404 | 410 => rule.ttl.not_found,
+        500 | 502 | 503 | 504 => rule.ttl.server_error,
+        _ => None,
+    };
     if cc.is_some_and(|c| c.private() && c.private_field_names().is_none()) {
         return Err("private");
     }
@@ -203,7 +248,12 @@ pub fn decide(
     {
         return Err("authorization");
     }
-    if resp.headers.contains_key(header::SET_COOKIE) && !rule.cacheable.set_cookie {
+    // `private="Set-Cookie"` in Cache-Control: stored without the cookie (`build_meta`)
+    let cookie_kept = !CacheControl::from_resp_headers(resp).is_some_and(|c| {
+        c.private_field_names()
+            .is_some_and(|mut names| names.any(|n| n.eq_ignore_ascii_case(b"set-cookie")))
+    });
+    if resp.headers.contains_key(header::SET_COOKIE) && !rule.cacheable.set_cookie && cookie_kept {
         return Err("set-cookie");
     }
     if resp.headers.get_all(header::VARY).iter().any(|v| {
@@ -220,7 +270,9 @@ pub fn decide(
     let has_validator =
         resp.headers.contains_key(header::ETAG) || resp.headers.contains_key(header::LAST_MODIFIED);
 
-    let (lifetime, source) = if let Some(ttl) = rule.ttl.override_ttl {
+    // an override never stretches a code stored only for the origin's own freshness
+    let override_ttl = rule.ttl.override_ttl.filter(|_| !by_freshness_only);
+    let (lifetime, source) = if let Some(ttl) = override_ttl {
         (ttl, LifetimeSource::Override)
     } else if cc.is_some_and(|c| c.no_cache()) {
         (Duration::ZERO, LifetimeSource::NoCache)
@@ -267,7 +319,8 @@ pub fn decide(
     let apparent_age = now.duration_since(date).unwrap_or(Duration::ZERO);
     let initial_age = age_value.max(apparent_age);
 
-    let (stale_while_revalidate, stale_if_error) = stale_windows(cc, rule);
+    let (stale_while_revalidate, stale_if_error, disconnected) =
+        stale_windows(cc, rule, !by_freshness_only);
     Ok(Decision {
         targeted: targeted.cloned(),
         lifetime,
@@ -275,6 +328,7 @@ pub fn decide(
         initial_age,
         stale_while_revalidate,
         stale_if_error,
+        disconnected,
     })
 }
 
@@ -332,7 +386,11 @@ pub fn build_meta(resp: &ResponseHeader, decision: &Decision, now: SystemTime) -
         fresh_until,
         now,
         decision.stale_while_revalidate,
-        decision.stale_if_error,
+        if decision.disconnected {
+            DISCONNECTED
+        } else {
+            decision.stale_if_error
+        },
         header,
     );
     if !decision.initial_age.is_zero() {

@@ -59,6 +59,9 @@ pub enum CacheStatus {
         ttl: i64,
         /// The origin's error status, when it answered one.
         status: Option<u16>,
+        /// The origin could not be reached: served under RFC 9111 4.2.4, not a
+        /// stale-if-error window.
+        disconnected: bool,
     },
     /// Went to the origin.
     Forward {
@@ -96,12 +99,21 @@ impl CacheStatus {
                     let _ = write!(s, "; detail={d}");
                 }
             }
-            CacheStatus::StaleOnError { ttl, status } => {
+            CacheStatus::StaleOnError {
+                ttl,
+                status,
+                disconnected,
+            } => {
                 s.push_str("; fwd=stale");
                 if let Some(code) = status {
                     let _ = write!(s, "; fwd-status={code}");
                 }
-                let _ = write!(s, "; ttl={ttl}; detail=stale-if-error");
+                let detail = if *disconnected {
+                    "disconnected"
+                } else {
+                    "stale-if-error"
+                };
+                let _ = write!(s, "; ttl={ttl}; detail={detail}");
             }
             CacheStatus::Forward {
                 fwd,
@@ -190,10 +202,20 @@ mod tests {
         let sie = CacheStatus::StaleOnError {
             ttl: -12,
             status: Some(503),
+            disconnected: false,
         };
         assert_eq!(
             sie.render("outpost"),
             "outpost; fwd=stale; fwd-status=503; ttl=-12; detail=stale-if-error"
+        );
+        let gone = CacheStatus::StaleOnError {
+            ttl: -99,
+            status: None,
+            disconnected: true,
+        };
+        assert_eq!(
+            gone.render("outpost"),
+            "outpost; fwd=stale; ttl=-99; detail=disconnected"
         );
         let miss = CacheStatus::Forward {
             fwd: Forward::UriMiss,

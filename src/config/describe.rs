@@ -252,9 +252,10 @@ pub(super) fn describe(c: &Config) -> String {
             );
             let _ = writeln!(
                 o,
-                "[rules.stale]  # defaults when the response names no stale-* window\nwhile_revalidate = {}\nif_error = {}",
+                "[rules.stale]  # defaults when the response names no stale-* window\nwhile_revalidate = {}\nif_error = {}  # stale when the origin cannot be reached: {}",
                 dur(r.stale.while_revalidate),
-                dur(r.stale.if_error)
+                dur(r.stale.if_error),
+                if r.stale.disconnected { "yes" } else { "no" }
             );
             let _ = writeln!(o, "[rules.key]");
             match &r.key.query {
@@ -277,12 +278,18 @@ pub(super) fn describe(c: &Config) -> String {
                 list(&r.key.headers.iter().map(|h| h.as_str()).collect::<Vec<_>>())
             );
             let status: Vec<String> = r.cacheable.status.iter().map(|s| s.to_string()).collect();
+            let status = if r.cacheable.restrict_status {
+                format!("status = [{}]", status.join(", "))
+            } else {
+                format!(
+                    "# status unset: any final status with explicit freshness, and without it [{}]",
+                    status.join(", ")
+                )
+            };
             let _ = writeln!(
                 o,
-                "[rules.cacheable]\nstatus = [{}]\nset_cookie = {}\nauthorized = {}",
-                status.join(", "),
-                r.cacheable.set_cookie,
-                r.cacheable.authorized
+                "[rules.cacheable]\n{status}\nset_cookie = {}\nauthorized = {}",
+                r.cacheable.set_cookie, r.cacheable.authorized
             );
         }
         let _ = writeln!(o);

@@ -365,6 +365,10 @@ pub struct StaleConfig {
     /// Serve stale this long past expiry when the origin fails (unreachable, timeout,
     /// 500/502/503/504).
     pub if_error: Duration,
+    /// Serve a stale response, however stale, when the origin cannot be reached or closes the
+    /// connection without a response (RFC 9111 4.2.4 "disconnected"); off with
+    /// `if_error = "0s"`.
+    pub disconnected: bool,
 }
 
 /// Request matching of a rule; empty lists match everything.
@@ -423,8 +427,12 @@ pub struct KeyConfig {
 /// What a rule allows to be stored.
 #[derive(Debug, Clone)]
 pub struct CacheableConfig {
-    /// Status codes that may be stored.
+    /// Status codes stored without explicit freshness (heuristic and negative caching); with
+    /// `restrict_status`, the only codes stored at all.
     pub status: Vec<u16>,
+    /// The rule set `cacheable.status`: responses with other codes are never stored, even with
+    /// explicit freshness (RFC 9111 3 lets any final status with it be stored otherwise).
+    pub restrict_status: bool,
     /// Store responses that carry `Set-Cookie`.
     pub set_cookie: bool,
     /// Store responses to requests with `Authorization` regardless of response directives.
@@ -434,11 +442,11 @@ pub struct CacheableConfig {
 /// Lifetime of 404/410 responses without explicit freshness, unless a rule says otherwise.
 pub const DEFAULT_NOT_FOUND_TTL: Duration = Duration::from_secs(10);
 
-/// Status codes stored by default: RFC 9110 15.1's heuristically cacheable codes (minus 206,
-/// partial content is not stored) plus 302/307, which are stored only with explicit freshness.
-pub const DEFAULT_CACHEABLE_STATUS: &[u16] = &[
-    200, 203, 204, 300, 301, 302, 307, 308, 404, 405, 410, 414, 501,
-];
+/// Status codes stored without explicit freshness by default: RFC 9110 15.1's heuristically
+/// cacheable codes (minus 206, partial content is not stored). Any other final status is
+/// stored when it has explicit freshness (`max-age`, `s-maxage`, `Expires`).
+pub const DEFAULT_CACHEABLE_STATUS: &[u16] =
+    &[200, 203, 204, 300, 301, 308, 404, 405, 410, 414, 501];
 
 /// Command-line overrides of `outpost run`; each replaces the matching config value.
 #[derive(Debug, Clone, Default)]

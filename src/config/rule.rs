@@ -77,7 +77,7 @@ pub(super) fn rule(
             Vec::new()
         },
     };
-    let stale = StaleConfig {
+    let mut stale = StaleConfig {
         while_revalidate: duration(
             errs,
             &key("stale.while_revalidate"),
@@ -92,7 +92,10 @@ pub(super) fn rule(
             Duration::ZERO,
             LIFETIME,
         ),
+        disconnected: true,
     };
+    // "0s" said in so many words also turns off serving stale when disconnected
+    stale.disconnected = r.stale.if_error.is_none() || !stale.if_error.is_zero();
     for (name, d) in [
         ("stale.while_revalidate", stale.while_revalidate),
         ("stale.if_error", stale.if_error),
@@ -183,6 +186,7 @@ pub(super) fn rule(
         key: KeyConfig { query, headers },
         cacheable: CacheableConfig {
             status,
+            restrict_status: r.cacheable.status.is_some(),
             set_cookie: r.cacheable.set_cookie.unwrap_or(false),
             authorized: r.cacheable.authorized.unwrap_or(false),
         },

@@ -15,6 +15,31 @@ pub(super) fn no_server_error(pool: &Pool, why: NoServer) -> Box<Error> {
     .into_up()
 }
 
+/// Whether `e` says the origin could not be reached, or closed the connection without a
+/// response (RFC 9111 4.2.4 "disconnected"), rather than answering too slowly.
+pub(super) fn unreachable(e: &Error) -> bool {
+    match e.etype() {
+        ErrorType::Custom(what) => *what == NO_SERVER,
+        t => matches!(
+            t,
+            ErrorType::ConnectTimedout
+                | ErrorType::ConnectRefused
+                | ErrorType::ConnectNoRoute
+                | ErrorType::ConnectError
+                | ErrorType::ConnectProxyFailure
+                | ErrorType::TLSHandshakeFailure
+                | ErrorType::TLSHandshakeTimedout
+                | ErrorType::InvalidCert
+                | ErrorType::HandshakeError
+                | ErrorType::SocketError
+                | ErrorType::BindError
+                | ErrorType::ConnectionClosed
+                | ErrorType::ReadError
+                | ErrorType::WriteError
+        ),
+    }
+}
+
 /// Error type of [`no_server_error`].
 pub(super) const NO_SERVER: &str = "no-server";
 

@@ -82,7 +82,7 @@ mod status;
 
 use answers::plain_response;
 pub use ctx::RequestCtx;
-use errors::{client_went_away, no_server_error, total_timeout_error, NO_SERVER};
+use errors::{client_went_away, no_server_error, total_timeout_error, unreachable, NO_SERVER};
 use invalidate::is_safe;
 use status::seconds_between;
 
@@ -386,7 +386,14 @@ impl ProxyHttp for OutpostProxy {
             }
             // The origin failed moments ago: within the stale-if-error window, answer stale
             // without asking it again, so an outage does not pile requests onto it.
-            if meta.serve_stale_if_error(now) && ctx.origin().is_some_and(Pool::is_failing) {
+            let window = freshness::stale_if_error_window(
+                meta.response_header().status,
+                meta.headers(),
+                &ctx.rule().config,
+            );
+            if seconds_between(now, meta.fresh_until()) <= i64::from(window)
+                && ctx.origin().is_some_and(Pool::is_failing)
+            {
                 ctx.stale = Some((StaleReason::IfError, None));
                 return Ok(Some(ForcedFreshness::ForceFresh));
             }
@@ -441,28 +448,48 @@ impl ProxyHttp for OutpostProxy {
     /// RFC 5861 as Pingora asks it: `error` is `None` for stale-while-revalidate (the stored
     /// response's window, already checked, allows it: serve stale, one background request
     /// revalidates), else the failure for stale-if-error, which covers an unreachable or
-    /// timed-out origin and 500/502/503/504 (RFC 5861 4), not other errors.
+    /// timed-out origin and 500/502/503/504 (RFC 5861 4), not other errors, within the
+    /// response's window; past it, only an origin that cannot be reached at all, for a response
+    /// that may be served stale when disconnected (RFC 9111 4.2.4, [`freshness::DISCONNECTED`]).
     fn should_serve_stale(
         &self,
-        _session: &mut Session,
+        session: &mut Session,
         ctx: &mut RequestCtx,
         error: Option<&Error>,
     ) -> bool {
-        let stale = match error.map(|e| (e.etype(), e.esource())) {
-            None => (StaleReason::WhileRevalidate, None),
-            Some((ErrorType::HTTPStatus(code @ (500 | 502 | 503 | 504)), _)) => {
-                (StaleReason::IfError, Some(*code))
-            }
-            Some((ErrorType::HTTPStatus(_), _)) => return false,
-            Some((_, ErrorSource::Upstream)) => (StaleReason::IfError, None),
-            Some(_) => return false,
+        let Some(error) = error else {
+            ctx.stale = Some((StaleReason::WhileRevalidate, None));
+            return true;
         };
-        if error.is_some() {
-            if let Some(pool) = ctx.upstream_pool().or(ctx.origin()) {
-                pool.record_failure();
-            }
+        let status = match error.etype() {
+            ErrorType::HTTPStatus(code @ (500 | 502 | 503 | 504)) => Some(*code),
+            ErrorType::HTTPStatus(_) => return false,
+            _ if error.esource() == &ErrorSource::Upstream => None,
+            _ => return false,
+        };
+        if let Some(pool) = ctx.upstream_pool().or(ctx.origin()) {
+            pool.record_failure();
         }
-        ctx.stale = Some(stale);
+        let Some(meta) = session.cache.maybe_cache_meta() else {
+            return false;
+        };
+        let staleness = seconds_between(SystemTime::now(), meta.fresh_until());
+        let window = freshness::stale_if_error_window(
+            meta.response_header().status,
+            meta.headers(),
+            &ctx.rule().config,
+        );
+        let reason = if staleness <= i64::from(window) {
+            StaleReason::IfError
+        } else if status.is_none()
+            && unreachable(error)
+            && meta.stale_if_error_sec() == freshness::DISCONNECTED
+        {
+            StaleReason::Disconnected
+        } else {
+            return false;
+        };
+        ctx.stale = Some((reason, status));
         true
     }
 

@@ -13,7 +13,11 @@ impl OutpostProxy {
     /// What the cache did for this request, from the cache phase and what the hooks saw.
     pub(super) fn cache_status(&self, session: &Session, ctx: &RequestCtx) -> CacheStatus {
         let now = SystemTime::now();
-        if let (Some((StaleReason::IfError, status)), Some(meta), Some(_)) = (
+        if let (
+            Some((reason @ (StaleReason::IfError | StaleReason::Disconnected), status)),
+            Some(meta),
+            Some(_),
+        ) = (
             ctx.stale,
             session.cache.maybe_cache_meta(),
             ctx.origin_start,
@@ -21,6 +25,7 @@ impl OutpostProxy {
             return CacheStatus::StaleOnError {
                 ttl: seconds_between(meta.fresh_until(), now),
                 status,
+                disconnected: reason == StaleReason::Disconnected,
             };
         }
         let forward = |default: Forward| {

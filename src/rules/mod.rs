@@ -143,10 +143,14 @@ impl RuleSet {
             },
             cacheable: crate::config::CacheableConfig {
                 status: crate::config::DEFAULT_CACHEABLE_STATUS.to_vec(),
+                restrict_status: false,
                 set_cookie: false,
                 authorized: false,
             },
-            stale: Default::default(),
+            stale: crate::config::StaleConfig {
+                disconnected: true,
+                ..Default::default()
+            },
             headers: Default::default(),
             shield: true,
             redirect_https: false,

@@ -72,6 +72,7 @@ pub struct Reply {
     /// A body of this many bytes of [`generated_body`], produced while it is sent.
     pub(super) generated: Option<usize>,
     chunked: bool,
+    hang_up: bool,
 }
 
 impl Reply {
@@ -87,6 +88,7 @@ impl Reply {
             stall: None,
             generated: None,
             chunked: false,
+            hang_up: false,
         }
     }
 
@@ -141,6 +143,12 @@ impl Reply {
     /// Send the body with `Transfer-Encoding: chunked` (no Content-Length), in 64 KiB chunks.
     pub fn chunked(mut self) -> Self {
         self.chunked = true;
+        self
+    }
+
+    /// Close the connection without sending anything: the origin hangs up on the request.
+    pub fn hang_up(mut self) -> Self {
+        self.hang_up = true;
         self
     }
 
@@ -519,6 +527,9 @@ async fn serve_conn<S: Wire>(sock: S, state: Arc<State>) -> std::io::Result<()> 
 
         if let Some(d) = reply.delay {
             tokio::time::sleep(d).await;
+        }
+        if reply.hang_up {
+            return Ok(());
         }
 
         let keep_going = write_reply(&mut conn.sock, &rec, &reply, hit_no, close_after).await?;

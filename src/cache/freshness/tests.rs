@@ -18,6 +18,7 @@ fn rule(ttl: TtlConfig) -> RuleConfig {
         },
         cacheable: CacheableConfig {
             status: DEFAULT_CACHEABLE_STATUS.to_vec(),
+            restrict_status: false,
             set_cookie: false,
             authorized: false,
         },
@@ -175,13 +176,78 @@ fn heuristic_only_for_heuristically_cacheable_statuses() {
     assert_eq!(
         decide(
             &req(&[]),
-            &resp(500, &[("cache-control", "max-age=5")]),
+            &resp(599, &[("last-modified", &lm)]),
             &heuristic(),
             DAY,
             now
         )
         .unwrap_err(),
-        "status-not-cacheable"
+        "no-explicit-freshness",
+        "without explicit freshness: only the codes stored without it"
+    );
+}
+
+#[test]
+fn any_final_status_with_explicit_freshness_is_stored_unless_the_rule_lists_codes() {
+    let now = SystemTime::now();
+    let mut r = heuristic();
+    r.ttl.override_ttl = Some(Duration::from_secs(3600));
+    let expires = at(now + Duration::from_secs(60));
+    for status in [299, 303, 400, 499, 500, 502, 503, 504, 599] {
+        for field in [
+            ("cache-control", "max-age=5"),
+            ("expires", expires.as_str()),
+        ] {
+            let d = decide(&req(&[]), &resp(status, &[field]), &r, DAY, now)
+                .unwrap_or_else(|e| panic!("{status} {field:?}: {e}"));
+            assert!(d.lifetime.as_secs() <= 60, "{status}: no override");
+            assert!(!d.disconnected, "{status}: no stale beyond the origin's");
+        }
+    }
+    for status in [100, 206, 304] {
+        assert!(decide(
+            &req(&[]),
+            &resp(status, &[("cache-control", "max-age=5")]),
+            &r,
+            DAY,
+            now
+        )
+        .is_err());
+    }
+    r.cacheable.restrict_status = true;
+    assert_eq!(
+        decide(
+            &req(&[]),
+            &resp(500, &[("cache-control", "max-age=5")]),
+            &r,
+            DAY,
+            now
+        )
+        .unwrap_err(),
+        "status-not-cacheable",
+        "a rule's own status list restricts storage"
+    );
+}
+
+#[test]
+fn must_understand_stores_known_statuses_despite_no_store_and_never_unknown_ones() {
+    let now = SystemTime::now();
+    let cc = [("cache-control", "max-age=60, must-understand, no-store")];
+    assert!(decide(&req(&[]), &resp(200, &cc), &heuristic(), DAY, now).is_ok());
+    assert_eq!(
+        decide(&req(&[]), &resp(599, &cc), &heuristic(), DAY, now).unwrap_err(),
+        "must-understand"
+    );
+    assert_eq!(
+        decide(
+            &req(&[]),
+            &resp(200, &[("cache-control", "max-age=60, no-store")]),
+            &heuristic(),
+            DAY,
+            now
+        )
+        .unwrap_err(),
+        "no-store"
     );
 }
 
@@ -403,22 +469,18 @@ fn stale_windows_come_from_the_response_then_the_rule_and_never_where_forbidden(
     r.stale = crate::config::StaleConfig {
         while_revalidate: Duration::from_secs(30),
         if_error: Duration::from_secs(600),
+        disconnected: true,
     };
-    let windows = |cc: &str| {
-        let d = decide(
-            &req(&[]),
-            &resp(200, &[("cache-control", cc)]),
-            &r,
-            DAY,
-            now,
-        )
-        .expect("storable");
-        (d.stale_while_revalidate, d.stale_if_error)
+    let windows_under = |r: &RuleConfig, cc: &str| {
+        let d =
+            decide(&req(&[]), &resp(200, &[("cache-control", cc)]), r, DAY, now).expect("storable");
+        (d.stale_while_revalidate, d.stale_if_error, d.disconnected)
     };
-    assert_eq!(windows("max-age=60"), (30, 600), "rule defaults");
+    let windows = |cc: &str| windows_under(&r, cc);
+    assert_eq!(windows("max-age=60"), (30, 600, true), "rule defaults");
     assert_eq!(
         windows("max-age=60, stale-while-revalidate=5, stale-if-error=7"),
-        (5, 7),
+        (5, 7, true),
         "the response's own windows win"
     );
     for forbidding in [
@@ -435,17 +497,24 @@ fn stale_windows_come_from_the_response_then_the_rule_and_never_where_forbidden(
         )
         .expect("storable");
         assert_eq!(
-            (v.stale_while_revalidate, v.stale_if_error),
-            (0, 0),
+            (v.stale_while_revalidate, v.stale_if_error, v.disconnected),
+            (0, 0, false),
             "{forbidding}"
         );
     }
     assert_eq!(
         windows("s-maxage=60"),
-        (0, 0),
+        (0, 0, false),
         "s-maxage keeps rule defaults out"
     );
-    assert_eq!(windows("s-maxage=60, stale-if-error=9"), (0, 9));
+    assert_eq!(windows("s-maxage=60, stale-if-error=9"), (0, 9, false));
+    let mut off = r.clone();
+    off.stale.disconnected = false;
+    assert_eq!(
+        windows_under(&off, "max-age=60"),
+        (30, 600, false),
+        "if_error = \"0s\""
+    );
 }
 
 #[test]
@@ -469,8 +538,8 @@ fn negative_lifetimes_apply_without_explicit_freshness() {
     assert_eq!(d.lifetime.as_secs(), 99, "explicit freshness wins");
     assert_eq!(
         decide(&req(&[]), &resp(503, &[]), &r, DAY, now).err(),
-        Some("status-not-cacheable"),
-        "5xx are not stored by default"
+        Some("no-explicit-freshness"),
+        "5xx without explicit freshness are not stored by default"
     );
     r.ttl.server_error = Some(Duration::from_secs(5));
     let d = decide(&req(&[]), &resp(503, &[]), &r, DAY, now).expect("503 stored");
