@@ -74,9 +74,12 @@ fn each_sni_name_gets_its_own_certificate_and_unknown_names_the_default() {
 #[test]
 fn http2_through_alpn_serves_cache_hits_and_http1_still_works() {
     let origin = TestOrigin::start();
+    let made = http_date(std::time::SystemTime::now() - Duration::from_secs(30));
     origin.set(
         "/h",
-        Reply::ok("hello").header("Cache-Control", "max-age=60"),
+        Reply::ok("hello")
+            .header("Cache-Control", "max-age=60")
+            .header("Date", &made),
     );
     let ca = TestCa::new();
     let a = ca.leaf(&["a.test"], Validity::Current);
@@ -88,6 +91,11 @@ fn http2_through_alpn_serves_cache_hits_and_http1_still_works() {
     let (hit, _, version) = get_tls(&node, &ca, "a.test", "/h", Some(true));
     assert_eq!(version, reqwest::Version::HTTP_2);
     assert_hit(&hit, "second request over h2");
+    assert_eq!(
+        hit.header("date").as_deref(),
+        Some(made.as_str()),
+        "stored Date over h2"
+    );
     assert_eq!(hit.text(), "hello");
     let (hit, _, version) = get_tls(&node, &ca, "a.test", "/h", Some(false));
     assert_eq!(version, reqwest::Version::HTTP_11, "HTTP/1.1 over TLS");

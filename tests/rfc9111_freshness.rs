@@ -594,3 +594,56 @@ fn the_shipped_configuration_serves_nothing_stale_the_origin_did_not_allow() {
     let _ = child.wait();
     assert_eq!(seen, ["s#1", "s#1", "c#1", "c#1", "s#2", "c#2"]);
 }
+
+/// RFC 9110 6.6.1 / RFC 9111 4: a response from cache carries the stored `Date` (when the origin
+/// made it), with `Age` saying how old it is, on every path a hit takes (the lean path, HEAD, a
+/// range answered from cache, a disk hit after a restart); a miss forwards the origin's.
+#[test]
+fn hits_carry_the_stored_date() {
+    let origin = TestOrigin::start();
+    let made = ago(100);
+    origin.set(
+        "/dated",
+        Reply::ok("dated body")
+            .header("Date", &made)
+            .header("ETag", "\"d1\"")
+            .header("Cache-Control", "max-age=3600")
+            .body_counter(),
+    );
+    let cfg = NodeConfig::new(&origin.url());
+    let node = cfg.start();
+    let r = get(&node, "/dated");
+    assert_stored_miss(&r, "fill");
+    assert_eq!(r.header("date").as_deref(), Some(made.as_str()), "miss");
+    std::thread::sleep(Duration::from_millis(1100));
+    let check = |r: &Fetched, what: &str| {
+        assert_eq!(
+            r.header("date").as_deref(),
+            Some(made.as_str()),
+            "{what}: {:?}",
+            r.cache_status()
+        );
+        assert!(
+            r.age().is_some_and(|a| a >= 100),
+            "{what}: Age {:?}",
+            r.age()
+        );
+    };
+    let r = get(&node, "/dated");
+    assert_hit(&r, "hit");
+    check(&r, "hit");
+    let r = request_with(&node, "HEAD", "/dated", &[]);
+    check(&r, "HEAD");
+    let r = get_with(&node, "/dated", &[("Range", "bytes=0-4")]);
+    assert_eq!(r.status, 206);
+    check(&r, "range");
+    let r = get_with(&node, "/dated", &[("If-None-Match", "\"d1\"")]);
+    assert_eq!(r.status, 304);
+    check(&r, "304 from cache");
+    stop_ok(node, "restart");
+    let node = cfg.start();
+    let r = get(&node, "/dated");
+    assert_hit(&r, "disk hit");
+    check(&r, "disk hit");
+    assert_eq!(origin.hits("/dated"), 1);
+}

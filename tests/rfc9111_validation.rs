@@ -136,10 +136,13 @@ fn stale_entry_revalidated_with_if_modified_since() {
 #[test]
 fn revalidation_304_updates_stored_header_fields() {
     let origin = TestOrigin::start();
-    origin.set_handler("/upd", |req, n| {
+    // the 304's Date: after the stored response's, a little before it is sent
+    let date_304 = http_date(std::time::SystemTime::now() - Duration::from_secs(1));
+    let sent_304 = date_304.clone();
+    origin.set_handler("/upd", move |req, n| {
         if req.header("if-none-match").is_some() {
-            // Date: now (added by the test origin)
             Reply::new(304)
+                .header("Date", &sent_304)
                 .header("ETag", "\"u1\"")
                 .header("Cache-Control", "max-age=60")
                 .header("X-Version", "2")
@@ -166,6 +169,7 @@ fn revalidation_304_updates_stored_header_fields() {
     );
     assert_eq!(r.text(), "upd#1");
     let served_after_304 = r.header("x-version");
+    let date_after_304 = r.header("date");
 
     let r = get(&node, "/upd");
     assert_hit(&r, "after revalidation");
@@ -183,6 +187,17 @@ fn revalidation_304_updates_stored_header_fields() {
         problems.push(format!(
             "later hit has X-Version {hit_version:?}, the 304 said 2"
         ));
+    }
+    // RFC 9111 4.3.4: Date too comes from the 304
+    for (when, date) in [
+        ("after the 304", date_after_304),
+        ("on the later hit", r.header("date")),
+    ] {
+        if date.as_deref() != Some(date_304.as_str()) {
+            problems.push(format!(
+                "Date {when} is {date:?}, the 304 said {date_304:?}"
+            ));
+        }
     }
     if ttl < 50 || age.is_none_or(|a| a > 10) {
         problems.push(format!(

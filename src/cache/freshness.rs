@@ -354,7 +354,8 @@ fn age_value(headers: &http::HeaderMap) -> Duration {
 }
 
 /// Build the [`CacheMeta`] to store for an accepted response: hop-by-hop and
-/// `private="..."`-named fields removed, `Age` dropped (it is regenerated on every hit), freshness
+/// `private="..."`-named fields removed, `Age` dropped (it is regenerated on every hit), `Date`
+/// added if the origin sent none (hits carry the stored one), freshness
 /// measured from the corrected initial age, with the decision's stale windows.
 pub fn build_meta(resp: &ResponseHeader, decision: &Decision, now: SystemTime) -> CacheMeta {
     let mut header = resp.clone();
@@ -367,6 +368,10 @@ pub fn build_meta(resp: &ResponseHeader, decision: &Decision, now: SystemTime) -
         header.remove_header(name);
     }
     header.remove_header(&header::AGE);
+    if !header.headers.contains_key(header::DATE) {
+        // RFC 9110 6.6.1: a cache adds the Date a response lacks; hits then carry it
+        let _ = header.insert_header(header::DATE, httpdate::fmt_http_date(now));
+    }
     if let Some(names) = cc.as_ref().and_then(|c| c.private_field_names()) {
         let names: Vec<String> = names
             .map(|n| String::from_utf8_lossy(n).to_ascii_lowercase())

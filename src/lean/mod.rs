@@ -457,10 +457,6 @@ impl LeanHits {
                 // variance not recorded, targeted fields: the full path's decisions
                 return None;
             }
-            if name.eq_ignore_ascii_case(b"date") {
-                // Pingora's writer sends its own (below): not worth rendering
-                continue;
-            }
             resp.0.push((Cow::Borrowed(name), value.bytes()));
         }
         if chunked && resp.first(b"content-length").is_some() {
@@ -827,10 +823,13 @@ fn ascii_text(v: Option<&[u8]>) -> Option<String> {
         .map(|v| String::from_utf8_lossy(v).into_owned())
 }
 
-/// `resp` with what Pingora's HTTP/1 writer adds (Date, Connection), serialized.
+/// `resp` with what Pingora's HTTP/1 writer adds (Date where there is none, Connection),
+/// serialized.
 fn written(status: u16, mut resp: Response<'_>, keep_alive: bool) -> Vec<u8> {
-    let date = pingora_core::protocols::http::date::get_cached_date();
-    resp.insert(&b"Date"[..], date.as_bytes().to_vec());
+    if resp.first(b"date").is_none() {
+        let date = pingora_core::protocols::http::date::get_cached_date();
+        resp.insert(&b"Date"[..], date.as_bytes().to_vec());
+    }
     let connection: &[u8] = if keep_alive { b"keep-alive" } else { b"close" };
     resp.insert(&b"Connection"[..], connection);
     serialize(status, &resp)

@@ -372,6 +372,11 @@ fn age_header_and_date_make_the_initial_age() {
     );
     assert!((29..=31).contains(&meta.age().as_secs()));
     assert!(meta.headers().get("age").is_none());
+    assert_eq!(
+        meta.headers().get("date").map(|d| d.as_bytes()),
+        Some(httpdate::fmt_http_date(now).as_bytes()),
+        "the Date a response lacks is added when it is stored"
+    );
     let fresh_for = meta.fresh_until().duration_since(now).unwrap().as_secs();
     assert!((69..=70).contains(&fresh_for));
 }
