@@ -241,3 +241,63 @@ fn vary_field_names_are_case_insensitive() {
         assert_eq!(origin.hits(path), 2, "{path}");
     }
 }
+
+/// RFC 9111 4.1 (normalisation): request values that differ only in whitespace, in the case of
+/// tokens (where case carries no meaning) or in the order of list members (where order carries
+/// none) select the same stored variant; anything else still gets its own.
+#[test]
+fn vary_values_are_normalised_where_the_field_allows() {
+    let origin = TestOrigin::start();
+    varying(&origin, "/lang", "Accept-Language", &["accept-language"]);
+    varying(&origin, "/accept", "Accept", &["accept"]);
+    varying(&origin, "/custom", "X-Device", &["x-device"]);
+    let node = NodeConfig::new(&origin.url()).start();
+    let ask = |path: &str, field: &str, value: &str| {
+        let r = get_with(&node, path, &[(field, value)]);
+        assert_eq!(r.status, 200, "{path} {value:?}");
+        r.text()
+    };
+    // (path, field, first value, values that must share its variant, one that must not)
+    let cases: [(&str, &str, &str, &[&str], &str); 3] = [
+        (
+            "/lang",
+            "Accept-Language",
+            "en, fr;q=0.5",
+            &["en,fr;q=0.5", "  EN ,  FR ; q=0.5 ", "en,,fr;q=0.5"],
+            "fr;q=0.5, en",
+        ),
+        (
+            "/accept",
+            "Accept",
+            "text/html, application/json;q=0.9",
+            &[
+                "application/json;q=0.9,text/html",
+                "Application/JSON ; q=0.9, TEXT/HTML",
+            ],
+            "text/html",
+        ),
+        (
+            "/custom",
+            "X-Device",
+            "mobile",
+            &[" mobile ", "mobile,"],
+            "Mobile",
+        ),
+    ];
+    for (path, field, first, same, other) in cases {
+        let stored = ask(path, field, first);
+        assert!(stored.ends_with("#1"), "{path}: {stored}");
+        for value in same {
+            assert_eq!(
+                ask(path, field, value),
+                stored,
+                "{path}: {value:?} ~ {first:?}"
+            );
+        }
+        assert!(
+            ask(path, field, other).ends_with("#2"),
+            "{path}: {other:?} is another variant than {first:?}"
+        );
+        assert_eq!(origin.hits(path), 2, "{path}");
+    }
+}

@@ -43,14 +43,15 @@ pub fn add(resp: &mut ResponseHeader, field: &str) -> pingora_error::Result<()> 
 /// The variance of `req` for the stored response headers `stored`, or `None` without `Vary`.
 ///
 /// Field names are compared case-insensitively and each field counts once; an absent request
-/// field and an empty one are treated alike (RFC 9111 4.1 allows normalisation). With
+/// field and an empty one are treated alike, and each value is normalised as its field allows
+/// (RFC 9111 4.1; [`Normalise`]: whitespace, empty list members, token case, member order).
+/// With
 /// `encoding`, `Accept-Encoding` is normalised to it: the encoding negotiated for the request,
 /// so that clients whose lists differ but get the same encoding share one variant.
 ///
-/// The hash is the one Pingora's `VarianceBuilder` makes of the (name, value) pairs (stored
-/// objects keep their variance across versions), computed as the fields are read: nothing is
-/// allocated unless a `Vary` field name has upper-case letters. This runs on every hit on a
-/// varying object.
+/// The hash is the one Pingora's `VarianceBuilder` makes of the (name, normal value) pairs
+/// (stored objects whose request values were in normal form keep their variance across
+/// versions), computed as the fields are read. This runs on every hit on a varying object.
 pub fn variance(stored: &HMap, req: &RequestHeader, encoding: Option<&str>) -> Option<HashBinary> {
     let vary = stored
         .get_all(header::VARY)
@@ -87,18 +88,124 @@ where
         hash.update([0u8]);
         match (encoding, name.as_ref()) {
             (Some(token), "accept-encoding") => hash.update(token.as_bytes()),
-            _ => {
-                for (i, v) in request(name).enumerate() {
-                    if i > 0 {
-                        hash.update(b", ");
-                    }
-                    hash.update(v);
-                }
-            }
+            _ => hash.update(normal_value(name, request(name))),
         }
         hash.update([0u8]);
     }
     Some(hash.finalize().into())
+}
+
+/// How a request field named in `Vary` is normalised before it is hashed (RFC 9111 4.1: "a
+/// cache MAY normalize ... whitespace, case, order ... where the field's semantics allow").
+#[derive(Clone, Copy, PartialEq, Eq)]
+struct Normalise {
+    /// Token case carries no meaning (content codings, media types, language tags, charsets).
+    fold_case: bool,
+    /// The order of the list's members carries no meaning (preference is by q-value).
+    sort: bool,
+    /// Members have `;`-separated parameters (`br;q=1` and `br; q=1` are one value).
+    parameters: bool,
+}
+
+impl Normalise {
+    /// The normalisation of the field `name` (lowercase). Every list field loses the whitespace
+    /// around its members and its empty members; `Accept-Language` keeps its order (servers
+    /// read it as a preference even among equal q-values).
+    fn of(name: &str) -> Normalise {
+        let accept = |sort| Normalise {
+            fold_case: true,
+            sort,
+            parameters: true,
+        };
+        match name {
+            "accept" | "accept-encoding" | "accept-charset" => accept(true),
+            "accept-language" => accept(false),
+            _ => Normalise {
+                fold_case: false,
+                sort: false,
+                parameters: false,
+            },
+        }
+    }
+}
+
+/// The members of the comma-separated list in `lines` (field lines, as one list: RFC 9110 5.3),
+/// split outside quoted strings.
+fn members<'r>(lines: impl Iterator<Item = &'r [u8]>) -> SmallVec<[&'r [u8]; 8]> {
+    let mut out = SmallVec::new();
+    for line in lines {
+        let (mut start, mut quoted, mut escaped) = (0, false, false);
+        for (i, &b) in line.iter().enumerate() {
+            match b {
+                _ if escaped => escaped = false,
+                b'\\' if quoted => escaped = true,
+                b'"' => quoted = !quoted,
+                b',' if !quoted => {
+                    out.push(&line[start..i]);
+                    start = i + 1;
+                }
+                _ => {}
+            }
+        }
+        out.push(&line[start..]);
+    }
+    out
+}
+
+/// One list member in normal form: no surrounding whitespace, with `parameters` none around
+/// `;` and `=` (outside quoted strings), with `fold_case` lower case outside quoted strings.
+fn normal_member(member: &[u8], how: Normalise, out: &mut Vec<u8>) {
+    let member = member.trim_ascii();
+    let (mut quoted, mut escaped) = (false, false);
+    for (i, &b) in member.iter().enumerate() {
+        if quoted {
+            out.push(b);
+            match b {
+                _ if escaped => escaped = false,
+                b'\\' => escaped = true,
+                b'"' => quoted = false,
+                _ => {}
+            }
+            continue;
+        }
+        match b {
+            b'"' => {
+                quoted = true;
+                out.push(b);
+            }
+            b' ' | b'\t' if how.parameters => {
+                // dropped before `;`/`=` and after them
+                let next = member[i + 1..].iter().find(|c| !matches!(c, b' ' | b'\t'));
+                let prev = out.last();
+                let around = matches!(next, Some(b';' | b'=')) || matches!(prev, Some(b';' | b'='));
+                if !around {
+                    out.push(b);
+                }
+            }
+            _ if how.fold_case => out.push(b.to_ascii_lowercase()),
+            _ => out.push(b),
+        }
+    }
+}
+
+/// The request's value of field `name` in normal form ([`Normalise`]): its members joined by
+/// `", "`, as several field lines are. A value already in normal form is unchanged, so it
+/// hashes as before normalisation.
+fn normal_value<'r>(name: &str, lines: impl Iterator<Item = &'r [u8]>) -> Vec<u8> {
+    let how = Normalise::of(name);
+    let mut normal: SmallVec<[Vec<u8>; 8]> = members(lines)
+        .into_iter()
+        .filter(|m| !m.trim_ascii().is_empty())
+        .map(|m| {
+            let mut out = Vec::with_capacity(m.len());
+            normal_member(m, how, &mut out);
+            out
+        })
+        .collect();
+    if how.sort {
+        normal.sort_unstable();
+    }
+    normal.join(&b", "[..])
 }
 
 /// The field names raw `Vary` values list, as [`names`] reads them from a header map.
@@ -179,7 +286,8 @@ mod tests {
         ];
         let requests = [
             req(&[]),
-            req(&[("accept-encoding", "gzip, br"), ("x-lang", "en")]),
+            // values in normal form (sorted where order means nothing) hash as they always did
+            req(&[("accept-encoding", "br, gzip"), ("x-lang", "en")]),
             req(&[
                 ("cookie", "a=1"),
                 ("cookie", "b=2"),
@@ -237,6 +345,36 @@ mod tests {
             variance_(&stored("X-LANG"), &r),
             variance_(&stored("x-lang"), &r)
         );
+    }
+
+    #[test]
+    fn values_are_normalised_as_their_field_allows() {
+        let n = |name: &str, lines: &[&str]| {
+            String::from_utf8(normal_value(name, lines.iter().map(|l| l.as_bytes()))).unwrap()
+        };
+        assert_eq!(
+            n("accept-language", &["EN-us ,fr ; q=0.5,,"]),
+            "en-us, fr;q=0.5"
+        );
+        assert_eq!(n("accept-language", &["fr", "en"]), "fr, en", "order kept");
+        assert_eq!(
+            n("accept", &["Text/HTML;Q=0.9, */*"]),
+            "*/*, text/html;q=0.9"
+        );
+        assert_eq!(n("accept-encoding", &["gzip", " BR;q=1"]), "br;q=1, gzip");
+        assert_eq!(n("x-device", &[" Mobile , x "]), "Mobile, x", "case kept");
+        assert_eq!(
+            n("x-q", &["\"a, b\" , c"]),
+            "\"a, b\", c",
+            "quoted commas are not separators"
+        );
+        assert_eq!(
+            n("accept", &["text/plain;format=\"A ; B\""]),
+            "text/plain;format=\"A ; B\"",
+            "quoted strings keep case and spaces"
+        );
+        assert_eq!(n("x-empty", &[]), "");
+        assert_eq!(n("x-empty", &[" , "]), "");
     }
 
     #[test]
