@@ -525,6 +525,11 @@ action = "cache"
             assert_eq!(r.status, 502, "{path} was served stale: {cs}");
         }
     }
+    // a client that asks for validation (RFC 9111 5.2.1.4, 5.2.1.1) does not get it stale
+    for cc in ["no-cache", "max-age=0"] {
+        let r = get_with(&node, "/plain", &[("Cache-Control", cc)]);
+        assert_eq!(r.status, 502, "request {cc}: {}", r.cache_status());
+    }
     let served = metric_sum(
         &node.metrics(),
         "outpost_cache_stale_served_total",

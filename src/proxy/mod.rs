@@ -450,7 +450,8 @@ impl ProxyHttp for OutpostProxy {
     /// revalidates), else the failure for stale-if-error, which covers an unreachable or
     /// timed-out origin and 500/502/503/504 (RFC 5861 4), not other errors, within the
     /// response's window; past it, only an origin that cannot be reached at all, for a response
-    /// that may be served stale when disconnected (RFC 9111 4.2.4, [`freshness::DISCONNECTED`]).
+    /// that may be served stale when disconnected (RFC 9111 4.2.4, [`freshness::DISCONNECTED`])
+    /// to a request that did not ask for validation.
     fn should_serve_stale(
         &self,
         session: &mut Session,
@@ -484,6 +485,8 @@ impl ProxyHttp for OutpostProxy {
         } else if status.is_none()
             && unreachable(error)
             && meta.stale_if_error_sec() == freshness::DISCONNECTED
+            // the client asked for validation (no-cache, max-age, min-fresh): 4.2.4
+            && ctx.forward != Some(Forward::Request)
         {
             StaleReason::Disconnected
         } else {
