@@ -77,25 +77,26 @@ pub(super) fn rule(
             Vec::new()
         },
     };
-    let mut stale = StaleConfig {
-        while_revalidate: duration(
-            errs,
-            &key("stale.while_revalidate"),
-            r.stale.while_revalidate.as_ref(),
-            Duration::ZERO,
-            LIFETIME,
-        ),
-        if_error: duration(
-            errs,
-            &key("stale.if_error"),
-            r.stale.if_error.as_ref(),
-            Duration::ZERO,
-            LIFETIME,
-        ),
-        disconnected: true,
+    let while_revalidate = duration(
+        errs,
+        &key("stale.while_revalidate"),
+        r.stale.while_revalidate.as_ref(),
+        Duration::ZERO,
+        LIFETIME,
+    );
+    let if_error = duration(
+        errs,
+        &key("stale.if_error"),
+        r.stale.if_error.as_ref(),
+        Duration::ZERO,
+        LIFETIME,
+    );
+    let stale = StaleConfig {
+        while_revalidate,
+        if_error,
+        // "0s" said in so many words also turns off serving stale when disconnected
+        disconnected: r.stale.if_error.is_none() || !if_error.is_zero(),
     };
-    // "0s" said in so many words also turns off serving stale when disconnected
-    stale.disconnected = r.stale.if_error.is_none() || !stale.if_error.is_zero();
     for (name, d) in [
         ("stale.while_revalidate", stale.while_revalidate),
         ("stale.if_error", stale.if_error),

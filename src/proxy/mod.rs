@@ -485,6 +485,8 @@ impl ProxyHttp for OutpostProxy {
         } else if status.is_none()
             && unreachable(error)
             && meta.stale_if_error_sec() == freshness::DISCONNECTED
+            // a reload may have turned it off since the object was stored
+            && ctx.rule().config.stale.disconnected
             // the client asked for validation (no-cache, max-age, min-fresh): 4.2.4
             && ctx.forward != Some(Forward::Request)
         {
