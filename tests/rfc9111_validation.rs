@@ -643,4 +643,21 @@ fn client_conditional_requests_answered_from_cache() {
         assert_hit(&r, &format!("{k}: {v}"));
     }
     assert_eq!(origin.hits("/cond"), 1);
+
+    // RFC 9110 13.1.2: `*` matches any current representation, one without an ETag too
+    origin.set(
+        "/no-etag",
+        Reply::ok("plain").header("Cache-Control", "max-age=3600"),
+    );
+    assert_stored_miss(&get(&node, "/no-etag"), "no ETag");
+    for path in ["/cond", "/no-etag"] {
+        let r = get_with(&node, path, &[("If-None-Match", "*")]);
+        assert_eq!(
+            r.status,
+            304,
+            "{path}: If-None-Match: * ({})",
+            r.cache_status()
+        );
+    }
+    assert_eq!(origin.hits("/no-etag"), 1);
 }

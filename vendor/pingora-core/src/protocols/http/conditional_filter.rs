@@ -44,6 +44,16 @@ pub fn not_modified_filter(req: &RequestHeader, resp: &ResponseHeader) -> bool {
     // for certain origins/clients.
 
     if req.headers.contains_key(IF_NONE_MATCH) {
+        // Outpost patch: `*` matches any current representation, with or without an ETag
+        // (RFC 9110 13.1.2); a GET or HEAD for one gets 304
+        if req
+            .headers
+            .get_all(IF_NONE_MATCH)
+            .iter()
+            .any(|inm| inm.as_bytes().trim_ascii() == b"*")
+        {
+            return true;
+        }
         if let Some(etag) = resp.headers.get(ETAG) {
             for inm in req.headers.get_all(IF_NONE_MATCH) {
                 if weak_validate_etag(inm.as_bytes(), etag.as_bytes()) {
