@@ -141,7 +141,7 @@ fn understood(status: StatusCode) -> bool {
 
 /// The `stale_if_error` a stored response carries when it may be served stale however stale
 /// it is once the origin cannot be reached (RFC 9111 4.2.4): Pingora then always asks
-/// `should_serve_stale`, which holds 5xx answers and timeouts to [`stale_if_error_window`].
+/// `should_serve_stale`, which holds 5xx answers and timeouts to [`within_stale_if_error`].
 pub const DISCONNECTED: u32 = u32::MAX;
 
 /// The stale windows of a response: its own `stale-while-revalidate` / `stale-if-error`
@@ -176,13 +176,16 @@ fn stale_windows(cc: Option<&CacheControl>, rule: &RuleConfig, defaults: bool) -
     )
 }
 
-/// How long past expiry a stored response (`status`, fields `stored`) may be served when the
-/// origin fails (times out, answers 500/502/503/504), as `rule` and the response say; serving
-/// it when the origin cannot be reached at all is [`DISCONNECTED`]'s concern.
-pub fn stale_if_error_window(status: StatusCode, stored: &HeaderMap, rule: &RuleConfig) -> u32 {
-    let (cc, _) = super::targeted::directives(stored, &rule.ttl.targeted);
-    let defaults = admitted_without_freshness(status, rule);
-    stale_windows(cc.as_ref(), rule, defaults).1
+/// Whether the stored response `meta` is, at `now`, within the time past expiry it may be
+/// served when the origin fails (times out, answers 500/502/503/504), as `rule` and the
+/// response say; serving it when the origin cannot be reached at all is [`DISCONNECTED`]'s
+/// concern.
+pub fn within_stale_if_error(meta: &CacheMeta, rule: &RuleConfig, now: SystemTime) -> bool {
+    let (cc, _) = super::targeted::directives(meta.headers(), &rule.ttl.targeted);
+    let defaults = admitted_without_freshness(meta.response_header().status, rule);
+    let window = stale_windows(cc.as_ref(), rule, defaults).1;
+    now.duration_since(meta.fresh_until())
+        .map_or(true, |stale| stale.as_secs() <= u64::from(window))
 }
 
 /// Whether `rule` stores responses with `status` without explicit freshness: listed in

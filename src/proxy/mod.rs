@@ -386,12 +386,7 @@ impl ProxyHttp for OutpostProxy {
             }
             // The origin failed moments ago: within the stale-if-error window, answer stale
             // without asking it again, so an outage does not pile requests onto it.
-            let window = freshness::stale_if_error_window(
-                meta.response_header().status,
-                meta.headers(),
-                &ctx.rule().config,
-            );
-            if seconds_between(now, meta.fresh_until()) <= i64::from(window)
+            if freshness::within_stale_if_error(meta, &ctx.rule().config, now)
                 && ctx.origin().is_some_and(Pool::is_failing)
             {
                 ctx.stale = Some((StaleReason::IfError, None));
@@ -474,19 +469,14 @@ impl ProxyHttp for OutpostProxy {
         let Some(meta) = session.cache.maybe_cache_meta() else {
             return false;
         };
-        let staleness = seconds_between(SystemTime::now(), meta.fresh_until());
-        let window = freshness::stale_if_error_window(
-            meta.response_header().status,
-            meta.headers(),
-            &ctx.rule().config,
-        );
-        let reason = if staleness <= i64::from(window) {
+        let rule = &ctx.rule().config;
+        let reason = if freshness::within_stale_if_error(meta, rule, SystemTime::now()) {
             StaleReason::IfError
         } else if status.is_none()
             && unreachable(error)
             && meta.stale_if_error_sec() == freshness::DISCONNECTED
             // a reload may have turned it off since the object was stored
-            && ctx.rule().config.stale.disconnected
+            && rule.stale.disconnected
             // the client asked for validation (no-cache, max-age, min-fresh): 4.2.4
             && ctx.forward != Some(Forward::Request)
         {
