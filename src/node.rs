@@ -112,7 +112,10 @@ pub struct Node {
 /// Request-specific reasons a response was not stored; the key may still be cacheable for
 /// other requests, so the predictor must not remember them.
 fn request_specific(reason: &'static str) -> bool {
-    matches!(reason, "authorization" | "request-no-store")
+    matches!(
+        reason,
+        "authorization" | "request-no-store" | "partial" | "range-answer"
+    )
 }
 
 impl Node {
@@ -150,11 +153,10 @@ impl Node {
                 metrics.storage.clone(),
             )
         });
-        let storage: &'static TieredStorage = Box::leak(Box::new(TieredStorage::new(
-            memory,
-            disk,
-            metrics.storage.clone(),
-        )));
+        let storage: &'static TieredStorage = Box::leak(Box::new(
+            TieredStorage::new(memory, disk, metrics.storage.clone())
+                .with_parts(cache.partial_size),
+        ));
         let cache_lock: &'static CacheKeyLockImpl =
             Box::leak(CacheLock::new_boxed(config.cache.lock_age_timeout));
         let predictor: &'static Predictor<16> =

@@ -5,6 +5,7 @@ pub mod disk;
 pub mod entry;
 pub mod freshness;
 pub mod memory;
+pub mod partial;
 pub mod ranges;
 pub mod request;
 pub mod status;

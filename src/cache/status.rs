@@ -20,6 +20,8 @@ pub enum Forward {
     Request,
     /// The stored response was stale and had to be validated or replaced.
     Stale,
+    /// Parts of the response were held; the origin was asked for the rest.
+    Partial,
 }
 
 impl Forward {
@@ -33,6 +35,7 @@ impl Forward {
             Forward::Miss => "miss",
             Forward::Request => "request",
             Forward::Stale => "stale",
+            Forward::Partial => "partial",
         }
     }
 }

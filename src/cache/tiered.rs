@@ -28,6 +28,7 @@ use super::entry::{
 use super::memory::{
     concat, hash, purged, Committed, CompleteHit, Continuation, MemoryMiss, MemoryTier,
 };
+use super::partial::PartialStore;
 use super::ranges::announced_length;
 use crate::metrics::StorageMetrics;
 use async_trait::async_trait;
@@ -60,6 +61,8 @@ pub struct TieredStorage {
     arriving: Mutex<BTreeMap<u64, usize>>,
     /// Bumped after a sweep changes an object on disk (promotions check it).
     sweeps: AtomicU64,
+    /// Parts of objects from 206 responses (purged with their URL).
+    parts: Option<PartialStore>,
 }
 
 /// What a sweep does with one stored object.
@@ -87,7 +90,9 @@ pub struct SweepReport {
 }
 
 /// An object on its way into the tiers (see [`TieredStorage::oldest_arriving`]).
-struct Arriving {
+/// An object counted as on its way into the storage until this drops
+/// ([`TieredStorage::oldest_arriving`]).
+pub struct Arriving {
     storage: &'static TieredStorage,
     ms: u64,
 }
@@ -117,12 +122,24 @@ impl TieredStorage {
             metrics,
             arriving: Mutex::new(BTreeMap::new()),
             sweeps: AtomicU64::new(0),
+            parts: None,
         }
+    }
+
+    /// This storage with a store of parts of 206 responses, `capacity` bytes (0: none).
+    pub fn with_parts(mut self, capacity: u64) -> Self {
+        self.parts = (capacity > 0).then(|| PartialStore::new(capacity));
+        self
+    }
+
+    /// The store of parts of 206 responses, when the node keeps them.
+    pub fn parts(&self) -> Option<&PartialStore> {
+        self.parts.as_ref()
     }
 
     /// Count an object confirmed by the origin at `confirmed` as arriving until the guard
     /// drops (after it is stored or abandoned).
-    fn arriving(&'static self, confirmed: SystemTime) -> Arriving {
+    pub fn arriving(&'static self, confirmed: SystemTime) -> Arriving {
         let ms = to_ms(confirmed);
         *self.arriving.lock().entry(ms).or_default() += 1;
         Arriving { storage: self, ms }
@@ -187,6 +204,19 @@ impl TieredStorage {
                 seen += 1;
                 if seen.is_multiple_of(4096) {
                     tokio::task::yield_now().await;
+                }
+            }
+        }
+        if let Some(parts) = &self.parts {
+            // parts are not kept stale: whatever a ban covers is dropped
+            for (slot, held) in parts.sets() {
+                report.visited += 1;
+                let stored = Stored {
+                    primary: held.primary_key().map(Bytes::copy_from_slice),
+                    meta: held.meta(),
+                };
+                if judge(&stored) != SweepAction::Keep {
+                    report.removed += u64::from(parts.remove_slot(slot));
                 }
             }
         }
@@ -394,7 +424,7 @@ impl Storage for TieredStorage {
             return Ok(PurgeOutcome::NotFound);
         }
         let key = hash(target.key());
-        let mut found = false;
+        let mut found = self.parts.as_ref().is_some_and(|p| p.remove(target.key()));
         if let Some(memory) = self.memory {
             found |= !matches!(
                 memory.purge(target, purge_type, trace).await?,
@@ -413,7 +443,8 @@ impl Storage for TieredStorage {
         trace: &SpanHandle,
     ) -> Result<PurgeOutcome> {
         let key = hash(target.key());
-        let mut found = false;
+        // parts are not kept stale: an expiry drops them
+        let mut found = self.parts.as_ref().is_some_and(|p| p.remove(target.key()));
         if let Some(memory) = self.memory {
             found |= !matches!(memory.expire(target, trace).await?, PurgeOutcome::NotFound);
         }

@@ -151,7 +151,7 @@ pub(super) fn describe(c: &Config) -> String {
     let k = &c.cache;
     let _ = writeln!(
         o,
-        "[cache]\ndir = \"{}\"\ntiers = \"{}\"\nmemory_size = {}\nmax_object_size = {}\ndisk_size = {}\ndisk_max_object_size = {}\nlock_wait_timeout = {}\nlock_age_timeout = {}\nheuristic_max_ttl = {}\nstream_fills = {}\ntargeted_fields = {}\nstrip_targeted = {}\n",
+        "[cache]\ndir = \"{}\"\ntiers = \"{}\"\nmemory_size = {}\nmax_object_size = {}\ndisk_size = {}\ndisk_max_object_size = {}\nlock_wait_timeout = {}\nlock_age_timeout = {}\nheuristic_max_ttl = {}\nstream_fills = {}\npartial_size = {}\ntargeted_fields = {}\nstrip_targeted = {}\n",
         k.dir.display(),
         k.tiers.as_str(),
         k.memory_size,
@@ -162,6 +162,7 @@ pub(super) fn describe(c: &Config) -> String {
         dur(k.lock_age_timeout),
         dur(k.heuristic_max_ttl),
         k.stream_fills,
+        k.partial_size,
         names(&k.targeted_fields),
         names(&k.strip_targeted)
     );

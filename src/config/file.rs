@@ -300,6 +300,8 @@ pub struct CacheSection {
     pub strip_targeted: Option<Vec<String>>,
     /// Largest object the disk tier stores.
     pub disk_max_object_size: Option<SizeValue>,
+    /// Memory for parts of objects stored from 206 responses.
+    pub partial_size: Option<SizeValue>,
 }
 
 /// One `[[origins]]` entry.

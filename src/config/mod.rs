@@ -274,6 +274,9 @@ pub struct CacheConfig {
     /// Coalesced waiters stream a fill while it is written (Varnish-like) instead of waiting
     /// for the complete object (nginx-like).
     pub stream_fills: bool,
+    /// Memory for parts of objects stored from 206 answers to range requests (0: range
+    /// misses fetch and store the whole object instead).
+    pub partial_size: u64,
 }
 
 /// The storage tiers a node runs.

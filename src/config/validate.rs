@@ -293,6 +293,13 @@ pub(super) fn validate(f: FileConfig, path: &Path) -> Result<Config, ConfigError
             LIFETIME,
         ),
         stream_fills: c.stream_fills.unwrap_or(false),
+        partial_size: size(
+            &mut errs,
+            "cache.partial_size",
+            c.partial_size.as_ref(),
+            64 << 20,
+            0..=*MEMORY_TIER.end(),
+        ),
         targeted_fields: header_names(
             &mut errs,
             "cache.targeted_fields",

@@ -76,10 +76,11 @@ impl OutpostProxy {
         };
         let metrics = &self.node.metrics;
         let seconds = ctx.start.elapsed().as_secs_f64();
-        let served_from_cache = matches!(
-            session.cache.phase(),
-            CachePhase::Hit | CachePhase::Stale | CachePhase::StaleUpdating
-        );
+        let served_from_cache = ctx.from_parts.is_some()
+            || matches!(
+                session.cache.phase(),
+                CachePhase::Hit | CachePhase::Stale | CachePhase::StaleUpdating
+            );
         let source = match (served_from_cache, ctx.hit_source) {
             (true, Some(tier)) => tier,
             _ if ctx.origin_start.is_some() && ctx.upstream_status.is_some() => Source::Upstream,

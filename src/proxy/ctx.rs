@@ -74,6 +74,10 @@ pub struct RequestCtx {
     pub(super) decided_by: Option<&'static str>,
     /// The cache key a trusted edge sent (this node is its shield), decoded once.
     pub(super) edge_key: Option<String>,
+    /// A range request on the partial path (parts of 206 responses).
+    pub(super) partial: Option<partial::Partial>,
+    /// Answered from held parts: their remaining freshness in seconds.
+    pub(super) from_parts: Option<i64>,
 }
 
 impl RequestCtx {
@@ -118,6 +122,8 @@ impl RequestCtx {
             trace: None,
             decided_by: None,
             edge_key: None,
+            partial: None,
+            from_parts: None,
         }
     }
 

@@ -78,6 +78,7 @@ mod answers;
 mod ctx;
 mod errors;
 mod invalidate;
+mod partial;
 mod status;
 
 use answers::plain_response;
@@ -149,6 +150,19 @@ impl OutpostProxy {
             return None;
         }
         tier::decode_key(value)
+    }
+
+    /// The key a request is looked up under: a trusted edge's, else its rule's.
+    fn lookup_key(&self, session: &Session, ctx: &RequestCtx) -> CacheKey {
+        if let Some(primary) = ctx.edge_key.clone() {
+            // a trusted edge's key: both tiers store the object under one key
+            let hash = pingora_cache::key::hash_key(&primary);
+            let mut key = CacheKey::new(primary, String::new());
+            key.set_primary_bin_override(hash);
+            return key;
+        }
+        let req = session.req_header();
+        cache_key_for(ctx.rule(), &ctx.host, req, req.uri.path(), req.uri.query())
     }
 
     /// The hash a request is placed by (ketama): its primary cache key (computed as its rule
@@ -246,7 +260,10 @@ impl ProxyHttp for OutpostProxy {
             self.redirect_to_https(session, ctx).await?;
             return Ok(true);
         }
-        self.rate_limit(session, ctx, Phase::Every).await
+        if self.rate_limit(session, ctx, Phase::Every).await? {
+            return Ok(true);
+        }
+        self.answer_from_parts(session, ctx).await
     }
 
     fn request_cache_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<()> {
@@ -277,21 +294,7 @@ impl ProxyHttp for OutpostProxy {
     }
 
     fn cache_key_callback(&self, session: &Session, ctx: &mut RequestCtx) -> Result<CacheKey> {
-        let req = session.req_header();
-        if let Some(primary) = ctx.edge_key.clone() {
-            // a trusted edge's key: both tiers store the object under one key
-            let hash = pingora_cache::key::hash_key(&primary);
-            let mut key = CacheKey::new(primary, String::new());
-            key.set_primary_bin_override(hash);
-            return Ok(key);
-        }
-        Ok(cache_key_for(
-            ctx.rule(),
-            &ctx.host,
-            req,
-            req.uri.path(),
-            req.uri.query(),
-        ))
+        Ok(self.lookup_key(session, ctx))
     }
 
     fn cache_miss(&self, session: &mut Session, ctx: &mut RequestCtx) {
@@ -515,6 +518,7 @@ impl ProxyHttp for OutpostProxy {
             session.cache.disable(NoCacheReason::Custom("rate-limited"));
             return Ok(false);
         }
+        self.plan_partial(session, ctx);
         ctx.origin_start = Some(Instant::now());
         Ok(true)
     }
@@ -717,6 +721,7 @@ impl ProxyHttp for OutpostProxy {
         }
         headers::apply_request(&ctx.routing.headers.request, upstream)?;
         headers::apply_request(&ctx.rule().config.headers.request, upstream)?;
+        Self::partial_request(ctx, upstream)?;
         if let Some(encoding) = self.negotiated(session.req_header(), ctx) {
             // the origin is asked for this client's variant only; what it cannot encode,
             // Pingora's upstream compression does before the body is stored
@@ -801,6 +806,7 @@ impl ProxyHttp for OutpostProxy {
                 return Err(total_timeout_error());
             }
         }
+        Self::partial_response(resp, ctx)?;
         if status == 304 {
             // Pingora merges only a few fields of a 304 into the stored header; keep them all
             // for response_cache_filter (RFC 9111 4.3.4).
@@ -852,6 +858,16 @@ impl ProxyHttp for OutpostProxy {
         resp: &ResponseHeader,
         ctx: &mut RequestCtx,
     ) -> Result<RespCacheable> {
+        if let Some(decided) = self.partial_storage(session, resp, ctx) {
+            return Ok(decided);
+        }
+        if resp.status == StatusCode::PARTIAL_CONTENT {
+            // a part is never the URL's response (RFC 9111 3.3), whatever it was sent for
+            ctx.not_stored = Some(partial::RANGE_ANSWER);
+            return Ok(RespCacheable::Uncacheable(NoCacheReason::Custom(
+                partial::RANGE_ANSWER,
+            )));
+        }
         let now = SystemTime::now();
         let heuristic_max = self.node.config.cache.heuristic_max_ttl;
         let merged = match ctx.not_modified.take() {
@@ -944,6 +960,17 @@ impl ProxyHttp for OutpostProxy {
             self.invalidate_after_unsafe(session, resp, ctx).await;
         }
         Ok(())
+    }
+
+    fn response_body_filter(
+        &self,
+        _session: &mut Session,
+        body: &mut Option<Bytes>,
+        _end_of_stream: bool,
+        ctx: &mut RequestCtx,
+    ) -> Result<Option<Duration>> {
+        self.partial_body(body, ctx);
+        Ok(None)
     }
 
     async fn fail_to_proxy(

@@ -34,6 +34,25 @@ impl OutpostProxy {
                 .or(ctx.miss)
                 .unwrap_or(default)
         };
+        if let Some(ttl) = ctx.from_parts {
+            return CacheStatus::Hit {
+                ttl,
+                stale: false,
+                collapsed: false,
+                detail: Some(partial::PARTIAL),
+            };
+        }
+        if let Some(p) = ctx.partial.as_ref().filter(|p| p.taken()) {
+            return CacheStatus::Forward {
+                fwd: match p.spliced() {
+                    true => Forward::Partial,
+                    false => forward(Forward::UriMiss),
+                },
+                status: ctx.upstream_status,
+                stored: p.keeping(),
+                detail: ctx.not_stored.or(Some(partial::PARTIAL)),
+            };
+        }
         match session.cache.phase() {
             CachePhase::Hit | CachePhase::Stale | CachePhase::StaleUpdating => {
                 let meta = session.cache.cache_meta();
