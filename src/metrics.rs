@@ -404,6 +404,10 @@ pub struct Metrics {
     pub memory_bytes: IntGauge,
     /// Memory tier capacity.
     pub memory_capacity: IntGauge,
+    /// Objects with parts held from 206 responses (set at scrape).
+    pub partial_objects: IntGauge,
+    /// Bytes of those parts, as counted against `cache.partial_size` (set at scrape).
+    pub partial_bytes: IntGauge,
     /// Unsafe-method invalidations performed.
     pub invalidations: IntCounter,
     /// Disk tier objects (set at scrape).
@@ -548,6 +552,14 @@ impl Metrics {
         let memory_capacity = IntGauge::new(
             "outpost_cache_memory_capacity_bytes",
             "Configured memory tier capacity",
+        )?;
+        let partial_objects = IntGauge::new(
+            "outpost_cache_partial_objects",
+            "Objects with parts held from 206 responses (partial content)",
+        )?;
+        let partial_bytes = IntGauge::new(
+            "outpost_cache_partial_bytes",
+            "Bytes of parts held from 206 responses, as counted against cache.partial_size",
         )?;
         let invalidations = IntCounter::new(
             "outpost_cache_invalidations_total",
@@ -748,6 +760,8 @@ impl Metrics {
         registry.register(Box::new(memory_objects.clone()))?;
         registry.register(Box::new(memory_bytes.clone()))?;
         registry.register(Box::new(memory_capacity.clone()))?;
+        registry.register(Box::new(partial_objects.clone()))?;
+        registry.register(Box::new(partial_bytes.clone()))?;
         registry.register(Box::new(invalidations.clone()))?;
         memory_capacity.set(i64::try_from(memory_capacity_bytes).unwrap_or(i64::MAX));
         let mut requests = Vec::new();
@@ -892,6 +906,8 @@ impl Metrics {
             memory_objects,
             memory_bytes,
             memory_capacity,
+            partial_objects,
+            partial_bytes,
             invalidations,
             disk_objects,
             disk_queued_bytes,

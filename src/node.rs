@@ -326,6 +326,10 @@ impl Node {
             self.metrics.memory_objects.set(memory.objects() as i64);
             self.metrics.memory_bytes.set(memory.bytes() as i64);
         }
+        if let Some(parts) = self.storage.parts() {
+            self.metrics.partial_objects.set(parts.len() as i64);
+            self.metrics.partial_bytes.set(parts.weight() as i64);
+        }
         if let Some(cluster) = &self.cluster {
             cluster.refresh_gauges();
         }

@@ -187,6 +187,10 @@ fn a_206_is_stored_and_ranges_inside_it_are_hits() {
     assert_part(&r, LEN - 5, LEN - 1, "suffix inside the held tail");
     assert_hit(&r, "suffix inside the held tail");
     assert_eq!(origin.hits("/v.mp4"), 2);
+    let m = node.metrics();
+    assert_eq!(metric_sum(&m, "outpost_cache_partial_objects", &[]), 1.0);
+    let held = metric_sum(&m, "outpost_cache_partial_bytes", &[]);
+    assert!(held >= 1010.0, "parts of 1,010 bytes counted as {held}");
 }
 
 /// "Fetch only what is missing": a range partly held asks the origin for the missing span
@@ -546,4 +550,55 @@ fn parts_answer_their_own_variant_only() {
         "another variant's part was served"
     );
     assert_eq!(origin.hits("/l.bin"), 2);
+}
+
+/// A bad origin answer is passed on as it is and never kept: a 206 cut short (the client's
+/// response fails, nothing of it is held) and a 206 whose `Content-Range` cannot be read.
+#[test]
+fn broken_206_answers_are_never_kept() {
+    let origin = TestOrigin::start();
+    let body = generated_body(0, LEN);
+    let b = body.clone();
+    origin.set_handler("/cut.bin", move |req, n| {
+        let reply = ranged(req, &b, "\"x\"", "max-age=600");
+        if n == 1 {
+            reply.truncate_after(100)
+        } else {
+            reply
+        }
+    });
+    origin.set(
+        "/bad.bin",
+        Reply::new(206)
+            .header("Cache-Control", "max-age=600")
+            .header("ETag", "\"b\"")
+            .header("Content-Range", "bytes 0-9/*")
+            .body(body[..10].to_vec()),
+    );
+    let node = NodeConfig::new(&origin.url()).start();
+    let cut = try_fetch(
+        node.client()
+            .get(node.url("/cut.bin"))
+            .header("Range", "bytes=0-999")
+            .send(),
+    );
+    assert!(
+        cut.as_ref().map_or(true, |r| r.body.len() < 1000),
+        "a cut answer looked whole"
+    );
+    let r = get_range(&node, "/cut.bin", "bytes=0-9");
+    assert_part(&r, 0, 9, "after the cut answer");
+    assert!(!cs_has(&r.cache_status(), "hit"), "a cut part was kept");
+    assert_eq!(
+        last_asked(&origin, "/cut.bin"),
+        (Some("bytes=0-9".into()), None)
+    );
+
+    for i in 1..=2 {
+        let r = get_range(&node, "/bad.bin", "bytes=0-9");
+        assert_eq!(r.status, 206);
+        assert_eq!(r.header("content-range").as_deref(), Some("bytes 0-9/*"));
+        assert!(!cs_has(&r.cache_status(), "stored"), "{}", r.cache_status());
+        assert_eq!(origin.hits("/bad.bin"), i);
+    }
 }

@@ -513,6 +513,16 @@ impl PartialStore {
         self.capacity.saturating_sub(PARTS_OVERHEAD)
     }
 
+    /// Objects with parts held.
+    pub fn len(&self) -> usize {
+        self.sets.len()
+    }
+
+    /// Whether no parts are held.
+    pub fn is_empty(&self) -> bool {
+        self.sets.is_empty()
+    }
+
     /// Bytes held (as counted against the capacity).
     pub fn weight(&self) -> u64 {
         self.sets.weight()
