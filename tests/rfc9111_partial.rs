@@ -130,9 +130,18 @@ fn assert_parts_gone(node: &Node, origin: &TestOrigin, path: &str) {
 
 /// A full GET that is a hit, waiting (bounded) for a background store to land.
 fn wait_for_hit(node: &Node, path: &str, what: &str) -> Fetched {
+    wait_for(node, path, &[], what)
+}
+
+/// A range GET that is a hit, waiting (bounded) for a background store to land.
+fn wait_for_range_hit(node: &Node, path: &str, range: &str) -> Fetched {
+    wait_for(node, path, &[("Range", range)], range)
+}
+
+fn wait_for(node: &Node, path: &str, headers: &[(&str, &str)], what: &str) -> Fetched {
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
-        let r = get(node, path);
+        let r = get_with(node, path, headers);
         if cs_has(&r.cache_status(), "hit") || Instant::now() > deadline {
             assert_hit(&r, what);
             return r;
@@ -601,4 +610,31 @@ fn broken_206_answers_are_never_kept() {
         assert!(!cs_has(&r.cache_status(), "stored"), "{}", r.cache_status());
         assert_eq!(origin.hits("/bad.bin"), i);
     }
+}
+
+/// RFC 9111 4: the most recent stored response is the one used. A complete response stored
+/// after parts were (a plain GET, here of a changed representation) replaces them.
+#[test]
+fn a_complete_response_stored_later_replaces_the_parts() {
+    let origin = TestOrigin::start();
+    let old = generated_body(0, LEN);
+    serve(&origin, "/r.bin", old.clone(), "\"r1\"", "max-age=600");
+    let node = NodeConfig::new(&origin.url()).start();
+    assert_part(
+        &get_range(&node, "/r.bin", "bytes=0-999"),
+        0,
+        999,
+        "old part",
+    );
+    let new: Vec<u8> = old.iter().map(|b| b ^ 0x55).collect();
+    serve(&origin, "/r.bin", new.clone(), "\"r2\"", "max-age=600");
+    let r = get(&node, "/r.bin");
+    assert!(r.body == new, "plain GET");
+    let r = wait_for_range_hit(&node, "/r.bin", "bytes=0-99");
+    assert_eq!(r.header("etag").as_deref(), Some("\"r2\""));
+    assert!(
+        r.body == new[..100],
+        "an older part was used after a newer complete response"
+    );
+    assert_eq!(origin.hits("/r.bin"), 2);
 }

@@ -887,6 +887,9 @@ impl ProxyHttp for OutpostProxy {
             Ok(decision) => {
                 ctx.not_stored = None;
                 ctx.decided_by = decision.targeted.as_ref().map(targeted::detail);
+                // the newest stored response is the one used (RFC 9111 4): parts of the URL
+                // from before it go
+                self.drop_parts(session);
                 Ok(RespCacheable::Cacheable(freshness::build_meta(
                     resp, &decision, now,
                 )))

@@ -365,12 +365,8 @@ impl OutpostProxy {
         match resp.status {
             StatusCode::PARTIAL_CONTENT => {}
             StatusCode::RANGE_NOT_SATISFIABLE => return uncacheable(RANGE_ANSWER),
-            StatusCode::OK => {
-                if let Some(store) = self.node.storage.parts() {
-                    store.remove(&p.key);
-                }
-                return None;
-            }
+            // stored as usual, and then replaces the parts (response_cache_filter)
+            StatusCode::OK => return None,
             _ => return None,
         }
         let Some(mut taking) = p.taking.take() else {
@@ -422,6 +418,17 @@ impl OutpostProxy {
             p.taking = Some(taking);
         }
         uncacheable(PARTIAL)
+    }
+
+    /// Drop the parts held for the URL of `session` (a complete response is being stored).
+    pub(super) fn drop_parts(&self, session: &Session) {
+        let (Some(store), Some(key)) = (self.node.storage.parts(), session.cache.maybe_cache_key())
+        else {
+            return;
+        };
+        if !store.is_empty() {
+            store.remove(key);
+        }
     }
 
     /// A body chunk of a taken 206: held bytes go around it, and it is kept for the part.
