@@ -2,6 +2,7 @@
 //!
 //! Pingora wants `&'static` storage, lock and predictor: they are leaked here, exactly once.
 
+use crate::cache::partial::{PARTIAL, RANGE_ANSWER};
 use crate::cache::{DiskTier, MemoryTier, TieredStorage};
 use crate::cluster::Cluster;
 use crate::config::{ClientIpConfig, Config, HeaderPolicy, Overrides, ShieldConfig};
@@ -16,8 +17,12 @@ use crate::tls::reload::Tls;
 use crate::upstream::{Pool, Tier};
 use anyhow::Context;
 use arc_swap::ArcSwap;
-use pingora_cache::lock::{CacheKeyLockImpl, CacheLock};
+use pingora_cache::key::CacheKey;
+use pingora_cache::lock::{
+    CacheKeyLock, CacheKeyLockImpl, CacheLock, LockStatus, Locked, ReadLock, WritePermit,
+};
 use pingora_cache::predictor::Predictor;
+use pingora_cache::trace::Span;
 use std::sync::Arc;
 
 /// What a configuration reload replaces, swapped as one: the rules and the origins they refer to.
@@ -109,12 +114,38 @@ pub struct Node {
     pub top_keys: TopKeys,
 }
 
+/// Pingora's cache lock, except that a fill abandoned because its response is a part (a
+/// range request's 206 or 416) lets the next waiting request fetch and store the object
+/// (Pingora's default for custom reasons lets every waiter fetch it uncached).
+struct FillLock(CacheLock);
+
+impl CacheKeyLock for FillLock {
+    fn lock(&self, key: &CacheKey, stale_writer: bool) -> Locked {
+        self.0.lock(key, stale_writer)
+    }
+
+    fn release(&self, key: &CacheKey, permit: WritePermit, reason: LockStatus) {
+        self.0.release(key, permit, reason)
+    }
+
+    fn trace_lock_wait(&self, span: &mut Span, read_lock: &ReadLock, status: LockStatus) {
+        self.0.trace_lock_wait(span, read_lock, status)
+    }
+
+    fn custom_lock_status(&self, reason: &'static str) -> LockStatus {
+        match reason {
+            PARTIAL | RANGE_ANSWER => LockStatus::TransientError,
+            other => self.0.custom_lock_status(other),
+        }
+    }
+}
+
 /// Request-specific reasons a response was not stored; the key may still be cacheable for
 /// other requests, so the predictor must not remember them.
 fn request_specific(reason: &'static str) -> bool {
     matches!(
         reason,
-        "authorization" | "request-no-store" | "partial" | "range-answer"
+        "authorization" | "request-no-store" | PARTIAL | RANGE_ANSWER
     )
 }
 
@@ -157,8 +188,9 @@ impl Node {
             TieredStorage::new(memory, disk, metrics.storage.clone())
                 .with_parts(cache.partial_size),
         ));
-        let cache_lock: &'static CacheKeyLockImpl =
-            Box::leak(CacheLock::new_boxed(config.cache.lock_age_timeout));
+        let cache_lock: &'static CacheKeyLockImpl = Box::leak(Box::new(FillLock(CacheLock::new(
+            config.cache.lock_age_timeout,
+        ))));
         let predictor: &'static Predictor<16> =
             Box::leak(Box::new(Predictor::new(4096, Some(request_specific))));
         let tls = match config.listen.https.is_empty() {

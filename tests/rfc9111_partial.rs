@@ -128,22 +128,35 @@ fn assert_parts_gone(node: &Node, origin: &TestOrigin, path: &str) {
     assert_eq!(last_asked(origin, path), (Some("bytes=0-9".into()), None));
 }
 
-/// A full GET that is a hit, waiting (bounded) for a background store to land.
-fn wait_for_hit(node: &Node, path: &str, what: &str) -> Fetched {
-    wait_for(node, path, &[], what)
+/// After a range of `path` was forwarded and not kept as a part, the whole object (`len`
+/// bytes) is fetched in the background (the origin sees one request without Range) and stored:
+/// ranges are then hits.
+fn assert_whole_fetched_in_background(node: &Node, origin: &TestOrigin, path: &str, len: usize) {
+    let r = wait_for_range_hit(node, path, &format!("bytes={}-", len - 10));
+    assert!(
+        r.body == generated_body(len - 10, len),
+        "{path}: range of the whole"
+    );
+    let whole = origin
+        .requests(path)
+        .iter()
+        .filter(|q| q.header("Range").is_none())
+        .count();
+    assert_eq!(whole, 1, "{path}: fetches of the whole object");
+    let hits = origin.hits(path);
+    let r = get_range(node, path, "bytes=100-199");
+    assert_hit(&r, path);
+    assert!(r.body == generated_body(100, 200), "{path}: second range");
+    assert_eq!(origin.hits(path), hits);
 }
 
 /// A range GET that is a hit, waiting (bounded) for a background store to land.
 fn wait_for_range_hit(node: &Node, path: &str, range: &str) -> Fetched {
-    wait_for(node, path, &[("Range", range)], range)
-}
-
-fn wait_for(node: &Node, path: &str, headers: &[(&str, &str)], what: &str) -> Fetched {
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
-        let r = get_with(node, path, headers);
+        let r = get_range(node, path, range);
         if cs_has(&r.cache_status(), "hit") || Instant::now() > deadline {
-            assert_hit(&r, what);
+            assert_hit(&r, range);
             return r;
         }
         std::thread::sleep(Duration::from_millis(50));
@@ -266,7 +279,18 @@ fn parts_covering_the_whole_complete_the_object() {
             Some("\"w1\"".into())
         )
     );
-    let r = wait_for_hit(&node, "/w.bin", "the completed object");
+    // until the complete object is stored, the complete parts answer ranges
+    assert_hit(&get_range(&node, "/w.bin", "bytes=0-"), "complete parts");
+    wait_metric(
+        &node,
+        "outpost_cache_partial_objects",
+        &[],
+        |v| v == 0.0,
+        Duration::from_secs(10),
+        "parts dropped once the object is stored",
+    );
+    let r = get(&node, "/w.bin");
+    assert_hit(&r, "the completed object");
     assert_eq!(r.status, 200);
     assert_eq!(r.header("content-length").as_deref(), Some("10000"));
     assert!(r.body == generated_body(0, LEN), "completed body differs");
@@ -337,16 +361,16 @@ fn parts_need_a_strong_validator_and_a_storable_response() {
         "no-store",
     );
     let node = NodeConfig::new(&origin.url()).start();
+    let r = get_range(&node, "/weak", "bytes=0-99");
+    assert_part(&r, 0, 99, "weak");
+    let cs = r.cache_status();
+    assert!(!cs_has(&cs, "stored") && !cs_has(&cs, "hit"), "{cs}");
+    assert_eq!(
+        cs_get(&cs, "detail").as_deref(),
+        Some("no-strong-validator")
+    );
+    assert_whole_fetched_in_background(&node, &origin, "/weak", LEN);
     for i in 1..=2 {
-        let r = get_range(&node, "/weak", "bytes=0-99");
-        assert_part(&r, 0, 99, "weak");
-        let cs = r.cache_status();
-        assert!(!cs_has(&cs, "stored") && !cs_has(&cs, "hit"), "{cs}");
-        assert_eq!(
-            cs_get(&cs, "detail").as_deref(),
-            Some("no-strong-validator")
-        );
-        assert_eq!(origin.hits("/weak"), i);
         let r = get_range(&node, "/nostore", "bytes=0-99");
         assert_part(&r, 0, 99, "no-store");
         assert_eq!(
@@ -354,6 +378,10 @@ fn parts_need_a_strong_validator_and_a_storable_response() {
             Some("no-store")
         );
         assert_eq!(origin.hits("/nostore"), i);
+        assert_eq!(
+            last_asked(&origin, "/nostore").0.as_deref(),
+            Some("bytes=0-99")
+        );
     }
 
     serve(
@@ -637,4 +665,62 @@ fn a_complete_response_stored_later_replaces_the_parts() {
         "an older part was used after a newer complete response"
     );
     assert_eq!(origin.hits("/r.bin"), 2);
+}
+
+/// An object larger than `cache.partial_size` (but one the tiers keep): its first range is
+/// forwarded and not kept, the whole is fetched in the background and stored, then ranges hit.
+#[test]
+fn objects_larger_than_partial_size_are_fetched_whole_in_the_background() {
+    const BIG: usize = 3 << 20;
+    let origin = TestOrigin::start();
+    serve(
+        &origin,
+        "/big.bin",
+        generated_body(0, BIG),
+        "\"b\"",
+        "max-age=600",
+    );
+    let node = NodeConfig::new(&origin.url())
+        .cache("partial_size = \"1MiB\"")
+        .start();
+    let r = get_range(&node, "/big.bin", "bytes=0-99");
+    assert_eq!(r.status, 206);
+    assert!(r.body == generated_body(0, 100));
+    assert_eq!(
+        cs_get(&r.cache_status(), "detail").as_deref(),
+        Some("larger-than-partial-size")
+    );
+    // (the background fetch may already have gone out: the range was the first request)
+    assert_eq!(
+        origin.requests("/big.bin")[0].header("Range").as_deref(),
+        Some("bytes=0-99")
+    );
+    assert_whole_fetched_in_background(&node, &origin, "/big.bin", BIG);
+}
+
+/// The whole-object way (`partial_size = "0"`) with a ranged miss of an object longer than
+/// one origin read: without streaming fills the client gets the whole 200 (RFC 9110 14.2
+/// allows ignoring Range), so that the fill is not cut short when the range is sent (Pingora
+/// stops reading the origin then); the object is stored and later ranges are hits.
+#[test]
+fn a_long_ranged_miss_on_the_whole_object_way_is_stored() {
+    const LONG: usize = 300 << 10;
+    let origin = TestOrigin::start();
+    serve(
+        &origin,
+        "/long.bin",
+        generated_body(0, LONG),
+        "\"l\"",
+        "max-age=600",
+    );
+    let node = NodeConfig::new(&origin.url())
+        .cache("partial_size = \"0\"")
+        .start();
+    let r = get_range(&node, "/long.bin", "bytes=100-199");
+    assert_eq!(r.status, 200, "{}", r.cache_status());
+    assert!(r.body == generated_body(0, LONG));
+    let r = get_range(&node, "/long.bin", "bytes=100-199");
+    assert_hit(&r, "range after the whole fill");
+    assert!(r.body == generated_body(100, 200));
+    assert_eq!(origin.hits("/long.bin"), 1);
 }

@@ -23,7 +23,14 @@ use quick_cache::sync::DefaultLifecycle;
 use quick_cache::DefaultHashBuilder;
 use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
+
+/// Why a response to a range request is not stored as the URL's object (a 416, or a 206 not
+/// taken as a part).
+pub const RANGE_ANSWER: &str = "range-answer";
+
+/// Why a 206 taken as a part is not stored as the URL's object (it is kept apart, here).
+pub const PARTIAL: &str = "partial";
 
 /// Pieces one set holds before adjacent ones are joined into one buffer.
 const MAX_PIECES: usize = 64;
@@ -450,10 +457,16 @@ impl quick_cache::Weighter<u128, Arc<Parts>> for PartsWeigher {
     }
 }
 
+/// URLs whose whole-object fetches started lately are remembered (at most this many).
+const WHOLE_FETCHES: usize = 16_384;
+
 /// Parts of responses held in memory, bounded by bytes.
 pub struct PartialStore {
     sets: quick_cache::sync::Cache<u128, Arc<Parts>, PartsWeigher>,
     capacity: u64,
+    /// URLs whose parts would not do (no strong validator, larger than the store), when a
+    /// background fetch of the whole object started.
+    whole_fetches: quick_cache::sync::Cache<u128, Instant>,
 }
 
 impl PartialStore {
@@ -474,7 +487,24 @@ impl PartialStore {
                 DefaultLifecycle::default(),
             ),
             capacity,
+            whole_fetches: quick_cache::sync::Cache::new(WHOLE_FETCHES),
         }
+    }
+
+    /// Whether a fetch of the whole object of `key`'s URL may start now (none started within
+    /// `window`); if so it is recorded as started.
+    pub fn begin_whole_fetch(&self, key: &impl CacheHashKey, window: Duration) -> bool {
+        let slot = slot(key);
+        let now = Instant::now();
+        if self
+            .whole_fetches
+            .get(&slot)
+            .is_some_and(|at| now.duration_since(at) < window)
+        {
+            return false;
+        }
+        self.whole_fetches.insert(slot, now);
+        true
     }
 
     /// The parts held for `key`'s URL (any variant).
@@ -483,14 +513,20 @@ impl PartialStore {
     }
 
     /// Hold `parts` (replacing what its URL had); false when they are larger than the store.
-    pub fn put(&self, parts: Parts) -> bool {
+    pub fn put(&self, parts: Arc<Parts>) -> bool {
         let slot = slot(&parts.key);
         if parts.stored + PARTS_OVERHEAD > self.capacity {
             self.sets.remove(&slot);
             return false;
         }
-        self.sets.insert(slot, Arc::new(parts));
+        self.sets.insert(slot, parts);
         true
+    }
+
+    /// Drop `parts` if they are still what their URL has.
+    pub fn remove_same(&self, parts: &Arc<Parts>) {
+        self.sets
+            .remove_if(&slot(&parts.key), |held| Arc::ptr_eq(held, parts));
     }
 
     /// Every set held, by slot (a snapshot: sets may come and go meanwhile).
@@ -503,9 +539,11 @@ impl PartialStore {
         self.sets.remove(&slot).is_some()
     }
 
-    /// Drop what `key`'s URL has; whether there was something.
+    /// Drop what `key`'s URL has (and forget it wants a whole fetch); whether there were parts.
     pub fn remove(&self, key: &impl CacheHashKey) -> bool {
-        self.sets.remove(&slot(key)).is_some()
+        let slot = slot(key);
+        self.whole_fetches.remove(&slot);
+        self.sets.remove(&slot).is_some()
     }
 
     /// Largest body a set may hold.

@@ -51,6 +51,9 @@ use std::time::{Duration, Instant, SystemTime};
 /// Most ranges one request may ask for (Pingora's default); more are answered with the whole.
 const MAX_RANGES: usize = 200;
 
+/// The most body bytes Pingora reads from an origin at once (its HTTP/1 body buffer).
+const ONE_READ: u64 = 64 << 10;
+
 /// The Outpost proxy: one per node, shared by every request.
 pub struct OutpostProxy {
     node: Arc<Node>,
@@ -199,7 +202,16 @@ impl ProxyHttp for OutpostProxy {
         Ok(())
     }
 
+    /// Client requests may start one: the background fetch of a whole object whose range was
+    /// not kept as a part (src/proxy/partial.rs).
+    fn allow_spawning_subrequest(&self, session: &Session, _ctx: &RequestCtx) -> bool {
+        session.subrequest_ctx.is_none() && self.node.storage.parts().is_some()
+    }
+
     async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
+        if session.subrequest_ctx.is_some() {
+            Self::whole_fetch_request(session);
+        }
         if let Some(tracing) = &self.node.tracing {
             let parent = session.req_header().headers.get("traceparent");
             ctx.trace = Some(tracing.begin(parent.and_then(|v| v.to_str().ok())));
@@ -411,6 +423,20 @@ impl ProxyHttp for OutpostProxy {
             session.cache.phase(),
             CachePhase::Hit | CachePhase::Stale | CachePhase::StaleUpdating
         );
+        if !from_cache
+            && session.cache.enabled()
+            && !session
+                .cache
+                .support_streaming_partial_write()
+                .unwrap_or(false)
+            && ranges::announced_length(&resp.headers).is_none_or(|len| len > ONE_READ)
+        {
+            // A fill the client reads straight from the origin (no streaming fills): Pingora
+            // stops reading the origin once the client's range is sent, and a fill longer than
+            // one read would be lost. The client gets the whole response instead (RFC 9110
+            // 14.2 allows it), and the object is stored.
+            return RangeType::None;
+        }
         if from_cache && !resp.headers.contains_key(header::CONTENT_LENGTH) {
             // stored complete from a chunked origin response: its length is known now
             if let Some(len) = ranges::stored_body_len(session.cache.hit_handler()) {

@@ -20,11 +20,7 @@ use crate::cache::tiered::Arriving;
 use http::HeaderValue;
 use pingora_cache::storage::Storage;
 
-/// Why a response to a range request is not stored as the URL's object.
-pub(super) const RANGE_ANSWER: &str = "range-answer";
-
-/// The storage decision of a 206 taken on this path (the part is kept apart from the tiers).
-pub(super) const PARTIAL: &str = "partial";
+pub(super) use crate::cache::partial::{PARTIAL, RANGE_ANSWER};
 
 /// What a request does about parts, decided before the upstream request.
 pub(super) enum Plan {
@@ -40,6 +36,9 @@ pub(super) enum Plan {
         fetch: (u64, u64),
     },
 }
+
+/// Marks the subrequest that fetches a whole object in the background.
+struct WholeFetch;
 
 /// A request on the partial path.
 pub(super) struct Partial {
@@ -372,6 +371,7 @@ impl OutpostProxy {
         let Some(mut taking) = p.taking.take() else {
             return uncacheable(RANGE_ANSWER);
         };
+        let key = p.key.clone();
         let store = self.node.storage.parts()?;
         // the head the complete response would be stored with
         let mut whole = resp.clone();
@@ -381,37 +381,38 @@ impl OutpostProxy {
         whole
             .insert_header(header::CONTENT_LENGTH, taking.span.complete.to_string())
             .ok()?;
-        let largest = self
-            .node
-            .config
-            .cache
-            .largest_object()
-            .min(store.capacity());
         let now = SystemTime::now();
-        ctx.not_stored = if taking.validator.is_none() {
-            Some("no-strong-validator")
-        } else if taking.span.complete > largest {
-            Some("larger-than-partial-size")
-        } else {
-            match freshness::decide(
-                session.req_header(),
-                &whole,
-                &ctx.rule().config,
-                self.node.config.cache.heuristic_max_ttl,
-                now,
-            ) {
-                Ok(decision) => {
-                    ctx.decided_by = decision.targeted.as_ref().map(targeted::detail);
-                    let mut meta = freshness::build_meta(&whole, &decision, now);
-                    if let Some(v) = self.cache_vary_filter(&meta, ctx, session.req_header()) {
-                        meta.set_variance(v);
-                    }
-                    let confirmed = entry::confirmed_at(&meta);
-                    taking.arriving = Some(self.node.storage.arriving(confirmed));
-                    taking.meta = Some(meta);
-                    None
+        ctx.not_stored = match freshness::decide(
+            session.req_header(),
+            &whole,
+            &ctx.rule().config,
+            self.node.config.cache.heuristic_max_ttl,
+            now,
+        ) {
+            Err(reason) => Some(reason),
+            Ok(_) if taking.span.complete > self.node.config.cache.largest_object() => {
+                // no tier would keep it whole either: ranges keep going to the origin
+                Some("larger-than-largest-object")
+            }
+            Ok(_) if taking.validator.is_none() || taking.span.complete > store.capacity() => {
+                // parts would not do (they cannot be combined, or not held): the whole object
+                // is fetched in the background and stored in the tiers, as it would be
+                self.fetch_whole_in_background(session, &key);
+                Some(match taking.validator {
+                    None => "no-strong-validator",
+                    Some(_) => "larger-than-partial-size",
+                })
+            }
+            Ok(decision) => {
+                ctx.decided_by = decision.targeted.as_ref().map(targeted::detail);
+                let mut meta = freshness::build_meta(&whole, &decision, now);
+                if let Some(v) = self.cache_vary_filter(&meta, ctx, session.req_header()) {
+                    meta.set_variance(v);
                 }
-                Err(reason) => Some(reason),
+                let confirmed = entry::confirmed_at(&meta);
+                taking.arriving = Some(self.node.storage.arriving(confirmed));
+                taking.meta = Some(meta);
+                None
             }
         };
         if let Some(p) = ctx.partial.as_mut() {
@@ -420,15 +421,49 @@ impl OutpostProxy {
         uncacheable(PARTIAL)
     }
 
+    /// Fetch the whole object of this request's URL in the background (a subrequest without
+    /// `Range`, through the whole request path: stored as any complete response), unless one
+    /// was started for it moments ago.
+    fn fetch_whole_in_background(&self, session: &Session, key: &CacheKey) {
+        let (Some(store), Some(spawner)) = (
+            self.node.storage.parts(),
+            session.subrequest_spawner.as_ref(),
+        ) else {
+            return;
+        };
+        if !store.begin_whole_fetch(key, self.node.config.cache.lock_age_timeout) {
+            return;
+        }
+        let whole = pingora_proxy::subrequest::Ctx::builder()
+            .user_ctx(Box::new(WholeFetch))
+            .build();
+        let (fetch, handle) = spawner.create_subrequest(session.as_ref(), whole);
+        handle.drain_tasks();
+        tokio::spawn(fetch.run());
+    }
+
+    /// A background whole-object fetch asks for the whole: its copy of the client's request
+    /// loses `Range` and `If-Range` (called first thing in `request_filter`).
+    pub(super) fn whole_fetch_request(session: &mut Session) {
+        let whole = session
+            .subrequest_ctx
+            .as_ref()
+            .and_then(|c| c.user_ctx())
+            .is_some_and(|u| u.is::<WholeFetch>());
+        if whole {
+            let req = session.req_header_mut();
+            req.remove_header(&header::RANGE);
+            req.remove_header(&header::IF_RANGE);
+        }
+    }
+
     /// Drop the parts held for the URL of `session` (a complete response is being stored).
     pub(super) fn drop_parts(&self, session: &Session) {
         let (Some(store), Some(key)) = (self.node.storage.parts(), session.cache.maybe_cache_key())
         else {
             return;
         };
-        if !store.is_empty() {
-            store.remove(key);
-        }
+        store.remove(key);
     }
 
     /// A body chunk of a taken 206: held bytes go around it, and it is kept for the part.
@@ -491,12 +526,11 @@ impl OutpostProxy {
             }
             _ => Parts::new(key.clone(), &meta, validator, span.complete),
         };
-        let parts = base.with(span.first, data);
-        if !parts.complete() {
-            store.put(parts);
+        let parts = Arc::new(base.with(span.first, data));
+        if !store.put(parts.clone()) || !parts.complete() {
             return;
         }
-        store.remove(key);
+        // complete: stored as the URL's object; the parts answer ranges until it is
         let storage = self.node.storage;
         tokio::spawn(async move {
             let Some(body) = parts.body() else {
@@ -513,6 +547,9 @@ impl OutpostProxy {
             .await;
             if let Err(e) = stored {
                 tracing::warn!(error = %e, "could not store an object completed from parts");
+            }
+            if let Some(store) = storage.parts() {
+                store.remove_same(&parts);
             }
             drop(arriving);
         });

@@ -169,7 +169,7 @@ fn many_small_pieces_are_joined() {
 fn the_store_is_bounded_and_keyed_by_url() {
     let store = PartialStore::new(4096);
     let p = parts(100).with(0, bytes(0, 49));
-    assert!(store.put(p.clone()));
+    assert!(store.put(Arc::new(p.clone())));
     let mut other = CacheKey::new("/video", "");
     other.set_variance_key([1; 16]);
     assert_eq!(store.get(&other).map(|p| p.stored()), Some(50));
@@ -177,5 +177,5 @@ fn the_store_is_bounded_and_keyed_by_url() {
     assert!(store.get(&other).is_none());
     // larger than the whole store: not held
     let big = parts(10_000).with(0, bytes(0, 9_999));
-    assert!(!store.put(big));
+    assert!(!store.put(Arc::new(big)));
 }
