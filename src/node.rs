@@ -114,9 +114,10 @@ pub struct Node {
     pub top_keys: TopKeys,
 }
 
-/// Pingora's cache lock, except that a fill abandoned because its response is a part (a
-/// range request's 206 or 416) lets the next waiting request fetch and store the object
-/// (Pingora's default for custom reasons lets every waiter fetch it uncached).
+/// Pingora's cache lock, except that a fill abandoned for a reason of its own request (a
+/// range request's 206 or 416, credentials, the request's no-store) lets the next waiting
+/// request fetch and store the object (Pingora's default for custom reasons sends every waiter
+/// to the origin uncached).
 struct FillLock(CacheLock);
 
 impl CacheKeyLock for FillLock {
@@ -133,9 +134,10 @@ impl CacheKeyLock for FillLock {
     }
 
     fn custom_lock_status(&self, reason: &'static str) -> LockStatus {
-        match reason {
-            PARTIAL | RANGE_ANSWER => LockStatus::TransientError,
-            other => self.0.custom_lock_status(other),
+        if request_specific(reason) {
+            LockStatus::TransientError
+        } else {
+            self.0.custom_lock_status(reason)
         }
     }
 }

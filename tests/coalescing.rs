@@ -349,3 +349,33 @@ fn streaming_fills_serve_waiters_the_full_body_from_one_origin_request() {
     assert!(cs_has(&r.cache_status(), "hit"), "{}", r.cache_status());
     assert!(r.body == want);
 }
+
+/// A fill abandoned for a reason of its own request (here credentials: the response to an
+/// `Authorization` request is not stored) hands the lock to the next waiting request, which
+/// fetches and stores the object, instead of sending every waiter to the origin uncached.
+#[test]
+fn a_fill_abandoned_for_its_own_request_hands_over_to_a_waiter() {
+    let origin = TestOrigin::start();
+    origin.set(
+        "/shared",
+        Reply::ok("shared")
+            .header("Cache-Control", "max-age=600")
+            .delay(Duration::from_millis(600)),
+    );
+    let node = NodeConfig::new(&origin.url()).start();
+    std::thread::scope(|s| {
+        let first = s.spawn(|| get_with(&node, "/shared", &[("Authorization", "Bearer x")]));
+        std::thread::sleep(Duration::from_millis(200));
+        let waiter = get(&node, "/shared");
+        assert_eq!(waiter.text(), "shared");
+        assert_stored_miss(&waiter, "the waiter took over the fill");
+        let first = first.join().expect("first request");
+        assert!(
+            !cs_has(&first.cache_status(), "stored"),
+            "{}",
+            first.cache_status()
+        );
+    });
+    assert_hit(&get(&node, "/shared"), "stored by the waiter");
+    assert_eq!(origin.hits("/shared"), 2);
+}

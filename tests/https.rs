@@ -678,3 +678,52 @@ fn control_bytes_in_the_target_are_refused_over_tls_and_http2() {
         "only the well-formed request reached the origin"
     );
 }
+
+/// Partial content over HTTP/2: a range miss kept as a part, a range inside it answered from
+/// it, and a range partly held spliced with the origin's bytes, all byte-exact.
+#[test]
+fn ranges_from_parts_over_http2() {
+    const LEN: usize = 10_000;
+    let origin = TestOrigin::start();
+    origin.set_handler("/p.bin", |req, _| {
+        let body = generated_body(0, LEN);
+        let (first, last) = req
+            .header("range")
+            .and_then(|r| {
+                let (a, b) = r.strip_prefix("bytes=")?.split_once('-')?;
+                Some((a.parse::<usize>().ok()?, b.parse::<usize>().ok()?))
+            })
+            .unwrap_or((0, LEN - 1));
+        Reply::new(206)
+            .header("Cache-Control", "max-age=600")
+            .header("ETag", "\"h\"")
+            .header("Content-Range", &format!("bytes {first}-{last}/{LEN}"))
+            .body(body[first..=last].to_vec())
+    });
+    let ca = TestCa::new();
+    let a = ca.leaf(&["a.test"], Validity::Current);
+    let node = tls_node(&origin, &[(&a, "")], "").start();
+    let client = client(&ca, "a.test", node.https_addr(), Some(true));
+    let range = |r: &str| {
+        let resp = client
+            .get(node.https_url("a.test", "/p.bin"))
+            .header("Range", r)
+            .send()
+            .expect("h2 range request");
+        assert_eq!(resp.version(), reqwest::Version::HTTP_2);
+        fetch(resp)
+    };
+    let r = range("bytes=0-999");
+    assert_eq!(r.status, 206);
+    assert!(r.body == generated_body(0, 1000));
+    let r = range("bytes=100-199");
+    assert_hit(&r, "range from parts over h2");
+    assert!(r.body == generated_body(100, 200));
+    let r = range("bytes=900-1099");
+    assert_eq!(
+        r.header("content-range").as_deref(),
+        Some("bytes 900-1099/10000")
+    );
+    assert!(r.body == generated_body(900, 1100), "spliced over h2");
+    assert_eq!(origin.hits("/p.bin"), 2);
+}

@@ -331,3 +331,66 @@ fn purge_tags_reach_the_edge_copy_but_not_clients() {
     );
     assert_eq!(origin.hits("/tagged"), 1);
 }
+
+/// Partial content through the tiers: an edge's range miss goes to the shield as a range, the
+/// shield's to the origin; both keep the 206 as a part, and a range partly held at both asks
+/// each tier above for the missing span only.
+#[test]
+fn ranges_go_up_the_tiers_as_ranges_and_are_kept_at_each() {
+    const LEN: usize = 10_000;
+    let origin = TestOrigin::start();
+    origin.set_handler("/v.bin", |req, _| {
+        let body = generated_body(0, LEN);
+        let (first, last) = req
+            .header("range")
+            .and_then(|r| {
+                let (a, b) = r.strip_prefix("bytes=")?.split_once('-')?;
+                let a: usize = a.parse().ok()?;
+                Some((a, b.parse::<usize>().map_or(LEN - 1, |b| b.min(LEN - 1))))
+            })
+            .unwrap_or((0, LEN - 1));
+        Reply::new(206)
+            .header("Cache-Control", "max-age=600")
+            .header("ETag", "\"t\"")
+            .header("Content-Range", &format!("bytes {first}-{last}/{LEN}"))
+            .body(body[first..=last].to_vec())
+    });
+    let s = shield("shield", &origin);
+    let sn = s.start();
+    let e = edge("edge", &origin, &[&s]).start();
+    let range = |r: &str| get_with(&e, "/v.bin", &[("Range", r)]);
+
+    let r = range("bytes=0-999");
+    assert_eq!(r.status, 206);
+    assert!(r.body == generated_body(0, 1000));
+    let cs = r.cache_status();
+    assert!(
+        cs.starts_with("shield; fwd=uri-miss; fwd-status=206; stored; detail=partial, edge;"),
+        "{cs}"
+    );
+    assert_eq!(
+        origin.requests("/v.bin")[0].header("range").as_deref(),
+        Some("bytes=0-999")
+    );
+
+    let r = range("bytes=10-19");
+    assert!(r.body == generated_body(10, 20));
+    assert!(
+        r.cache_status().contains("edge; hit"),
+        "{}",
+        r.cache_status()
+    );
+
+    let r = range("bytes=500-1499");
+    assert_eq!(r.status, 206);
+    assert_eq!(
+        r.header("content-range").as_deref(),
+        Some("bytes 500-1499/10000")
+    );
+    assert!(r.body == generated_body(500, 1500));
+    let asked = origin.requests("/v.bin");
+    assert_eq!(asked.len(), 2, "the origin was asked twice in all");
+    assert_eq!(asked[1].header("range").as_deref(), Some("bytes=1000-1499"));
+    assert_eq!(asked[1].header("if-range").as_deref(), Some("\"t\""));
+    drop(sn);
+}
