@@ -16,51 +16,6 @@ const LEN: usize = 10_000;
 
 const TOKEN: &str = "Bearer test-token";
 
-/// The origin's answer to `req` for a representation `body` tagged `etag`: a 206 of the one
-/// range asked for (unless `If-Range` names another version), else the whole 200, or a 416.
-fn ranged(req: &Recorded, body: &[u8], etag: &str, cache_control: &str) -> Reply {
-    let whole = || {
-        Reply::ok(body.to_vec())
-            .header("ETag", etag)
-            .header("Cache-Control", cache_control)
-            .header("Accept-Ranges", "bytes")
-            .header("Content-Type", "video/mp4")
-    };
-    if req.header("If-Range").is_some_and(|v| v != etag) {
-        return whole();
-    }
-    let Some(range) = req.header("Range") else {
-        return whole();
-    };
-    let Some(set) = range.strip_prefix("bytes=") else {
-        return whole();
-    };
-    let len = body.len();
-    let (first, last) = match set.split_once('-') {
-        Some(("", n)) => {
-            let n: usize = n.parse().expect("suffix");
-            (len.saturating_sub(n), len - 1)
-        }
-        Some((a, "")) => (a.parse().expect("first"), len - 1),
-        Some((a, b)) => (
-            a.parse().expect("first"),
-            b.parse::<usize>().expect("last").min(len - 1),
-        ),
-        None => return whole(),
-    };
-    if first >= len {
-        return Reply::new(416)
-            .header("Content-Range", &format!("bytes */{len}"))
-            .header("Cache-Control", cache_control);
-    }
-    Reply::new(206)
-        .header("ETag", etag)
-        .header("Cache-Control", cache_control)
-        .header("Content-Type", "video/mp4")
-        .header("Content-Range", &format!("bytes {first}-{last}/{len}"))
-        .body(body[first..=last].to_vec())
-}
-
 /// A test origin serving `path` by range, and the node in front of it.
 fn setup(path: &str, etag: &str, cache_control: &str) -> (TestOrigin, Node) {
     let origin = TestOrigin::start();
@@ -71,7 +26,7 @@ fn setup(path: &str, etag: &str, cache_control: &str) -> (TestOrigin, Node) {
 
 fn serve(origin: &TestOrigin, path: &str, body: Vec<u8>, etag: &str, cache_control: &str) {
     let (etag, cc) = (etag.to_string(), cache_control.to_string());
-    origin.set_handler(path, move |req, _| ranged(req, &body, &etag, &cc));
+    origin.set_handler(path, move |req, _| range_reply(req, &body, &etag, &cc));
 }
 
 fn get_range(node: &Node, path: &str, range: &str) -> Fetched {
@@ -544,7 +499,7 @@ fn tag_purges_reach_parts_and_outlive_their_retirement() {
     let origin = TestOrigin::start();
     let body = generated_body(0, LEN);
     origin.set_handler("/t.bin", move |req, _| {
-        ranged(req, &body, "\"t1\"", "max-age=600").header("Surrogate-Key", "red")
+        range_reply(req, &body, "\"t1\"", "max-age=600").header("Surrogate-Key", "red")
     });
     let node = NodeConfig::new(&origin.url())
         .extra("[purge]\nlurker_interval = \"200ms\"")
@@ -570,7 +525,7 @@ fn parts_answer_their_own_variant_only() {
     let origin = TestOrigin::start();
     let body = generated_body(0, LEN);
     origin.set_handler("/l.bin", move |req, _| {
-        ranged(req, &body, "\"l1\"", "max-age=600").header("Vary", "Accept-Language")
+        range_reply(req, &body, "\"l1\"", "max-age=600").header("Vary", "Accept-Language")
     });
     let node = NodeConfig::new(&origin.url()).start();
     let lang = |l: &str, range: &str| {
@@ -597,7 +552,7 @@ fn broken_206_answers_are_never_kept() {
     let body = generated_body(0, LEN);
     let b = body.clone();
     origin.set_handler("/cut.bin", move |req, n| {
-        let reply = ranged(req, &b, "\"x\"", "max-age=600");
+        let reply = range_reply(req, &b, "\"x\"", "max-age=600");
         if n == 1 {
             reply.truncate_after(100)
         } else {

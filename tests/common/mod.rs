@@ -16,7 +16,9 @@ pub use disk::{files_under, object_files, stop_ok, wait_disk_objects};
 pub use node::{
     assert_refused, assert_refused_text, free_port, outpost_bin, run_check, Node, NodeConfig,
 };
-pub use origin::{generated_body, http_date, parse_http_date, Recorded, Reply, TestOrigin};
+pub use origin::{
+    generated_body, http_date, parse_http_date, range_reply, Recorded, Reply, TestOrigin,
+};
 pub use tls::{Leaf, TestCa, Validity};
 
 /// Sets a load loop's stop flag when dropped. A thread scope waits for its threads, so an

@@ -694,6 +694,52 @@ async fn write_reply<S: Wire>(
     Ok(true)
 }
 
+/// An origin's answer to `req` for a representation `body` tagged `etag`, as RFC 9110 14.2
+/// and 13.1.5 say: a 206 of the one range asked for (unless `If-Range` names another
+/// version), else the whole 200, or a 416.
+pub fn range_reply(req: &Recorded, body: &[u8], etag: &str, cache_control: &str) -> Reply {
+    let whole = || {
+        Reply::ok(body.to_vec())
+            .header("ETag", etag)
+            .header("Cache-Control", cache_control)
+            .header("Accept-Ranges", "bytes")
+            .header("Content-Type", "video/mp4")
+    };
+    if req.header("If-Range").is_some_and(|v| v != etag) {
+        return whole();
+    }
+    let Some(range) = req.header("Range") else {
+        return whole();
+    };
+    let Some(set) = range.strip_prefix("bytes=") else {
+        return whole();
+    };
+    let len = body.len();
+    let (first, last) = match set.split_once('-') {
+        Some(("", n)) => {
+            let n: usize = n.parse().expect("suffix");
+            (len.saturating_sub(n), len - 1)
+        }
+        Some((a, "")) => (a.parse().expect("first"), len - 1),
+        Some((a, b)) => (
+            a.parse().expect("first"),
+            b.parse::<usize>().expect("last").min(len - 1),
+        ),
+        None => return whole(),
+    };
+    if first >= len {
+        return Reply::new(416)
+            .header("Content-Range", &format!("bytes */{len}"))
+            .header("Cache-Control", cache_control);
+    }
+    Reply::new(206)
+        .header("ETag", etag)
+        .header("Cache-Control", cache_control)
+        .header("Content-Type", "video/mp4")
+        .header("Content-Range", &format!("bytes {first}-{last}/{len}"))
+        .body(body[first..=last].to_vec())
+}
+
 /// Bytes `start..end` of the deterministic body that [`Reply::generated`] serves: every byte
 /// depends on its offset, so a misplaced or repeated block never compares equal.
 pub fn generated_body(start: usize, end: usize) -> Vec<u8> {
