@@ -679,3 +679,30 @@ fn a_long_ranged_miss_on_the_whole_object_way_is_stored() {
     assert!(r.body == generated_body(100, 200));
     assert_eq!(origin.hits("/long.bin"), 1);
 }
+
+/// That whole-200 answer is for fills only: a range of a long stored object revalidated by a
+/// 304 is served from the stored body as a 206.
+#[test]
+fn a_range_of_a_long_revalidated_object_is_a_206() {
+    const LONG: usize = 300 << 10;
+    let origin = TestOrigin::start();
+    origin.set(
+        "/rv.bin",
+        Reply::ok(generated_body(0, LONG))
+            .header("Cache-Control", "max-age=1")
+            .header("ETag", "\"rv\"")
+            .conditional(),
+    );
+    let node = NodeConfig::new(&origin.url()).start();
+    assert_eq!(get(&node, "/rv.bin").status, 200);
+    std::thread::sleep(Duration::from_millis(2100));
+    let r = get_range(&node, "/rv.bin", "bytes=100-199");
+    assert_eq!(
+        cs_get(&r.cache_status(), "fwd-status").as_deref(),
+        Some("304"),
+        "{}",
+        r.cache_status()
+    );
+    assert_eq!(r.status, 206, "{}", r.cache_status());
+    assert!(r.body == generated_body(100, 200));
+}

@@ -423,7 +423,11 @@ impl ProxyHttp for OutpostProxy {
             session.cache.phase(),
             CachePhase::Hit | CachePhase::Stale | CachePhase::StaleUpdating
         );
-        if !from_cache
+        let filling = matches!(
+            session.cache.phase(),
+            CachePhase::Miss | CachePhase::Expired
+        );
+        if filling
             && session.cache.enabled()
             && !session
                 .cache
