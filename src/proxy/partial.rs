@@ -45,6 +45,8 @@ pub(super) struct Partial {
     /// The key its parts are held (and the complete object stored) under.
     key: CacheKey,
     plan: Plan,
+    /// The held parts were stale (or the request asked for validation).
+    stale: bool,
     /// The origin's 206, once it arrives.
     taking: Option<Taking>,
 }
@@ -70,9 +72,14 @@ pub(super) struct Taking {
 }
 
 impl Partial {
-    /// Whether this request spliced held bytes around the origin's (RFC 9211 `fwd=partial`).
-    pub(super) fn spliced(&self) -> bool {
-        self.taking.as_ref().is_some_and(|t| t.spliced)
+    /// Why this request went forward when it spliced held bytes around the origin's: parts
+    /// were missing (RFC 9211 `partial`) or stale (`stale`: the origin's 206 validated them).
+    pub(super) fn spliced(&self) -> Option<Forward> {
+        let spliced = self.taking.as_ref().is_some_and(|t| t.spliced);
+        spliced.then_some(match self.stale {
+            true => Forward::Stale,
+            false => Forward::Partial,
+        })
     }
 
     /// Whether the origin's 206 is being kept as a part.
@@ -224,8 +231,10 @@ impl OutpostProxy {
         let Some(range) = req.headers.get(header::RANGE).cloned() else {
             return;
         };
+        let mut stale = false;
         let plan = match self.held_parts(session, ctx, &key) {
             Some((parts, fresh)) => {
+                stale = !fresh;
                 if let Some(if_range) = &client_if_range {
                     // the client holds another version: it gets the whole, fetched as usual
                     if !ranges::if_range_allows(if_range, parts.header()) {
@@ -234,11 +243,13 @@ impl OutpostProxy {
                 }
                 match spec.resolve(parts.len()) {
                     Some(range) => {
-                        let fetch = if fresh {
-                            parts.missing(range.0, range.1).unwrap_or(range)
-                        } else {
-                            range
-                        };
+                        // Only what is missing is asked for, under If-Range: the origin's 206
+                        // confirms the held bytes too (the same strong validator: RFC 9111 3.4),
+                        // which validates stale parts. All held (stale parts, or a request
+                        // that asks for validation): one byte is asked for, to validate them.
+                        let fetch = parts
+                            .missing(range.0, range.1)
+                            .unwrap_or((range.0, range.0));
                         Plan::Splice {
                             parts,
                             range,
@@ -259,6 +270,7 @@ impl OutpostProxy {
         ctx.partial = Some(Partial {
             key,
             plan,
+            stale,
             taking: None,
         });
     }

@@ -44,10 +44,7 @@ impl OutpostProxy {
         }
         if let Some(p) = ctx.partial.as_ref().filter(|p| p.taken()) {
             return CacheStatus::Forward {
-                fwd: match p.spliced() {
-                    true => Forward::Partial,
-                    false => forward(Forward::UriMiss),
-                },
+                fwd: p.spliced().unwrap_or_else(|| forward(Forward::UriMiss)),
                 status: ctx.upstream_status,
                 stored: p.keeping(),
                 detail: ctx.not_stored.or(Some(partial::PARTIAL)),
