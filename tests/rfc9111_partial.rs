@@ -783,3 +783,14 @@ fn random_ranges(cache: &str) {
         }
     }
 }
+
+/// A bad `cache.partial_size` is refused by `outpost check`, naming the key.
+#[test]
+fn a_bad_partial_size_is_refused_naming_the_key() {
+    for bad in ["\"lots\"", "-1", "\"2PiB\""] {
+        let toml = NodeConfig::new("http://127.0.0.1:9")
+            .cache(&format!("partial_size = {bad}"))
+            .config_text();
+        assert_refused_text(&toml, bad, "cache.partial_size");
+    }
+}
