@@ -83,7 +83,10 @@ fn upgrade_under_load_hands_the_sockets_over_without_failing_a_request() {
             .header("Cache-Control", "no-store")
             .delay(Duration::from_secs(3)),
     );
-    let cfg = NodeConfig::new(&origin.url()).node("shutdown_grace = \"10s\"");
+    // (the harness's 3 s origin read_timeout would race the 3 s slow answer)
+    let cfg = NodeConfig::new(&origin.url())
+        .node("shutdown_grace = \"10s\"")
+        .origin("read_timeout = \"10s\"");
     let old = cfg.start();
     get(&old, "/a");
     // a connection the old process accepted: it must finish a request in flight at its exit
