@@ -8,30 +8,7 @@ use std::time::Duration;
 
 use common::*;
 
-const TOKEN: &str = "Bearer test-token";
-
-/// POST `body` to the admin's /purge; (status, JSON answer).
-fn purge(node: &Node, body: &str) -> (u16, serde_json::Value) {
-    let r = node
-        .client()
-        .post(node.admin_url("/purge"))
-        .header("Authorization", TOKEN)
-        .header("Content-Type", "application/json")
-        .body(body.to_string())
-        .send()
-        .expect("POST /purge");
-    let status = r.status().as_u16();
-    let text = r.text().expect("answer");
-    let json = serde_json::from_str(&text).unwrap_or_else(|e| panic!("not JSON ({e}): {text}"));
-    (status, json)
-}
-
-fn purged_ok(node: &Node, body: &str) -> serde_json::Value {
-    let (status, answer) = purge(node, body);
-    assert_eq!(status, 200, "{body}: {answer}");
-    assert_eq!(answer["durable"], true, "{answer}");
-    answer
-}
+const TOKEN: &str = ADMIN_AUTH;
 
 /// A cacheable response counting its fetches in the body.
 fn counted(cc: &str) -> Reply {

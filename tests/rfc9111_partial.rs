@@ -14,8 +14,6 @@ use std::time::{Duration, Instant};
 /// Length of the test object.
 const LEN: usize = 10_000;
 
-const TOKEN: &str = "Bearer test-token";
-
 /// A test origin serving `path` by range, and the node in front of it.
 fn setup(path: &str, etag: &str, cache_control: &str) -> (TestOrigin, Node) {
     let origin = TestOrigin::start();
@@ -58,18 +56,6 @@ fn last_asked(origin: &TestOrigin, path: &str) -> (Option<String>, Option<String
     let reqs = origin.requests(path);
     let last = reqs.last().expect("the origin was asked");
     (last.header("Range"), last.header("If-Range"))
-}
-
-/// POST `body` to the admin's /purge, which must accept it.
-fn purge(node: &Node, body: &str) {
-    let resp = node
-        .client()
-        .post(node.admin_url("/purge"))
-        .header("Authorization", TOKEN)
-        .body(body.to_string())
-        .send()
-        .expect("purge");
-    assert_eq!(resp.status().as_u16(), 200, "purge {body}");
 }
 
 /// `path`'s parts are gone: bytes 0-9 are fetched again, without If-Range (nothing held).
@@ -397,7 +383,7 @@ fn parts_follow_freshness_and_purges() {
     get_range(&node, "/g.bin", "bytes=0-999");
     assert_hit(&get_range(&node, "/g.bin", "bytes=0-9"), "before purge");
     let url = format!("http://{}/g.bin", node.addr());
-    purge(&node, &format!(r#"{{"url": "{url}"}}"#));
+    purged_ok(&node, &format!(r#"{{"url": "{url}"}}"#));
     assert_parts_gone(&node, &origin, "/g.bin");
 }
 
@@ -514,7 +500,7 @@ fn tag_purges_reach_parts_and_outlive_their_retirement() {
         .start();
     get_range(&node, "/t.bin", "bytes=0-999");
     assert_hit(&get_range(&node, "/t.bin", "bytes=0-9"), "held part");
-    purge(&node, r#"{"tags": ["red"]}"#);
+    purged_ok(&node, r#"{"tags": ["red"]}"#);
     wait_metric(
         &node,
         "outpost_purge_bans_retired_total",

@@ -3,6 +3,7 @@
 use http::header;
 use pingora_cache::cache_control::{CacheControl, DirectiveKey};
 use pingora_http::RequestHeader;
+use std::time::Duration;
 
 /// The request directives Outpost acts on.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
@@ -49,6 +50,17 @@ impl RequestDirectives {
             max_stale: cc.has_key("max-stale").then(|| seconds("max-stale")),
             only_if_cached: cc.only_if_cached(),
         }
+    }
+
+    /// Whether the request refuses a stored response of `age` without validation (RFC 9111
+    /// 5.2.1.4 `no-cache`, 5.2.1.1 `max-age`, 5.2.1.3 `min-fresh`: a fresh response that stays
+    /// so for fewer than N more seconds, `fresh_for` being its remaining freshness).
+    pub fn forces_validation(&self, age: Duration, is_fresh: bool, fresh_for: i64) -> bool {
+        self.no_cache
+            || self
+                .max_age
+                .is_some_and(|max| age > Duration::from_secs(max.into()))
+            || (is_fresh && self.min_fresh.is_some_and(|min| fresh_for < i64::from(min)))
     }
 }
 

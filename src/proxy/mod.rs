@@ -54,6 +54,14 @@ const MAX_RANGES: usize = 200;
 /// The most body bytes Pingora reads from an origin at once (its HTTP/1 body buffer).
 const ONE_READ: u64 = 64 << 10;
 
+/// What purges say of a stored response ([`OutpostProxy::purged`]).
+enum Purged {
+    /// A ban of this node covers it.
+    Banned(Verdict),
+    /// A fleet purge may cover it: validate before use.
+    Unconfirmed,
+}
+
 /// The Outpost proxy: one per node, shared by every request.
 pub struct OutpostProxy {
     node: Arc<Node>,
@@ -166,6 +174,23 @@ impl OutpostProxy {
         }
         let req = session.req_header();
         cache_key_for(ctx.rule(), &ctx.host, req, req.uri.path(), req.uri.query())
+    }
+
+    /// What purges say of the stored response `meta` under primary key `primary`: a ban newer
+    /// than it covers it (nothing to look at without bans), or, failing that, fleet purges this
+    /// node may not have received yet (starting, or partitioned) may cover it.
+    fn purged(&self, primary: &str, meta: &CacheMeta) -> Option<Purged> {
+        let confirmed = entry::confirmed_at(meta);
+        let bans = &self.node.bans;
+        if !bans.is_empty() {
+            if let Some(verdict) = bans.check(primary, confirmed, meta.headers()) {
+                return Some(Purged::Banned(verdict));
+            }
+        }
+        let cluster = self.node.cluster.as_ref();
+        cluster
+            .is_some_and(|c| c.must_revalidate(confirmed))
+            .then_some(Purged::Unconfirmed)
     }
 
     /// The hash a request is placed by (ketama): its primary cache key (computed as its rule
@@ -331,25 +356,14 @@ impl ProxyHttp for OutpostProxy {
         } else {
             Source::Disk
         });
-        // purges: bans newer than the object that cover it (nothing to look at without bans)
-        let bans = &self.node.bans;
-        let verdict = if bans.is_empty() {
-            None
-        } else {
-            let key = session
-                .cache
-                .cache_key()
-                .primary_key_str()
-                .unwrap_or_default();
-            bans.check(key, entry::confirmed_at(meta), meta.headers())
-        };
-        match verdict {
-            Some(Verdict::Gone) => {
+        let primary = session.cache.cache_key().primary_key_str();
+        match self.purged(primary.unwrap_or_default(), meta) {
+            Some(Purged::Banned(Verdict::Gone)) => {
                 self.node.metrics.purge.purged_lookups.inc();
                 ctx.not_stored = None;
                 return Ok(Some(ForcedFreshness::ForceMiss));
             }
-            Some(Verdict::Stale { since }) => {
+            Some(Purged::Banned(Verdict::Stale { since })) => {
                 self.node.metrics.purge.purged_lookups.inc();
                 ctx.was_stale = true;
                 ctx.revalidating = true;
@@ -357,15 +371,12 @@ impl ProxyHttp for OutpostProxy {
                     expired_at: Some(since),
                 }));
             }
-            None => {}
-        }
-        // fleet purges this node may not have received yet (starting, or partitioned)
-        if let Some(cluster) = &self.node.cluster {
-            if cluster.must_revalidate(entry::confirmed_at(meta)) {
+            Some(Purged::Unconfirmed) => {
                 ctx.was_stale = true;
                 ctx.revalidating = true;
                 return Ok(Some(ForcedFreshness::ForceExpired));
             }
+            None => {}
         }
         let req = session.req_header();
         if req.headers.contains_key(header::AUTHORIZATION)
@@ -378,13 +389,11 @@ impl ProxyHttp for OutpostProxy {
         }
         let d = ctx.directives;
         let now = SystemTime::now();
-        let forced_by_request = d.no_cache
-            || d.max_age
-                .is_some_and(|max| meta.age() > Duration::from_secs(max.into()))
-            || (is_fresh
-                && d.min_fresh
-                    .is_some_and(|min| seconds_between(meta.fresh_until(), now) < i64::from(min)));
-        if forced_by_request {
+        if d.forces_validation(
+            meta.age(),
+            is_fresh,
+            seconds_between(meta.fresh_until(), now),
+        ) {
             ctx.forward = Some(Forward::Request);
             ctx.revalidating = true;
             return Ok(Some(ForcedFreshness::ForceExpired));

@@ -37,6 +37,16 @@ pub(super) enum Plan {
     },
 }
 
+/// Parts a request may use ([`OutpostProxy::held_parts`]).
+struct Held {
+    parts: Arc<Parts>,
+    /// The complete response's meta, as they stand.
+    meta: CacheMeta,
+    /// Fresh, not under a purge, and not refused by the request's directives: usable without
+    /// the origin.
+    fresh: bool,
+}
+
 /// Marks the subrequest that fetches a whole object in the background.
 struct WholeFetch;
 
@@ -119,14 +129,8 @@ impl OutpostProxy {
         RangeSpec::parse(range.as_bytes())
     }
 
-    /// The parts held for `key` that this request may use (its variant, not purged), and
-    /// whether they are fresh enough for it to be answered without the origin.
-    fn held_parts(
-        &self,
-        session: &Session,
-        ctx: &mut RequestCtx,
-        key: &CacheKey,
-    ) -> Option<(Arc<Parts>, bool)> {
+    /// The parts held for `key` that this request may use (its variant, not purged).
+    fn held_parts(&self, session: &Session, ctx: &mut RequestCtx, key: &CacheKey) -> Option<Held> {
         let store = self.node.storage.parts()?;
         let parts = store.get(key)?;
         let req = session.req_header();
@@ -137,34 +141,22 @@ impl OutpostProxy {
         }
         let meta = parts.meta();
         let now = SystemTime::now();
-        let mut fresh = meta.is_fresh(now);
-        if !self.node.bans.is_empty() {
-            let primary = key.primary_key_str().unwrap_or_default();
-            match self
-                .node
-                .bans
-                .check(primary, parts.created(), &parts.header().headers)
-            {
-                Some(Verdict::Gone) => {
-                    store.remove(key);
-                    return None;
-                }
-                Some(Verdict::Stale { .. }) => fresh = false,
-                None => {}
+        let is_fresh = meta.is_fresh(now);
+        let fresh = match self.purged(key.primary_key_str().unwrap_or_default(), &meta) {
+            Some(Purged::Banned(Verdict::Gone)) => {
+                store.remove(key);
+                return None;
             }
-        }
-        if let Some(cluster) = &self.node.cluster {
-            fresh &= !cluster.must_revalidate(parts.created());
-        }
-        let d = ctx.directives;
-        let too_old = d
-            .max_age
-            .is_some_and(|max| meta.age() > Duration::from_secs(max.into()));
-        let too_close = d
-            .min_fresh
-            .is_some_and(|min| seconds_between(meta.fresh_until(), now) < i64::from(min));
-        fresh &= !(d.no_cache || too_old || too_close);
-        Some((parts, fresh))
+            Some(_) => false,
+            None => {
+                let fresh_for = seconds_between(meta.fresh_until(), now);
+                is_fresh
+                    && !ctx
+                        .directives
+                        .forces_validation(meta.age(), is_fresh, fresh_for)
+            }
+        };
+        Some(Held { parts, meta, fresh })
     }
 
     /// Answer the request from held parts when they are fresh and cover its range; whether
@@ -179,7 +171,12 @@ impl OutpostProxy {
         };
         let key = self.lookup_key(session, ctx);
         ctx.directives = RequestDirectives::parse(session.req_header());
-        let Some((parts, true)) = self.held_parts(session, ctx, &key) else {
+        let Some(Held {
+            parts,
+            meta,
+            fresh: true,
+        }) = self.held_parts(session, ctx, &key)
+        else {
             return Ok(false);
         };
         if let Some(if_range) = session.req_header().headers.get(header::IF_RANGE) {
@@ -193,7 +190,6 @@ impl OutpostProxy {
         let Some(body) = parts.read(first, last) else {
             return Ok(false);
         };
-        let meta = parts.meta();
         let span = ContentRange {
             first,
             last,
@@ -233,7 +229,7 @@ impl OutpostProxy {
         };
         let mut stale = false;
         let plan = match self.held_parts(session, ctx, &key) {
-            Some((parts, fresh)) => {
+            Some(Held { parts, fresh, .. }) => {
                 stale = !fresh;
                 if let Some(if_range) = &client_if_range {
                     // the client holds another version: it gets the whole, fetched as usual

@@ -120,6 +120,33 @@ pub fn get_with(node: &Node, path: &str, headers: &[(&str, &str)]) -> Fetched {
     )
 }
 
+/// The `Authorization` value of the harness's admin token.
+pub const ADMIN_AUTH: &str = "Bearer test-token";
+
+/// POST `body` to the admin's /purge; (status, JSON answer).
+pub fn purge(node: &Node, body: &str) -> (u16, serde_json::Value) {
+    let r = node
+        .client()
+        .post(node.admin_url("/purge"))
+        .header("Authorization", ADMIN_AUTH)
+        .header("Content-Type", "application/json")
+        .body(body.to_string())
+        .send()
+        .expect("POST /purge");
+    let status = r.status().as_u16();
+    let text = r.text().expect("answer");
+    let json = serde_json::from_str(&text).unwrap_or_else(|e| panic!("not JSON ({e}): {text}"));
+    (status, json)
+}
+
+/// POST `body` to the admin's /purge, which must take it (200) and record it durably.
+pub fn purged_ok(node: &Node, body: &str) -> serde_json::Value {
+    let (status, answer) = purge(node, body);
+    assert_eq!(status, 200, "{body}: {answer}");
+    assert_eq!(answer["durable"], true, "{answer}");
+    answer
+}
+
 /// Splits a Prometheus sample line into (name, labels, value).
 fn parse_sample(line: &str) -> Option<(&str, &str, f64)> {
     let line = line.trim();
