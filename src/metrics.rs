@@ -398,6 +398,8 @@ pub struct Metrics {
     pub shield_bypassed: IntCounter,
     /// Hits answered by the lean hit path (`crate::lean`), a part of the hits counted.
     pub lean_hits: IntCounter,
+    /// Requests forwarded by the lean pass path (`crate::lean`), a part of those counted.
+    pub lean_passes: IntCounter,
     /// Memory tier objects (set at scrape).
     pub memory_objects: IntGauge,
     /// Memory tier weighted bytes (set at scrape).
@@ -538,6 +540,10 @@ impl Metrics {
         let lean_hits = IntCounter::new(
             "outpost_lean_hits_total",
             "Hits answered by the lean hit path below Pingora's session (a part of the hits in outpost_requests_total)",
+        )?;
+        let lean_passes = IntCounter::new(
+            "outpost_lean_passes_total",
+            "Requests predicted uncacheable forwarded by the lean path below Pingora's session (a part of outpost_requests_total)",
         )?;
         let shield_bypassed = IntCounter::new(
             "outpost_shield_bypassed_total",
@@ -757,6 +763,7 @@ impl Metrics {
         registry.register(Box::new(upstream.retries.clone()))?;
         registry.register(Box::new(shield_bypassed.clone()))?;
         registry.register(Box::new(lean_hits.clone()))?;
+        registry.register(Box::new(lean_passes.clone()))?;
         registry.register(Box::new(memory_objects.clone()))?;
         registry.register(Box::new(memory_bytes.clone()))?;
         registry.register(Box::new(memory_capacity.clone()))?;
@@ -903,6 +910,7 @@ impl Metrics {
             upstream,
             shield_bypassed,
             lean_hits,
+            lean_passes,
             memory_objects,
             memory_bytes,
             memory_capacity,

@@ -178,6 +178,27 @@ fn exchange(node: &Node, tls: Option<&TestCa>, requests: &[(&str, String)]) -> V
 trait ReadWrite: Read + Write {}
 impl<T: Read + Write> ReadWrite for T {}
 
+/// The responses of each of `nodes` to `requests` (method, raw bytes with `{host}` and
+/// `{HOST}` standing for the node's address, as is and upper-cased), sent on one connection.
+fn on_each(nodes: &[&Node], requests: &[(&str, String)]) -> Vec<Vec<Wire>> {
+    nodes
+        .iter()
+        .map(|n| {
+            let host = n.addr().to_string();
+            let concrete: Vec<(&str, String)> = requests
+                .iter()
+                .map(|(m, r)| {
+                    let r = r
+                        .replace("{HOST}", &host.to_uppercase())
+                        .replace("{host}", &host);
+                    (*m, r)
+                })
+                .collect();
+            exchange(n, None, &concrete)
+        })
+        .collect()
+}
+
 /// A GET-like request for `path` with Host `host` and `extra` field lines.
 fn request(method: &str, path: &str, host: &str, extra: &[&str]) -> String {
     let mut r = format!("{method} {path} HTTP/1.1\r\nHost: {host}\r\n");
@@ -252,6 +273,41 @@ fn origin() -> TestOrigin {
             .header("Date", date),
     );
     origin.set("/form", Reply::ok("posted").header("Date", date));
+    // responses never stored: after the first, requests for them are predicted uncacheable
+    // (the lean node forwards those on its lean pass path)
+    let uncached = |r: Reply| r.header("Cache-Control", "no-store").header("Date", date);
+    origin.set("/ns", uncached(Reply::ok("x".repeat(1024))));
+    origin.set(
+        "/ns-chunked",
+        uncached(Reply::ok(payload(150_000)).chunked()),
+    );
+    origin.set(
+        "/ns-close",
+        uncached(Reply::ok(payload(100_000)).close_delimited()),
+    );
+    origin.set("/ns-big", uncached(Reply::ok("").generated(300_000)));
+    origin.set("/ns-204", uncached(Reply::new(204)));
+    origin.set("/ns-500", uncached(Reply::new(500).body("origin broke")));
+    origin.set(
+        "/ns-fields",
+        uncached(Reply::ok("fields"))
+            .header("Cache-Status", "upstream-cache; fwd=miss")
+            .header("Via", "1.1 upstream")
+            .header("Surrogate-Key", "tag-a")
+            .header("X-Powered-By", "origin")
+            .header("Keep-Alive", "timeout=5")
+            .header("Connection", "X-Hop")
+            .header("X-Hop", "1")
+            .header("Set-Cookie", "s=1"),
+    );
+    origin.set(
+        "/private",
+        Reply::ok("<p>private page</p>".repeat(40))
+            .header("Cache-Control", "private")
+            .header("Content-Type", "text/html")
+            .header("Set-Cookie", "session=abc")
+            .header("Date", date),
+    );
     // never stored: what the origin received, as the body (fields that name the node's own
     // address or a generated id left out: the two nodes differ there by design)
     let echo_date = date.to_string();
@@ -279,6 +335,18 @@ fn origin() -> TestOrigin {
     });
     origin
 }
+
+/// The paths of `origin()` whose responses are never stored.
+const UNCACHED: [&str; 8] = [
+    "/ns",
+    "/ns-chunked",
+    "/ns-close",
+    "/ns-big",
+    "/ns-204",
+    "/ns-500",
+    "/ns-fields",
+    "/private",
+];
 
 fn node(origin: &TestOrigin, lean: bool, ca: &TestCa) -> Node {
     let cfg = NodeConfig::new(&origin.url())
@@ -592,22 +660,7 @@ fn the_lean_path_answers_exactly_as_the_full_path() {
         ),
     ];
     for (name, requests) in &cases {
-        let answers: Vec<Vec<Wire>> = nodes
-            .iter()
-            .map(|n| {
-                let host = n.addr().to_string();
-                let concrete: Vec<(&str, String)> = requests
-                    .iter()
-                    .map(|(m, r)| {
-                        let r = r
-                            .replace("{HOST}", &host.to_uppercase())
-                            .replace("{host}", &host);
-                        (*m, r)
-                    })
-                    .collect();
-                exchange(n, None, &concrete)
-            })
-            .collect();
+        let answers = on_each(&nodes, requests);
         assert!(!answers[0].is_empty(), "{name}: no response");
         assert_eq!(
             answers[0], answers[1],
@@ -701,6 +754,205 @@ fn the_lean_path_answers_exactly_as_the_full_path() {
     );
     let lines = counted_and_logged_alike(&lean, &full, 61);
     assert!(lines > 60, "{lines} access log lines");
+}
+
+#[test]
+fn predicted_passes_are_forwarded_exactly_as_by_the_full_path() {
+    let origin = origin();
+    let ca = TestCa::new();
+    let lean = node(&origin, true, &ca);
+    let full = node(&origin, false, &ca);
+    let nodes = [&lean, &full];
+    // a first request for each: the full path on both nodes, which learn they are uncacheable
+    for n in nodes {
+        let host = n.addr().to_string();
+        for path in UNCACHED.iter().chain(&["/echo", "/a"]) {
+            let got = exchange(n, None, &[("GET", request("GET", path, &host, &[]))]);
+            assert_eq!(got.len(), 1, "first request for {path}");
+        }
+    }
+    let get = |path: &str, extra: &[&str]| ("GET", request("GET", path, "{host}", extra));
+    let head = |path: &str| ("HEAD", request("HEAD", path, "{host}", &[]));
+    type Case = (&'static str, Vec<(&'static str, String)>);
+    let mut cases: Vec<Case> = vec![
+        ("GET each", UNCACHED.iter().map(|p| get(p, &[])).collect()),
+        ("HEAD each", UNCACHED.iter().map(|p| head(p)).collect()),
+        (
+            "Connection: close",
+            vec![get("/ns", &["Connection: close"])],
+        ),
+        (
+            "HTTP/1.0 keep-alive",
+            vec![(
+                "GET",
+                "GET /ns HTTP/1.0\r\nHost: {host}\r\nConnection: keep-alive\r\n\r\n".to_string(),
+            )],
+        ),
+        (
+            "pipelined passes and hits",
+            vec![
+                get("/ns", &[]),
+                get("/a", &[]),
+                get("/ns-chunked", &[]),
+                get("/echo", &["X-One: 1"]),
+                get("/ns-close", &[]),
+                get("/a", &[]),
+            ],
+        ),
+        (
+            "what the origin receives",
+            vec![get(
+                "/echo",
+                &[
+                    "User-Agent: t/1",
+                    "X-Forwarded-For: 10.9.9.9",
+                    "X-Forwarded-Host: evil",
+                    "Forwarded: for=10.9.9.9",
+                    "X-Custom: a",
+                    "X-Custom: b",
+                    "Referer: http://r/",
+                    "X-Request-Id: from-client",
+                ],
+            )],
+        ),
+        (
+            "negotiated encodings",
+            vec![
+                get("/private", &["Accept-Encoding: gzip"]),
+                get("/private", &["Accept-Encoding: identity"]),
+                get("/private", &["Accept-Encoding: br;q=0, gzip;q=0"]),
+            ],
+        ),
+        (
+            "a new key, then predicted",
+            vec![get("/echo?n=1", &[]), get("/echo?n=1", &[])],
+        ),
+    ];
+    cases.push((
+        "over 64 KiB, twice on one connection",
+        vec![get("/ns-big", &[]), get("/ns-big", &[])],
+    ));
+    for (name, requests) in &cases {
+        let answers = on_each(&nodes, requests);
+        assert_eq!(
+            answers[0].len(),
+            requests.len(),
+            "{name}: every request answered"
+        );
+        assert_eq!(
+            answers[0], answers[1],
+            "case {name:?}: lean (left) and full (right) differ"
+        );
+        if *name == "what the origin receives" {
+            let seen = String::from_utf8_lossy(&answers[0][0].body).into_owned();
+            for line in [
+                "x-custom: a",
+                "x-custom: b",
+                "x-forwarded-for: 127.0.0.1",
+                "x-forwarded-proto: http",
+                "cdn-loop:",
+                "via: 1.1 ",
+            ] {
+                assert!(seen.contains(line), "{line:?} not in: {seen}");
+            }
+            for gone in ["10.9.9.9", "evil", "forwarded: "] {
+                assert!(!seen.contains(gone), "{gone:?} passed: {seen}");
+            }
+        }
+    }
+    // and over TLS (X-Forwarded-Proto: https)
+    let answers: Vec<Vec<Wire>> = nodes
+        .iter()
+        .map(|n| {
+            let reqs = [
+                ("GET", request("GET", "/echo", "a.test", &[])),
+                ("GET", request("GET", "/ns-chunked", "a.test", &[])),
+            ];
+            exchange(n, Some(&ca), &reqs)
+        })
+        .collect();
+    assert_eq!(answers[0].len(), 2);
+    assert_eq!(answers[0], answers[1], "over TLS: lean and full differ");
+    let seen = String::from_utf8_lossy(&answers[0][0].body).into_owned();
+    assert!(seen.contains("x-forwarded-proto: https"), "{seen}");
+
+    let passes = metric_sum(&lean.metrics(), "outpost_lean_passes_total", &[]);
+    assert!(
+        passes >= 25.0,
+        "the lean node forwarded {passes} passes itself"
+    );
+    assert_eq!(
+        metric_sum(&full.metrics(), "outpost_lean_passes_total", &[]),
+        0.0
+    );
+    let lines = counted_and_logged_alike(&lean, &full, 44);
+    assert!(lines >= 44, "{lines} access log lines");
+}
+
+#[test]
+fn passes_that_fail_are_answered_as_by_the_full_path() {
+    let origin = TestOrigin::start();
+    let fine = |body: &str| Reply::ok(body.to_string()).header("Cache-Control", "no-store");
+    for p in ["/hang", "/slow", "/bad"] {
+        origin.set(p, fine(p));
+    }
+    let ca = TestCa::new();
+    let node = |lean: bool| {
+        let cfg = NodeConfig::new(&origin.url())
+            .node(&format!("lean_hits = {lean}"))
+            .origin("read_timeout = \"400ms\"\nretries = 1")
+            .extra("[access_log]\nrequest_id_header = \"X-Request-Id\"");
+        let _ = &ca;
+        cfg.start()
+    };
+    let (lean, full) = (node(true), node(false));
+    let nodes = [&lean, &full];
+    for n in nodes {
+        let host = n.addr().to_string();
+        for p in ["/hang", "/slow", "/bad"] {
+            let got = exchange(n, None, &[("GET", request("GET", p, &host, &[]))]);
+            assert_eq!(got[0].status, 200, "{p} at first");
+        }
+    }
+    // the origin hangs up on the request, answers too late, answers garbage
+    origin.set("/hang", fine("").hang_up());
+    origin.set("/slow", fine("late").delay(Duration::from_millis(900)));
+    origin.set("/bad", fine("").header("Content-Length", "x"));
+    for (method, path) in [
+        ("GET", "/hang"),
+        ("HEAD", "/hang"),
+        ("GET", "/slow"),
+        ("GET", "/bad"),
+    ] {
+        let answers: Vec<Vec<Wire>> = nodes
+            .iter()
+            .map(|n| {
+                let r = request(method, path, &n.addr().to_string(), &[]);
+                exchange(n, None, &[(method, r)])
+            })
+            .collect();
+        assert_eq!(answers[0].len(), 1, "{method} {path}: answered");
+        assert_eq!(
+            answers[0], answers[1],
+            "{method} {path}: lean (left) and full (right) differ"
+        );
+        assert!(
+            answers[0][0].status >= 500,
+            "{method} {path}: {:?}",
+            answers[0][0]
+        );
+    }
+    assert_eq!(
+        metric_sum(&lean.metrics(), "outpost_lean_passes_total", &[]),
+        4.0
+    );
+    let errors = |n: &Node| metric_sum(&n.metrics(), "outpost_upstream_errors_total", &[]);
+    assert_eq!(
+        errors(&lean),
+        errors(&full),
+        "server failures counted alike"
+    );
+    counted_and_logged_alike(&lean, &full, 7);
 }
 
 /// Assert that `lean` and `full` counted the same metrics and logged the same access log

@@ -79,6 +79,16 @@ pub enum CacheStatus {
     },
 }
 
+/// The `Cache-Status` value of a response that came with `upstream` (from a shield or an
+/// origin's cache), this node's entry being `ours`: RFC 9211 lists the caches nearer the origin
+/// first, this node's entry last.
+pub fn after_upstream(upstream: Option<&http::HeaderValue>, ours: String) -> String {
+    match upstream.and_then(|v| v.to_str().ok()).map(str::trim) {
+        Some(upstream) if !upstream.is_empty() => format!("{upstream}, {ours}"),
+        _ => ours,
+    }
+}
+
 impl CacheStatus {
     /// Render as a `Cache-Status` field value for cache `name`.
     pub fn render(&self, name: &str) -> String {

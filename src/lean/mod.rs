@@ -21,6 +21,9 @@
 //! variance hashed as `cache::vary` hashes it), unless `Vary` names a forwarding field. The differential
 //! test (tests/lean_differential.rs) sends one matrix of requests to a node with this path and
 //! to one without, and compares every response.
+//!
+//! The same requests, when the cache predicts their key uncacheable (Pingora would bypass the
+//! cache for them), are forwarded from here too (src/lean/pass.rs says when and how).
 
 use crate::cache::entry::{from_ms, HeadView};
 use crate::cache::memory::StoredObject;
@@ -31,19 +34,22 @@ use crate::node::{Node, Routing};
 use crate::observe::Ids;
 use crate::policy::client_ip::behind_trusted_proxy;
 use crate::policy::ratelimit::Phase;
-use crate::policy::{compression, forwarding};
+use crate::policy::{compression, forwarding, hardening, headers};
 use crate::rules::{key, normalize_host};
 use crate::upstream::tier;
 use blake2::digest::consts::U16;
 use blake2::{Blake2b, Digest};
 use bytes::BufMut;
 use http::{HeaderName, Method, StatusCode};
-use pingora_http::IntoCaseHeaderName;
+use pingora_http::{IntoCaseHeaderName, RequestHeader};
 use smallvec::SmallVec;
 use std::borrow::Cow;
 use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::{Instant, SystemTime};
+
+mod pass;
+pub use pass::{Pass, KEPT_BUFFER};
 
 /// Request header fields read at most (more: the full path).
 const MAX_FIELDS: usize = 48;
@@ -53,6 +59,10 @@ pub struct LeanHits {
     node: Arc<Node>,
     /// Request ids made here (`access_log.request_id_header`).
     ids: Ids,
+    /// The `Via` this node adds.
+    via: crate::policy::headers::Via,
+    /// Keep-alive connections to origin servers of the lean pass path.
+    idle: pass::IdleUpstreams,
 }
 
 /// A connection as the lean path needs to know it.
@@ -62,6 +72,8 @@ pub struct Peer {
     pub addr: Option<IpAddr>,
     /// The node is stopping: responses say `Connection: close`.
     pub closing: bool,
+    /// The connection is TLS (`X-Forwarded-Proto: https` on a pass).
+    pub tls: bool,
 }
 
 /// What [`LeanHits::answer`] made of a request.
@@ -70,6 +82,8 @@ pub struct Peer {
 pub enum Outcome {
     /// Answered here.
     Answered(Answer),
+    /// Forwarded from here ([`LeanHits::pass`]).
+    Pass(Pass),
     /// The request header is not complete yet: read more.
     Incomplete,
     /// For the full path; `length` is the request's length (header and body) when its framing
@@ -78,6 +92,25 @@ pub enum Outcome {
         /// Bytes of the request, when known.
         length: Option<u64>,
     },
+}
+
+/// How a lean pass ended.
+pub enum Passed {
+    /// The response was relayed (or the client went away: `keep_alive` false).
+    Done {
+        /// The connection serves another request.
+        keep_alive: bool,
+    },
+    /// Nothing was sent to the client: the full path takes the request.
+    HandOver,
+}
+
+/// What the lean path does with a request it takes.
+// one per request, matched at once
+#[allow(clippy::large_enum_variant)]
+enum Decided {
+    Answer(Answer),
+    Pass(Pass),
 }
 
 /// The body length a request header announces, when plainly framed: none (0) or one
@@ -151,6 +184,23 @@ struct RefusalOf<'a> {
     client: IpAddr,
 }
 
+/// A request predicted uncacheable, as [`LeanHits::plan_pass`] reads it.
+struct PassOf<'a> {
+    start: Instant,
+    consumed: usize,
+    method: Method,
+    version10: bool,
+    target: &'a str,
+    headers: &'a [httparse::Header<'a>],
+    seen: &'a Fields<'a>,
+    host: &'a str,
+    routing: &'a Arc<Routing>,
+    rule: Option<usize>,
+    primary_bin: [u8; 16],
+    peer: Peer,
+    keep_alive: bool,
+}
+
 /// `headers` as a header map; `None` if one of them is not a valid field.
 fn header_map(headers: &[httparse::Header<'_>]) -> Option<http::HeaderMap> {
     let mut map = http::HeaderMap::with_capacity(headers.len());
@@ -165,8 +215,7 @@ fn header_map(headers: &[httparse::Header<'_>]) -> Option<http::HeaderMap> {
 
 /// What a finished lean response records (as `proxy::access` records a full one).
 struct Done {
-    /// A rate limit's refusal (else a hit).
-    refused: bool,
+    kind: Kind,
     start: Instant,
     first_byte: f64,
     method: Method,
@@ -180,6 +229,23 @@ struct Done {
     user_agent: Option<String>,
     referer: Option<String>,
     body_len: u64,
+}
+
+/// What a lean response was.
+enum Kind {
+    Hit,
+    /// A rate limit's refusal.
+    Refused,
+    /// Forwarded: its `Cache-Status` label, the server and how long its head took (ms).
+    Pass {
+        label: &'static str,
+        upstream: String,
+        origin_ms: f64,
+    },
+    /// Forwarded, and the server failed before or during its response.
+    Failed {
+        upstream: String,
+    },
 }
 
 /// The request fields the lean path reads.
@@ -264,6 +330,8 @@ impl LeanHits {
     /// The lean path of `node`.
     pub fn new(node: Arc<Node>) -> LeanHits {
         LeanHits {
+            via: crate::policy::headers::Via::new(&node.config.node.name),
+            idle: pass::IdleUpstreams::default(),
             node,
             ids: Ids::new(),
         }
@@ -277,8 +345,10 @@ impl LeanHits {
     /// What to do with the bytes at the start of `buf` (a request begins there): answer it
     /// here, read more, or hand it to the full path.
     pub fn answer(&self, buf: &[u8], peer: Peer) -> Outcome {
-        if let Some(answer) = self.try_answer(buf, peer) {
-            return Outcome::Answered(answer);
+        match self.try_answer(buf, peer) {
+            Some(Decided::Answer(answer)) => return Outcome::Answered(answer),
+            Some(Decided::Pass(pass)) => return Outcome::Pass(pass),
+            None => {}
         }
         let mut storage = [httparse::EMPTY_HEADER; MAX_FIELDS];
         let mut req = httparse::Request::new(&mut storage);
@@ -303,7 +373,7 @@ impl LeanHits {
     }
 
     /// The answer to a request at the start of `buf`, if this path serves it.
-    fn try_answer(&self, buf: &[u8], peer: Peer) -> Option<Answer> {
+    fn try_answer(&self, buf: &[u8], peer: Peer) -> Option<Decided> {
         let start = Instant::now();
         let mut storage = [httparse::EMPTY_HEADER; MAX_FIELDS];
         let mut req = httparse::Request::new(&mut storage);
@@ -403,9 +473,8 @@ impl LeanHits {
             Some((p, q)) => (p, Some(q)),
             None => (target, None),
         };
-        let rule = routing
-            .rules
-            .get(routing.rules.matching(&method, &host, path));
+        let rule_index = routing.rules.matching(&method, &host, path);
+        let rule = routing.rules.get(rule_index);
         let rc = &rule.config;
         if !rule.caches() || rc.redirect_https || !rc.key.headers.is_empty() {
             return None;
@@ -420,6 +489,26 @@ impl LeanHits {
             &mut primary,
         );
         let primary_bin = pingora_cache::key::hash_key(&primary);
+        if self.predicted_uncacheable(primary_bin) {
+            // Pingora bypasses the cache for such a key: the lean pass path forwards it
+            return self
+                .plan_pass(PassOf {
+                    start,
+                    consumed,
+                    method,
+                    version10,
+                    target,
+                    headers,
+                    seen: &seen,
+                    host: &host,
+                    routing: &routing,
+                    rule: rule_index,
+                    primary_bin,
+                    peer,
+                    keep_alive: !asked_close && !peer.closing,
+                })
+                .map(Decided::Pass);
+        }
         let memory = node.storage.memory()?;
         let (object, lookups) = self.variant(memory, primary_bin, headers)?;
         let view = HeadView::parse(object.head()).ok()?;
@@ -482,7 +571,7 @@ impl LeanHits {
                 &mut limits,
             );
             if let Some(refused) = refused {
-                return Some(self.refusal(RefusalOf {
+                return Some(Decided::Answer(self.refusal(RefusalOf {
                     start,
                     consumed,
                     method,
@@ -497,7 +586,7 @@ impl LeanHits {
                     refused,
                     routing: &routing,
                     client,
-                }));
+                })));
             }
         }
         let body_len = object.body().len();
@@ -582,13 +671,13 @@ impl LeanHits {
         let head = written(status, resp, keep_alive);
         let first_byte = start.elapsed().as_secs_f64();
         let head_only = method == Method::HEAD;
-        Some(Answer {
+        Some(Decided::Answer(Answer {
             consumed,
             head,
             body: (!head_only).then_some(Payload::Stored(object)),
             keep_alive,
             done: Done {
-                refused: false,
+                kind: Kind::Hit,
                 start,
                 first_byte,
                 method,
@@ -601,6 +690,112 @@ impl LeanHits {
                 user_agent: ascii_text(seen.user_agent),
                 referer: ascii_text(seen.referer),
                 body_len: if head_only { 0 } else { body_len as u64 },
+            },
+        }))
+    }
+
+    /// The forwarding of a request predicted uncacheable, as the full path's hooks build
+    /// it (`request_filter`, `upstream_peer`, `upstream_request_filter`); `None` where the
+    /// lean pass path does not go (rate limits, a shield, an origin over TLS, an encoding
+    /// other than identity negotiated, no server available: the full path's cases).
+    fn plan_pass(&self, p: PassOf<'_>) -> Option<Pass> {
+        let node = &self.node;
+        let routing = p.routing;
+        let rc = &routing.rules.get(p.rule).config;
+        if !routing.limits.is_empty() || routing.shield.origin.is_some_and(|_| rc.shield) {
+            return None;
+        }
+        let pool = routing.origins.get(rc.origin)?;
+        if pool.config.tls.is_some() {
+            return None;
+        }
+        let compression = &node.config.compression;
+        let identity = compression.enabled;
+        if identity {
+            let accept = p
+                .headers
+                .iter()
+                .filter(|h| h.name.eq_ignore_ascii_case("accept-encoding"))
+                .map(|h| h.value);
+            if compression::negotiate_bytes(accept, &compression.encodings) != Encoding::Identity {
+                return None;
+            }
+        }
+        // the request as Pingora's session holds it, forwarding fields settled: Pingora
+        // sends a copy of it (as HTTP/1.1, without the fields about the client's connection)
+        // edited by upstream_request_filter; nothing reads the original after that here
+        let mut up = RequestHeader::build(
+            p.method.clone(),
+            p.target.as_bytes(),
+            Some(p.headers.len() + 8),
+        )
+        .ok()?;
+        for h in p.headers {
+            let name = bytes::Bytes::copy_from_slice(h.name.as_bytes()).into_case_header_name();
+            let value = bytes::Bytes::copy_from_slice(h.value);
+            up.append_header(name, pingora_http::header_value_from_raw(value))
+                .ok()?;
+        }
+        forwarding::settle_request(&mut up, routing, p.peer.addr, p.peer.tls, p.host).ok()?;
+        let member = pool.select(&p.primary_bin, &[]).ok()?;
+        let via_version = if p.version10 {
+            http::Version::HTTP_10
+        } else {
+            http::Version::HTTP_11
+        };
+        for name in hardening::hop_by_hop(&up.headers) {
+            up.remove_header(&name);
+        }
+        up.remove_header(&http::header::CONNECTION);
+        up.remove_header(tier::CACHE_KEY);
+        if let Some(host) = pool.config.host.as_ref() {
+            up.insert_header(http::header::HOST, host.as_str()).ok()?;
+        }
+        let id_name = node.config.access_log.request_id_header.as_ref();
+        let request_id = id_name.map(|_| crate::observe::request_id(p.seen.request_id, &self.ids));
+        if let (Some(name), Some(id)) = (id_name, &request_id) {
+            up.insert_header(name.clone(), id.as_str()).ok()?;
+        }
+        let cdn_loop = tier::cdn_loop_value(&up.headers, &node.config.node.name);
+        up.insert_header(tier::CDN_LOOP, cdn_loop).ok()?;
+        forwarding::forward_own(&mut up, p.peer.addr).ok()?;
+        if node.config.node.via {
+            let via = self
+                .via
+                .value(via_version, up.headers.get_all(http::header::VIA));
+            up.insert_header(http::header::VIA, via).ok()?;
+        }
+        headers::apply_request(&routing.headers.request, &mut up).ok()?;
+        headers::apply_request(&rc.headers.request, &mut up).ok()?;
+        if identity {
+            up.insert_header(http::header::ACCEPT_ENCODING, Encoding::Identity.token())
+                .ok()?;
+        }
+        let wire = pingora_core::protocols::http::v1::client::http_req_header_to_wire(&up)?;
+        Some(Pass {
+            consumed: p.consumed,
+            wire,
+            routing: Arc::clone(routing),
+            rule: p.rule,
+            origin: rc.origin,
+            member,
+            primary_bin: p.primary_bin,
+            identity,
+            keep_alive: p.keep_alive,
+            done: Done {
+                kind: Kind::Hit,
+                start: p.start,
+                first_byte: 0.0,
+                status: 0,
+                host: p.host.to_string(),
+                target: p.target.to_string(),
+                version10: p.version10,
+                client: p.peer.addr,
+                request_id,
+                user_agent: ascii_text(p.seen.user_agent),
+                referer: ascii_text(p.seen.referer),
+                body_len: 0,
+                method: p.method,
             },
         })
     }
@@ -730,7 +925,7 @@ impl LeanHits {
             body: (!head_only).then(|| Payload::Made(text.into_bytes())),
             keep_alive: r.keep_alive,
             done: Done {
-                refused: true,
+                kind: Kind::Refused,
                 start: r.start,
                 first_byte: 0.0,
                 method: r.method,
@@ -751,24 +946,51 @@ impl LeanHits {
     /// a hit: metrics, access log line, top keys; a failed write counts a client disconnect.
     pub fn finished(&self, answer: &Answer, sent: bool) {
         let d = &answer.done;
-        let node = &self.node;
-        let seconds = d.start.elapsed().as_secs_f64();
-        let body_bytes = if sent { d.body_len } else { 0 };
         if !sent {
-            node.metrics
+            self.node
+                .metrics
                 .disconnects
                 .count(DisconnectPhase::ResponseBody);
             tracing::debug!(host = %d.host, "client closed the connection");
         }
+        self.record(d, if sent { d.body_len } else { 0 });
+    }
+
+    /// Record a finished lean response (`body_bytes` of its body sent), as the full path
+    /// records one: metrics, access log line, top keys.
+    fn record(&self, d: &Done, body_bytes: u64) {
+        let node = &self.node;
+        let seconds = d.start.elapsed().as_secs_f64();
         // a refusal is written by the node itself, with no first byte of its own
-        let (label, source, first_byte) = if d.refused {
-            ("refused", Source::Node, seconds)
-        } else {
-            node.metrics.lean_hits.inc();
-            if matches!(d.status, 404 | 410 | 500..=599) {
-                node.metrics.stale.negative_hits.inc();
+        let (label, source, first_byte, upstream, origin_ms) = match &d.kind {
+            Kind::Refused => ("refused", Source::Node, seconds, None, None),
+            Kind::Hit => {
+                node.metrics.lean_hits.inc();
+                if matches!(d.status, 404 | 410 | 500..=599) {
+                    node.metrics.stale.negative_hits.inc();
+                }
+                ("hit", Source::Memory, d.first_byte, None, None)
             }
-            ("hit", Source::Memory, d.first_byte)
+            Kind::Pass {
+                label,
+                upstream,
+                origin_ms,
+            } => {
+                node.metrics.lean_passes.inc();
+                let upstream = Some(upstream.clone());
+                (
+                    *label,
+                    Source::Upstream,
+                    d.first_byte,
+                    upstream,
+                    Some(*origin_ms),
+                )
+            }
+            Kind::Failed { upstream } => {
+                node.metrics.lean_passes.inc();
+                let upstream = Some(upstream.clone());
+                ("error", Source::Node, d.first_byte, upstream, None)
+            }
         };
         node.metrics.record_request(&Finished {
             label: label_index(label),
@@ -804,8 +1026,8 @@ impl LeanHits {
                 bytes: body_bytes,
                 cache: label,
                 source: source.as_str(),
-                upstream: None,
-                origin_ms: None,
+                upstream,
+                origin_ms,
                 ms: crate::observe::millis(seconds),
                 id: d.request_id.as_deref(),
                 ua: d.user_agent.as_deref(),

@@ -25,7 +25,7 @@ use super::coalesce::WriteCoalescer;
 use super::hardening::Rejection;
 use super::request_line::RequestLines;
 use crate::config::LimitsConfig;
-use crate::lean::{Answer, LeanHits, Outcome, Payload, Peer};
+use crate::lean::{Answer, LeanHits, Outcome, Passed, Payload, Peer, KEPT_BUFFER};
 use crate::metrics::{DisconnectPhase, Disconnects};
 use crate::observe::logging::LogLimit;
 use async_trait::async_trait;
@@ -694,8 +694,11 @@ impl<A> Guarded<A> {
         let addr = stream
             .get_socket_digest()
             .and_then(|d| d.peer_addr().and_then(|a| a.as_inet()).map(|a| a.ip()));
+        let tls = stream.get_ssl_digest().is_some();
         let mut tracked = downcast(stream)?;
         let mut buf: Vec<u8> = Vec::with_capacity(4096);
+        // responses of the lean pass path are read here
+        let mut origin_buf: Vec<u8> = Vec::new();
         // Pingora keeps the connection (it may hold bytes of the next request), with the
         // settings it carries from one request to the next
         let mut pingora = false;
@@ -710,6 +713,7 @@ impl<A> Guarded<A> {
                         let peer = Peer {
                             addr,
                             closing: *shutdown.borrow(),
+                            tls,
                         };
                         match lean.answer(&buf, peer) {
                             Outcome::Answered(answer) => {
@@ -723,6 +727,27 @@ impl<A> Guarded<A> {
                                 buf.drain(..answer.consumed);
                                 deadline = None;
                                 continue;
+                            }
+                            Outcome::Pass(pass) => {
+                                seen.stop_waiting();
+                                let consumed = pass.consumed;
+                                let passed = lean.pass(pass, &mut *tracked, &mut origin_buf).await;
+                                if origin_buf.capacity() > KEPT_BUFFER {
+                                    origin_buf = Vec::new();
+                                }
+                                match passed {
+                                    Passed::Done { keep_alive: true } => {
+                                        buf.drain(..consumed);
+                                        deadline = None;
+                                        continue;
+                                    }
+                                    Passed::Done { keep_alive: false } => {
+                                        Shutdown::shutdown(&mut *tracked).await;
+                                        return None;
+                                    }
+                                    // nothing sent: the full path takes it (a bodyless request)
+                                    Passed::HandOver => break Some(consumed as u64),
+                                }
                             }
                             Outcome::Full { length } => break length,
                             // past any header size limit: the full path refuses it

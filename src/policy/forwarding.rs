@@ -98,6 +98,19 @@ pub fn settle(session: &mut Session, routing: &Routing, host: &str) -> Result<()
     settle_fields(session.req_header_mut(), believed, scheme, host)
 }
 
+/// [`settle`] for a request read below Pingora's session (the lean path): from `peer`, over
+/// TLS or not.
+pub fn settle_request(
+    req: &mut RequestHeader,
+    routing: &Routing,
+    peer: Option<IpAddr>,
+    tls: bool,
+    host: &str,
+) -> Result<()> {
+    let believed = believed(&routing.client_ip, &routing.shield.trusted_edges, peer);
+    settle_fields(req, believed, if tls { "https" } else { "http" }, host)
+}
+
 /// [`settle`] on `req`, received over `scheme`: a client not `believed` loses its forwarding
 /// fields; a missing `X-Forwarded-Proto` is `scheme`, a missing `X-Forwarded-Host` is `host`.
 fn settle_fields(
@@ -134,6 +147,16 @@ fn settle_fields(
 /// Append the peer of `session` to the `X-Forwarded-For` of `upstream` (its settled request's).
 pub fn forward(session: &Session, upstream: &mut RequestHeader) -> Result<()> {
     forward_fields(&session.req_header().headers, peer(session), upstream)
+}
+
+/// [`forward`] for a request read below Pingora's session (the lean path), from `peer`: the
+/// request's own (settled) `X-Forwarded-For` with the peer appended.
+pub fn forward_own(upstream: &mut RequestHeader, peer: Option<IpAddr>) -> Result<()> {
+    let mut received = HeaderMap::new();
+    for value in upstream.headers.get_all(X_FORWARDED_FOR) {
+        received.append(X_FORWARDED_FOR, value.clone());
+    }
+    forward_fields(&received, peer.map(canonical), upstream)
 }
 
 /// [`forward`] from the fields `received`, the connection's peer being `peer`: `X-Forwarded-For`

@@ -948,16 +948,8 @@ impl ProxyHttp for OutpostProxy {
     ) -> Result<()> {
         ctx.first_byte = Some(ctx.start.elapsed());
         let status = self.cache_status(session, ctx);
-        // RFC 9211: caches nearer the origin (a shield) listed first, this node's entry last
         let ours = status.render(&self.node.config.node.name);
-        let value = match resp
-            .headers
-            .get("cache-status")
-            .and_then(|v| v.to_str().ok())
-        {
-            Some(upstream) if !upstream.trim().is_empty() => format!("{}, {ours}", upstream.trim()),
-            _ => ours,
-        };
+        let value = crate::cache::status::after_upstream(resp.headers.get("cache-status"), ours);
         resp.insert_header("cache-status", value)?;
         if let Some((name, id)) = self.request_id_field(ctx) {
             resp.insert_header(name.clone(), id)?;

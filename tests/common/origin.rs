@@ -73,6 +73,7 @@ pub struct Reply {
     pub(super) generated: Option<usize>,
     chunked: bool,
     hang_up: bool,
+    close_delimited: bool,
 }
 
 impl Reply {
@@ -89,6 +90,7 @@ impl Reply {
             generated: None,
             chunked: false,
             hang_up: false,
+            close_delimited: false,
         }
     }
 
@@ -143,6 +145,13 @@ impl Reply {
     /// Send the body with `Transfer-Encoding: chunked` (no Content-Length), in 64 KiB chunks.
     pub fn chunked(mut self) -> Self {
         self.chunked = true;
+        self
+    }
+
+    /// Send the body without a length and close the connection after it (RFC 9112 6.3: the
+    /// body ends where the connection does).
+    pub fn close_delimited(mut self) -> Self {
+        self.close_delimited = true;
         self
     }
 
@@ -610,6 +619,7 @@ pub(super) fn plan(rec: &Recorded, reply: &Reply, hit_no: usize) -> Planned {
             if !no_body_status && reply.chunked {
                 hs.push(("Transfer-Encoding".to_string(), "chunked".to_string()));
             } else if !no_body_status
+                && !reply.close_delimited
                 && !reply.has_header("content-length")
                 && !reply.has_header("transfer-encoding")
             {
@@ -647,7 +657,7 @@ async fn write_reply<S: Wire>(
     for (k, v) in &headers {
         head.push_str(&format!("{k}: {v}\r\n"));
     }
-    if close_after {
+    if close_after || reply.close_delimited {
         head.push_str("Connection: close\r\n");
     }
     head.push_str("\r\n");
@@ -691,7 +701,7 @@ async fn write_reply<S: Wire>(
     }
     sock.write_all(&out).await?;
     sock.flush().await?;
-    Ok(true)
+    Ok(!reply.close_delimited)
 }
 
 /// An origin's answer to `req` for a representation `body` tagged `etag`, as RFC 9110 14.2
