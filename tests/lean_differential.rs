@@ -354,6 +354,7 @@ fn node(origin: &TestOrigin, lean: bool, ca: &TestCa) -> Node {
         .node(&format!("lean_hits = {lean}"))
         .extra(
             "[headers.response]\nremove = [\"X-Powered-By\"]\nset = { \"X-Served-By\" = \"{node}\" }\n\n\
+             [headers.request]\nremove = [\"X-Drop\"]\nset = { \"X-From\" = \"edge\" }\n\n\
              [access_log]\nrequest_id_header = \"X-Request-Id\"\n\n\
              [purge]\ntag_headers = [\"Surrogate-Key\"]\nstrip_tag_headers = true",
         );
@@ -812,6 +813,12 @@ fn predicted_passes_are_forwarded_exactly_as_by_the_full_path() {
                     "X-Custom: b",
                     "Referer: http://r/",
                     "X-Request-Id: from-client",
+                    "X-Drop: 1",
+                    "X-From: client",
+                    "Proxy-Authorization: Basic eDp5",
+                    "TE: trailers",
+                    "Keep-Alive: 300",
+                    "Proxy-Connection: keep-alive",
                 ],
             )],
         ),
@@ -855,7 +862,17 @@ fn predicted_passes_are_forwarded_exactly_as_by_the_full_path() {
             ] {
                 assert!(seen.contains(line), "{line:?} not in: {seen}");
             }
-            for gone in ["10.9.9.9", "evil", "forwarded: "] {
+            assert!(seen.contains("x-from: edge"), "{seen}");
+            for gone in [
+                "10.9.9.9",
+                "evil",
+                "forwarded: ",
+                "x-drop",
+                "client",
+                "proxy-",
+                "te: ",
+                "keep-alive",
+            ] {
                 assert!(!seen.contains(gone), "{gone:?} passed: {seen}");
             }
         }

@@ -34,14 +34,14 @@ use crate::node::{Node, Routing};
 use crate::observe::Ids;
 use crate::policy::client_ip::behind_trusted_proxy;
 use crate::policy::ratelimit::Phase;
-use crate::policy::{compression, forwarding, hardening, headers};
+use crate::policy::{compression, forwarding, hardening};
 use crate::rules::{key, normalize_host};
 use crate::upstream::tier;
 use blake2::digest::consts::U16;
 use blake2::{Blake2b, Digest};
 use bytes::BufMut;
 use http::{HeaderName, Method, StatusCode};
-use pingora_http::{IntoCaseHeaderName, RequestHeader};
+use pingora_http::IntoCaseHeaderName;
 use smallvec::SmallVec;
 use std::borrow::Cow;
 use std::net::IpAddr;
@@ -63,6 +63,8 @@ pub struct LeanHits {
     via: crate::policy::headers::Via,
     /// Keep-alive connections to origin servers of the lean pass path.
     idle: pass::IdleUpstreams,
+    /// Requests standing for the lean passes' in freshness decisions.
+    bare: pass::Bare,
 }
 
 /// A connection as the lean path needs to know it.
@@ -258,6 +260,15 @@ struct Fields<'a> {
     referer: Option<&'a [u8]>,
 }
 
+/// Fields of a client's request Pingora never sends upstream (its standard hop-by-hop list,
+/// beside `hardening::HOP_BY_HOP`), and the cache key hint only this node sets.
+const UPSTREAM_DROPPED: &[&str] = &[
+    "proxy-authorization",
+    "transfer-encoding",
+    "http2-settings",
+    tier::CACHE_KEY,
+];
+
 /// Request fields that take a request to the full path.
 const FULL_PATH_FIELDS: &[&str] = &[
     "content-length",
@@ -332,6 +343,7 @@ impl LeanHits {
         LeanHits {
             via: crate::policy::headers::Via::new(&node.config.node.name),
             idle: pass::IdleUpstreams::default(),
+            bare: pass::Bare::new(),
             node,
             ids: Ids::new(),
         }
@@ -721,60 +733,13 @@ impl LeanHits {
                 return None;
             }
         }
-        // the request as Pingora's session holds it, forwarding fields settled: Pingora
-        // sends a copy of it (as HTTP/1.1, without the fields about the client's connection)
-        // edited by upstream_request_filter; nothing reads the original after that here
-        let mut up = RequestHeader::build(
-            p.method.clone(),
-            p.target.as_bytes(),
-            Some(p.headers.len() + 8),
-        )
-        .ok()?;
-        for h in p.headers {
-            let name = bytes::Bytes::copy_from_slice(h.name.as_bytes()).into_case_header_name();
-            let value = bytes::Bytes::copy_from_slice(h.value);
-            up.append_header(name, pingora_http::header_value_from_raw(value))
-                .ok()?;
-        }
-        forwarding::settle_request(&mut up, routing, p.peer.addr, p.peer.tls, p.host).ok()?;
         let member = pool.select(&p.primary_bin, &[]).ok()?;
-        let via_version = if p.version10 {
-            http::Version::HTTP_10
-        } else {
-            http::Version::HTTP_11
-        };
-        for name in hardening::hop_by_hop(&up.headers) {
-            up.remove_header(&name);
-        }
-        up.remove_header(&http::header::CONNECTION);
-        up.remove_header(tier::CACHE_KEY);
-        if let Some(host) = pool.config.host.as_ref() {
-            up.insert_header(http::header::HOST, host.as_str()).ok()?;
-        }
         let id_name = node.config.access_log.request_id_header.as_ref();
         let request_id = id_name.map(|_| crate::observe::request_id(p.seen.request_id, &self.ids));
-        if let (Some(name), Some(id)) = (id_name, &request_id) {
-            up.insert_header(name.clone(), id.as_str()).ok()?;
-        }
-        let cdn_loop = tier::cdn_loop_value(&up.headers, &node.config.node.name);
-        up.insert_header(tier::CDN_LOOP, cdn_loop).ok()?;
-        forwarding::forward_own(&mut up, p.peer.addr).ok()?;
-        if node.config.node.via {
-            let via = self
-                .via
-                .value(via_version, up.headers.get_all(http::header::VIA));
-            up.insert_header(http::header::VIA, via).ok()?;
-        }
-        headers::apply_request(&routing.headers.request, &mut up).ok()?;
-        headers::apply_request(&rc.headers.request, &mut up).ok()?;
-        if identity {
-            up.insert_header(http::header::ACCEPT_ENCODING, Encoding::Identity.token())
-                .ok()?;
-        }
-        let wire = pingora_core::protocols::http::v1::client::http_req_header_to_wire(&up)?;
+        let wire = self.upstream_request(&p, pool, id_name.zip(request_id.as_deref()), identity);
         Some(Pass {
             consumed: p.consumed,
-            wire,
+            wire: wire?,
             routing: Arc::clone(routing),
             rule: p.rule,
             origin: rc.origin,
@@ -798,6 +763,155 @@ impl LeanHits {
                 method: p.method,
             },
         })
+    }
+
+    /// The request a lean pass sends upstream, as the full path builds it (its hooks edit a
+    /// copy of the request as received, which Pingora serializes): forwarding fields settled
+    /// (`forwarding::settle`) and the peer appended to `X-Forwarded-For`, hop-by-hop fields
+    /// dropped (ours and Pingora's standard list), the origin's `Host`, the request id,
+    /// `CDN-Loop`, `Via`, header rules, `Accept-Encoding: identity` when compression
+    /// negotiated it. The client's fields keep their order and case; fields set here follow
+    /// them, named as Pingora names the fields it inserts. Written straight from the parsed
+    /// request, without Pingora's two header maps.
+    fn upstream_request(
+        &self,
+        p: &PassOf<'_>,
+        pool: &crate::upstream::Pool,
+        request_id: Option<(&HeaderName, &str)>,
+        identity: bool,
+    ) -> Option<Vec<u8>> {
+        let node = &self.node;
+        let routing = p.routing;
+        let rc = &routing.rules.get(p.rule).config;
+        let believed = forwarding::believed(
+            &routing.client_ip,
+            &routing.shield.trusted_edges,
+            p.peer.addr,
+        );
+        let is = |h: &httparse::Header<'_>, name: &str| h.name.eq_ignore_ascii_case(name);
+        // settle: a client not believed loses every forwarding field, once it sent one
+        let drop_forwarding = !believed
+            && p.headers
+                .iter()
+                .any(|h| forwarding::is_forwarding_field(h.name));
+        let host_override = pool.config.host.as_deref();
+        let rules = [&routing.headers.request, &rc.headers.request];
+        let replaced = |h: &httparse::Header<'_>| {
+            hardening::HOP_BY_HOP.iter().any(|n| is(h, n.as_str()))
+                || UPSTREAM_DROPPED.iter().any(|n| is(h, n))
+                || is(h, "x-forwarded-for")
+                || (drop_forwarding && forwarding::is_forwarding_field(h.name))
+                || (host_override.is_some() && is(h, "host"))
+                || request_id.is_some_and(|(name, _)| is(h, name.as_str()))
+                || (identity && is(h, "accept-encoding"))
+                || rules.iter().any(|r| {
+                    r.remove.iter().any(|n| is(h, n.as_str()))
+                        || r.set.iter().any(|(n, _)| is(h, n.as_str()))
+                })
+        };
+        let mut out = Vec::with_capacity(512);
+        out.put_slice(p.method.as_str().as_bytes());
+        out.put_u8(b' ');
+        out.put_slice(p.target.as_bytes());
+        out.put_slice(b" HTTP/1.1\r\n");
+        let field = |out: &mut Vec<u8>, name: &[u8], value: &[u8]| {
+            out.put_slice(name);
+            out.put_slice(b": ");
+            out.put_slice(value);
+            out.put_slice(b"\r\n");
+        };
+        let mut forwarded_for = Vec::new();
+        let (mut has_proto, mut has_host) = (false, false);
+        for h in p.headers {
+            if is(h, "x-forwarded-for") && !drop_forwarding {
+                if !forwarded_for.is_empty() {
+                    forwarded_for.extend_from_slice(b", ");
+                }
+                forwarded_for.extend_from_slice(h.value);
+            }
+            if replaced(h) {
+                continue;
+            }
+            has_proto |= is(h, "x-forwarded-proto");
+            has_host |= is(h, "x-forwarded-host");
+            field(&mut out, h.name.as_bytes(), h.value);
+        }
+        // fields set by the node's hooks, before the header rules run (which may remove or
+        // replace them)
+        let mut made: SmallVec<[Field<'_>; 8]> = SmallVec::new();
+        if !has_proto {
+            let scheme: &[u8] = if p.peer.tls { b"https" } else { b"http" };
+            made.push((Cow::Borrowed(b"X-Forwarded-Proto"), Cow::Borrowed(scheme)));
+        }
+        if !has_host && !p.host.is_empty() {
+            made.push((
+                Cow::Borrowed(b"X-Forwarded-Host"),
+                Cow::Borrowed(p.host.as_bytes()),
+            ));
+        }
+        if let Some(host) = host_override {
+            made.push((Cow::Borrowed(b"Host"), Cow::Borrowed(host.as_bytes())));
+        }
+        if let Some((name, id)) = request_id {
+            made.push((wire_name(name), Cow::Borrowed(id.as_bytes())));
+        }
+        let cdn_loop = tier::cdn_loop_value(&http::HeaderMap::new(), &node.config.node.name);
+        made.push((
+            Cow::Borrowed(tier::CDN_LOOP.as_bytes()),
+            Cow::Owned(cdn_loop.into_bytes()),
+        ));
+        if let Some(ip) = p.peer.addr.map(crate::policy::client_ip::canonical) {
+            use std::io::Write as _;
+            if !forwarded_for.is_empty() {
+                forwarded_for.extend_from_slice(b", ");
+            }
+            let _ = write!(forwarded_for, "{ip}");
+        }
+        if !forwarded_for.is_empty() {
+            made.push((Cow::Borrowed(b"X-Forwarded-For"), Cow::Owned(forwarded_for)));
+        }
+        if node.config.node.via {
+            let version = if p.version10 {
+                http::Version::HTTP_10
+            } else {
+                http::Version::HTTP_11
+            };
+            let empty = http::HeaderMap::new();
+            let via = self.via.value(version, empty.get_all(http::header::VIA));
+            made.push((Cow::Borrowed(b"Via"), Cow::Owned(via.as_bytes().to_vec())));
+        }
+        // header rules, global then the rule's: removals, then fields set (replacing)
+        let named = |n: &HeaderName, name: &[u8]| n.as_str().as_bytes().eq_ignore_ascii_case(name);
+        let touched = |name: &[u8]| {
+            rules.iter().any(|r| {
+                r.remove.iter().any(|n| named(n, name)) || r.set.iter().any(|(n, _)| named(n, name))
+            })
+        };
+        for (name, value) in &made {
+            if !touched(name) {
+                field(&mut out, name, value);
+            }
+        }
+        let mut set: SmallVec<[(&HeaderName, &http::HeaderValue); 4]> = SmallVec::new();
+        for r in rules {
+            set.retain(|(n, _)| !r.remove.contains(n));
+            for (name, value) in &r.set {
+                set.retain(|(n, _)| *n != name);
+                set.push((name, value));
+            }
+        }
+        for (name, value) in set {
+            field(&mut out, &wire_name(name), value.as_bytes());
+        }
+        if identity {
+            field(
+                &mut out,
+                b"Accept-Encoding",
+                Encoding::Identity.token().as_bytes(),
+            );
+        }
+        out.put_slice(b"\r\n");
+        Some(out)
     }
 
     /// The stored object a request with `headers` gets for the primary key hashed

@@ -27,7 +27,7 @@ use crate::metrics::DisconnectPhase;
 use crate::node::Routing;
 use crate::policy::hardening;
 use crate::policy::{compression, headers};
-use bytes::{BufMut, BytesMut};
+use bytes::BufMut;
 use http::{header, StatusCode, Version};
 use pingora_cache::predictor::CacheablePredictor;
 use pingora_cache::CacheKey;
@@ -56,7 +56,7 @@ pub struct Pass {
     /// Bytes of the request (its header: it has no body).
     pub consumed: usize,
     /// The request sent upstream, serialized.
-    pub(super) wire: BytesMut,
+    pub(super) wire: Vec<u8>,
     pub(super) routing: Arc<Routing>,
     /// The matching rule.
     pub(super) rule: Option<usize>,
@@ -69,6 +69,22 @@ pub struct Pass {
     /// The client connection stays open after the response.
     pub(super) keep_alive: bool,
     pub(super) done: Done,
+}
+
+/// Requests without fields, as `freshness::decide` reads the requests of lean passes.
+pub(super) struct Bare {
+    get: Option<RequestHeader>,
+    head: Option<RequestHeader>,
+}
+
+impl Bare {
+    pub(super) fn new() -> Bare {
+        let bare = |method| RequestHeader::build(method, b"/", Some(0)).ok();
+        Bare {
+            get: bare(http::Method::GET),
+            head: bare(http::Method::HEAD),
+        }
+    }
 }
 
 /// Idle keep-alive connections to origin servers, by address, newest last.
@@ -438,27 +454,32 @@ impl LeanHits {
         let not_stored = if resp.status == StatusCode::PARTIAL_CONTENT {
             RANGE_ANSWER
         } else {
-            // (the request's own fields decide() reads, Cache-Control and Authorization, keep
-            // requests off the lean path)
-            let request = RequestHeader::build(pass.done.method.clone(), b"/", Some(0));
-            match request.map(|request| {
-                freshness::decide(
-                    &request,
-                    &resp,
-                    &rule.config,
-                    node.config.cache.heuristic_max_ttl,
-                    SystemTime::now(),
-                )
-            }) {
-                Err(_) => return Passed::HandOver,
-                Ok(Ok(_)) => {
+            // (the fields of a request decide() reads, Cache-Control and Authorization, keep
+            // it off the lean path: a request without fields stands for it)
+            let bare = if head_only {
+                &self.bare.head
+            } else {
+                &self.bare.get
+            };
+            let Some(request) = bare else {
+                return Passed::HandOver;
+            };
+            let decided = freshness::decide(
+                request,
+                &resp,
+                &rule.config,
+                node.config.cache.heuristic_max_ttl,
+                SystemTime::now(),
+            );
+            match decided {
+                Ok(_) => {
                     // storable now: the next request fills the cache
                     let mut key = CacheKey::new(String::new(), String::new());
                     key.set_primary_bin_override(pass.primary_bin);
                     node.predictor.mark_cacheable(&key);
                     "deferred"
                 }
-                Ok(Err(reason)) => reason,
+                Err(reason) => reason,
             }
         };
         // Pingora converts a close-delimited response to chunked for the client

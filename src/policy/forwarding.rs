@@ -98,19 +98,6 @@ pub fn settle(session: &mut Session, routing: &Routing, host: &str) -> Result<()
     settle_fields(session.req_header_mut(), believed, scheme, host)
 }
 
-/// [`settle`] for a request read below Pingora's session (the lean path): from `peer`, over
-/// TLS or not.
-pub fn settle_request(
-    req: &mut RequestHeader,
-    routing: &Routing,
-    peer: Option<IpAddr>,
-    tls: bool,
-    host: &str,
-) -> Result<()> {
-    let believed = believed(&routing.client_ip, &routing.shield.trusted_edges, peer);
-    settle_fields(req, believed, if tls { "https" } else { "http" }, host)
-}
-
 /// [`settle`] on `req`, received over `scheme`: a client not `believed` loses its forwarding
 /// fields; a missing `X-Forwarded-Proto` is `scheme`, a missing `X-Forwarded-Host` is `host`.
 fn settle_fields(
@@ -149,16 +136,6 @@ pub fn forward(session: &Session, upstream: &mut RequestHeader) -> Result<()> {
     forward_fields(&session.req_header().headers, peer(session), upstream)
 }
 
-/// [`forward`] for a request read below Pingora's session (the lean path), from `peer`: the
-/// request's own (settled) `X-Forwarded-For` with the peer appended.
-pub fn forward_own(upstream: &mut RequestHeader, peer: Option<IpAddr>) -> Result<()> {
-    let mut received = HeaderMap::new();
-    for value in upstream.headers.get_all(X_FORWARDED_FOR) {
-        received.append(X_FORWARDED_FOR, value.clone());
-    }
-    forward_fields(&received, peer.map(canonical), upstream)
-}
-
 /// [`forward`] from the fields `received`, the connection's peer being `peer`: `X-Forwarded-For`
 /// as received (its fields joined) with `peer` appended.
 fn forward_fields(
@@ -166,6 +143,12 @@ fn forward_fields(
     peer: Option<IpAddr>,
     upstream: &mut RequestHeader,
 ) -> Result<()> {
+    set_chain(upstream, chain(received, peer))
+}
+
+/// `X-Forwarded-For` as `received` has it (its fields joined) with `peer` appended.
+fn chain(received: &HeaderMap, peer: Option<IpAddr>) -> Vec<u8> {
+    use std::io::Write as _;
     let mut chain = Vec::new();
     for value in received.get_all(X_FORWARDED_FOR) {
         if !chain.is_empty() {
@@ -177,11 +160,16 @@ fn forward_fields(
         if !chain.is_empty() {
             chain.extend_from_slice(b", ");
         }
-        chain.extend_from_slice(ip.to_string().as_bytes());
+        let _ = write!(chain, "{ip}");
     }
+    chain
+}
+
+/// Make `chain` the `X-Forwarded-For` of `upstream` (none if empty).
+fn set_chain(upstream: &mut RequestHeader, chain: Vec<u8>) -> Result<()> {
     upstream.remove_header(&X_FORWARDED_FOR);
     if !chain.is_empty() {
-        let value = HeaderValue::from_bytes(&chain).map_err(|e| {
+        let value = HeaderValue::from_maybe_shared(bytes::Bytes::from(chain)).map_err(|e| {
             pingora_error::Error::because(
                 pingora_error::ErrorType::InternalError,
                 "X-Forwarded-For value",

@@ -249,6 +249,14 @@ impl Pool {
     /// Pick a server for a request with hash `key` (ketama; ignored by round robin), skipping
     /// unhealthy, ejected and already `tried` servers.
     pub fn select(&self, key: &[u8], tried: &[usize]) -> Result<usize, NoServer> {
+        if self.members.len() == 1 {
+            // one server: no balancing to do (and it is never ejected)
+            return match (self.healthy(0), tried.contains(&0)) {
+                (false, _) => Err(NoServer::AllDown),
+                (true, true) => Err(NoServer::Exhausted),
+                (true, false) => Ok(0),
+            };
+        }
         let now = millis(self.epoch, Instant::now());
         let mut any_up = false;
         let accept = |b: &Backend, healthy: bool| {
