@@ -27,17 +27,24 @@ fn names(headers: &HMap) -> impl Iterator<Item = Cow<'_, str>> {
 
 /// Add `field` (lowercase) to `resp`'s `Vary` unless it is there (or `*` is).
 pub fn add(resp: &mut ResponseHeader, field: &str) -> pingora_error::Result<()> {
-    let present = fields(&resp.headers);
-    if present.iter().any(|f| f == field || f == "*") {
-        return Ok(());
+    if let Some(value) = with_field(&resp.headers, field) {
+        resp.insert_header(header::VARY, value)?;
     }
-    let value = if present.is_empty() {
+    Ok(())
+}
+
+/// The `Vary` value [`add`] sets for `field` (lowercase) on a response with `headers`; `None`
+/// if it names the field already (or `*`).
+pub fn with_field(headers: &HMap, field: &str) -> Option<String> {
+    let present = fields(headers);
+    if present.iter().any(|f| f == field || f == "*") {
+        return None;
+    }
+    Some(if present.is_empty() {
         field.to_string()
     } else {
         format!("{}, {field}", present.join(", "))
-    };
-    resp.insert_header(header::VARY, value)?;
-    Ok(())
+    })
 }
 
 /// The variance of `req` for the stored response headers `stored`, or `None` without `Vary`.

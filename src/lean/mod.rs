@@ -634,52 +634,13 @@ impl LeanHits {
             Err(e) => -(e.duration().as_secs() as i64),
         };
         let ours = format!("{}; hit; ttl={ttl}", node.config.node.name);
-        let cache_status = match resp
-            .first(b"cache-status")
-            .filter(|v| ascii_value(v))
-            .and_then(|v| std::str::from_utf8(v).ok())
-            .map(str::trim)
-        {
-            Some(upstream) if !upstream.is_empty() => format!("{upstream}, {ours}"),
-            _ => ours,
-        };
-        resp.insert(&b"cache-status"[..], cache_status.into_bytes());
-        if let (Some(name), Some(id)) = (request_id_name, &request_id) {
-            resp.insert(wire_name(name), id.clone().into_bytes());
-        }
-        if !limits.is_empty() {
+        let limit_fields = (!limits.is_empty()).then(|| {
             let policy = routing.limits.policy_field(&limits);
-            resp.insert(&b"ratelimit-policy"[..], policy.into_bytes());
-            let state = routing.limits.state_field(&limits);
-            resp.insert(&b"ratelimit"[..], state.into_bytes());
-        }
-        let purge = &node.config.purge;
-        if purge.strip_tag_headers {
-            for name in &purge.tag_headers {
-                resp.remove(name.as_str().as_bytes());
-            }
-        }
-        for name in &node.config.cache.strip_targeted {
-            resp.remove(name.as_str().as_bytes());
-        }
-        if node.config.node.via {
-            let mut via = Vec::new();
-            for v in resp.all(b"via").filter(|v| ascii_value(v)) {
-                via.extend_from_slice(v);
-                via.extend_from_slice(b", ");
-            }
-            via.extend_from_slice(b"1.1 ");
-            via.extend_from_slice(node.config.node.name.as_bytes());
-            resp.insert(&b"Via"[..], via);
-        }
-        for rules in [&routing.headers.response, &rc.headers.response] {
-            for name in &rules.remove {
-                resp.remove(name.as_str().as_bytes());
-            }
-            for (name, value) in &rules.set {
-                resp.insert(wire_name(name), value.as_bytes().to_vec());
-            }
-        }
+            (policy, routing.limits.state_field(&limits))
+        });
+        let rule_rules = &rc.headers.response;
+        let id = request_id.as_deref();
+        self.response_filter(&mut resp, ours, id, limit_fields, &routing, rule_rules);
         let head = written(status, resp, keep_alive);
         let first_byte = start.elapsed().as_secs_f64();
         let head_only = method == Method::HEAD;
@@ -912,6 +873,66 @@ impl LeanHits {
         }
         out.put_slice(b"\r\n");
         Some(out)
+    }
+
+    /// `response_filter`'s edits of a response on its way to the client, as the full path's
+    /// hook makes them: `Cache-Status` (`ours` after an upstream cache's entry), the request
+    /// id, the rate limits' fields, purge tags and targeted fields stripped, `Via`, header
+    /// rules (global, then the rule's `rule_rules`).
+    fn response_filter(
+        &self,
+        resp: &mut Response<'_>,
+        ours: String,
+        request_id: Option<&str>,
+        limit_fields: Option<(String, String)>,
+        routing: &Routing,
+        rule_rules: &crate::config::HeaderRules,
+    ) {
+        let node = &self.node;
+        let cache_status = match resp
+            .first(b"cache-status")
+            .filter(|v| ascii_value(v))
+            .and_then(|v| std::str::from_utf8(v).ok())
+            .map(str::trim)
+        {
+            Some(upstream) if !upstream.is_empty() => format!("{upstream}, {ours}"),
+            _ => ours,
+        };
+        resp.insert(&b"cache-status"[..], cache_status.into_bytes());
+        if let (Some(name), Some(id)) = (&node.config.access_log.request_id_header, request_id) {
+            resp.insert(wire_name(name), id.as_bytes().to_vec());
+        }
+        if let Some((policy, state)) = limit_fields {
+            resp.insert(&b"ratelimit-policy"[..], policy.into_bytes());
+            resp.insert(&b"ratelimit"[..], state.into_bytes());
+        }
+        let purge = &node.config.purge;
+        if purge.strip_tag_headers {
+            for name in &purge.tag_headers {
+                resp.remove(name.as_str().as_bytes());
+            }
+        }
+        for name in &node.config.cache.strip_targeted {
+            resp.remove(name.as_str().as_bytes());
+        }
+        if node.config.node.via {
+            let mut via = Vec::new();
+            for v in resp.all(b"via").filter(|v| ascii_value(v)) {
+                via.extend_from_slice(v);
+                via.extend_from_slice(b", ");
+            }
+            via.extend_from_slice(b"1.1 ");
+            via.extend_from_slice(node.config.node.name.as_bytes());
+            resp.insert(&b"Via"[..], via);
+        }
+        for rules in [&routing.headers.response, rule_rules] {
+            for name in &rules.remove {
+                resp.remove(name.as_str().as_bytes());
+            }
+            for (name, value) in &rules.set {
+                resp.insert(wire_name(name), value.as_bytes().to_vec());
+            }
+        }
     }
 
     /// The stored object a request with `headers` gets for the primary key hashed
@@ -1161,18 +1182,28 @@ fn ascii_text(v: Option<&[u8]>) -> Option<String> {
 
 /// `resp` with what Pingora's HTTP/1 writer adds (Date where there is none, Connection),
 /// serialized.
-fn written(status: u16, mut resp: Response<'_>, keep_alive: bool) -> Vec<u8> {
+fn written(status: u16, resp: Response<'_>, keep_alive: bool) -> Vec<u8> {
+    written_as(status, None, resp, keep_alive)
+}
+
+/// [`written`], with the origin's reason phrase (`None`: the status code's).
+fn written_as(
+    status: u16,
+    reason: Option<&str>,
+    mut resp: Response<'_>,
+    keep_alive: bool,
+) -> Vec<u8> {
     if resp.first(b"date").is_none() {
         let date = pingora_core::protocols::http::date::get_cached_date();
         resp.insert(&b"Date"[..], date.as_bytes().to_vec());
     }
     let connection: &[u8] = if keep_alive { b"keep-alive" } else { b"close" };
     resp.insert(&b"Connection"[..], connection);
-    serialize(status, &resp)
+    serialize(status, reason, &resp)
 }
 
 /// The status line and fields of a response, as Pingora's HTTP/1 writer serializes them.
-fn serialize(status: u16, resp: &Response<'_>) -> Vec<u8> {
+fn serialize(status: u16, reason: Option<&str>, resp: &Response<'_>) -> Vec<u8> {
     let len: usize = resp.0.iter().map(|(n, v)| n.len() + v.len() + 4).sum();
     let mut out = Vec::with_capacity(len + 40);
     out.put_slice(b"HTTP/1.1 ");
@@ -1182,7 +1213,7 @@ fn serialize(status: u16, resp: &Response<'_>) -> Vec<u8> {
         None => out.put_slice(status.to_string().as_bytes()),
     }
     out.put_u8(b' ');
-    if let Some(reason) = code.and_then(|c| c.canonical_reason()) {
+    if let Some(reason) = reason.or_else(|| code.and_then(|c| c.canonical_reason())) {
         out.put_slice(reason.as_bytes());
     }
     out.put_slice(b"\r\n");

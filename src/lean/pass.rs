@@ -19,19 +19,19 @@
 //! response to an HTTP/1.0 client goes as it came (the full path chunks it, which HTTP/1.0
 //! cannot read).
 
-use super::{Done, Kind, LeanHits, Passed};
+use super::{wire_name, written_as, Done, Kind, LeanHits, Passed, Response};
 use crate::cache::partial::RANGE_ANSWER;
 use crate::cache::status::{CacheStatus, Forward};
 use crate::cache::{freshness, vary};
 use crate::metrics::DisconnectPhase;
 use crate::node::Routing;
+use crate::policy::compression;
 use crate::policy::hardening;
-use crate::policy::{compression, headers};
-use bytes::BufMut;
 use http::{header, StatusCode, Version};
 use pingora_cache::predictor::CacheablePredictor;
 use pingora_cache::CacheKey;
-use pingora_http::{IntoCaseHeaderName, RequestHeader, ResponseHeader};
+use pingora_http::{RequestHeader, ResponseHeader};
+use std::borrow::Cow;
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -245,23 +245,26 @@ async fn exchange(
     }
 }
 
-/// `parsed` as Pingora's HTTP/1 client builds a response header (names keep their case).
+/// `parsed` as Pingora's HTTP/1 client builds a response header (for the decisions: names
+/// lowercase).
 fn response_header(parsed: &httparse::Response<'_, '_>) -> Option<ResponseHeader> {
-    let mut resp = ResponseHeader::build(parsed.code?, Some(parsed.headers.len())).ok()?;
-    resp.set_version(match parsed.version {
+    // (no case map: the fields sent are written from the head as received)
+    let mut headers = http::HeaderMap::with_capacity(parsed.headers.len());
+    for h in parsed.headers.iter() {
+        let name = http::HeaderName::from_bytes(h.name.as_bytes()).ok()?;
+        let value = bytes::Bytes::copy_from_slice(h.value);
+        headers.append(name, pingora_http::header_value_from_raw(value));
+    }
+    let (mut parts, ()) = http::Response::new(()).into_parts();
+    parts.status = StatusCode::from_u16(parsed.code?).ok()?;
+    parts.version = match parsed.version {
         Some(1) => Version::HTTP_11,
         Some(0) => Version::HTTP_10,
         _ => return None,
-    });
+    };
+    parts.headers = headers;
+    let mut resp = ResponseHeader::from(parts);
     resp.set_reason_phrase(parsed.reason).ok()?;
-    for h in parsed.headers.iter() {
-        let name = bytes::Bytes::copy_from_slice(h.name.as_bytes()).into_case_header_name();
-        resp.append_header(
-            name,
-            pingora_http::header_value_from_raw(bytes::Bytes::copy_from_slice(h.value)),
-        )
-        .ok()?;
-    }
     if resp.headers.contains_key(header::TRANSFER_ENCODING) {
         // Transfer-Encoding overrides Content-Length (RFC 9112 6.3), as Pingora reads it
         resp.remove_header(&header::CONTENT_LENGTH);
@@ -435,19 +438,29 @@ impl LeanHits {
         // upstream_response_filter (and adjust_upstream_modules before it)
         let origin_encoded = pass.identity && resp.headers.contains_key(header::CONTENT_ENCODING);
         let compressible = pass.identity && compression::eligible(&node.config.compression, &resp);
-        resp.set_version(Version::HTTP_11);
-        for name in hardening::hop_by_hop(&resp.headers) {
-            resp.remove_header(&name);
+        // (on the map the decisions read, and on the fields sent, below)
+        let hop = hardening::hop_by_hop(&resp.headers);
+        for name in &hop {
+            resp.remove_header(name);
         }
-        if (compressible || origin_encoded) && vary::add(&mut resp, "accept-encoding").is_err() {
-            return Passed::HandOver;
+        let vary = (compressible || origin_encoded)
+            .then(|| vary::with_field(&resp.headers, "accept-encoding"))
+            .flatten();
+        if let Some(value) = &vary {
+            if resp.insert_header(header::VARY, value.as_str()).is_err() {
+                return Passed::HandOver;
+            }
         }
         if matches!(status, 500 | 502 | 503 | 504) {
             pool.record_failure();
         }
         if pool.past_total_timeout(origin_start) {
-            // the full path's 504 (it asks again, as a retry would)
-            return Passed::HandOver;
+            // the full path's 504 (total_timeout), counted as a timeout of this server
+            member.metrics.error("timeout");
+            let (label, done) = (&member.label, pass.done);
+            return self
+                .fail(done, client, pool, label, "timeout", origin_start)
+                .await;
         }
         pool.server_answered(index, status, origin_start.elapsed().as_secs_f64());
         // response_cache_filter, the cache bypassed: what the response says of storing
@@ -484,15 +497,7 @@ impl LeanHits {
         };
         // Pingora converts a close-delimited response to chunked for the client
         let client_framing = match upstream_framing {
-            Framing::Close if !pass.done.version10 => {
-                if resp
-                    .insert_header(header::TRANSFER_ENCODING, "chunked")
-                    .is_err()
-                {
-                    return Passed::HandOver;
-                }
-                Framing::Chunked
-            }
+            Framing::Close if !pass.done.version10 => Framing::Chunked,
             other => other,
         };
         let keep_alive = pass.keep_alive
@@ -504,10 +509,35 @@ impl LeanHits {
             stored: false,
             detail: Some(not_stored),
         };
-        let Some(head_bytes) = self.client_head(&pass, rule, &mut resp, &cache_status, keep_alive)
-        else {
+        // the fields as the origin sent them, edited as the full path edits its header map
+        let mut parsed_fields = [httparse::EMPTY_HEADER; MAX_FIELDS];
+        let mut parsed = httparse::Response::new(&mut parsed_fields);
+        if !matches!(parsed.parse(&buf[..len]), Ok(httparse::Status::Complete(_))) {
             return Passed::HandOver;
-        };
+        }
+        let mut fields = Response(Vec::with_capacity(parsed.headers.len() + 8));
+        for h in parsed.headers.iter() {
+            let (name, value) = (Cow::Borrowed(h.name.as_bytes()), Cow::Borrowed(h.value));
+            fields.0.push((name, value));
+        }
+        if !resp.headers.contains_key(header::CONTENT_LENGTH) {
+            // Transfer-Encoding overrides it (response_header)
+            fields.remove(b"content-length");
+        }
+        for name in &hop {
+            fields.remove(name.as_str().as_bytes());
+        }
+        if let Some(value) = vary {
+            fields.insert(wire_name(&header::VARY), value.into_bytes());
+        }
+        if (upstream_framing, client_framing) == (Framing::Close, Framing::Chunked) {
+            fields.insert(wire_name(&header::TRANSFER_ENCODING), &b"chunked"[..]);
+        }
+        let ours = cache_status.render(&node.config.node.name);
+        let id = pass.done.request_id.as_deref();
+        let rule_rules = &rule.config.headers.response;
+        self.response_filter(&mut fields, ours, id, None, &pass.routing, rule_rules);
+        let head_bytes = written_as(status, resp.get_reason_phrase(), fields, keep_alive);
         let mut done = pass.done;
         done.kind = Kind::Pass {
             label: cache_status.label(),
@@ -647,21 +677,19 @@ impl LeanHits {
             waited_ms = origin_start.elapsed().as_millis() as u64,
             "request failed"
         );
-        let head = ResponseHeader::build(code, Some(8))
-            .ok()
-            .and_then(|mut resp| {
-                resp.insert_header(header::CONTENT_TYPE, "text/plain; charset=utf-8")
-                    .ok()?;
-                resp.insert_header(header::CONTENT_LENGTH, text.len().to_string())
-                    .ok()?;
-                resp.insert_header(header::CACHE_CONTROL, "no-store").ok()?;
-                resp.insert_header("cache-status", status.render(&node.config.node.name))
-                    .ok()?;
-                Some(written(&mut resp, false))
-            });
+        // as answers::plain_response, written by Pingora's error writer (the connection closes)
+        let mut fields = Response(Vec::with_capacity(6));
+        let text_type = &b"text/plain; charset=utf-8"[..];
+        fields.insert(wire_name(&header::CONTENT_TYPE), text_type);
+        let length = text.len().to_string().into_bytes();
+        fields.insert(wire_name(&header::CONTENT_LENGTH), length);
+        fields.insert(wire_name(&header::CACHE_CONTROL), &b"no-store"[..]);
+        let rendered = status.render(&node.config.node.name).into_bytes();
+        fields.insert(&b"cache-status"[..], rendered);
+        let head = Some(written_as(code, None, fields, false));
         let head_only = done.method == http::Method::HEAD;
         let mut sent = false;
-        if let Some(mut out) = head.flatten() {
+        if let Some(mut out) = head {
             if !head_only {
                 out.extend_from_slice(text.as_bytes());
             }
@@ -680,68 +708,6 @@ impl LeanHits {
         self.record(&done, body);
         Passed::Done { keep_alive: false }
     }
-
-    /// The client's response head, edited as `response_filter` and Pingora's writer edit it,
-    /// serialized; `None` if a field cannot be set.
-    fn client_head(
-        &self,
-        pass: &Pass,
-        rule: &crate::rules::Rule,
-        resp: &mut ResponseHeader,
-        status: &CacheStatus,
-        keep_alive: bool,
-    ) -> Option<Vec<u8>> {
-        let node = &self.node;
-        let ours = status.render(&node.config.node.name);
-        let value = crate::cache::status::after_upstream(resp.headers.get("cache-status"), ours);
-        resp.insert_header("cache-status", value).ok()?;
-        if let (Some(name), Some(id)) = (
-            node.config.access_log.request_id_header.as_ref(),
-            pass.done.request_id.as_ref(),
-        ) {
-            resp.insert_header(name.clone(), id.as_str()).ok()?;
-        }
-        let purge = &node.config.purge;
-        if purge.strip_tag_headers {
-            for name in &purge.tag_headers {
-                resp.remove_header(name);
-            }
-        }
-        for name in &node.config.cache.strip_targeted {
-            resp.remove_header(name);
-        }
-        if node.config.node.via {
-            let via = self
-                .via
-                .value(resp.version, resp.headers.get_all(header::VIA));
-            resp.insert_header(header::VIA, via).ok()?;
-        }
-        headers::apply_response(&pass.routing.headers.response, resp).ok()?;
-        headers::apply_response(&rule.config.headers.response, resp).ok()?;
-        written(resp, keep_alive)
-    }
-}
-
-/// `resp` with what Pingora's HTTP/1 writer adds (Date where there is none, Connection),
-/// serialized as it serializes it; `None` if a field cannot be set.
-fn written(resp: &mut ResponseHeader, keep_alive: bool) -> Option<Vec<u8>> {
-    if !resp.headers.contains_key(header::DATE) {
-        let date = pingora_core::protocols::http::date::get_cached_date();
-        resp.insert_header(header::DATE, date).ok()?;
-    }
-    let connection = if keep_alive { "keep-alive" } else { "close" };
-    resp.insert_header(header::CONNECTION, connection).ok()?;
-    let mut out = Vec::with_capacity(1024);
-    out.put_slice(b"HTTP/1.1 ");
-    out.put_slice(resp.status.as_str().as_bytes());
-    out.put_u8(b' ');
-    if let Some(reason) = resp.get_reason_phrase() {
-        out.put_slice(reason.as_bytes());
-    }
-    out.put_slice(b"\r\n");
-    resp.header_to_h1_wire(&mut out);
-    out.put_slice(b"\r\n");
-    Some(out)
 }
 
 /// Whether a `Connection` value lists `option`.
