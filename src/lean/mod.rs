@@ -675,7 +675,10 @@ impl LeanHits {
         let node = &self.node;
         let routing = p.routing;
         let rc = &routing.rules.get(p.rule).config;
-        if !routing.limits.is_empty() || routing.shield.origin.is_some_and(|_| rc.shield) {
+        if p.version10
+            || !routing.limits.is_empty()
+            || routing.shield.origin.is_some_and(|_| rc.shield)
+        {
             return None;
         }
         let pool = routing.origins.get(rc.origin)?;

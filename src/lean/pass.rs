@@ -15,9 +15,8 @@
 //! Servers that fail before their response head are counted, retried and answered for as the
 //! full path does (passive health, `retries`, 502/504). Differences, by design: a response
 //! that turned storable clears the prediction and is passed on (the next request fills the
-//! cache, where the full path stores this one: `detail=deferred`); a close-delimited
-//! response to an HTTP/1.0 client goes as it came (the full path chunks it, which HTTP/1.0
-//! cannot read).
+//! cache, where the full path stores this one: `detail=deferred`). HTTP/1.0 requests take
+//! the full path (a chunked or close-delimited response reaches them close-delimited).
 
 use super::{wire_name, written_as, Done, Kind, LeanHits, Passed, Response};
 use crate::cache::partial::RANGE_ANSWER;
@@ -495,13 +494,12 @@ impl LeanHits {
                 Err(reason) => reason,
             }
         };
-        // Pingora converts a close-delimited response to chunked for the client
+        // Pingora converts a close-delimited response to chunked for the (HTTP/1.1) client
         let client_framing = match upstream_framing {
-            Framing::Close if !pass.done.version10 => Framing::Chunked,
+            Framing::Close => Framing::Chunked,
             other => other,
         };
-        let keep_alive = pass.keep_alive
-            && !(upstream_framing == Framing::Close && client_framing == Framing::Close);
+        let keep_alive = pass.keep_alive;
         // response_filter
         let cache_status = CacheStatus::Forward {
             fwd: Forward::Miss,

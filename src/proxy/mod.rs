@@ -954,6 +954,15 @@ impl ProxyHttp for OutpostProxy {
         if let Some((name, id)) = self.request_id_field(ctx) {
             resp.insert_header(name.clone(), id)?;
         }
+        if session.req_header().version == http::Version::HTTP_10
+            && resp.headers.contains_key(header::TRANSFER_ENCODING)
+        {
+            // HTTP/1.0 has no chunked coding (RFC 9112 7.1): Pingora chunks a response without
+            // a length for every client (and passes an origin's chunks on); this one gets the
+            // body as it is, ended by closing the connection (RFC 9112 6.3)
+            resp.remove_header(&header::TRANSFER_ENCODING);
+            session.downstream_session.set_keepalive(None);
+        }
         if matches!(status, CacheStatus::StaleOnError { .. }) {
             // Pingora drops the client connection after serving stale for a failed fetch; say
             // so, or the client reuses it and its next request dies on a reset
