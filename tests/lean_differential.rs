@@ -300,6 +300,17 @@ fn origin() -> TestOrigin {
             .header("X-Hop", "1")
             .header("Set-Cookie", "s=1"),
     );
+    // under a bypass rule: never stored, whatever the response says
+    origin.set(
+        "/api/x",
+        Reply::ok("api answer")
+            .header("Cache-Control", "max-age=300")
+            .header("Date", date),
+    );
+    origin.set(
+        "/api/chunked",
+        Reply::ok(payload(70_000)).chunked().header("Date", date),
+    );
     origin.set(
         "/private",
         Reply::ok("<p>private page</p>".repeat(40))
@@ -337,7 +348,9 @@ fn origin() -> TestOrigin {
 }
 
 /// The paths of `origin()` whose responses are never stored.
-const UNCACHED: [&str; 8] = [
+const UNCACHED: [&str; 10] = [
+    "/api/x",
+    "/api/chunked",
     "/ns",
     "/ns-chunked",
     "/ns-close",
@@ -352,6 +365,7 @@ fn node(origin: &TestOrigin, lean: bool, ca: &TestCa) -> Node {
     let cfg = NodeConfig::new(&origin.url())
         .https()
         .node(&format!("lean_hits = {lean}"))
+        .rules(RULES_BYPASS_API_ELSE_HEURISTIC)
         .extra(
             "[headers.response]\nremove = [\"X-Powered-By\"]\nset = { \"X-Served-By\" = \"{node}\" }\n\n\
              [headers.request]\nremove = [\"X-Drop\"]\nset = { \"X-From\" = \"edge\" }\n\n\
@@ -918,6 +932,7 @@ fn passes_that_fail_are_answered_as_by_the_full_path() {
         let cfg = NodeConfig::new(&origin.url())
             .node(&format!("lean_hits = {lean}"))
             .origin("read_timeout = \"400ms\"\nretries = 1")
+            .rules(RULES_BYPASS_API_ELSE_HEURISTIC)
             .extra("[access_log]\nrequest_id_header = \"X-Request-Id\"");
         let _ = &ca;
         cfg.start()
@@ -935,12 +950,16 @@ fn passes_that_fail_are_answered_as_by_the_full_path() {
     origin.set("/hang", fine("").hang_up());
     origin.set("/slow", fine("late").delay(Duration::from_millis(900)));
     origin.set("/bad", fine("").header("Content-Length", "x"));
-    for (method, path) in [
+    // under a bypass rule (no first request needed)
+    origin.set("/api/hang", fine("").hang_up());
+    let failing = [
         ("GET", "/hang"),
         ("HEAD", "/hang"),
         ("GET", "/slow"),
         ("GET", "/bad"),
-    ] {
+        ("GET", "/api/hang"),
+    ];
+    for (method, path) in failing {
         let answers: Vec<Vec<Wire>> = nodes
             .iter()
             .map(|n| {
@@ -961,7 +980,7 @@ fn passes_that_fail_are_answered_as_by_the_full_path() {
     }
     assert_eq!(
         metric_sum(&lean.metrics(), "outpost_lean_passes_total", &[]),
-        4.0
+        5.0
     );
     let errors = |n: &Node| metric_sum(&n.metrics(), "outpost_upstream_errors_total", &[]);
     assert_eq!(
@@ -969,7 +988,7 @@ fn passes_that_fail_are_answered_as_by_the_full_path() {
         errors(&full),
         "server failures counted alike"
     );
-    counted_and_logged_alike(&lean, &full, 7);
+    counted_and_logged_alike(&lean, &full, 8);
 }
 
 /// Assert that `lean` and `full` counted the same metrics and logged the same access log

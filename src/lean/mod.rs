@@ -22,8 +22,9 @@
 //! test (tests/lean_differential.rs) sends one matrix of requests to a node with this path and
 //! to one without, and compares every response.
 //!
-//! The same requests, when the cache predicts their key uncacheable (Pingora would bypass the
-//! cache for them), are forwarded from here too (src/lean/pass.rs says when and how).
+//! The same requests under a bypass rule, or when the cache predicts their key uncacheable
+//! (Pingora would bypass the cache for them), are forwarded from here too (src/lean/pass.rs
+//! says when and how).
 
 use crate::cache::entry::{from_ms, HeadView};
 use crate::cache::memory::StoredObject;
@@ -201,6 +202,8 @@ struct PassOf<'a> {
     primary_bin: [u8; 16],
     peer: Peer,
     keep_alive: bool,
+    /// Under a bypass rule (else predicted uncacheable).
+    bypass: bool,
 }
 
 /// `headers` as a header map; `None` if one of them is not a valid field.
@@ -244,8 +247,10 @@ enum Kind {
         upstream: String,
         origin_ms: f64,
     },
-    /// Forwarded, and the server failed before or during its response.
+    /// Forwarded, and the server failed before or during its response (`label`: of the
+    /// `Cache-Status` the full path's `fail_to_proxy` leaves).
     Failed {
+        label: &'static str,
         upstream: String,
     },
 }
@@ -488,7 +493,7 @@ impl LeanHits {
         let rule_index = routing.rules.matching(&method, &host, path);
         let rule = routing.rules.get(rule_index);
         let rc = &rule.config;
-        if !rule.caches() || rc.redirect_https || !rc.key.headers.is_empty() {
+        if rc.redirect_https || !rc.key.headers.is_empty() {
             return None;
         }
         let mut primary = String::new();
@@ -501,8 +506,10 @@ impl LeanHits {
             &mut primary,
         );
         let primary_bin = pingora_cache::key::hash_key(&primary);
-        if self.predicted_uncacheable(primary_bin) {
-            // Pingora bypasses the cache for such a key: the lean pass path forwards it
+        let bypass = !rule.caches();
+        if bypass || self.predicted_uncacheable(primary_bin) {
+            // a bypass rule, or Pingora bypasses the cache for such a key: the lean pass path
+            // forwards it
             return self
                 .plan_pass(PassOf {
                     start,
@@ -518,6 +525,7 @@ impl LeanHits {
                     primary_bin,
                     peer,
                     keep_alive: !asked_close && !peer.closing,
+                    bypass,
                 })
                 .map(Decided::Pass);
         }
@@ -667,7 +675,8 @@ impl LeanHits {
         }))
     }
 
-    /// The forwarding of a request predicted uncacheable, as the full path's hooks build
+    /// The forwarding of a request predicted uncacheable or under a bypass rule, as the full
+    /// path's hooks build
     /// it (`request_filter`, `upstream_peer`, `upstream_request_filter`); `None` where the
     /// lean pass path does not go (rate limits, a shield, an origin over TLS, an encoding
     /// other than identity negotiated, no server available: the full path's cases).
@@ -711,6 +720,7 @@ impl LeanHits {
             primary_bin: p.primary_bin,
             identity,
             keep_alive: p.keep_alive,
+            bypass: p.bypass,
             done: Done {
                 kind: Kind::Hit,
                 start: p.start,
@@ -1124,10 +1134,10 @@ impl LeanHits {
                     Some(*origin_ms),
                 )
             }
-            Kind::Failed { upstream } => {
+            Kind::Failed { label, upstream } => {
                 node.metrics.lean_passes.inc();
                 let upstream = Some(upstream.clone());
-                ("error", Source::Node, d.first_byte, upstream, None)
+                (*label, Source::Node, d.first_byte, upstream, None)
             }
         };
         node.metrics.record_request(&Finished {

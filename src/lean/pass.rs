@@ -1,7 +1,7 @@
-//! The lean pass path: a request whose key the cache predicts uncacheable (the last response
-//! for it could not be stored: `no-store`, `private`, a status not stored...) forwarded to the
-//! origin on the node's own keep-alive connections, below Pingora's session, as the lean hit
-//! path answers hits.
+//! The lean pass path: a request under a bypass rule, or whose key the cache predicts
+//! uncacheable (the last response for it could not be stored: `no-store`, `private`, a status
+//! not stored...), forwarded to the origin on the node's own keep-alive connections, below
+//! Pingora's session, as the lean hit path answers hits.
 //!
 //! Through Pingora's session such a request builds its request and response header maps,
 //! runs the cache state machine only to bypass it, and relays the body through a task and a
@@ -67,6 +67,8 @@ pub struct Pass {
     pub(super) identity: bool,
     /// The client connection stays open after the response.
     pub(super) keep_alive: bool,
+    /// Under a bypass rule: the cache is never involved (else predicted uncacheable).
+    pub(super) bypass: bool,
     pub(super) done: Done,
 }
 
@@ -387,6 +389,12 @@ impl LeanHits {
         let cfg = &pool.config;
         let origin_start = Instant::now();
         let head_only = pass.done.method == http::Method::HEAD;
+        // Cache-Status: `fwd=bypass` under a bypass rule, else `fwd=miss` (the cache bypassed)
+        let fwd = if pass.bypass {
+            Forward::Bypass
+        } else {
+            Forward::Miss
+        };
         // as upstream_peer, fail_to_connect and error_while_proxy: a server that fails before
         // its response head counts the failure, and the request (idempotent, bodyless) goes to
         // another while the pool's retries last
@@ -419,7 +427,7 @@ impl LeanHits {
                 None => {
                     let (label, done) = (&member.label, pass.done);
                     return self
-                        .fail(done, client, pool, label, failed, origin_start)
+                        .fail(done, client, pool, label, (failed, fwd), origin_start)
                         .await;
                 }
             }
@@ -458,13 +466,16 @@ impl LeanHits {
             member.metrics.error("timeout");
             let (label, done) = (&member.label, pass.done);
             return self
-                .fail(done, client, pool, label, "timeout", origin_start)
+                .fail(done, client, pool, label, ("timeout", fwd), origin_start)
                 .await;
         }
         pool.server_answered(index, status, origin_start.elapsed().as_secs_f64());
-        // response_cache_filter, the cache bypassed: what the response says of storing
-        let not_stored = if resp.status == StatusCode::PARTIAL_CONTENT {
-            RANGE_ANSWER
+        // response_cache_filter, the cache bypassed: what the response says of storing (a bypass
+        // rule never enables the cache: no such decision)
+        let not_stored = if pass.bypass {
+            None
+        } else if resp.status == StatusCode::PARTIAL_CONTENT {
+            Some(RANGE_ANSWER)
         } else {
             // (the fields of a request decide() reads, Cache-Control and Authorization, keep
             // it off the lean path: a request without fields stands for it)
@@ -489,9 +500,9 @@ impl LeanHits {
                     let mut key = CacheKey::new(String::new(), String::new());
                     key.set_primary_bin_override(pass.primary_bin);
                     node.predictor.mark_cacheable(&key);
-                    "deferred"
+                    Some("deferred")
                 }
-                Err(reason) => reason,
+                Err(reason) => Some(reason),
             }
         };
         // Pingora converts a close-delimited response to chunked for the (HTTP/1.1) client
@@ -502,10 +513,10 @@ impl LeanHits {
         let keep_alive = pass.keep_alive;
         // response_filter
         let cache_status = CacheStatus::Forward {
-            fwd: Forward::Miss,
+            fwd,
             status: Some(status),
             stored: false,
-            detail: Some(not_stored),
+            detail: not_stored,
         };
         // the fields as the origin sent them, edited as the full path edits its header map
         let mut parsed_fields = [httparse::EMPTY_HEADER; MAX_FIELDS];
@@ -589,6 +600,13 @@ impl LeanHits {
                 );
                 // as fail_to_proxy leaves it: an error, answered by the node
                 done.kind = Kind::Failed {
+                    label: CacheStatus::Forward {
+                        fwd,
+                        status: None,
+                        stored: false,
+                        detail: None,
+                    }
+                    .label(),
                     upstream: member.label.clone(),
                 };
                 false
@@ -642,7 +660,7 @@ impl LeanHits {
         client: &mut C,
         pool: &crate::upstream::Pool,
         server: &str,
-        kind: &'static str,
+        (kind, fwd): (&'static str, Forward),
         origin_start: Instant,
     ) -> Passed {
         let node = &self.node;
@@ -661,7 +679,7 @@ impl LeanHits {
             )
         };
         let status = CacheStatus::Forward {
-            fwd: Forward::Miss,
+            fwd,
             status: None,
             stored: false,
             detail: Some(detail),
@@ -695,6 +713,7 @@ impl LeanHits {
         }
         done.status = code;
         done.kind = Kind::Failed {
+            label: status.label(),
             upstream: server.to_string(),
         };
         done.first_byte = done.start.elapsed().as_secs_f64();
