@@ -815,16 +815,18 @@ impl LeanHits {
         let mut made: SmallVec<[Field<'_>; 8]> = SmallVec::new();
         if !has_proto {
             let scheme: &[u8] = if p.peer.tls { b"https" } else { b"http" };
-            made.push((Cow::Borrowed(b"X-Forwarded-Proto"), Cow::Borrowed(scheme)));
+            let name = HeaderName::from_static("x-forwarded-proto");
+            made.push((wire_name(&name), Cow::Borrowed(scheme)));
         }
         if !has_host && !p.host.is_empty() {
-            made.push((
-                Cow::Borrowed(b"X-Forwarded-Host"),
-                Cow::Borrowed(p.host.as_bytes()),
-            ));
+            let name = HeaderName::from_static("x-forwarded-host");
+            made.push((wire_name(&name), Cow::Borrowed(p.host.as_bytes())));
         }
         if let Some(host) = host_override {
-            made.push((Cow::Borrowed(b"Host"), Cow::Borrowed(host.as_bytes())));
+            made.push((
+                wire_name(&http::header::HOST),
+                Cow::Borrowed(host.as_bytes()),
+            ));
         }
         if let Some((name, id)) = request_id {
             made.push((wire_name(name), Cow::Borrowed(id.as_bytes())));
@@ -842,7 +844,8 @@ impl LeanHits {
             let _ = write!(forwarded_for, "{ip}");
         }
         if !forwarded_for.is_empty() {
-            made.push((Cow::Borrowed(b"X-Forwarded-For"), Cow::Owned(forwarded_for)));
+            let name = HeaderName::from_static("x-forwarded-for");
+            made.push((wire_name(&name), Cow::Owned(forwarded_for)));
         }
         if node.config.node.via {
             let version = if p.version10 {
@@ -852,7 +855,8 @@ impl LeanHits {
             };
             let empty = http::HeaderMap::new();
             let via = self.via.value(version, empty.get_all(http::header::VIA));
-            made.push((Cow::Borrowed(b"Via"), Cow::Owned(via.as_bytes().to_vec())));
+            let via = via.as_bytes().to_vec();
+            made.push((wire_name(&http::header::VIA), Cow::Owned(via)));
         }
         // header rules, global then the rule's: removals, then fields set (replacing)
         let named = |n: &HeaderName, name: &[u8]| n.as_str().as_bytes().eq_ignore_ascii_case(name);
@@ -878,11 +882,8 @@ impl LeanHits {
             field(&mut out, &wire_name(name), value.as_bytes());
         }
         if identity {
-            field(
-                &mut out,
-                b"Accept-Encoding",
-                Encoding::Identity.token().as_bytes(),
-            );
+            let name = wire_name(&http::header::ACCEPT_ENCODING);
+            field(&mut out, &name, Encoding::Identity.token().as_bytes());
         }
         out.put_slice(b"\r\n");
         Some(out)
@@ -936,7 +937,7 @@ impl LeanHits {
             }
             via.extend_from_slice(b"1.1 ");
             via.extend_from_slice(node.config.node.name.as_bytes());
-            resp.insert(&b"Via"[..], via);
+            resp.insert(wire_name(&http::header::VIA), via);
         }
         for rules in [&routing.headers.response, rule_rules] {
             for name in &rules.remove {
