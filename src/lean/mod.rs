@@ -937,7 +937,8 @@ impl LeanHits {
             }
             via.extend_from_slice(b"1.1 ");
             via.extend_from_slice(node.config.node.name.as_bytes());
-            resp.insert(wire_name(&http::header::VIA), via);
+            // as Pingora names it (wire_name(&VIA), without an allocation per response)
+            resp.insert(&b"via"[..], via);
         }
         for rules in [&routing.headers.response, rule_rules] {
             for name in &rules.remove {
