@@ -26,6 +26,19 @@ fn read_to_close(s: &mut TcpStream) -> Vec<u8> {
     out
 }
 
+/// The head (as text) and what followed it in a response read whole.
+fn head_and_body(got: &[u8]) -> (String, &[u8]) {
+    let end = got
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .expect("a response head")
+        + 4;
+    (
+        String::from_utf8_lossy(&got[..end]).into_owned(),
+        &got[end..],
+    )
+}
+
 #[test]
 fn passes_survive_an_origin_that_closed_pooled_connections() {
     let origin = TestOrigin::start();
@@ -149,14 +162,8 @@ fn an_origin_failing_mid_body_closes_the_client_connection() {
     s.write_all(format!("GET /cut HTTP/1.1\r\nHost: {host}\r\n\r\n").as_bytes())
         .unwrap();
     let got = read_to_close(&mut s);
-    let head_end = got
-        .windows(4)
-        .position(|w| w == b"\r\n\r\n")
-        .expect("a response head")
-        + 4;
-    let head = String::from_utf8_lossy(&got[..head_end]);
+    let (head, sent) = head_and_body(&got);
     assert!(head.contains("Content-Length: 200000"), "{head}");
-    let sent = &got[head_end..];
     assert!(
         sent.len() < body.len(),
         "the body is cut short, never padded"
@@ -195,11 +202,11 @@ fn http_1_0_clients_get_bodies_without_chunks_ended_by_the_close() {
             format!("GET {path} HTTP/1.0\r\nHost: {host}\r\nConnection: keep-alive\r\n\r\n");
         s.write_all(request.as_bytes()).unwrap();
         let got = read_to_close(&mut s);
-        let head_end = got.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4;
-        let head = String::from_utf8_lossy(&got[..head_end]).to_ascii_lowercase();
+        let (head, sent) = head_and_body(&got);
+        let head = head.to_ascii_lowercase();
         assert!(!head.contains("transfer-encoding"), "{path}: {head}");
         assert!(head.contains("connection: close"), "{path}: {head}");
-        assert_eq!(&got[head_end..], &body[..], "{path}");
+        assert_eq!(sent, &body[..], "{path}");
     }
     assert_eq!(lean_passes(&node), 2.0, "the HTTP/1.1 repeats");
 }

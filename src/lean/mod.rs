@@ -332,6 +332,20 @@ impl<'a> Response<'a> {
     }
 }
 
+/// The fields of the node's own plain-text answer of `len` bytes, as
+/// `proxy::answers::plain_response` sets them.
+fn plain_fields(len: usize) -> Response<'static> {
+    let mut resp = Response(Vec::with_capacity(8));
+    let text_type = &b"text/plain; charset=utf-8"[..];
+    resp.insert(wire_name(&http::header::CONTENT_TYPE), text_type);
+    resp.insert(
+        wire_name(&http::header::CONTENT_LENGTH),
+        len.to_string().into_bytes(),
+    );
+    resp.insert(wire_name(&http::header::CACHE_CONTROL), &b"no-store"[..]);
+    resp
+}
+
 /// A `HeaderName` as Pingora writes one it inserts (well-known names title-cased).
 fn wire_name(name: &HeaderName) -> Cow<'static, [u8]> {
     Cow::Owned(name.clone().into_case_header_name().as_slice().to_vec())
@@ -696,15 +710,8 @@ impl LeanHits {
         }
         let compression = &node.config.compression;
         let identity = compression.enabled;
-        if identity {
-            let accept = p
-                .headers
-                .iter()
-                .filter(|h| h.name.eq_ignore_ascii_case("accept-encoding"))
-                .map(|h| h.value);
-            if compression::negotiate_bytes(accept, &compression.encodings) != Encoding::Identity {
-                return None;
-            }
+        if identity && self.negotiated(p.headers) != Some(Encoding::Identity) {
+            return None;
         }
         let member = pool.select(&p.primary_bin, &[]).ok()?;
         let id_name = node.config.access_log.request_id_header.as_ref();
@@ -794,15 +801,8 @@ impl LeanHits {
             out.put_slice(value);
             out.put_slice(b"\r\n");
         };
-        let mut forwarded_for = Vec::new();
         let (mut has_proto, mut has_host) = (false, false);
         for h in p.headers {
-            if is(h, "x-forwarded-for") && !drop_forwarding {
-                if !forwarded_for.is_empty() {
-                    forwarded_for.extend_from_slice(b", ");
-                }
-                forwarded_for.extend_from_slice(h.value);
-            }
             if replaced(h) {
                 continue;
             }
@@ -815,12 +815,12 @@ impl LeanHits {
         let mut made: SmallVec<[Field<'_>; 8]> = SmallVec::new();
         if !has_proto {
             let scheme: &[u8] = if p.peer.tls { b"https" } else { b"http" };
-            let name = HeaderName::from_static("x-forwarded-proto");
-            made.push((wire_name(&name), Cow::Borrowed(scheme)));
+            let name = &forwarding::X_FORWARDED_PROTO;
+            made.push((wire_name(name), Cow::Borrowed(scheme)));
         }
         if !has_host && !p.host.is_empty() {
-            let name = HeaderName::from_static("x-forwarded-host");
-            made.push((wire_name(&name), Cow::Borrowed(p.host.as_bytes())));
+            let name = &forwarding::X_FORWARDED_HOST;
+            made.push((wire_name(name), Cow::Borrowed(p.host.as_bytes())));
         }
         if let Some(host) = host_override {
             made.push((
@@ -836,16 +836,17 @@ impl LeanHits {
             Cow::Borrowed(tier::CDN_LOOP.as_bytes()),
             Cow::Owned(cdn_loop.into_bytes()),
         ));
-        if let Some(ip) = p.peer.addr.map(crate::policy::client_ip::canonical) {
-            use std::io::Write as _;
-            if !forwarded_for.is_empty() {
-                forwarded_for.extend_from_slice(b", ");
-            }
-            let _ = write!(forwarded_for, "{ip}");
-        }
+        // the client's X-Forwarded-For (when kept) with the peer appended
+        let received = p
+            .headers
+            .iter()
+            .filter(|h| !drop_forwarding && is(h, "x-forwarded-for"))
+            .map(|h| h.value);
+        let peer = p.peer.addr.map(crate::policy::client_ip::canonical);
+        let forwarded_for = forwarding::chain(received, peer);
         if !forwarded_for.is_empty() {
-            let name = HeaderName::from_static("x-forwarded-for");
-            made.push((wire_name(&name), Cow::Owned(forwarded_for)));
+            let name = &forwarding::X_FORWARDED_FOR;
+            made.push((wire_name(name), Cow::Owned(forwarded_for)));
         }
         if node.config.node.via {
             let version = if p.version10 {
@@ -990,14 +991,7 @@ impl LeanHits {
                 .filter(move |h| h.name.eq_ignore_ascii_case(&name))
                 .map(|h| h.value)
         };
-        let compression = &self.node.config.compression;
-        let encoding = compression.enabled.then(|| {
-            let accept = headers
-                .iter()
-                .filter(|h| h.name.eq_ignore_ascii_case("accept-encoding"))
-                .map(|h| h.value);
-            compression::negotiate_bytes(accept, &compression.encodings)
-        });
+        let encoding = self.negotiated(headers);
         let wanted = vary::variance_of(
             vary.iter().map(|v| &**v),
             lines,
@@ -1015,6 +1009,19 @@ impl LeanHits {
         let other = memory.stored(u128::from_le_bytes(combined))?;
         let found = HeadView::parse(other.head()).ok()?;
         (found.variance == Some(wanted) && found.created_ms >= created_ms).then_some((other, 2))
+    }
+
+    /// The encoding negotiated for a request with `headers` when compression is on (as the
+    /// full path's `OutpostProxy::negotiated`).
+    fn negotiated(&self, headers: &[httparse::Header<'_>]) -> Option<Encoding> {
+        let compression = &self.node.config.compression;
+        compression.enabled.then(|| {
+            let accept = headers
+                .iter()
+                .filter(|h| h.name.eq_ignore_ascii_case("accept-encoding"))
+                .map(|h| h.value);
+            compression::negotiate_bytes(accept, &compression.encodings)
+        })
     }
 
     /// Whether a ban newer than the object stored under `primary` covers it (by key or by a
@@ -1046,16 +1053,7 @@ impl LeanHits {
         let limits = &r.routing.limits;
         let (text, retry) =
             limits.refuse(&self.node.metrics.policy.rate_limited, &r.refused, r.client);
-        let mut resp = Response(Vec::with_capacity(8));
-        resp.insert(
-            wire_name(&http::header::CONTENT_TYPE),
-            &b"text/plain; charset=utf-8"[..],
-        );
-        resp.insert(
-            wire_name(&http::header::CONTENT_LENGTH),
-            text.len().to_string().into_bytes(),
-        );
-        resp.insert(wire_name(&http::header::CACHE_CONTROL), &b"no-store"[..]);
+        let mut resp = plain_fields(text.len());
         resp.insert(
             wire_name(&http::header::RETRY_AFTER),
             retry.to_string().into_bytes(),

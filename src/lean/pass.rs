@@ -18,7 +18,7 @@
 //! cache, where the full path stores this one: `detail=deferred`). HTTP/1.0 requests take
 //! the full path (a chunked or close-delimited response reaches them close-delimited).
 
-use super::{wire_name, written_as, Done, Kind, LeanHits, Passed, Response};
+use super::{plain_fields, wire_name, written_as, Done, Kind, LeanHits, Passed, Response};
 use crate::cache::partial::RANGE_ANSWER;
 use crate::cache::status::{CacheStatus, Forward};
 use crate::cache::{freshness, vary};
@@ -26,6 +26,7 @@ use crate::metrics::DisconnectPhase;
 use crate::node::Routing;
 use crate::policy::compression;
 use crate::policy::hardening;
+use crate::proxy::{failure_detail, failure_text};
 use http::{header, StatusCode, Version};
 use pingora_cache::predictor::CacheablePredictor;
 use pingora_cache::CacheKey;
@@ -33,6 +34,7 @@ use pingora_http::{RequestHeader, ResponseHeader};
 use std::borrow::Cow;
 use std::collections::HashMap;
 use std::net::SocketAddr;
+use std::ops::Range;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 use tokio::io::{AsyncReadExt, AsyncWrite, AsyncWriteExt};
@@ -152,6 +154,8 @@ struct Head {
     resp: ResponseHeader,
     /// Bytes of the read buffer after the head (the start of the body).
     len: usize,
+    /// Where each field's name and value are in the read buffer, in the order sent.
+    fields: Vec<(Range<usize>, Range<usize>)>,
 }
 
 /// How the origin frames the body of a response (RFC 9112 6.3).
@@ -237,7 +241,17 @@ async fn exchange(
                         continue;
                     }
                     let resp = response_header(&parsed).ok_or(Failed::Protocol)?;
-                    return Ok(Head { resp, len });
+                    let base = buf.as_ptr() as usize;
+                    let at = |b: &[u8]| {
+                        let start = b.as_ptr() as usize - base;
+                        start..start + b.len()
+                    };
+                    let fields = parsed
+                        .headers
+                        .iter()
+                        .map(|h| (at(h.name.as_bytes()), at(h.value)))
+                        .collect();
+                    return Ok(Head { resp, len, fields });
                 }
                 Ok(httparse::Status::Partial) if buf.len() < MAX_HEAD => break,
                 _ => return Err(Failed::Protocol),
@@ -369,9 +383,10 @@ impl LeanHits {
     /// Whether the cache predicts the key hashed `primary_bin` uncacheable (Pingora then
     /// bypasses the lookup: so does the lean path).
     pub(super) fn predicted_uncacheable(&self, primary_bin: [u8; 16]) -> bool {
-        let mut key = CacheKey::new(String::new(), String::new());
-        key.set_primary_bin_override(primary_bin);
-        !self.node.predictor.cacheable_prediction(&key)
+        !self
+            .node
+            .predictor
+            .cacheable_prediction(&hashed_key(primary_bin))
     }
 
     /// Forward `pass` to its origin server and relay the response to `client`.
@@ -433,13 +448,13 @@ impl LeanHits {
             }
         };
         let origin_header = Instant::now();
-        let Head { mut resp, len } = head;
+        let Head {
+            mut resp,
+            len,
+            fields: spans,
+        } = head;
         let origin_keep_alive = resp.version == Version::HTTP_11
-            && !resp
-                .headers
-                .get_all(header::CONNECTION)
-                .iter()
-                .any(|v| connection_has(v.as_bytes(), b"close"));
+            && !hardening::connection_named(&resp.headers).any(|n| n == "close");
         let status = resp.status.as_u16();
         let rule = pass.routing.rules.get(pass.rule);
         // upstream_response_filter (and adjust_upstream_modules before it)
@@ -497,9 +512,7 @@ impl LeanHits {
             match decided {
                 Ok(_) => {
                     // storable now: the next request fills the cache
-                    let mut key = CacheKey::new(String::new(), String::new());
-                    key.set_primary_bin_override(pass.primary_bin);
-                    node.predictor.mark_cacheable(&key);
+                    node.predictor.mark_cacheable(&hashed_key(pass.primary_bin));
                     Some("deferred")
                 }
                 Err(reason) => Some(reason),
@@ -519,15 +532,11 @@ impl LeanHits {
             detail: not_stored,
         };
         // the fields as the origin sent them, edited as the full path edits its header map
-        let mut parsed_fields = [httparse::EMPTY_HEADER; MAX_FIELDS];
-        let mut parsed = httparse::Response::new(&mut parsed_fields);
-        if !matches!(parsed.parse(&buf[..len]), Ok(httparse::Status::Complete(_))) {
-            return Passed::HandOver;
-        }
-        let mut fields = Response(Vec::with_capacity(parsed.headers.len() + 8));
-        for h in parsed.headers.iter() {
-            let (name, value) = (Cow::Borrowed(h.name.as_bytes()), Cow::Borrowed(h.value));
-            fields.0.push((name, value));
+        let mut fields = Response(Vec::with_capacity(spans.len() + 8));
+        for (name, value) in spans {
+            fields
+                .0
+                .push((Cow::Borrowed(&buf[name]), Cow::Borrowed(&buf[value])));
         }
         if !resp.headers.contains_key(header::CONTENT_LENGTH) {
             // Transfer-Encoding overrides it (response_header)
@@ -665,19 +674,9 @@ impl LeanHits {
     ) -> Passed {
         let node = &self.node;
         pool.record_failure();
-        let (code, detail, text) = if kind == "timeout" {
-            (
-                504,
-                "origin-timeout",
-                "504 Gateway Timeout: the origin did not answer in time\n",
-            )
-        } else {
-            (
-                502,
-                "origin-unreachable",
-                "502 Bad Gateway: the origin could not be reached or failed mid-response\n",
-            )
-        };
+        // (never through a shield: the lean pass path does not take those)
+        let code = if kind == "timeout" { 504 } else { 502 };
+        let (detail, text) = (failure_detail(code), failure_text(code, false));
         let status = CacheStatus::Forward {
             fwd,
             status: None,
@@ -694,12 +693,7 @@ impl LeanHits {
             "request failed"
         );
         // as answers::plain_response, written by Pingora's error writer (the connection closes)
-        let mut fields = Response(Vec::with_capacity(6));
-        let text_type = &b"text/plain; charset=utf-8"[..];
-        fields.insert(wire_name(&header::CONTENT_TYPE), text_type);
-        let length = text.len().to_string().into_bytes();
-        fields.insert(wire_name(&header::CONTENT_LENGTH), length);
-        fields.insert(wire_name(&header::CACHE_CONTROL), &b"no-store"[..]);
+        let mut fields = plain_fields(text.len());
         let rendered = status.render(&node.config.node.name).into_bytes();
         fields.insert(&b"cache-status"[..], rendered);
         let head = Some(written_as(code, None, fields, false));
@@ -727,11 +721,11 @@ impl LeanHits {
     }
 }
 
-/// Whether a `Connection` value lists `option`.
-fn connection_has(value: &[u8], option: &[u8]) -> bool {
-    value
-        .split(|&b| b == b',')
-        .any(|o| o.trim_ascii().eq_ignore_ascii_case(option))
+/// The cache key the predictor knows by its primary hash `primary_bin` (all it reads).
+fn hashed_key(primary_bin: [u8; 16]) -> CacheKey {
+    let mut key = CacheKey::new(String::new(), String::new());
+    key.set_primary_bin_override(primary_bin);
+    key
 }
 
 /// Send `head` and the body to `client`: `start` (read with the head), then what `upstream`

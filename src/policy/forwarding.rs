@@ -26,9 +26,12 @@ use pingora_http::RequestHeader;
 use pingora_proxy::Session;
 use std::net::IpAddr;
 
-const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
-const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
-const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+/// `X-Forwarded-For`.
+pub const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+/// `X-Forwarded-Proto`.
+pub const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+/// `X-Forwarded-Host`.
+pub const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
 
 /// Fields removed from the requests of clients whose forwarding fields are not believed: how
 /// proxies name the client, scheme, host, port and path prefix, and the URL and method
@@ -143,18 +146,20 @@ fn forward_fields(
     peer: Option<IpAddr>,
     upstream: &mut RequestHeader,
 ) -> Result<()> {
-    set_chain(upstream, chain(received, peer))
+    let values = received.get_all(X_FORWARDED_FOR);
+    set_chain(upstream, chain(values.iter().map(|v| v.as_bytes()), peer))
 }
 
-/// `X-Forwarded-For` as `received` has it (its fields joined) with `peer` appended.
-fn chain(received: &HeaderMap, peer: Option<IpAddr>) -> Vec<u8> {
+/// The `X-Forwarded-For` sent upstream: the `received` field values joined, with `peer`
+/// appended.
+pub fn chain<'a>(received: impl Iterator<Item = &'a [u8]>, peer: Option<IpAddr>) -> Vec<u8> {
     use std::io::Write as _;
     let mut chain = Vec::new();
-    for value in received.get_all(X_FORWARDED_FOR) {
+    for value in received {
         if !chain.is_empty() {
             chain.extend_from_slice(b", ");
         }
-        chain.extend_from_slice(value.as_bytes());
+        chain.extend_from_slice(value);
     }
     if let Some(ip) = peer {
         if !chain.is_empty() {

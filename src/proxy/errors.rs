@@ -40,6 +40,37 @@ pub(super) fn unreachable(e: &Error) -> bool {
     }
 }
 
+/// The `Cache-Status` detail of the node's answer `code` to a request that failed.
+pub fn failure_detail(code: u16) -> &'static str {
+    match code {
+        504 => "origin-timeout",
+        502 => "origin-unreachable",
+        503 => "no-healthy-origin",
+        _ => "error",
+    }
+}
+
+/// The body of the node's answer `code` to a request that failed (`shield`: the tier above
+/// is a shield, not the origin).
+pub fn failure_text(code: u16, shield: bool) -> &'static str {
+    match code {
+        502 if shield => {
+            "502 Bad Gateway: the shield tier could not be reached or failed mid-response\n"
+        }
+        502 => "502 Bad Gateway: the origin could not be reached or failed mid-response\n",
+        504 if shield => "504 Gateway Timeout: the shield tier did not answer in time\n",
+        504 => "504 Gateway Timeout: the origin did not answer in time\n",
+        503 if shield => {
+            "503 Service Unavailable: no shield node is available (all down or failed)\n"
+        }
+        503 => "503 Service Unavailable: no origin server is available (all down or failed)\n",
+        400 => "400 Bad Request\n",
+        408 => Rejection::BodyTimeout.message(),
+        413 => Rejection::BodyTooLarge.message(),
+        _ => "the request could not be completed\n",
+    }
+}
+
 /// Error type of [`no_server_error`].
 pub(super) const NO_SERVER: &str = "no-server";
 

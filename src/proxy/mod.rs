@@ -95,6 +95,7 @@ mod status;
 use answers::plain_response;
 pub use ctx::RequestCtx;
 use errors::{client_went_away, no_server_error, total_timeout_error, unreachable, NO_SERVER};
+pub use errors::{failure_detail, failure_text};
 use invalidate::is_safe;
 use status::seconds_between;
 
@@ -1059,33 +1060,11 @@ impl ProxyHttp for OutpostProxy {
                 .unwrap_or(Forward::Miss),
             status: None,
             stored: false,
-            detail: Some(match code {
-                504 => "origin-timeout",
-                502 => "origin-unreachable",
-                503 => "no-healthy-origin",
-                _ => "error",
-            }),
+            detail: Some(failure_detail(code)),
         };
         if code > 0 {
             let shield = ctx.via_shield() || ctx.no_shield;
-            let body = match code {
-                502 if shield => {
-                    "502 Bad Gateway: the shield tier could not be reached or failed mid-response\n"
-                }
-                502 => "502 Bad Gateway: the origin could not be reached or failed mid-response\n",
-                504 if shield => "504 Gateway Timeout: the shield tier did not answer in time\n",
-                504 => "504 Gateway Timeout: the origin did not answer in time\n",
-                503 if shield => {
-                    "503 Service Unavailable: no shield node is available (all down or failed)\n"
-                }
-                503 => {
-                    "503 Service Unavailable: no origin server is available (all down or failed)\n"
-                }
-                400 => "400 Bad Request\n",
-                408 => Rejection::BodyTimeout.message(),
-                413 => Rejection::BodyTooLarge.message(),
-                _ => "the request could not be completed\n",
-            };
+            let body = failure_text(code, shield);
             let written = async {
                 let mut resp = plain_response(code, body.len())?;
                 resp.insert_header("cache-status", status.render(&self.node.config.node.name))?;
