@@ -64,7 +64,7 @@ impl BackgroundService for DrainOnShutdown {
         }
         if let Some(disk) = self.disk.clone() {
             let within = self.grace.saturating_sub(started.elapsed());
-            let flushed = tokio::task::spawn_blocking(move || disk.flush(within))
+            let flushed = tokio::task::spawn_blocking(move || disk.shutdown(within))
                 .await
                 .unwrap_or(false);
             if !flushed {

@@ -292,11 +292,11 @@ impl SweepReport {
 }
 
 /// One disk object of a sweep (blocking).
-fn sweep_disk_object<J>(disk: &DiskTier, key: u128, judge: &J, report: &mut SweepReport)
+fn sweep_disk_object<J>(disk: &DiskTier, fp: u64, judge: &J, report: &mut SweepReport)
 where
     J: Fn(&Stored) -> SweepAction,
 {
-    let Some(head) = disk.head(key) else {
+    let Some((key, head)) = disk.stored_head(fp) else {
         return; // removed meanwhile
     };
     report.visited += 1;

@@ -1,66 +1,77 @@
-//! The disk tier: a persistent, crash-safe, size-bounded object store.
+//! The disk tier: a log-structured, crash-safe, size-bounded object store.
 //!
 //! Layout under the cache directory:
-//! - `objects/<aa>/<key>.body`: the body bytes, nothing else (so it can be sent as is);
-//! - `objects/<aa>/<key>.head`: a checksummed record of the key, the body's length and
-//!   checksums, and the stored head ([`record`]);
-//! - `tmp/`: files being written; emptied at start.
+//! - `segments/<slot>.seg`: the segment files, preallocated, `disk_size` bytes in all
+//!   ([`log`]); objects are records appended to them ([`record`]);
+//! - `directory`: the last checkpoint of the in-memory directory ([`directory`], [`recover`]);
+//! - `tmp/`: large bodies being spooled as they arrive ([`spool`]); emptied at start;
+//! - `lock`: held (`flock`) by the process that writes the segments.
+//!
+//! A cache directory of the layout before (`objects/`, a file pair per object) is dropped at
+//! start with a log line (in the background): its objects are refetched.
 //!
 //! Contracts:
-//! - Crash safety: files are written under `tmp/` and renamed into place, body first, then head.
-//!   Every read verifies the head's checksum and the body's length and checksums, so a crash or
-//!   power cut at any point (renames reordered, a file cut short) yields a miss, never wrong
-//!   bytes. A corrupt entry is deleted, counted, and refetched. No fsync is needed for that.
-//! - Small objects are written behind the response, on one writer thread fed by a bounded
-//!   queue; until a write lands, lookups are answered from the queued object. A full queue
-//!   drops the write. Large objects are spooled to a temporary file as they arrive
-//!   ([`spool`]) and never held whole in memory.
-//! - Reads: an object the memory tier can take is read whole and verified (on the request's
-//!   thread up to [`BLOCK`] bytes, from page cache as nginx does; larger ones on the blocking
-//!   pool); a larger one is streamed block by block, each block verified before it is sent
-//!   ([`stream`]).
-//! - Size: the tier's files stay within `capacity` bytes of disk, each counted in whole
-//!   allocation units of the filesystem as `du` counts it (a 1 KiB object is two files of 4 KiB
-//!   on ext4); eviction removes the least recently used objects. Recency is the head file's mtime (refreshed on hits, at most once a minute
-//!   per object), so it survives restarts.
-//! - Start-up does not wait for the directory scan that rebuilds the index: until it finishes,
-//!   lookups go straight to the file named by the key; eviction waits for the scan.
-//! - Deleting never races a reader into wrong bytes: a reader holds whole files it read or an
-//!   open descriptor of the body it streams, and a replaced object's head is unlinked before
-//!   its new body lands.
+//! - Writes never wait for the disk: a small object is appended to a buffer in memory (and is
+//!   found there until written), and the writer thread writes each buffer of up to 1 MiB with
+//!   one `pwrite`. More than 256 MiB waiting is dropped (counted).
+//! - Reads: the directory gives the record's segment, offset and size, so a small hit is one
+//!   `pread` from a segment file that stays open, verified (the record's checksum, seeded by
+//!   the segment's nonce, the key, the body's checksum) before anything is sent. Larger
+//!   objects stream block by block ([`stream`]), each block verified first.
+//! - Space: the segments are a ring. When it comes round, the oldest segment is cleaned: objects
+//!   hit since they were written are copied to the head of the log (up to a quarter of a
+//!   segment), the rest evicted; then its file is replaced. Readers holding the old file keep
+//!   reading it; bytes are never overwritten in place.
+//! - Crash safety: a checkpoint of the directory names the log position it covers; after a
+//!   crash the log from there on is replayed. Records are checksummed and carry their segment's
+//!   generation, so torn writes, stale bytes and bit flips are misses (and refetches), never
+//!   wrong bytes. A purge appends a tombstone before it answers, so a purged object is never
+//!   served after a restart. No fsync is needed for any of that (only the checkpoint is synced).
+//! - Upgrades: one process writes the segments at a time (the `lock` file). A new process
+//!   started while the old one still runs waits: it keeps what it would write in memory, and
+//!   takes over when the old one, stopping, has written its last buffers and a checkpoint and
+//!   exited.
 //! - Faults (disk full, permissions, directory removed) are counted and logged at most once per
 //!   interval; the node keeps serving from memory and origin, and recreates its directories.
 
-mod index;
+mod directory;
+mod log;
 pub mod record;
+mod recover;
 pub mod spool;
 pub mod stream;
+mod writer;
 
 use crate::metrics::StorageMetrics;
 use crate::observe::logging::{LogLimit, LOG_INTERVAL};
 use bytes::Bytes;
-use index::Index;
-use parking_lot::{Condvar, Mutex};
-use record::{BodyDigest, HeadRecord, BLOCK};
+use directory::{fingerprint, Directory, Entry, Lookup};
+use log::{Geometry, Job, Log, Pos, Segment, BUFFER};
+use parking_lot::Mutex;
+use record::{align, blocks_for, BodyDigest, Header, Kind, Record, BLOCK, HEADER};
 use spool::SpoolShared;
 use std::collections::HashMap;
 use std::fs::{self, File};
-use std::io::{self, ErrorKind, Write};
+use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::mpsc::{sync_channel, Receiver, SyncSender, TrySendError};
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 use stream::StreamHit;
+use writer::{Source, Task};
 
-/// Queued write-behind bytes at most; a write beyond is dropped (counted).
+/// Bytes waiting for the writer at most; a write beyond is dropped (counted).
 const MAX_QUEUED_BYTES: u64 = 256 << 20;
-/// Queued write-behind jobs at most. A job is a key (the object is in `pending`, counted in
-/// bytes above), so this bound is set for bursts of small objects, not for memory: a cold
-/// start pulling 10,000 distinct 1 KiB objects in a second dropped ~250 writes at 4,096.
-const MAX_QUEUED_JOBS: usize = 32_768;
+/// Records up to this size go through the buffers; larger ones are written by the writer
+/// thread on their own.
+const SMALL_RECORD: u64 = (BUFFER / 2) as u64;
+/// A lookup in a part of the directory still being recovered waits this long for it at most
+/// (then misses).
+const LOAD_WAIT: Duration = Duration::from_secs(1);
+/// While another process holds the directory, how often to try taking it over.
+const LOCK_POLL: Duration = Duration::from_millis(50);
 
-/// An object read from (or queued for) the disk tier.
+/// An object read from (or written to) the disk tier.
 #[derive(Clone)]
 pub struct DiskObject {
     /// The encoded head ([`super::entry::encode_head`]).
@@ -69,18 +80,11 @@ pub struct DiskObject {
     pub body: Bytes,
 }
 
-impl DiskObject {
-    /// Bytes it occupies in the write queue.
-    fn size(&self) -> u64 {
-        (self.head.len() + self.body.len()) as u64
-    }
-}
-
 /// A hit from the disk tier.
 pub enum DiskHit {
     /// A small object, read whole and verified.
     Whole(DiskObject),
-    /// A large object, streamed from its file block by block.
+    /// A large object, streamed from its segments block by block.
     Stream {
         /// The encoded head.
         head: Bytes,
@@ -89,32 +93,32 @@ pub enum DiskHit {
     },
 }
 
-enum Job {
-    Put { key: u128, seq: u64 },
-    Head { key: u128, head: Bytes },
+/// What a process not (yet) holding the directory was asked to write.
+enum Waiting {
+    Put(u128, DiskObject),
+    Remove(u128),
 }
 
-struct Pending {
-    seq: u64,
-    object: DiskObject,
-}
-
-/// The disk tier. Create with [`DiskTier::open`]; it starts its writer and scanner threads.
+/// The disk tier. Create with [`DiskTier::open`].
 pub struct DiskTier {
-    objects: PathBuf,
+    root: PathBuf,
     tmp: PathBuf,
-    capacity: u64,
-    /// The filesystem's allocation unit: a file takes its length rounded up to it.
-    block: u64,
     max_object: u64,
-    index: Mutex<Index>,
-    scanned: AtomicBool,
-    pending: Mutex<HashMap<u128, Pending>>,
+    log: Log,
+    dir: Directory,
+    /// Whether this process holds the directory (the log is open for writing).
+    active: AtomicBool,
+    /// Whether the wait for another process was logged.
+    announced: AtomicBool,
+    /// What to write once active, and its bytes.
+    waiting: Mutex<(Vec<Waiting>, u64)>,
+    lock: Mutex<Option<File>>,
     spools: Mutex<HashMap<u128, Vec<Arc<SpoolShared>>>>,
-    drained: Condvar,
-    queued_bytes: AtomicU64,
+    /// Large writes queued for the writer, by key: a purge cancels them.
+    inflight: Mutex<HashMap<u128, Vec<Arc<AtomicBool>>>>,
+    /// Counts changes to the directory (a checkpoint is due when it moved).
+    changes: AtomicU64,
     next_seq: AtomicU64,
-    queue: SyncSender<Job>,
     metrics: StorageMetrics,
     /// One log line per interval per kind of [`Fault`].
     faults: [LogLimit; 3],
@@ -131,40 +135,6 @@ pub(super) enum Fault {
     Write,
 }
 
-/// What one file's name takes in its directory's blocks (ext4: 8 bytes and the 37-byte name
-/// rounded to 4, plus the directory's hash index and slack); directories do not shrink, so
-/// this is charged per file. Measured in the soak bench: 12 MiB of directory blocks for
-/// 131,000 files, 96 bytes a file.
-const DIRECTORY_ENTRY: u64 = 96;
-
-/// The allocation unit of the filesystem holding `dir` (or of the nearest existing parent):
-/// `st_blksize`, 4 KiB when unknown (ext4's and XFS's default).
-fn allocation_unit(dir: &Path) -> u64 {
-    dir.ancestors()
-        .find_map(|d| fs::metadata(d).ok())
-        .map(|m| std::os::unix::fs::MetadataExt::blksize(&m))
-        .filter(|b| (512..=1 << 20).contains(b))
-        .unwrap_or(4096)
-}
-
-/// Bytes of disk a file takes (its allocated blocks, as `du` counts them).
-fn allocated(meta: &fs::Metadata) -> u64 {
-    std::os::unix::fs::MetadataExt::blocks(meta).saturating_mul(512)
-}
-
-fn nanos(t: SystemTime) -> u64 {
-    t.duration_since(UNIX_EPOCH)
-        .map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
-}
-
-pub(super) fn now_nanos() -> u64 {
-    nanos(SystemTime::now())
-}
-
-fn mtime_nanos(meta: &fs::Metadata) -> u64 {
-    meta.modified().map_or(0, nanos)
-}
-
 /// Run blocking file work on the runtime's blocking pool.
 pub(super) async fn blocking<T: Send + 'static>(
     f: impl FnOnce() -> io::Result<T> + Send + 'static,
@@ -176,9 +146,11 @@ pub(super) async fn blocking<T: Send + 'static>(
 
 /// Why a stored entry could not be used.
 pub(super) enum ReadFailure {
-    /// Not on disk.
+    /// Not there (any more): a plain miss.
     Missing,
-    /// On disk but wrong: delete it.
+    /// Its part of the directory is not recovered yet.
+    Loading,
+    /// There but wrong: drop it.
     Corrupt(&'static str),
     /// The disk failed.
     Io(io::Error),
@@ -186,97 +158,198 @@ pub(super) enum ReadFailure {
 
 impl From<io::Error> for ReadFailure {
     fn from(e: io::Error) -> Self {
-        if e.kind() == ErrorKind::NotFound {
-            ReadFailure::Missing
-        } else {
-            ReadFailure::Io(e)
-        }
+        ReadFailure::Io(e)
     }
 }
 
-/// Read and verify the head file of `key`.
-fn read_record(key: u128, head_path: &Path) -> Result<HeadRecord, ReadFailure> {
-    HeadRecord::parse(key, Bytes::from(fs::read(head_path)?)).map_err(ReadFailure::Corrupt)
-}
-
-/// Write `data` to `tmp`, then rename it to `dest`.
-fn write_then_rename(tmp: &Path, dest: &Path, data: &[&[u8]]) -> io::Result<()> {
-    let result = (|| {
-        let mut f = File::create(tmp)?;
-        for d in data {
-            f.write_all(d)?;
-        }
-        drop(f);
-        fs::rename(tmp, dest)
-    })();
-    if result.is_err() {
-        let _ = fs::remove_file(tmp);
-    }
-    result
+/// A record found through the directory: where it is and its first bytes.
+struct Found {
+    entry: Entry,
+    seg: Arc<Segment>,
+    pos: Pos,
+    header: Header,
+    /// The record's bytes from its start (at least its header).
+    bytes: Bytes,
 }
 
 impl DiskTier {
-    /// Open (creating if needed) the tier under `dir`, start its writer thread and the scan
-    /// that rebuilds its index. A directory that cannot be created is not fatal: writes fail
-    /// (counted) and are retried, reads miss.
+    /// Open (creating if needed) the tier under `dir`: `capacity` bytes of segments, objects
+    /// of up to `max_object` bytes. Returns at once: the directory is recovered in the
+    /// background (lookups miss until their part of it is loaded). A directory that cannot be
+    /// used is not fatal: writes fail (counted) and are retried, reads miss.
     pub fn open(
         dir: &Path,
         capacity: u64,
         max_object: u64,
         metrics: StorageMetrics,
     ) -> Arc<DiskTier> {
-        let (queue, jobs) = sync_channel(MAX_QUEUED_JOBS);
+        let geo = Geometry::for_capacity(capacity);
         let tier = Arc::new(DiskTier {
-            objects: dir.join("objects"),
+            root: dir.to_path_buf(),
             tmp: dir.join("tmp"),
-            capacity,
-            block: allocation_unit(dir),
-            max_object,
-            index: Mutex::new(Index::default()),
-            scanned: AtomicBool::new(false),
-            pending: Mutex::new(HashMap::new()),
+            max_object: max_object.min(geo.max_record()),
+            log: Log::new(dir.join("segments"), geo),
+            dir: Directory::new(false),
+            active: AtomicBool::new(false),
+            announced: AtomicBool::new(false),
+            waiting: Mutex::new((Vec::new(), 0)),
+            lock: Mutex::new(None),
             spools: Mutex::new(HashMap::new()),
-            drained: Condvar::new(),
-            queued_bytes: AtomicU64::new(0),
+            inflight: Mutex::new(HashMap::new()),
+            changes: AtomicU64::new(0),
             next_seq: AtomicU64::new(1),
-            queue,
             metrics,
             faults: [(); 3].map(|_| LogLimit::new(LOG_INTERVAL)),
         });
-        if let Err(e) = tier.prepare_dirs() {
-            tier.fault(
-                Fault::Open,
-                &e,
-                "disk tier directory unusable; serving without it until it is",
-            );
-        }
-        let writer = tier.clone();
-        let spawned = std::thread::Builder::new()
-            .name("disk-writer".into())
-            .spawn(move || writer.write_loop(jobs));
-        if let Err(e) = spawned {
-            tracing::error!(error = %e, "cannot start the disk writer thread");
-        }
-        let scanner = tier.clone();
-        let spawned = std::thread::Builder::new()
-            .name("disk-scan".into())
-            .spawn(move || scanner.scan());
-        if let Err(e) = spawned {
-            tracing::error!(error = %e, "cannot start the disk scan thread");
-            tier.scanned.store(true, Ordering::Release);
+        if !tier.try_activate() {
+            let t = tier.clone();
+            let spawned = std::thread::Builder::new()
+                .name("disk-takeover".into())
+                .spawn(move || {
+                    while !t.try_activate() {
+                        std::thread::sleep(LOCK_POLL);
+                    }
+                });
+            if let Err(e) = spawned {
+                tracing::error!(error = %e, "cannot start the disk tier's takeover thread");
+            }
         }
         tier
     }
 
-    fn prepare_dirs(&self) -> io::Result<()> {
-        fs::create_dir_all(&self.objects)?;
+    /// Take the directory if no other process holds it: recover, start the writer. False if
+    /// another process holds it (an upgrade in progress).
+    fn try_activate(self: &Arc<Self>) -> bool {
+        match self.take_lock() {
+            Ok(true) => {}
+            Ok(false) => {
+                if !self.announced.swap(true, Ordering::Relaxed) {
+                    tracing::info!(
+                        dir = %self.root.display(),
+                        "disk tier held by another process (an upgrade?): waiting to take over"
+                    );
+                }
+                return false;
+            }
+            Err(e) => {
+                // unusable directory: go on without the lock (reads may still work); writes
+                // fail and are counted until it is usable
+                self.fault(
+                    Fault::Open,
+                    &e,
+                    "disk tier directory unusable; serving without it until it is",
+                );
+            }
+        }
+        self.drop_old_layout();
+        let _ = fs::create_dir_all(&self.log.dir);
+        self.clear_tmp();
+        let segs = recover::open_segments(self);
+        let base = segs.last().map_or(0, |s| s.gen);
+        self.log.state.lock().prepared = base;
+        let cp = recover::read_checkpoint(&self.root, self.log.geo);
+        if let Err(e) = self.prepare(base + 1) {
+            self.metrics.disk_write_errors.inc();
+            self.fault(
+                Fault::Write,
+                &e,
+                "disk tier write failed: cannot create a segment file; objects kept in memory only",
+            );
+        }
+        let loader = self.clone();
+        let spawned = std::thread::Builder::new()
+            .name("disk-recover".into())
+            .spawn(move || recover::recover(&loader, segs, cp));
+        if let Err(e) = spawned {
+            tracing::error!(error = %e, "cannot start the disk recovery thread");
+        }
+        let writer = self.clone();
+        let spawned = std::thread::Builder::new()
+            .name("disk-writer".into())
+            .spawn(move || writer.write_loop());
+        if let Err(e) = spawned {
+            tracing::error!(error = %e, "cannot start the disk writer thread");
+        }
+        self.active.store(true, Ordering::Release);
+        let (waiting, _) = std::mem::take(&mut *self.waiting.lock());
+        for w in waiting {
+            match w {
+                Waiting::Put(key, object) => {
+                    self.put(key, object);
+                }
+                Waiting::Remove(key) => {
+                    self.remove(key);
+                }
+            }
+        }
+        true
+    }
+
+    /// Take the `lock` file: Ok(false) if another process holds it.
+    fn take_lock(&self) -> io::Result<bool> {
+        use std::os::fd::AsRawFd;
+        fs::create_dir_all(&self.root)?;
+        let path = self.root.join("lock");
+        let file = File::options()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(&path)
+            .or_else(|_| File::open(&path))?;
+        // SAFETY: `file` is an open descriptor for the duration of the call.
+        if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+            let e = io::Error::last_os_error();
+            if e.raw_os_error() == Some(libc::EWOULDBLOCK) {
+                return Ok(false);
+            }
+            return Err(e);
+        }
+        *self.lock.lock() = Some(file);
+        Ok(true)
+    }
+
+    /// Remove the file-per-object layout of earlier versions, in the background.
+    fn drop_old_layout(&self) {
+        let objects = self.root.join("objects");
+        if !objects.is_dir() {
+            return;
+        }
+        tracing::warn!(
+            dir = %objects.display(),
+            "disk tier: dropping the cache's old layout (a file pair per object); its objects are refetched"
+        );
+        let spawned = std::thread::Builder::new()
+            .name("disk-drop-old".into())
+            .spawn(move || {
+                if let Err(e) = fs::remove_dir_all(&objects) {
+                    tracing::warn!(error = %e, dir = %objects.display(), "cannot remove the old disk cache layout");
+                }
+            });
+        if let Err(e) = spawned {
+            tracing::error!(error = %e, "cannot start the thread removing the old layout");
+        }
+    }
+
+    /// Empty `tmp/` (spools of earlier processes).
+    fn clear_tmp(&self) {
+        if let Ok(entries) = fs::read_dir(&self.tmp) {
+            for e in entries.flatten() {
+                let _ = fs::remove_file(e.path());
+            }
+        }
+        let _ = fs::create_dir_all(&self.tmp);
+    }
+
+    pub(super) fn prepare_dirs(&self) -> io::Result<()> {
+        fs::create_dir_all(&self.log.dir)?;
         fs::create_dir_all(&self.tmp)?;
         Ok(())
     }
 
-    /// Whether the start-up scan has rebuilt the index (lookups work before; eviction waits).
+    /// Whether the directory is fully recovered (lookups in parts not yet loaded miss).
     pub fn index_complete(&self) -> bool {
-        self.scanned.load(Ordering::Acquire)
+        self.dir.complete()
     }
 
     /// The largest body this tier stores.
@@ -284,65 +357,131 @@ impl DiskTier {
         self.max_object
     }
 
-    /// Objects on disk (and being written).
+    /// Objects on disk (written, not merely queued).
     pub fn objects(&self) -> u64 {
-        self.index.lock().len() as u64
+        let unwritten = self.log.state.lock().unwritten;
+        self.dir.len().saturating_sub(unwritten)
     }
 
-    /// Bytes of disk a file of `len` bytes takes: whole allocation units (an empty file none)
-    /// and its name in its directory.
-    fn on_disk(&self, len: u64) -> u64 {
-        len.div_ceil(self.block).saturating_mul(self.block) + DIRECTORY_ENTRY
-    }
-
-    /// Bytes of objects queued for the writer.
+    /// Bytes of objects waiting for the writer.
     pub fn queued_bytes(&self) -> u64 {
-        self.queued_bytes.load(Ordering::Relaxed)
+        let st = self.log.state.lock();
+        st.queued
     }
 
-    /// Bytes of disk the tier's files take (whole allocation units, as `du` counts them).
+    /// Bytes of disk the tier's segment files take.
     pub fn bytes(&self) -> u64 {
-        self.index.lock().bytes
+        let geo = self.log.geo;
+        let slots = (0..geo.slots)
+            .filter(|&s| self.log.in_slot(s as u16).is_some())
+            .count() as u64;
+        slots * geo.seg
     }
 
     /// Log a fault at most once per [`LOG_INTERVAL`] per kind (saying how many were not).
     fn fault(&self, kind: Fault, e: &io::Error, what: &str) {
         if let Some(suppressed) = self.faults[kind as usize].admit() {
-            tracing::error!(error = %e, dir = %self.objects.display(), suppressed, "{what}");
+            tracing::error!(error = %e, dir = %self.root.display(), suppressed, "{what}");
         }
     }
 
-    fn paths(&self, key: u128) -> (PathBuf, PathBuf) {
-        let dir = self.objects.join(format!("{:02x}", (key >> 120) as u8));
-        let name = format!("{key:032x}");
-        (
-            dir.join(format!("{name}.head")),
-            dir.join(format!("{name}.body")),
-        )
+    /// Find `key`'s record and read its first bytes (the whole record if it is small).
+    fn find(&self, key: u128) -> Result<Found, ReadFailure> {
+        let entry = match self.dir.get(key) {
+            Lookup::Found(e) => e,
+            Lookup::Absent => return Err(ReadFailure::Missing),
+            Lookup::Loading => return Err(ReadFailure::Loading),
+        };
+        self.read_entry(key, entry)
     }
 
-    /// Whether a lookup of `key` can skip the disk: the index is complete and lacks it.
-    fn surely_absent(&self, key: u128) -> bool {
-        self.scanned.load(Ordering::Acquire) && !self.index.lock().contains(key)
+    fn read_entry(&self, key: u128, entry: Entry) -> Result<Found, ReadFailure> {
+        let loc = entry.loc();
+        let Some(seg) = self.log.segment_of(&loc) else {
+            // its segment was recycled: evicted
+            self.dir.remove_entry(&entry);
+            return Err(ReadFailure::Missing);
+        };
+        let pos = Pos {
+            gen: seg.gen,
+            off: loc.off,
+        };
+        let want = if loc.hint > 0 { loc.hint } else { 4096 };
+        let mut bytes = None;
+        if self.log.maybe_buffered(pos, want) {
+            bytes = self.log.buffered(pos);
+        }
+        let bytes = match bytes {
+            Some(b) => b,
+            None => log::read_head(&seg, pos, want, self.log.geo)?,
+        };
+        let header = match log::header_of(&bytes, key, &seg) {
+            Ok(h) if h.kind == Kind::Object => h,
+            Ok(_) => return Err(ReadFailure::Corrupt("record is not an object")),
+            Err(why) => return Err(ReadFailure::Corrupt(why)),
+        };
+        Ok(Found {
+            entry,
+            seg,
+            pos,
+            header,
+            bytes,
+        })
     }
 
-    /// Count a lookup's outcome, refresh recency on a hit, drop a corrupt entry.
-    fn settle<T>(&self, key: u128, head_path: &Path, read: Result<T, ReadFailure>) -> Option<T> {
+    /// The verified prefix of a found record (reading more of it if needed).
+    fn prefix(&self, f: &Found) -> Result<Record, ReadFailure> {
+        let len = f.header.prefix_len();
+        let bytes = if (f.bytes.len() as u64) < len {
+            log::read_head(&f.seg, f.pos, len, self.log.geo)?
+        } else {
+            f.bytes.clone()
+        };
+        f.header
+            .verify(f.seg.nonce, bytes)
+            .map_err(ReadFailure::Corrupt)
+    }
+
+    /// The whole object of a found record, verified.
+    fn whole(&self, f: &Found) -> Result<DiskObject, ReadFailure> {
+        let span = f.header.span();
+        if span > self.log.geo.data() {
+            return Err(ReadFailure::Corrupt(
+                "record larger than a segment read whole",
+            ));
+        }
+        let bytes = if (f.bytes.len() as u64) < f.header.prefix_len() + f.header.body_len {
+            log::read_head(&f.seg, f.pos, span, self.log.geo)?
+        } else {
+            f.bytes.clone()
+        };
+        let record = f
+            .header
+            .verify(f.seg.nonce, bytes.clone())
+            .map_err(ReadFailure::Corrupt)?;
+        let at = f.header.prefix_len() as usize;
+        let body = bytes
+            .get(at..at + f.header.body_len as usize)
+            .ok_or(ReadFailure::Corrupt("segment cut short (truncated?)"))?;
+        record.verify(body).map_err(ReadFailure::Corrupt)?;
+        Ok(DiskObject {
+            head: record.head,
+            body: bytes.slice(at..at + f.header.body_len as usize),
+        })
+    }
+
+    /// Count a lookup's outcome, note a hit, drop a corrupt entry.
+    fn settle<T>(&self, entry: Option<&Entry>, read: Result<T, ReadFailure>) -> Option<T> {
         match read {
             Ok(found) => {
                 self.metrics.disk.hits.inc();
-                if self.index.lock().touch(key, now_nanos()) {
-                    // best effort: recency for eviction after a restart
-                    let _ = File::options()
-                        .write(true)
-                        .open(head_path)
-                        .and_then(|f| f.set_modified(SystemTime::now()));
+                if let Some(e) = entry {
+                    self.dir.mark_hit(e);
                 }
                 Some(found)
             }
-            Err(ReadFailure::Missing) => {
+            Err(ReadFailure::Missing | ReadFailure::Loading) => {
                 self.metrics.disk.misses.inc();
-                self.index.lock().remove(key);
                 None
             }
             Err(ReadFailure::Io(e)) => {
@@ -353,119 +492,149 @@ impl DiskTier {
             }
             Err(ReadFailure::Corrupt(why)) => {
                 self.metrics.disk.misses.inc();
-                self.drop_corrupt(key, head_path, why);
+                if let Some(e) = entry {
+                    self.drop_corrupt(e, why);
+                }
                 None
             }
         }
     }
 
+    /// Drop a corrupt entry (counted, logged).
+    pub(super) fn drop_corrupt(&self, entry: &Entry, why: &'static str) {
+        if self.dir.remove_entry(entry) {
+            self.metrics.disk_corrupt.inc();
+            self.changes.fetch_add(1, Ordering::Relaxed);
+            tracing::warn!(
+                key = %format!("{:014x}", entry.fp()),
+                why,
+                "dropped a corrupt disk cache entry"
+            );
+        }
+    }
+
     /// A hit on `key`, verified; `None` when absent, unreadable or corrupt (a corrupt entry is
-    /// deleted and counted). Objects of up to `whole_up_to` bytes (and any not block-hashed)
+    /// dropped and counted). Objects of up to `whole_up_to` bytes (and any not block-hashed)
     /// are read whole, larger ones are streamed ([`StreamHit`]).
     pub async fn lookup_hit(self: &Arc<Self>, key: u128, whole_up_to: u64) -> Option<DiskHit> {
-        if let Some(p) = self.pending.lock().get(&key) {
-            self.metrics.disk.hits.inc();
-            return Some(DiskHit::Whole(p.object.clone()));
+        let mut found = self.find(key);
+        if matches!(found, Err(ReadFailure::Loading))
+            && self.active.load(Ordering::Acquire)
+            && self.dir.wait_loaded(key, LOAD_WAIT).await
+        {
+            found = self.find(key);
         }
-        if self.surely_absent(key) {
-            self.metrics.disk.misses.inc();
-            return None;
-        }
-        let (head_path, body_path) = self.paths(key);
-        let record = match read_record(key, &head_path) {
-            Ok(r) => r,
-            Err(e) => return self.settle(key, &head_path, Err::<DiskHit, _>(e)),
+        let found = match found {
+            Ok(f) => f,
+            Err(e) => return self.settle(None, Err::<DiskHit, _>(e)),
         };
-        let streams =
-            record.body_len > whole_up_to && matches!(record.digest, BodyDigest::Blocks(_));
+        let entry = found.entry;
+        let h = found.header;
+        let streams = h.body_len > whole_up_to && blocks_for(h.body_len) > 0;
         let read = if streams {
-            let head = record.head.clone();
-            let (tier, path) = (self.clone(), head_path.clone());
-            blocking(move || Ok(StreamHit::open(tier, key, path, body_path, record)))
+            let tier = self.clone();
+            blocking(move || Ok(tier.open_stream(found)))
                 .await
                 .unwrap_or_else(|e| Err(ReadFailure::Io(e)))
-                .map(|hit| DiskHit::Stream { head, hit })
-        } else if record.body_len > BLOCK {
+        } else if h.span() > BLOCK {
             // a large read would stall this thread's other requests on a cold disk
             let tier = self.clone();
-            blocking(move || Ok(tier.read_body(&body_path, record)))
+            blocking(move || Ok(tier.whole(&found).map(DiskHit::Whole)))
                 .await
                 .unwrap_or_else(|e| Err(ReadFailure::Io(e)))
-                .map(DiskHit::Whole)
         } else {
-            self.read_body(&body_path, record).map(DiskHit::Whole)
+            self.whole(&found).map(DiskHit::Whole)
         };
-        self.settle(key, &head_path, read)
+        self.settle(Some(&entry), read)
     }
 
-    /// The stored head of `key` (queued or on disk, verified), without its body.
+    fn open_stream(self: &Arc<Self>, f: Found) -> Result<DiskHit, ReadFailure> {
+        let record = self.prefix(&f)?;
+        let end = self.log.geo.advance(f.pos, f.header.span());
+        let segs = self
+            .log
+            .segments(f.pos.gen, end.gen)
+            .ok_or(ReadFailure::Missing)?;
+        let head = record.head.clone();
+        let hit = StreamHit::open(self.clone(), f.entry, segs, f.pos, record)?;
+        Ok(DiskHit::Stream { head, hit })
+    }
+
+    /// The stored head of `key` (verified), without its body.
     pub fn head(&self, key: u128) -> Option<Bytes> {
-        if let Some(p) = self.pending.lock().get(&key) {
-            return Some(p.object.head.clone());
-        }
-        if self.surely_absent(key) {
+        let found = self.find(key).ok()?;
+        self.prefix(&found).ok().map(|r| r.head)
+    }
+
+    /// The key and stored head of the object whose fingerprint is `fp` ([`DiskTier::keys`]).
+    pub fn stored_head(&self, fp: u64) -> Option<(u128, Bytes)> {
+        let entry = self.dir.get_fp(fp)?;
+        let loc = entry.loc();
+        let seg = self.log.segment_of(&loc)?;
+        let pos = Pos {
+            gen: seg.gen,
+            off: loc.off,
+        };
+        let want = if loc.hint > 0 { loc.hint } else { 4096 };
+        let bytes = match self.log.buffered(pos) {
+            Some(b) => b,
+            None => log::read_head(&seg, pos, want, self.log.geo).ok()?,
+        };
+        let h = Header::peek(&bytes).ok()?;
+        if fingerprint(h.key) != fp {
             return None;
         }
-        read_record(key, &self.paths(key).0).ok().map(|r| r.head)
-    }
-
-    fn read_body(&self, body_path: &Path, record: HeadRecord) -> Result<DiskObject, ReadFailure> {
-        if record.body_len > self.max_object.max(1 << 30) {
-            return Err(ReadFailure::Corrupt("body length out of range"));
-        }
-        let body = match fs::read(body_path) {
-            Ok(b) => b,
-            // the head vouches for a body that is not there
-            Err(e) if e.kind() == ErrorKind::NotFound => {
-                return Err(ReadFailure::Corrupt("body file missing"))
-            }
-            Err(e) => return Err(e.into()),
+        let found = Found {
+            entry,
+            seg,
+            pos,
+            header: h,
+            bytes,
         };
-        record.verify(&body).map_err(ReadFailure::Corrupt)?;
-        Ok(DiskObject {
-            head: record.head,
-            body: Bytes::from(body),
-        })
+        let record = self.prefix(&found).ok()?;
+        Some((h.key, record.head))
     }
 
-    /// Delete a corrupt entry, unless it changed under us (a concurrent replacement is not
-    /// corruption: its head is unlinked before its new body lands).
-    fn drop_corrupt(&self, key: u128, head_path: &Path, why: &'static str) {
-        let first = fs::read(head_path).ok();
-        std::thread::yield_now();
-        if self.pending.lock().contains_key(&key) || fs::read(head_path).ok() != first {
-            return;
-        }
-        self.delete(key);
-        self.metrics.disk_corrupt.inc();
-        tracing::warn!(key = %format!("{key:032x}"), why, "dropped a corrupt disk cache entry");
-    }
-
-    /// Queue `object` to be written behind the response. Returns false if it was not queued
-    /// (too large, or the queue is full).
+    /// Store `object` under `key`, behind the response (it is found at once, written soon).
+    /// Returns false if it was not stored (too large, no room in the queue, no segment).
     pub fn put(&self, key: u128, object: DiskObject) -> bool {
-        let size = object.size();
         if object.body.len() as u64 > self.max_object {
             self.metrics.disk.rejected.inc();
             return false;
         }
-        if self.queued_bytes.load(Ordering::Acquire) + size > MAX_QUEUED_BYTES {
+        if !self.active.load(Ordering::Acquire) {
+            return self.wait_with(Waiting::Put(key, object));
+        }
+        let digest = BodyDigest::of(&object.body);
+        let body_len = object.body.len() as u64;
+        let prefix = HEADER as u64 + 8 * u64::from(blocks_for(body_len)) + object.head.len() as u64;
+        let span = align(prefix + body_len);
+        if span > SMALL_RECORD || span > self.log.geo.data() {
+            return self.queue_large(
+                key,
+                object.head,
+                Source::Memory(object.body),
+                body_len,
+                digest,
+                None,
+            );
+        }
+        let mut st = self.log.state.lock();
+        if st.queued + span > MAX_QUEUED_BYTES {
+            drop(st);
             self.metrics.disk_writes_dropped.inc();
             self.metrics.disk.rejected.inc();
             return false;
         }
-        let seq = self.next_seq.fetch_add(1, Ordering::Relaxed);
-        let replaced = self
-            .pending
-            .lock()
-            .insert(key, Pending { seq, object })
-            .map_or(0, |p| p.object.size());
-        self.queued_bytes.fetch_add(size, Ordering::AcqRel);
-        self.queued_bytes.fetch_sub(replaced, Ordering::AcqRel);
-        match self.queue.try_send(Job::Put { key, seq }) {
-            Ok(()) => true,
-            Err(TrySendError::Full(_)) | Err(TrySendError::Disconnected(_)) => {
-                self.take_pending(key, Some(seq));
+        match self.append_object(&mut st, key, &object.head, &object.body, &digest) {
+            Some(entry) => {
+                self.dir.insert(entry);
+                drop(st);
+                self.changes.fetch_add(1, Ordering::Relaxed);
+                true
+            }
+            None => {
+                drop(st);
                 self.metrics.disk_writes_dropped.inc();
                 self.metrics.disk.rejected.inc();
                 false
@@ -473,52 +642,145 @@ impl DiskTier {
         }
     }
 
-    /// Replace the stored head of `key` (a 304 freshened it), keeping its body file. Returns
-    /// whether the object is (as far as the index knows) on disk or queued for it.
-    pub fn update_head(&self, key: u128, head: Bytes) -> bool {
-        {
-            let mut pending = self.pending.lock();
-            if let Some(p) = pending.get_mut(&key) {
-                p.object.head = head;
-                return true;
-            }
-        }
-        if !self.index.lock().contains(key) && self.scanned.load(Ordering::Acquire) {
+    /// Queue a large object for the writer (registered so that a purge cancels it).
+    fn queue_large(
+        &self,
+        key: u128,
+        head: Bytes,
+        body: Source,
+        body_len: u64,
+        digest: BodyDigest,
+        done: Option<tokio::sync::oneshot::Sender<u64>>,
+    ) -> bool {
+        let in_memory = match &body {
+            Source::Memory(b) => b.len() as u64,
+            _ => 0,
+        };
+        let cancelled = Arc::new(AtomicBool::new(false));
+        let mut st = self.log.state.lock();
+        if st.queued + in_memory > MAX_QUEUED_BYTES {
+            drop(st);
+            self.metrics.disk_writes_dropped.inc();
+            self.metrics.disk.rejected.inc();
             return false;
         }
-        if self.queue.try_send(Job::Head { key, head }).is_err() {
-            self.metrics.disk_writes_dropped.inc();
-        }
+        st.queued += in_memory;
+        self.inflight
+            .lock()
+            .entry(key)
+            .or_default()
+            .push(cancelled.clone());
+        let task = Task::Large {
+            key,
+            head,
+            body,
+            body_len,
+            digest,
+            cancelled,
+            done,
+        };
+        self.log.push(&mut st, Job::Task(task));
         true
     }
 
-    /// Every object on disk or queued for it (a snapshot: objects placed later are not in it).
-    pub fn keys(&self) -> Vec<u128> {
-        let mut keys: Vec<u128> = self.index.lock().keys().collect();
-        keys.extend(self.pending.lock().keys().copied());
-        keys
+    /// A large write is over: unregister it (and release its queued bytes).
+    pub(super) fn end_inflight(&self, key: u128, flag: &Arc<AtomicBool>, in_memory: u64) {
+        let mut inflight = self.inflight.lock();
+        if let Some(list) = inflight.get_mut(&key) {
+            list.retain(|f| !Arc::ptr_eq(f, flag));
+            if list.is_empty() {
+                inflight.remove(&key);
+            }
+        }
+        drop(inflight);
+        let mut st = self.log.state.lock();
+        st.queued = st.queued.saturating_sub(in_memory);
     }
 
-    /// Replace the stored head of `key` now (not behind the write queue), keeping its body;
-    /// false if it is not stored. Blocking.
+    /// Keep a write for when this process holds the directory; false if too much waits.
+    fn wait_with(&self, w: Waiting) -> bool {
+        let size = match &w {
+            Waiting::Put(_, o) => (o.head.len() + o.body.len()) as u64,
+            Waiting::Remove(_) => 16,
+        };
+        let mut waiting = self.waiting.lock();
+        if self.active.load(Ordering::Acquire) {
+            drop(waiting);
+            return match w {
+                Waiting::Put(k, o) => self.put(k, o),
+                Waiting::Remove(k) => self.remove(k),
+            };
+        }
+        if waiting.1 + size > MAX_QUEUED_BYTES {
+            self.metrics.disk_writes_dropped.inc();
+            self.metrics.disk.rejected.inc();
+            return false;
+        }
+        waiting.1 += size;
+        waiting.0.push(w);
+        true
+    }
+
+    /// Replace the stored head of `key` (a 304 freshened it), keeping its body. Returns
+    /// whether the object is (as far as the directory knows) stored.
+    pub fn update_head(&self, key: u128, head: Bytes) -> bool {
+        let found = match self.find(key) {
+            Ok(f) => f,
+            Err(ReadFailure::Missing | ReadFailure::Loading) => return !self.dir.complete(),
+            Err(_) => return false,
+        };
+        let span = found.header.span();
+        if span <= SMALL_RECORD {
+            return match self.whole(&found) {
+                Ok(object) => self.put(
+                    key,
+                    DiskObject {
+                        head,
+                        body: object.body,
+                    },
+                ),
+                Err(why) => {
+                    self.settle(Some(&found.entry), Err::<(), _>(why));
+                    false
+                }
+            };
+        }
+        let record = match self.prefix(&found) {
+            Ok(r) => r,
+            Err(_) => return false,
+        };
+        let end = self.log.geo.advance(found.pos, span);
+        let Some(segs) = self.log.segments(found.pos.gen, end.gen) else {
+            return false;
+        };
+        let body_len = record.body_len();
+        let digest = record.digest.clone();
+        let source = Source::Record {
+            segs,
+            start: found.pos,
+            record: Arc::new(record),
+        };
+        self.queue_large(key, head, source, body_len, digest, None)
+    }
+
+    /// Every object's fingerprint (a snapshot: objects placed later are not in it); see
+    /// [`DiskTier::stored_head`].
+    pub fn keys(&self) -> Vec<u64> {
+        self.dir.fingerprints()
+    }
+
+    /// Replace the stored head of `key` now, keeping its body; false if it is not stored.
     pub fn replace_head_now(&self, key: u128, head: Bytes) -> io::Result<bool> {
-        let queued = self.pending.lock().get(&key).map(|p| p.object.body.clone());
-        if let Some(body) = queued {
-            // a new write supersedes the queued one (and one in progress deletes its files)
-            return Ok(self.put(key, DiskObject { head, body }));
+        if !matches!(self.dir.get(key), Lookup::Found(_)) {
+            return Ok(false);
         }
-        match self.rewrite_head(key, &head) {
-            Ok(()) => Ok(true),
-            Err(e) if e.kind() == ErrorKind::NotFound => Ok(false),
-            Err(e) => Err(e),
-        }
+        Ok(self.update_head(key, head))
     }
 
-    /// Make what was written and deleted durable (`syncfs` of the cache's file system).
-    /// Blocking.
+    /// Make what was written durable (`syncfs` of the cache's file system). Blocking.
     pub fn sync(&self) -> io::Result<()> {
         use std::os::fd::AsRawFd;
-        let dir = File::open(&self.objects)?;
+        let dir = File::open(&self.root)?;
         // SAFETY: `dir` is an open descriptor for the duration of the call.
         if unsafe { libc::syncfs(dir.as_raw_fd()) } != 0 {
             return Err(io::Error::last_os_error());
@@ -526,258 +788,83 @@ impl DiskTier {
         Ok(())
     }
 
-    /// Remove `key` from disk (and from the write queue); true if it was there.
+    /// Remove `key` (stored, queued or being spooled); true if it was there. A tombstone is
+    /// appended so that a restart does not bring it back ([`DiskTier::flush_queued_so_far`]
+    /// makes it durable).
     pub fn remove(&self, key: u128) -> bool {
         let spooling = self.cancel_spools(key);
-        let queued = self.take_pending(key, None);
-        self.delete(key) || queued || spooling
+        let inflight = self.cancel_inflight(key);
+        if !self.active.load(Ordering::Acquire) {
+            let found = self.dir.remove(key);
+            self.wait_with(Waiting::Remove(key));
+            return found || spooling || inflight;
+        }
+        let mut st = self.log.state.lock();
+        let found = self.dir.remove(key);
+        if found || spooling || inflight || !self.dir.complete() {
+            self.append_tombstone(&mut st, key);
+        }
+        drop(st);
+        self.changes.fetch_add(1, Ordering::Relaxed);
+        found || spooling || inflight
     }
 
-    /// Delete `key`'s files and index entry; true if its head file or index entry existed.
-    fn delete(&self, key: u128) -> bool {
-        let (head_path, body_path) = self.paths(key);
-        let had_head = fs::remove_file(&head_path).is_ok();
-        let _ = fs::remove_file(&body_path);
-        let indexed = self.index.lock().remove(key);
-        had_head || indexed
+    fn cancel_inflight(&self, key: u128) -> bool {
+        match self.inflight.lock().get(&key) {
+            Some(list) => {
+                list.iter().for_each(|f| f.store(true, Ordering::Release));
+                !list.is_empty()
+            }
+            None => false,
+        }
     }
 
     /// Wait until queued writes have landed, at most `timeout`; true if drained.
     pub fn flush(&self, timeout: Duration) -> bool {
-        self.flush_queued(u64::MAX, timeout)
+        self.flush_queued_so_far(timeout)
     }
 
-    /// Wait until the writes queued before this call have landed (or were dropped), at most
+    /// Wait until the writes queued before this call have landed (or failed), at most
     /// `timeout`; true if they have. Writes queued meanwhile are not waited for.
     pub fn flush_queued_so_far(&self, timeout: Duration) -> bool {
-        self.flush_queued(self.next_seq.load(Ordering::Acquire), timeout)
-    }
-
-    fn flush_queued(&self, before_seq: u64, timeout: Duration) -> bool {
         let deadline = Instant::now() + timeout;
-        let mut pending = self.pending.lock();
-        while pending.values().any(|p| p.seq < before_seq) {
-            if self.drained.wait_until(&mut pending, deadline).timed_out() {
-                return !pending.values().any(|p| p.seq < before_seq);
+        let mut st = self.log.state.lock();
+        self.log.seal(&mut st);
+        let target = st.next_seq;
+        while st.done_seq < target {
+            if !self.active.load(Ordering::Acquire) {
+                return false;
+            }
+            if self.log.landed.wait_until(&mut st, deadline).timed_out() {
+                return st.done_seq >= target;
             }
         }
         true
     }
 
-    /// Drop `key`'s queued write (only write `seq` if given); true if one was dropped.
-    fn take_pending(&self, key: u128, seq: Option<u64>) -> bool {
-        let mut pending = self.pending.lock();
-        let matches = pending
-            .get(&key)
-            .is_some_and(|p| seq.is_none_or(|s| p.seq == s));
-        let taken = if matches { pending.remove(&key) } else { None };
-        if pending.capacity() > 1024 && pending.len() * 8 < pending.capacity() {
-            // a burst of writes left the table large (~100 bytes a slot): give it back
-            let keep = pending.len() * 2;
-            pending.shrink_to(keep);
+    /// A graceful stop: write what is queued and a checkpoint, within `timeout`; true if done.
+    /// The process then exits (releasing the directory to a process taking over).
+    pub fn shutdown(&self, timeout: Duration) -> bool {
+        if !self.active.load(Ordering::Acquire) {
+            return true;
         }
-        if let Some(p) = &taken {
-            self.queued_bytes
-                .fetch_sub(p.object.size(), Ordering::AcqRel);
-        }
-        if taken.is_some() {
-            self.drained.notify_all();
-        }
-        taken.is_some()
-    }
-
-    fn write_loop(&self, jobs: Receiver<Job>) {
-        while let Ok(job) = jobs.recv() {
-            match job {
-                Job::Put { key, seq } => {
-                    let object = match self.pending.lock().get(&key) {
-                        Some(p) if p.seq == seq => p.object.clone(),
-                        // purged or superseded while queued
-                        _ => continue,
-                    };
-                    if let Err(e) = self.write_object(key, seq, &object) {
-                        self.metrics.disk_write_errors.inc();
-                        self.fault(
-                            Fault::Write,
-                            &e,
-                            "disk tier write failed; object kept in memory only",
-                        );
-                    }
-                    self.take_pending(key, Some(seq));
-                    self.evict();
-                }
-                Job::Head { key, head } => {
-                    if let Err(e) = self.rewrite_head(key, &head) {
-                        if e.kind() != ErrorKind::NotFound {
-                            self.metrics.disk_write_errors.inc();
-                            self.fault(Fault::Write, &e, "disk tier head update failed");
-                        }
-                    }
-                }
+        let deadline = Instant::now() + timeout;
+        {
+            let mut st = self.log.state.lock();
+            if self.dir.complete() {
+                self.checkpoint_here(&mut st);
             }
         }
-    }
-
-    fn tmp_path(&self, seq: u64, ext: &str) -> PathBuf {
-        self.tmp.join(format!("{}-{seq}.{ext}", std::process::id()))
-    }
-
-    fn write_object(&self, key: u128, seq: u64, object: &DiskObject) -> io::Result<()> {
-        let record = HeadRecord::encode(
-            key,
-            &object.head,
-            object.body.len() as u64,
-            &BodyDigest::of(&object.body),
-        );
-        let body_tmp = self.tmp_path(seq, "body");
-        let written = (|| {
-            fs::create_dir_all(&self.tmp)?;
-            File::create(&body_tmp)?.write_all(&object.body)?;
-            self.place(key, seq, &body_tmp, &record)
-        })();
-        if written.is_err() {
-            let _ = fs::remove_file(&body_tmp);
+        let flushed = self.flush_queued_so_far(deadline.saturating_duration_since(Instant::now()));
+        // from here on, writes wait (as in a process that does not hold the directory)
+        self.active.store(false, Ordering::Release);
+        let mut st = self.log.state.lock();
+        st.stopping = true;
+        self.log.wake.notify_one();
+        drop(st);
+        if flushed {
+            *self.lock.lock() = None;
         }
-        written?;
-        let bytes = self.on_disk(record.len() as u64) + self.on_disk(object.body.len() as u64);
-        // a purge may have removed the key while it was written: then delete what we wrote
-        if self.pending.lock().get(&key).is_none_or(|p| p.seq != seq) {
-            self.delete(key);
-            return Ok(());
-        }
-        self.index.lock().insert(key, bytes, now_nanos());
-        Ok(())
-    }
-
-    /// Put an object's files in place: the old head goes first (a reader must never pair it
-    /// with the new body), then the body (renamed from `body_tmp`), then the new head. The
-    /// caller indexes the object.
-    fn place(&self, key: u128, seq: u64, body_tmp: &Path, record: &[u8]) -> io::Result<()> {
-        let (head_path, body_path) = self.paths(key);
-        self.index.lock().remove(key);
-        if let Some(dir) = head_path.parent() {
-            fs::create_dir_all(dir)?;
-        }
-        match fs::remove_file(&head_path) {
-            Err(e) if e.kind() != ErrorKind::NotFound => return Err(e),
-            _ => {}
-        }
-        fs::rename(body_tmp, &body_path)?;
-        write_then_rename(&self.tmp_path(seq, "head"), &head_path, &[record])
-    }
-
-    fn rewrite_head(&self, key: u128, head: &Bytes) -> io::Result<()> {
-        let (head_path, body_path) = self.paths(key);
-        let old = read_record(key, &head_path)
-            .map_err(|_| io::Error::new(ErrorKind::NotFound, "no valid head to update"))?;
-        // the body file is not rewritten: the new head vouches for it as the old one did
-        let record = HeadRecord::encode(key, head, old.body_len, &old.digest);
-        let seq = self.next_seq.fetch_add(1, Ordering::Relaxed);
-        write_then_rename(&self.tmp_path(seq, "head"), &head_path, &[&record])?;
-        let bytes = self.on_disk(record.len() as u64) + self.on_disk(old.body_len);
-        if body_path.exists() {
-            self.index.lock().insert(key, bytes, now_nanos());
-        }
-        Ok(())
-    }
-
-    /// Remove least recently used objects until the tier fits its capacity.
-    fn evict(&self) {
-        if !self.scanned.load(Ordering::Acquire) {
-            return;
-        }
-        loop {
-            let victim = {
-                let index = self.index.lock();
-                if index.bytes <= self.capacity {
-                    return;
-                }
-                index.oldest()
-            };
-            let Some(key) = victim else { return };
-            self.delete(key);
-            self.metrics.disk.evictions.inc();
-        }
-    }
-
-    /// Rebuild the index from the files on disk, then enforce the capacity.
-    fn scan(&self) {
-        let started = Instant::now();
-        // leftovers of earlier processes; this one's writes (`<pid>-<seq>.*`) may have begun
-        let ours = format!("{}-", std::process::id());
-        if let Ok(entries) = fs::read_dir(&self.tmp) {
-            for e in entries.flatten() {
-                if !e.file_name().to_string_lossy().starts_with(&ours) {
-                    let _ = fs::remove_file(e.path());
-                }
-            }
-        }
-        let mut found = 0u64;
-        if let Ok(dirs) = fs::read_dir(&self.objects) {
-            for dir in dirs.flatten() {
-                let Ok(files) = fs::read_dir(dir.path()) else {
-                    continue;
-                };
-                for f in files.flatten() {
-                    found += self.scan_file(&f.path());
-                }
-            }
-        }
-        let (objects, bytes) = {
-            let mut index = self.index.lock();
-            index.order_by_stamp();
-            self.scanned.store(true, Ordering::Release);
-            (index.len(), index.bytes)
-        };
-        tracing::info!(
-            objects,
-            bytes,
-            found,
-            elapsed_ms = started.elapsed().as_millis() as u64,
-            "disk tier index rebuilt"
-        );
-        self.evict();
-    }
-
-    /// Index one file found by the scan; returns 1 if it indexed an object.
-    fn scan_file(&self, path: &Path) -> u64 {
-        let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("");
-        let Some((stem, ext)) = name.split_once('.') else {
-            return 0;
-        };
-        let Ok(key) = u128::from_str_radix(stem, 16) else {
-            return 0;
-        };
-        let (head_path, body_path) = self.paths(key);
-        match ext {
-            "head" => {
-                let (Ok(head), Ok(body)) = (fs::metadata(&head_path), fs::metadata(&body_path))
-                else {
-                    return 0;
-                };
-                let mut index = self.index.lock();
-                if index.contains(key) || self.pending.lock().contains_key(&key) {
-                    return 0;
-                }
-                let bytes = allocated(&head) + allocated(&body) + 2 * DIRECTORY_ENTRY;
-                index.insert(key, bytes, mtime_nanos(&head));
-                1
-            }
-            "body" => {
-                // a body without a head is a write cut short: delete it once clearly old
-                let orphan = !head_path.exists()
-                    && !self.pending.lock().contains_key(&key)
-                    && fs::metadata(&body_path)
-                        .ok()
-                        .and_then(|m| m.modified().ok())
-                        .and_then(|t| t.elapsed().ok())
-                        .is_some_and(|age| age > Duration::from_secs(60));
-                if orphan {
-                    let _ = fs::remove_file(&body_path);
-                }
-                0
-            }
-            _ => 0,
-        }
+        flushed
     }
 }

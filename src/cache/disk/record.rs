@@ -1,29 +1,40 @@
-//! The head file: a checksummed record that vouches for one body file, then the stored head.
+//! Records of the segment log: one object (or one purge) each, self-describing and checksummed.
 //!
 //! ```text
-//! magic 4 | format 1 | pad 3 | key 16 | body_len 8 | body_hash 8 | head_len 4 | record_hash 8
-//! | block hashes 8 x n | head
+//! magic 4 | kind 1 | pad 3 | key 16 | body_len 8 | body_hash 8 | head_len 4 | blocks 4
+//! | gen 8 | header_hash 8 | block hashes 8 x blocks | head | body | pad to 8
 //! ```
-//! - A body of at most [`BLOCK`] bytes has no block table (n = 0): `body_hash` is the xxh3 of
-//!   the whole body, so small objects are written exactly as format 1 wrote them.
-//! - A larger body has one xxh3 per [`BLOCK`] bytes (n = ceil(body_len / BLOCK)) and `body_hash`
-//!   is the xxh3 of the table: a large body is verified block by block as it is served, never
-//!   read whole into memory.
-//! - `record_hash` covers every byte of the file but itself.
-//!
-//! Format 1 (no block tables) is still read: its bodies are verified whole.
+//! - `gen` is the generation of the segment the record starts in: a record read from a
+//!   segment of another generation is not the one the directory meant.
+//! - `header_hash` is an xxh3, seeded with the segment's random nonce, of the 56 bytes before
+//!   it, the block table and the head. The seed makes a record impossible to forge from a body
+//!   (an origin's bytes stored in a segment can never be read back as a record of their own,
+//!   even by the scan that resynchronises after damage), and stale bytes of an older segment
+//!   fail it.
+//! - A body of at most [`BLOCK`] bytes has no block table: `body_hash` is the xxh3 of the
+//!   whole body. A larger body has one xxh3 per [`BLOCK`] bytes and `body_hash` is the xxh3 of
+//!   the table: it is verified block by block as it is served, never read whole into memory.
+//! - A tombstone (a purge) has no head and no body: replaying the log after a crash removes
+//!   the key, so a purged object is never served after a restart.
 
 use bytes::Bytes;
 use xxhash_rust::xxh3::{xxh3_64, Xxh3};
 
-const MAGIC: &[u8; 4] = b"OPHD";
-/// The format this version writes.
-const FORMAT: u8 = 2;
-/// The fixed part of the record, up to the block table.
-const FIXED: usize = 52;
-const HASH_AT: usize = 44;
+const MAGIC: &[u8; 4] = b"OPR1";
+/// The fixed part of a record, up to the block table.
+pub const HEADER: usize = 64;
+const HASH_AT: usize = 56;
+/// Records start at multiples of this many bytes.
+pub const ALIGN: u64 = 8;
 /// A body is checksummed (and streamed from disk) in blocks of this many bytes.
 pub const BLOCK: u64 = 1 << 20;
+/// The largest stored head a record may claim (a sanity bound for damaged headers).
+const MAX_HEAD: u32 = 16 << 20;
+
+/// `n` rounded up to [`ALIGN`].
+pub fn align(n: u64) -> u64 {
+    n.div_ceil(ALIGN) * ALIGN
+}
 
 /// How a body's bytes are vouched for.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -46,6 +57,13 @@ impl BodyDigest {
         match self {
             BodyDigest::Whole(_) => &[],
             BodyDigest::Blocks(t) => t,
+        }
+    }
+
+    fn hash(&self) -> u64 {
+        match self {
+            BodyDigest::Whole(h) => *h,
+            BodyDigest::Blocks(t) => table_hash(t),
         }
     }
 }
@@ -86,28 +104,14 @@ impl BlockHasher {
     }
 }
 
-/// A verified head file.
-#[derive(Debug)]
-pub struct HeadRecord {
-    /// The stored head ([`crate::cache::entry`]).
-    pub head: Bytes,
-    /// The body's length in bytes.
-    pub body_len: u64,
-    /// How the body is verified.
-    pub digest: BodyDigest,
-}
-
 fn le_u64(b: &[u8]) -> u64 {
     let mut a = [0u8; 8];
     a.copy_from_slice(&b[..8]);
     u64::from_le_bytes(a)
 }
 
-fn record_hash(file: &[u8]) -> u64 {
-    let mut h = Xxh3::new();
-    h.update(&file[..HASH_AT]);
-    h.update(&file[FIXED..]);
-    h.digest()
+fn le_u32(b: &[u8]) -> u32 {
+    u32::from_le_bytes([b[0], b[1], b[2], b[3]])
 }
 
 fn table_hash(table: &[u64]) -> u64 {
@@ -118,82 +122,191 @@ fn table_hash(table: &[u64]) -> u64 {
     h.digest()
 }
 
-/// Number of block hashes a format-2 record holds for a body of `body_len` bytes.
-fn blocks_for(body_len: u64) -> usize {
+fn header_hash(nonce: u64, prefix: &[u8]) -> u64 {
+    let mut h = Xxh3::with_seed(nonce);
+    h.update(&prefix[..HASH_AT]);
+    h.update(&prefix[HEADER..]);
+    h.digest()
+}
+
+/// Number of block hashes a record holds for a body of `body_len` bytes.
+pub fn blocks_for(body_len: u64) -> u32 {
     if body_len <= BLOCK {
         0
     } else {
-        body_len.div_ceil(BLOCK) as usize
+        u32::try_from(body_len.div_ceil(BLOCK)).unwrap_or(u32::MAX)
     }
 }
 
-impl HeadRecord {
-    /// The head file for `key`: this record (vouching for a body of `body_len` bytes with
-    /// `digest`) followed by `head`.
-    pub fn encode(key: u128, head: &[u8], body_len: u64, digest: &BodyDigest) -> Vec<u8> {
-        let table = digest.table();
-        let body_hash = match digest {
-            BodyDigest::Whole(h) => *h,
-            BodyDigest::Blocks(t) => table_hash(t),
-        };
-        let mut out = Vec::with_capacity(FIXED + 8 * table.len() + head.len());
-        out.extend_from_slice(MAGIC);
-        out.extend_from_slice(&[FORMAT, 0, 0, 0]);
-        out.extend_from_slice(&key.to_le_bytes());
-        out.extend_from_slice(&body_len.to_le_bytes());
-        out.extend_from_slice(&body_hash.to_le_bytes());
-        out.extend_from_slice(&(head.len() as u32).to_le_bytes());
-        out.extend_from_slice(&[0; 8]);
-        for h in table {
-            out.extend_from_slice(&h.to_le_bytes());
+/// What a record is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Kind {
+    /// A stored object.
+    Object,
+    /// A purge of the key.
+    Tombstone,
+}
+
+/// The fixed header of a record, read before its hash can be checked.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Header {
+    /// Object or tombstone.
+    pub kind: Kind,
+    /// The object's key.
+    pub key: u128,
+    /// The generation of the segment the record starts in.
+    pub gen: u64,
+    /// The body's length.
+    pub body_len: u64,
+    body_hash: u64,
+    head_len: u32,
+    blocks: u32,
+}
+
+impl Header {
+    /// Read the fixed header at the start of `buf` (at least [`HEADER`] bytes); the error
+    /// says why these bytes are not a record's start. Not verified yet: see [`Header::verify`].
+    pub fn peek(buf: &[u8]) -> Result<Header, &'static str> {
+        if buf.len() < HEADER || &buf[..4] != MAGIC {
+            return Err("not a record");
         }
-        out.extend_from_slice(head);
-        let hash = record_hash(&out);
-        out[HASH_AT..FIXED].copy_from_slice(&hash.to_le_bytes());
-        out
+        let kind = match buf[4] {
+            1 => Kind::Object,
+            2 => Kind::Tombstone,
+            _ => return Err("record of an unknown kind"),
+        };
+        let mut k = [0u8; 16];
+        k.copy_from_slice(&buf[8..24]);
+        let h = Header {
+            kind,
+            key: u128::from_le_bytes(k),
+            body_len: le_u64(&buf[24..]),
+            body_hash: le_u64(&buf[32..]),
+            head_len: le_u32(&buf[40..]),
+            blocks: le_u32(&buf[44..]),
+            gen: le_u64(&buf[48..]),
+        };
+        if h.head_len > MAX_HEAD || h.body_len > 1 << 48 || h.blocks != blocks_for(h.body_len) {
+            return Err("record header out of range");
+        }
+        if kind == Kind::Tombstone && (h.head_len != 0 || h.body_len != 0) {
+            return Err("record header out of range");
+        }
+        Ok(h)
     }
 
-    /// Parse and verify the head file of `key`; the error says what is wrong with it.
-    pub fn parse(key: u128, file: Bytes) -> Result<HeadRecord, &'static str> {
-        if file.len() < FIXED || &file[..4] != MAGIC {
-            return Err("head record truncated or not ours");
+    /// Bytes of the header, block table and head.
+    pub fn prefix_len(&self) -> u64 {
+        HEADER as u64 + 8 * u64::from(self.blocks) + u64::from(self.head_len)
+    }
+
+    /// Bytes the record takes in the log (to the next record's start).
+    pub fn span(&self) -> u64 {
+        align(self.prefix_len() + self.body_len)
+    }
+
+    /// Verify the record's prefix (`prefix`: [`Header::prefix_len`] bytes from its start)
+    /// against the segment's `nonce`: the parsed record, its body not yet checked.
+    pub fn verify(&self, nonce: u64, prefix: Bytes) -> Result<Record, &'static str> {
+        let len = self.prefix_len() as usize;
+        if prefix.len() < len {
+            return Err("record cut short");
         }
-        let format = file[4];
-        if format != 1 && format != FORMAT {
-            return Err("head record of an unknown format");
+        let prefix = prefix.slice(..len);
+        if le_u64(&prefix[HASH_AT..]) != header_hash(nonce, &prefix) {
+            return Err("record checksum mismatch");
         }
-        let mut k = [0u8; 16];
-        k.copy_from_slice(&file[8..24]);
-        if u128::from_le_bytes(k) != key {
-            return Err("head record of another key");
-        }
-        let body_len = le_u64(&file[24..]);
-        let body_hash = le_u64(&file[32..]);
-        let head_len = u32::from_le_bytes([file[40], file[41], file[42], file[43]]) as usize;
-        let blocks = if format == 1 { 0 } else { blocks_for(body_len) };
-        let table_end = FIXED + 8 * blocks;
-        if file.len() != table_end + head_len {
-            return Err("head record length mismatch");
-        }
-        if le_u64(&file[HASH_AT..]) != record_hash(&file) {
-            return Err("head record checksum mismatch");
-        }
-        let digest = if blocks == 0 {
-            BodyDigest::Whole(body_hash)
+        let table_end = HEADER + 8 * self.blocks as usize;
+        let digest = if self.blocks == 0 {
+            BodyDigest::Whole(self.body_hash)
         } else {
-            let table: Vec<u64> = file[FIXED..table_end].chunks(8).map(le_u64).collect();
+            let table: Vec<u64> = prefix[HEADER..table_end].chunks(8).map(le_u64).collect();
+            if table_hash(&table) != self.body_hash {
+                return Err("record block table mismatch");
+            }
             BodyDigest::Blocks(table)
         };
-        Ok(HeadRecord {
-            head: file.slice(table_end..),
-            body_len,
+        Ok(Record {
+            header: *self,
             digest,
+            head: prefix.slice(table_end..),
         })
+    }
+}
+
+/// The prefix (header, block table, head) of an object record; its body follows it.
+pub fn encode_object(
+    key: u128,
+    gen: u64,
+    nonce: u64,
+    head: &[u8],
+    body_len: u64,
+    digest: &BodyDigest,
+    out: &mut Vec<u8>,
+) {
+    encode(1, key, gen, nonce, head, body_len, digest, out);
+}
+
+/// A tombstone record for `key`.
+pub fn encode_tombstone(key: u128, gen: u64, nonce: u64, out: &mut Vec<u8>) {
+    encode(2, key, gen, nonce, &[], 0, &BodyDigest::Whole(0), out);
+}
+
+#[allow(clippy::too_many_arguments)]
+fn encode(
+    kind: u8,
+    key: u128,
+    gen: u64,
+    nonce: u64,
+    head: &[u8],
+    body_len: u64,
+    digest: &BodyDigest,
+    out: &mut Vec<u8>,
+) {
+    let start = out.len();
+    let table = digest.table();
+    out.extend_from_slice(MAGIC);
+    out.extend_from_slice(&[kind, 0, 0, 0]);
+    out.extend_from_slice(&key.to_le_bytes());
+    out.extend_from_slice(&body_len.to_le_bytes());
+    out.extend_from_slice(&digest.hash().to_le_bytes());
+    out.extend_from_slice(&(head.len() as u32).to_le_bytes());
+    out.extend_from_slice(&(table.len() as u32).to_le_bytes());
+    out.extend_from_slice(&gen.to_le_bytes());
+    out.extend_from_slice(&[0; 8]);
+    for h in table {
+        out.extend_from_slice(&h.to_le_bytes());
+    }
+    out.extend_from_slice(head);
+    let hash = header_hash(nonce, &out[start..]);
+    out[start + HASH_AT..start + HEADER].copy_from_slice(&hash.to_le_bytes());
+}
+
+/// Zero bytes that pad a record of `len` bytes to [`ALIGN`].
+pub fn padding(len: u64) -> usize {
+    (align(len) - len) as usize
+}
+
+/// A record whose prefix was verified.
+#[derive(Debug, Clone)]
+pub struct Record {
+    /// Its fixed header.
+    pub header: Header,
+    /// How the body is verified.
+    pub digest: BodyDigest,
+    /// The stored head ([`crate::cache::entry`]).
+    pub head: Bytes,
+}
+
+impl Record {
+    /// The body's length in bytes.
+    pub fn body_len(&self) -> u64 {
+        self.header.body_len
     }
 
     /// Check a whole body against this record.
     pub fn verify(&self, body: &[u8]) -> Result<(), &'static str> {
-        if body.len() as u64 != self.body_len {
+        if body.len() as u64 != self.header.body_len {
             return Err("body length mismatch (truncated?)");
         }
         let ok = match &self.digest {
@@ -224,22 +337,27 @@ impl HeadRecord {
 mod tests {
     use super::*;
 
+    fn parse(buf: &[u8], nonce: u64) -> Result<Record, &'static str> {
+        let h = Header::peek(buf)?;
+        h.verify(nonce, Bytes::copy_from_slice(buf))
+    }
+
     #[test]
-    fn small_bodies_have_one_whole_hash_as_format_1_had() {
+    fn small_bodies_have_one_whole_hash() {
         for body in [&b""[..], b"body", &[7u8; BLOCK as usize][..]] {
             assert_eq!(BodyDigest::of(body), BodyDigest::Whole(xxh3_64(body)));
         }
-        let file = HeadRecord::encode(7, b"HEAD", 4, &BodyDigest::of(b"body"));
-        assert_eq!(file.len(), FIXED + 4);
-        // a format-1 file is the same bytes with format 1 and its own checksum
-        let mut v1 = file.clone();
-        v1[4] = 1;
-        let h = record_hash(&v1);
-        v1[HASH_AT..FIXED].copy_from_slice(&h.to_le_bytes());
-        let r = HeadRecord::parse(7, Bytes::from(v1)).expect("format 1 still reads");
-        assert_eq!(r.digest, BodyDigest::Whole(xxh3_64(b"body")));
+        let mut out = Vec::new();
+        encode_object(7, 3, 99, b"HEAD", 4, &BodyDigest::of(b"body"), &mut out);
+        assert_eq!(out.len(), HEADER + 4);
+        let r = parse(&out, 99).expect("valid");
+        assert_eq!(r.header.key, 7);
+        assert_eq!(r.header.gen, 3);
+        assert_eq!(&r.head[..], b"HEAD");
+        assert_eq!(r.header.span(), align(HEADER as u64 + 8));
         assert!(r.verify(b"body").is_ok());
         assert!(r.verify(b"bodz").is_err());
+        assert!(parse(&out, 98).is_err(), "another segment's nonce");
     }
 
     #[test]
@@ -257,8 +375,10 @@ mod tests {
             panic!("expected blocks");
         };
         assert_eq!(table.len(), 3);
-        let file = HeadRecord::encode(9, b"H", body.len() as u64, &whole);
-        let r = HeadRecord::parse(9, Bytes::from(file)).expect("valid");
+        let mut out = Vec::new();
+        encode_object(9, 1, 5, b"H", body.len() as u64, &whole, &mut out);
+        let r = parse(&out, 5).expect("valid");
+        assert_eq!(r.header.prefix_len() as usize, out.len());
         assert!(r.verify(&body).is_ok());
         assert!(r.verify_block(2, &body[2 * BLOCK as usize..]).is_ok());
         assert!(r.verify_block(1, &body[..BLOCK as usize]).is_err());
@@ -268,32 +388,34 @@ mod tests {
     }
 
     #[test]
-    fn every_single_byte_flip_and_cut_of_a_record_is_rejected() {
+    fn every_single_byte_flip_and_cut_of_a_prefix_is_rejected() {
         let body = vec![3u8; BLOCK as usize + 10];
         for (len, digest) in [
             (4, BodyDigest::of(b"body")),
             (body.len() as u64, BodyDigest::of(&body)),
         ] {
-            let file = Bytes::from(HeadRecord::encode(7, b"HEAD", len, &digest));
-            let ok = HeadRecord::parse(7, file.clone()).expect("valid");
+            let mut file = Vec::new();
+            encode_object(7, 2, 11, b"HEAD", len, &digest, &mut file);
+            let ok = parse(&file, 11).expect("valid");
             assert_eq!(&ok.head[..], b"HEAD");
-            assert_eq!(ok.body_len, len);
+            assert_eq!(ok.body_len(), len);
             assert_eq!(ok.digest, digest);
-            assert!(HeadRecord::parse(8, file.clone()).is_err());
             for i in 0..file.len() {
-                let mut bad = file.to_vec();
+                let mut bad = file.clone();
                 bad[i] ^= 0x40;
-                assert!(
-                    HeadRecord::parse(7, Bytes::from(bad)).is_err(),
-                    "flip at {i} accepted"
-                );
+                let parsed = parse(&bad, 11);
+                assert!(parsed.is_err(), "flip at {i} accepted");
             }
             for cut in 0..file.len() {
-                assert!(
-                    HeadRecord::parse(7, file.slice(..cut)).is_err(),
-                    "cut at {cut}"
-                );
+                assert!(parse(&file[..cut], 11).is_err(), "cut at {cut}");
             }
         }
+        let mut t = Vec::new();
+        encode_tombstone(42, 8, 1, &mut t);
+        let r = parse(&t, 1).expect("tombstone");
+        assert_eq!(
+            (r.header.kind, r.header.key, r.header.span()),
+            (Kind::Tombstone, 42, 64)
+        );
     }
 }

@@ -1,6 +1,6 @@
 //! Streaming fills to disk: a body too large for memory is written to a temporary file as it
-//! arrives, hashed block by block, and renamed into place when complete. Memory use is one
-//! chunk in flight, whatever the object's size.
+//! arrives, hashed block by block, and appended to the segment log by the writer thread when
+//! complete. Memory use is one chunk in flight, whatever the object's size.
 //!
 //! Contracts:
 //! - Readers following a spool (coalesced requests, and the first client when fills stream)
@@ -9,8 +9,9 @@
 //!   memory for the spool's readers, and the object is not stored (counted, logged).
 //! - A purge of the key cancels the spool: the finished object is deleted, never served.
 
-use super::record::{BlockHasher, HeadRecord};
-use super::{blocking, now_nanos, DiskTier, Fault};
+use super::record::BlockHasher;
+use super::writer::Source;
+use super::{blocking, DiskTier, Fault};
 use bytes::Bytes;
 use parking_lot::Mutex;
 use pingora_cache::key::CacheKey;
@@ -22,7 +23,7 @@ use std::fs::{self, File};
 use std::io::ErrorKind;
 use std::os::unix::fs::FileExt;
 use std::path::PathBuf;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use tokio::sync::watch;
 
@@ -45,8 +46,6 @@ struct State {
     /// Body bytes after `in_file` that could not be written (disk fault): kept for readers.
     tail: Vec<Bytes>,
     status: Status,
-    /// Set by a purge: the object must not be stored.
-    cancelled: bool,
 }
 
 /// What readers of a spool share with its writer.
@@ -55,6 +54,8 @@ pub struct SpoolShared {
     head: Bytes,
     file: Arc<File>,
     state: Mutex<State>,
+    /// Set by a purge: the object must not be stored.
+    cancelled: AtomicBool,
     progress: watch::Sender<u64>,
 }
 
@@ -71,7 +72,7 @@ impl SpoolShared {
 
     /// Mark the spool cancelled (a purge of its key).
     pub fn cancel(&self) {
-        self.state.lock().cancelled = true;
+        self.cancelled.store(true, Ordering::Release);
     }
 
     fn set_status(&self, status: Status) {
@@ -107,7 +108,7 @@ impl DiskTier {
     /// the file cannot be created (counted and logged).
     pub fn begin_spool(self: &Arc<Self>, key: u128, head: Bytes) -> Option<Spool> {
         let seq = self.next_seq.fetch_add(1, Ordering::Relaxed);
-        let tmp = self.tmp_path(seq, "spool");
+        let tmp = self.tmp.join(format!("{}-{seq}.spool", std::process::id()));
         let create = || {
             File::options()
                 .read(true)
@@ -142,8 +143,8 @@ impl DiskTier {
                 in_file: 0,
                 tail: Vec::new(),
                 status: Status::Writing,
-                cancelled: false,
             }),
+            cancelled: AtomicBool::new(false),
             progress,
         });
         self.spools
@@ -251,10 +252,8 @@ impl Spool {
         self.shared.set_status(Status::Complete);
         self.tier.end_spool(self.key, self.shared.id);
         let tmp = std::mem::take(&mut self.tmp);
-        let tier = self.tier.clone();
         let _ = blocking(move || {
             let _ = fs::remove_file(&tmp);
-            tier.evict();
             Ok(())
         })
         .await;
@@ -262,35 +261,27 @@ impl Spool {
     }
 
     async fn commit(&mut self) -> u64 {
-        if self.write_failed || self.shared.state.lock().cancelled {
+        if self.write_failed || self.shared.cancelled.load(Ordering::Acquire) {
             return 0;
         }
-        let key = self.key;
         let hasher = std::mem::take(&mut self.hasher);
-        let record = HeadRecord::encode(key, &self.shared.head, self.len, &hasher.finish());
-        let bytes = record.len() as u64 + self.len;
-        let tier = self.tier.clone();
-        let tmp = self.tmp.clone();
-        let seq = self.shared.id;
-        // an older object still queued for the writer must not land over this one
-        tier.take_pending(key, None);
-        let placed = blocking(move || tier.place(key, seq, &tmp, &record)).await;
-        if let Err(e) = placed {
-            self.tier.metrics.disk_write_errors.inc();
-            self.tier.fault(
-                Fault::Write,
-                &e,
-                "disk tier write failed; object not stored",
-            );
+        let (done, stored) = tokio::sync::oneshot::channel();
+        let queued = self.tier.queue_large(
+            self.key,
+            self.shared.head.clone(),
+            Source::File(self.shared.file.clone()),
+            self.len,
+            hasher.finish(),
+            Some(done),
+        );
+        if !queued {
             return 0;
         }
-        self.tier.index.lock().insert(key, bytes, now_nanos());
-        // a purge may have come in while the files were placed
-        if self.shared.state.lock().cancelled {
-            self.tier.delete(key);
-            return 0;
+        // a purge between the check above and the queueing cancels the queued write too
+        if self.shared.cancelled.load(Ordering::Acquire) {
+            self.tier.cancel_inflight(self.key);
         }
-        bytes
+        stored.await.unwrap_or(0)
     }
 }
 

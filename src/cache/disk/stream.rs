@@ -2,12 +2,14 @@
 //! pool, verified against its checksum and only then handed to the client, so a large object
 //! never sits whole in memory and no unverified byte is ever sent.
 //!
-//! The body file is opened (and its length checked) at lookup, and the first block verified
-//! there too, so a truncated file or a corrupt first block is a miss and a refetch. Damage
+//! The record's segments are held open from the lookup on, and its first block is verified
+//! there, so a truncated segment or a corrupt first block is a miss and a refetch. Damage
 //! further in is found when its block is read: the response is aborted (the client sees a
 //! short body, never a complete-looking wrong one) and the entry is dropped.
 
-use super::record::{HeadRecord, BLOCK};
+use super::directory::Entry;
+use super::log::{Pos, Segment};
+use super::record::{Record, BLOCK};
 use super::{blocking, DiskTier, Fault, ReadFailure};
 use crate::cache::ranges::seek_span;
 use bytes::Bytes;
@@ -16,36 +18,43 @@ use pingora_cache::storage::{HandleHit, Storage};
 use pingora_cache::trace::SpanHandle;
 use pingora_error::{Error, ErrorType, Result};
 use std::any::Any;
-use std::fs::File;
-use std::os::unix::fs::FileExt;
-use std::path::PathBuf;
 use std::sync::Arc;
 
-/// A hit streaming a large object from its body file.
+/// A hit streaming a large object from its segments.
 pub struct StreamHit {
     tier: Arc<DiskTier>,
-    key: u128,
-    head_path: PathBuf,
-    file: Arc<File>,
-    record: Arc<HeadRecord>,
+    entry: Entry,
+    /// The segments the record runs through, from its first (held open: a segment recycled
+    /// meanwhile is still read from the file this hit opened).
+    segs: Arc<Vec<Arc<Segment>>>,
+    start: Pos,
+    record: Arc<Record>,
     /// Block 0, read and verified at lookup.
     first: Option<Bytes>,
     pos: u64,
     end: u64,
 }
 
-/// Read block `index` of `file` and verify it.
-fn read_block(file: &File, record: &HeadRecord, index: u64) -> Result<Bytes, ReadFailure> {
-    let start = index * BLOCK;
-    let len = BLOCK.min(record.body_len - start) as usize;
+/// Read block `index` of the record's body and verify it.
+fn read_block(
+    tier: &DiskTier,
+    segs: &[Arc<Segment>],
+    start: Pos,
+    record: &Record,
+    index: u64,
+) -> Result<Bytes, ReadFailure> {
+    let from = index * BLOCK;
+    let len = BLOCK.min(record.body_len() - from) as usize;
     let mut buf = vec![0; len];
-    file.read_exact_at(&mut buf, start).map_err(|e| {
-        if e.kind() == std::io::ErrorKind::UnexpectedEof {
-            ReadFailure::Corrupt("body file shorter than its record (truncated?)")
-        } else {
-            ReadFailure::Io(e)
-        }
-    })?;
+    tier.log
+        .read_span(segs, start, record.header.prefix_len() + from, &mut buf)
+        .map_err(|e| {
+            if e.kind() == std::io::ErrorKind::UnexpectedEof {
+                ReadFailure::Corrupt("segment shorter than its record (truncated?)")
+            } else {
+                ReadFailure::Io(e)
+            }
+        })?;
     record
         .verify_block(index as usize, &buf)
         .map_err(ReadFailure::Corrupt)?;
@@ -55,35 +64,25 @@ fn read_block(file: &File, record: &HeadRecord, index: u64) -> Result<Bytes, Rea
 impl StreamHit {
     /// The length of the whole body.
     pub fn body_len(&self) -> u64 {
-        self.record.body_len
+        self.record.body_len()
     }
 
-    /// Open the body of a block-hashed `record` and verify its length and first block
-    /// (blocking: call off the async threads).
+    /// Start streaming the block-hashed `record` at `start` (in `segs`): its first block is
+    /// read and verified here (blocking: call off the async threads).
     pub(super) fn open(
         tier: Arc<DiskTier>,
-        key: u128,
-        head_path: PathBuf,
-        body_path: PathBuf,
-        record: HeadRecord,
+        entry: Entry,
+        segs: Vec<Arc<Segment>>,
+        start: Pos,
+        record: Record,
     ) -> Result<StreamHit, ReadFailure> {
-        let file = match File::open(&body_path) {
-            Ok(f) => f,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                return Err(ReadFailure::Corrupt("body file missing"))
-            }
-            Err(e) => return Err(ReadFailure::Io(e)),
-        };
-        if file.metadata()?.len() != record.body_len {
-            return Err(ReadFailure::Corrupt("body length mismatch (truncated?)"));
-        }
-        let first = read_block(&file, &record, 0)?;
-        let end = record.body_len;
+        let first = read_block(&tier, &segs, start, &record, 0)?;
+        let end = record.body_len();
         Ok(StreamHit {
             tier,
-            key,
-            head_path,
-            file: Arc::new(file),
+            entry,
+            segs: Arc::new(segs),
+            start,
             record: Arc::new(record),
             first: Some(first),
             pos: 0,
@@ -102,18 +101,15 @@ impl HandleHit for StreamHit {
         let block = match self.first.take().filter(|_| index == 0) {
             Some(b) => b,
             None => {
-                let (file, record) = (self.file.clone(), self.record.clone());
-                let read = blocking(move || Ok(read_block(&file, &record, index))).await;
+                let (tier, segs, record) =
+                    (self.tier.clone(), self.segs.clone(), self.record.clone());
+                let start = self.start;
+                let read =
+                    blocking(move || Ok(read_block(&tier, &segs, start, &record, index))).await;
                 match read {
                     Ok(Ok(b)) => b,
                     Ok(Err(ReadFailure::Corrupt(why))) => {
-                        let (tier, key, path) =
-                            (self.tier.clone(), self.key, self.head_path.clone());
-                        let _ = blocking(move || {
-                            tier.drop_corrupt(key, &path, why);
-                            Ok(())
-                        })
-                        .await;
+                        self.tier.drop_corrupt(&self.entry, why);
                         return Error::e_explain(ErrorType::InternalError, why);
                     }
                     Ok(Err(ReadFailure::Io(e))) | Err(e) => {
@@ -126,8 +122,8 @@ impl HandleHit for StreamHit {
                             e,
                         ));
                     }
-                    Ok(Err(ReadFailure::Missing)) => {
-                        return Error::e_explain(ErrorType::InternalError, "body file vanished")
+                    Ok(Err(ReadFailure::Missing | ReadFailure::Loading)) => {
+                        return Error::e_explain(ErrorType::InternalError, "segment vanished")
                     }
                 }
             }
@@ -153,12 +149,12 @@ impl HandleHit for StreamHit {
     }
 
     fn seek(&mut self, start: usize, end: Option<usize>) -> Result<()> {
-        (self.pos, self.end) = seek_span(self.record.body_len, start, end)?;
+        (self.pos, self.end) = seek_span(self.record.body_len(), start, end)?;
         Ok(())
     }
 
     fn get_eviction_weight(&self) -> usize {
-        self.record.body_len as usize
+        self.record.body_len() as usize
     }
 
     fn as_any(&self) -> &(dyn Any + Send + Sync) {

@@ -1,0 +1,382 @@
+//! Start-up and checkpoints: the directory is written to `directory` (periodically and on a
+//! graceful stop) with the log position it covers; at start-up it is read back and the log
+//! after that position replayed (records are self-describing), so a restart after a crash
+//! finds everything that reached the segment files, and nothing purged.
+//!
+//! ```text
+//! header 64: magic 4 | format 4 | slots 8 | seg 8 | gen 8 | off 8 | pad 16 | hash 8
+//! then per shard: count 8 | entries 16 x count | xxh3 of the entries 8
+//! ```
+//! A checkpoint that fails any check is ignored and the whole log replayed instead (slower,
+//! same result). Start-up does not wait for any of it: lookups in a shard not yet loaded miss.
+
+use super::directory::{Directory, Entry, Loc, ENTRY_BYTES, SHARDS};
+use super::log::{Geometry, Log, Pos, Segment, DATA_START};
+use super::record::{Header, Kind, ALIGN, HEADER};
+use super::{DiskTier, Fault};
+use bytes::Bytes;
+use std::fs::{self, File};
+use std::io::{self, BufWriter, Write};
+use std::ops::Range;
+use std::path::Path;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Instant;
+use xxhash_rust::xxh3::xxh3_64;
+
+const MAGIC: &[u8; 4] = b"OPDC";
+const FORMAT: u32 = 1;
+const CP_HEADER: usize = 64;
+const HASH_AT: usize = 56;
+const RECORD_MAGIC: &[u8; 4] = b"OPR1";
+
+/// A checkpoint read back and checked.
+pub struct Checkpoint {
+    /// The log position it covers (the log from here on is replayed).
+    pub at: Pos,
+    data: Bytes,
+    shards: Vec<Range<usize>>,
+}
+
+impl Checkpoint {
+    fn entries(&self, shard: usize) -> impl ExactSizeIterator<Item = Entry> + '_ {
+        self.data[self.shards[shard].clone()]
+            .chunks_exact(ENTRY_BYTES)
+            .map(Entry::from_bytes)
+    }
+}
+
+fn word(b: &[u8], at: usize) -> u64 {
+    let mut w = [0u8; 8];
+    w.copy_from_slice(&b[at..at + 8]);
+    u64::from_le_bytes(w)
+}
+
+/// Write the directory as a checkpoint covering the log up to `at` (blocking).
+pub fn write_checkpoint(tier: &DiskTier, at: Pos) -> io::Result<()> {
+    let started = Instant::now();
+    let path = tier.root.join("directory");
+    let tmp = tier.root.join("directory.new");
+    let written = (|| {
+        let mut out = BufWriter::with_capacity(1 << 20, File::create(&tmp)?);
+        let geo = tier.log.geo;
+        let mut h = [0u8; CP_HEADER];
+        h[..4].copy_from_slice(MAGIC);
+        h[4..8].copy_from_slice(&FORMAT.to_le_bytes());
+        h[8..16].copy_from_slice(&geo.slots.to_le_bytes());
+        h[16..24].copy_from_slice(&geo.seg.to_le_bytes());
+        h[24..32].copy_from_slice(&at.gen.to_le_bytes());
+        h[32..40].copy_from_slice(&at.off.to_le_bytes());
+        let hash = xxh3_64(&h[..HASH_AT]);
+        h[HASH_AT..].copy_from_slice(&hash.to_le_bytes());
+        out.write_all(&h)?;
+        let mut buf = Vec::new();
+        let mut total = 0;
+        for i in 0..SHARDS {
+            buf.clear();
+            let n = tier.dir.dump_shard(i, &mut buf);
+            total += n;
+            out.write_all(&n.to_le_bytes())?;
+            out.write_all(&buf)?;
+            out.write_all(&xxh3_64(&buf).to_le_bytes())?;
+        }
+        let file = out.into_inner().map_err(|e| e.into_error())?;
+        file.sync_data()?;
+        fs::rename(&tmp, &path)?;
+        Ok(total)
+    })();
+    match written {
+        Ok(objects) => {
+            tracing::debug!(
+                objects,
+                gen = at.gen,
+                off = at.off,
+                elapsed_ms = started.elapsed().as_millis() as u64,
+                "disk tier checkpoint written"
+            );
+            Ok(())
+        }
+        Err(e) => {
+            let _ = fs::remove_file(&tmp);
+            Err(e)
+        }
+    }
+}
+
+/// Read the checkpoint under `root`, if there is a sound one of this geometry.
+pub fn read_checkpoint(root: &Path, geo: Geometry) -> Option<Checkpoint> {
+    let data = match fs::read(root.join("directory")) {
+        Ok(d) => Bytes::from(d),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return None,
+        Err(e) => {
+            tracing::warn!(error = %e, "disk tier checkpoint unreadable; replaying the whole log");
+            return None;
+        }
+    };
+    match parse_checkpoint(data, geo) {
+        Ok(cp) => Some(cp),
+        Err(why) => {
+            tracing::warn!(
+                why,
+                "disk tier checkpoint unusable; replaying the whole log"
+            );
+            None
+        }
+    }
+}
+
+fn parse_checkpoint(data: Bytes, geo: Geometry) -> Result<Checkpoint, &'static str> {
+    if data.len() < CP_HEADER || &data[..4] != MAGIC {
+        return Err("not a checkpoint");
+    }
+    if word(&data, HASH_AT) != xxh3_64(&data[..HASH_AT]) {
+        return Err("checkpoint header checksum mismatch");
+    }
+    if u32::from_le_bytes([data[4], data[5], data[6], data[7]]) != FORMAT
+        || word(&data, 8) != geo.slots
+        || word(&data, 16) != geo.seg
+    {
+        return Err("checkpoint of another format or disk_size");
+    }
+    let at = Pos {
+        gen: word(&data, 24),
+        off: word(&data, 32),
+    };
+    let mut shards = Vec::with_capacity(SHARDS);
+    let mut i = CP_HEADER;
+    for _ in 0..SHARDS {
+        let count = data
+            .get(i..i + 8)
+            .map(|_| word(&data, i))
+            .ok_or("checkpoint cut short")?;
+        let len = usize::try_from(count)
+            .ok()
+            .and_then(|c| c.checked_mul(ENTRY_BYTES))
+            .ok_or("checkpoint count out of range")?;
+        let start = i + 8;
+        let end = start
+            .checked_add(len)
+            .ok_or("checkpoint count out of range")?;
+        let hash = data
+            .get(end..end + 8)
+            .map(|_| word(&data, end))
+            .ok_or("checkpoint cut short")?;
+        if xxh3_64(&data[start..end]) != hash {
+            return Err("checkpoint checksum mismatch");
+        }
+        shards.push(start..end);
+        i = end + 8;
+    }
+    if i != data.len() {
+        return Err("checkpoint length mismatch");
+    }
+    Ok(Checkpoint { at, data, shards })
+}
+
+/// Open the segment files under the log's directory and install them; sorted by generation.
+/// Files that are not segments of this geometry are removed.
+pub fn open_segments(tier: &DiskTier) -> Vec<Arc<Segment>> {
+    let log: &Log = &tier.log;
+    let mut found: Vec<Arc<Segment>> = Vec::new();
+    let Ok(entries) = fs::read_dir(&log.dir) else {
+        return found;
+    };
+    let mut dropped = 0u32;
+    for e in entries.flatten() {
+        let path = e.path();
+        let name = e.file_name();
+        let name = name.to_string_lossy();
+        let slot = name
+            .strip_suffix(".seg")
+            .and_then(|s| s.parse::<u16>().ok())
+            .filter(|s| u64::from(*s) < log.geo.slots);
+        let Some(slot) = slot else {
+            // a segment being created when the last process stopped, or of another geometry
+            dropped += u32::from(fs::remove_file(&path).is_ok());
+            continue;
+        };
+        match Segment::open(&path, log.geo) {
+            Ok(Ok(seg)) if log.geo.slot(seg.gen) == slot && seg.gen > 0 => {
+                found.push(Arc::new(seg));
+            }
+            Ok(_) => dropped += u32::from(fs::remove_file(&path).is_ok()),
+            Err(e) => tier.fault(Fault::Read, &e, "disk tier segment unreadable; skipped"),
+        }
+    }
+    if dropped > 0 {
+        tracing::warn!(
+            files = dropped,
+            "disk tier: dropped segment files of another disk_size or not complete"
+        );
+    }
+    found.sort_by_key(|s| s.gen);
+    for seg in &found {
+        log.install(seg.clone());
+    }
+    found
+}
+
+/// Rebuild the directory: the checkpoint's entries, then the log after it (every segment, if
+/// there is no usable checkpoint). Runs on its own thread at start-up.
+pub fn recover(tier: &DiskTier, segs: Vec<Arc<Segment>>, cp: Option<Checkpoint>) {
+    let started = Instant::now();
+    let geo = tier.log.geo;
+    let mut ops: Vec<Vec<(u64, Option<Entry>)>> = vec![Vec::new(); SHARDS];
+    let mut pos = match &cp {
+        Some(c) => c.at,
+        None => Pos {
+            gen: segs.first().map_or(u64::MAX, |s| s.gen),
+            off: DATA_START,
+        },
+    };
+    let mut replayed = 0u64;
+    let mut damaged = 0u64;
+    while let Some(seg) = segs
+        .binary_search_by_key(&pos.gen, |s| s.gen)
+        .ok()
+        .map(|i| &segs[i])
+    {
+        pos = match replay_segment(tier, seg, pos.off, &mut ops, &mut replayed, &mut damaged) {
+            Ok(next) => next,
+            Err(e) => {
+                tier.fault(
+                    Fault::Read,
+                    &e,
+                    "disk tier segment unreadable during recovery",
+                );
+                Pos {
+                    gen: pos.gen + 1,
+                    off: DATA_START,
+                }
+            }
+        };
+        if pos.off >= geo.seg {
+            pos = Pos {
+                gen: pos.gen + 1,
+                off: DATA_START,
+            };
+        }
+    }
+    let valid = |e: &Entry| tier.log.segment_of(&e.loc()).is_some();
+    for (i, ops) in ops.iter().enumerate() {
+        match &cp {
+            Some(c) => tier.dir.load_shard(i, c.entries(i), ops, valid),
+            None => tier.dir.load_shard(i, std::iter::empty(), ops, valid),
+        }
+    }
+    if replayed > 0 {
+        tier.changes.fetch_add(1, Ordering::Relaxed);
+    }
+    if damaged > 0 {
+        tier.metrics.disk_corrupt.inc_by(damaged);
+    }
+    tracing::info!(
+        objects = tier.dir.len(),
+        checkpoint = cp.is_some(),
+        replayed,
+        damaged,
+        segments = segs.len(),
+        elapsed_ms = started.elapsed().as_millis() as u64,
+        "disk tier directory recovered"
+    );
+}
+
+/// Replay the records of `seg` from `off` on into `ops`; where the log goes on.
+fn replay_segment(
+    tier: &DiskTier,
+    seg: &Segment,
+    off: u64,
+    ops: &mut [Vec<(u64, Option<Entry>)>],
+    replayed: &mut u64,
+    damaged: &mut u64,
+) -> io::Result<Pos> {
+    let geo = tier.log.geo;
+    let off = off.max(DATA_START);
+    let mut buf = vec![0u8; geo.seg.saturating_sub(off) as usize];
+    let n = super::log::read_full(&seg.file, &mut buf, off)?;
+    buf.truncate(n);
+    let buf = Bytes::from(buf);
+    let finder = memchr::memmem::Finder::new(RECORD_MAGIC);
+    let mut i = 0usize;
+    while i + HEADER <= buf.len() {
+        let at = Pos {
+            gen: seg.gen,
+            off: off + i as u64,
+        };
+        if let Some(next) = replay_one(tier, seg, &buf, i, at, ops, replayed, damaged) {
+            if next.gen != seg.gen {
+                return Ok(next);
+            }
+            i = (next.off - off) as usize;
+            continue;
+        }
+        // resynchronise at the next record magic on a record boundary
+        let mut from = i + ALIGN as usize;
+        loop {
+            match finder.find(&buf[from.min(buf.len())..]) {
+                Some(k) if (from + k).is_multiple_of(ALIGN as usize) => {
+                    i = from + k;
+                    break;
+                }
+                Some(k) => from += k + 1,
+                None => {
+                    i = buf.len();
+                    break;
+                }
+            }
+        }
+    }
+    Ok(Pos {
+        gen: seg.gen + 1,
+        off: DATA_START,
+    })
+}
+
+/// Replay the record at `buf[i..]` (log position `at`) if it is one; where the next begins.
+#[allow(clippy::too_many_arguments)]
+fn replay_one(
+    tier: &DiskTier,
+    seg: &Segment,
+    buf: &Bytes,
+    i: usize,
+    at: Pos,
+    ops: &mut [Vec<(u64, Option<Entry>)>],
+    replayed: &mut u64,
+    damaged: &mut u64,
+) -> Option<Pos> {
+    let geo = tier.log.geo;
+    let h = Header::peek(&buf[i..]).ok().filter(|h| h.gen == seg.gen)?;
+    let prefix = h.prefix_len() as usize;
+    let record = h
+        .verify(seg.nonce, buf.slice(i..buf.len().min(i + prefix)))
+        .ok()?;
+    let span = h.span();
+    let body_at = i + prefix;
+    if let Some(body) = buf.get(body_at..body_at + h.body_len as usize) {
+        if record.verify(body).is_err() {
+            // a write cut short by the crash: skip it, the rest of the log goes on after it
+            *damaged += 1;
+            return Some(geo.advance(at, span));
+        }
+    }
+    let fp = super::directory::fingerprint(h.key);
+    let op = match h.kind {
+        Kind::Tombstone => None,
+        Kind::Object => Entry::new(
+            h.key,
+            Loc {
+                slot: geo.slot(at.gen),
+                lap: geo.lap(at.gen),
+                off: at.off,
+                hint: if span <= super::log::BUFFER as u64 {
+                    span
+                } else {
+                    0
+                },
+            },
+        ),
+    };
+    ops[Directory::shard_index(fp)].push((fp, op));
+    *replayed += 1;
+    Some(geo.advance(at, span))
+}
