@@ -846,71 +846,85 @@ first_request() { # url
 header() { grep -i "^$1:" <<<"$2" | head -1 | cut -d: -f2- | sed 's/^ *//' || true; }
 
 # Outpost: disk_fill writes RESTART_OBJECTS objects stored under the cache keys of
-# http://127.0.0.1/r/<n> (512 B, fresh for a day) straight into the disk tier's directory; the
-# node restarted on it must answer /r/<n> as hits without asking the origin.
+# http://127.0.0.1/r/<n> (512 B, fresh for a day) straight into the disk tier's segments and
+# exits as a crash would (no final checkpoint: the node replays the log written since the last
+# periodic one); the node restarted on it must answer /r/<n> as hits without asking the origin.
+# It is then stopped gracefully (a checkpoint) and restarted once more.
 restart_outpost() {
-  local d=$T/restart-outpost n=$RESTART_OBJECTS base=http://127.0.0.1:$PORT_OUTPOST o0 o1 t line h k
-  k=$((RESTART_OBJECTS / 2))
+  local d=$T/restart-outpost n=$RESTART_OBJECTS t
   mkdir -p "$d/cache"
   outpost_config "$d" 'tiers = "memory+disk"
 memory_size = "256MiB"
 max_object_size = "1MiB"
 disk_size = "64GiB"' >"$d/outpost.toml"
   log "=== restart: outpost on a disk cache of $n objects"
-  log "restart/outpost: $DISK_FILL_BIN $d/cache $n 512 127.0.0.1 /r/ (3-4 min per million objects)"
+  log "restart/outpost: $DISK_FILL_BIN $d/cache $n 512 127.0.0.1 /r/ 68719476736 crash"
   t=$SECONDS
-  if ! "$DISK_FILL_BIN" "$d/cache" "$n" 512 127.0.0.1 /r/ >"$d/disk_fill.log" 2>&1; then
+  if ! "$DISK_FILL_BIN" "$d/cache" "$n" 512 127.0.0.1 /r/ 68719476736 crash >"$d/disk_fill.log" 2>&1; then
     warn "restart/outpost: disk_fill failed: $(tail -n 3 "$d/disk_fill.log" | tr '\n' ' ')"
     return 1
   fi
-  R[outpost,fill]="disk_fill wrote $n objects in $((SECONDS - t)) s: $(tail -n 1 "$d/disk_fill.log")"
+  R[outpost,fill]="disk_fill wrote $n objects in $((SECONDS - t)) s: $(grep -a '^wrote' "$d/disk_fill.log" | tail -n 1)"
   log "restart/outpost: ${R[outpost,fill]}"
-  drop_page_cache || true
   outpost_check "$d" || { warn "restart/outpost: config rejected"; return 1; }
+  drop_page_cache || true
+  restart_outpost_once outpost-crash "$d" "$d/restart-crash.log" || return 1
+  kill_tree "$PROXY_PID" 120
+  PROXY_PID=
+  grep -qa 'shutdown complete' "$d/restart-crash.log" ||
+    warn "restart/outpost: the graceful stop did not complete: $(tail -n 3 "$d/restart-crash.log" | strip_ansi | tr '\n' ' ')"
+  drop_page_cache || true
+  restart_outpost_once outpost "$d" "$d/restart.log" || return 1
+  kill_tree "$PROXY_PID" 120
+  PROXY_PID=
+}
+
+# One restart of the node on $2, logging to $3; results under R[$1,...].
+restart_outpost_once() {
+  local key=$1 d=$2 logf=$3 n=$RESTART_OBJECTS base=http://127.0.0.1:$PORT_OUTPOST o0 o1 t line h k
+  k=$((RESTART_OBJECTS / 2))
   o0=$(origin_count)
-  spawn_outpost "$d" "$d/restart.log"
+  spawn_outpost "$d" "$logf"
   if ! wait_listen_timed "$PORT_OUTPOST" "$PROXY_PID" 120; then
-    warn "restart/outpost: not listening within 120 s: $(tail -n 5 "$d/restart.log" | strip_ansi | tr '\n' ' ')"
+    warn "restart/$key: not listening within 120 s: $(tail -n 5 "$logf" | strip_ansi | tr '\n' ' ')"
     kill_tree "$PROXY_PID" 10; PROXY_PID=
     return 1
   fi
-  R[outpost,listen]=$(secs "$SPAWN_T0" "$T_LISTEN")
+  R[$key,listen]=$(secs "$SPAWN_T0" "$T_LISTEN")
   first_request "$base/r/$k"
-  R[outpost,hit]=$(secs "$SPAWN_T0" "$T_HIT")
-  R[outpost,resp]="Cache-Status: $(header cache-status "$FH"); Age: $(header age "$FH")"
+  R[$key,hit]=$(secs "$SPAWN_T0" "$T_HIT")
+  R[$key,resp]="Cache-Status: $(header cache-status "$FH"); Age: $(header age "$FH")"
   if ! is_hit outpost "$FH" || [[ $(header body-bytes "$FH") != 512 ]]; then
-    warn "restart/outpost: the first request after the restart (/r/$k) was not a 512-byte hit: $(tr '\n' '|' <<<"$FH")"
-    R[outpost,hit]+=" (no hit)"
+    warn "restart/$key: the first request after the restart (/r/$k) was not a 512-byte hit: $(tr '\n' '|' <<<"$FH")"
+    R[$key,hit]+=" (no hit)"
   fi
-  log "restart/outpost: listening after ${R[outpost,listen]} s, first response after ${R[outpost,hit]} s (${R[outpost,resp]})"
+  log "restart/$key: listening after ${R[$key,listen]} s, first response after ${R[$key,hit]} s (${R[$key,resp]})"
   line=
   t=$SECONDS
   while ((SECONDS - t < RESTART_TIMEOUT)) && kill -0 "$PROXY_PID" 2>/dev/null; do
-    line=$(grep -a 'disk tier index rebuilt' "$d/restart.log" | tail -n 1 | strip_ansi || true)
+    line=$(grep -a 'disk tier directory recovered' "$logf" | tail -n 1 | strip_ansi || true)
     [[ -n $line ]] && break
-    sleep 0.2
+    sleep 0.05
   done
   if [[ -n $line ]]; then
-    R[outpost,scan]="$(secs "$SPAWN_T0" "${EPOCHREALTIME/,/.}") s (elapsed_ms=$(grep -oE 'elapsed_ms[=:" ]+[0-9]+' <<<"$line" | grep -oE '[0-9]+$'))"
-    R[outpost,objects]=$(grep -oE '(^|[^a-z_])objects[=:" ]+[0-9]+' <<<"$line" | grep -oE '[0-9]+$' || echo "?")
-    log "restart/outpost: $line"
+    R[$key,scan]="$(secs "$SPAWN_T0" "${EPOCHREALTIME/,/.}") s (elapsed_ms=$(grep -oE 'elapsed_ms[=:" ]+[0-9]+' <<<"$line" | grep -oE '[0-9]+$'), replayed=$(grep -oE 'replayed[=:" ]+[0-9]+' <<<"$line" | grep -oE '[0-9]+$'))"
+    R[$key,objects]=$(grep -oE '(^|[^a-z_])objects[=:" ]+[0-9]+' <<<"$line" | grep -oE '[0-9]+$' || echo "?")
+    log "restart/$key: $line"
   else
-    R[outpost,scan]="not done after ${RESTART_TIMEOUT} s"
-    warn "restart/outpost: no 'disk tier index rebuilt' line within ${RESTART_TIMEOUT} s"
+    R[$key,scan]="not done after ${RESTART_TIMEOUT} s"
+    warn "restart/$key: no 'disk tier directory recovered' line within ${RESTART_TIMEOUT} s"
   fi
   sleep 1
-  R[outpost,rss]="$(($(rss_kb "$PROXY_PID") / 1024)) MiB"
-  # after the scan the filled objects must still be hits
+  R[$key,rss]="$(($(rss_kb "$PROXY_PID") / 1024)) MiB"
+  # after the recovery the filled objects must still be hits
   h=$(get_headers "$base/r/$((k + 1))" || true)
-  is_hit outpost "$h" || warn "restart/outpost: /r/$((k + 1)) is not a hit after the index scan: $(tr -d '\r' <<<"$h" | tr '\n' '|')"
+  is_hit outpost "$h" || warn "restart/$key: /r/$((k + 1)) is not a hit after the recovery: $(tr -d '\r' <<<"$h" | tr '\n' '|')"
   o1=$(origin_count)
-  R[outpost,orig]=$((o1 - o0))
-  ((o1 == o0)) || warn "restart/outpost: the origin received $((o1 - o0)) requests after the restart (expected 0)"
-  if grep -qaiE ' (WARN|ERROR) ' <(strip_ansi <"$d/restart.log"); then
-    warn "restart/outpost: the node logged warnings/errors: $(strip_ansi <"$d/restart.log" | grep -aiE ' (WARN|ERROR) ' | head -n 3 | tr '\n' ' ')"
+  R[$key,orig]=$((o1 - o0))
+  ((o1 == o0)) || warn "restart/$key: the origin received $((o1 - o0)) requests after the restart (expected 0)"
+  if grep -qaiE ' (WARN|ERROR) ' <(strip_ansi <"$logf"); then
+    warn "restart/$key: the node logged warnings/errors: $(strip_ansi <"$logf" | grep -aiE ' (WARN|ERROR) ' | head -n 3 | tr '\n' ' ')"
   fi
-  kill_tree "$PROXY_PID" 10
-  PROXY_PID=
 }
 
 # nginx: fill its proxy_cache with RESTART_OBJECTS objects /r/<n> through HTTP, restart it and
@@ -1083,18 +1097,19 @@ fmt='%-16s | %13s | %11s | %13s | %11s | %9s | %11s | %15s | %17s\n'
   if ((RESTART_OBJECTS)) && { [[ -n ${R[outpost,listen]:-}${R[outpost,failed]:-} ]] || [[ -n ${R[nginx,listen]:-}${R[nginx,failed]:-} ]]; }; then
     echo
     echo "restart to first hit on a large disk cache: $RESTART_OBJECTS objects of 512 B, ${PAGE_CACHE:-page cache state unknown}; times from process start"
-    fmt3='%-8s | %15s | %9s | %9s | %-48s | %30s | %27s | %11s\n'
+    fmt3='%-13s | %15s | %9s | %9s | %-48s | %30s | %27s | %11s\n'
     printf "$fmt3" proxy "objects on disk" listening "first hit" "first response" "index scan / cache loader done" "RSS after the scan" "origin reqs"
     printf '%s\n' "$(printf "$fmt3" | sed 's/[^|]/-/g')"
-    for p in outpost nginx; do
+    for p in outpost-crash outpost nginx; do
       [[ -n ${R[$p,listen]:-}${R[$p,failed]:-} ]] || continue
       if [[ -n ${R[$p,failed]:-} && -z ${R[$p,listen]:-} ]]; then printf "$fmt3" "$p" FAIL "" "" "" "" "" ""; continue; fi
       printf "$fmt3" "$p" "$(val "${R[$p,objects]:-}")" "${R[$p,listen]} s" "${R[$p,hit]} s" "$(val "${R[$p,resp]:-}")" \
         "$(val "${R[$p,scan]:-}")" "$(val "${R[$p,rss]:-}")" "$(val "${R[$p,orig]:-}")"
     done
     [[ -n ${R[outpost,fill]:-} ]] && echo "outpost: ${R[outpost,fill]}"
-    [[ -n ${R[outpost,listen]:-} ]] && echo "  first hit = GET /r/$((RESTART_OBJECTS / 2)), an object disk_fill wrote under that URL's cache key; scan time from the node's" &&
-      echo "  'disk tier index rebuilt' log line (elapsed_ms) and, first, when the script saw it; objects = the rebuilt index's count"
+    [[ -n ${R[outpost,listen]:-} ]] && echo "  first hit = GET /r/$((RESTART_OBJECTS / 2)), an object disk_fill wrote under that URL's cache key; recovery time from the node's" &&
+      echo "  'disk tier directory recovered' log line (elapsed_ms: checkpoint loaded and log replayed) and, first, when the script saw it;" &&
+      echo "  outpost-crash: disk_fill exited without its final checkpoint (as a SIGKILL would), outpost: after that node's graceful stop"
     [[ -n ${R[nginx,fill]:-} ]] && echo "nginx: ${R[nginx,fill]}" &&
       echo "  first hit = GET /r/$((RESTART_OBJECTS / 2)); cache loader with default parameters (starts 60 s after nginx, 100 files per 50 ms);" &&
       echo "  until it is done nginx looks keys it does not know up on disk; its keys live in a shared-memory zone" &&

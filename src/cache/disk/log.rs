@@ -162,7 +162,16 @@ impl Segment {
     /// Open the segment file at `path`: its generation and nonce, if its header is sound and
     /// of this geometry (else why not).
     pub fn open(path: &Path, geo: Geometry) -> io::Result<Result<Segment, &'static str>> {
-        let file = File::options().read(true).write(true).open(path)?;
+        let file = match File::options().read(true).write(true).open(path) {
+            // a read-only directory: its objects can still be read
+            Err(e)
+                if e.kind() == ErrorKind::PermissionDenied
+                    || e.raw_os_error() == Some(libc::EROFS) =>
+            {
+                File::open(path)?
+            }
+            other => other?,
+        };
         let mut h = [0u8; DATA_START as usize];
         if read_full(&file, &mut h, 0)? < h.len() || &h[..4] != SEG_MAGIC {
             return Ok(Err("not a segment"));
@@ -383,14 +392,15 @@ impl Log {
         self.geo.global(pos) + len > self.durable.load(Ordering::Acquire)
     }
 
-    /// The bytes of the buffer holding the record at `pos`, from `pos` to the buffer's end
-    /// (`None` if no buffer holds it: it is on disk).
-    pub fn buffered(&self, pos: Pos) -> Option<Bytes> {
+    /// The bytes of the buffer holding the record at `pos`, from `pos` on: at most `want` of
+    /// them if they must be copied (`None` if no buffer holds it: it is on disk).
+    pub fn buffered(&self, pos: Pos, want: u64) -> Option<Bytes> {
         let st = self.state.lock();
         let end = st.active_at.off + st.active.len() as u64;
         if st.active_at.gen == pos.gen && (st.active_at.off..end).contains(&pos.off) {
             let from = (pos.off - st.active_at.off) as usize;
-            return Some(Bytes::copy_from_slice(&st.active[from..]));
+            let to = st.active.len().min(from.saturating_add(want as usize));
+            return Some(Bytes::copy_from_slice(&st.active[from..to]));
         }
         st.jobs.iter().find_map(|(_, job)| match job {
             Job::Buffer { at, bytes, .. }

@@ -118,6 +118,8 @@ pub struct DiskTier {
     inflight: Mutex<HashMap<u128, Vec<Arc<AtomicBool>>>>,
     /// Counts changes to the directory (a checkpoint is due when it moved).
     changes: AtomicU64,
+    /// Bytes of records appended to the log since start.
+    appended: AtomicU64,
     next_seq: AtomicU64,
     metrics: StorageMetrics,
     /// One log line per interval per kind of [`Fault`].
@@ -197,6 +199,7 @@ impl DiskTier {
             spools: Mutex::new(HashMap::new()),
             inflight: Mutex::new(HashMap::new()),
             changes: AtomicU64::new(0),
+            appended: AtomicU64::new(0),
             next_seq: AtomicU64::new(1),
             metrics,
             faults: [(); 3].map(|_| LogLimit::new(LOG_INTERVAL)),
@@ -369,6 +372,11 @@ impl DiskTier {
         st.queued
     }
 
+    /// Bytes of records appended to the log since start (what the objects take on disk).
+    pub fn appended_bytes(&self) -> u64 {
+        self.appended.load(Ordering::Relaxed)
+    }
+
     /// Bytes of disk the tier's segment files take.
     pub fn bytes(&self) -> u64 {
         let geo = self.log.geo;
@@ -409,7 +417,7 @@ impl DiskTier {
         let want = if loc.hint > 0 { loc.hint } else { 4096 };
         let mut bytes = None;
         if self.log.maybe_buffered(pos, want) {
-            bytes = self.log.buffered(pos);
+            bytes = self.log.buffered(pos, want);
         }
         let bytes = match bytes {
             Some(b) => b,
@@ -576,7 +584,7 @@ impl DiskTier {
             off: loc.off,
         };
         let want = if loc.hint > 0 { loc.hint } else { 4096 };
-        let bytes = match self.log.buffered(pos) {
+        let bytes = match self.log.buffered(pos, want) {
             Some(b) => b,
             None => log::read_head(&seg, pos, want, self.log.geo).ok()?,
         };

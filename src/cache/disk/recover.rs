@@ -281,7 +281,12 @@ pub fn recover(tier: &DiskTier, segs: Vec<Arc<Segment>>, cp: Option<Checkpoint>)
     );
 }
 
-/// Replay the records of `seg` from `off` on into `ops`; where the log goes on.
+/// Bytes of a segment read at a time by the replay.
+const WINDOW: u64 = 4 << 20;
+
+/// Replay the records of `seg` from `off` on into `ops`; where the log goes on. The segment's
+/// records end at the first all-zero header (the rest of a preallocated file); damaged bytes
+/// are skipped by looking for the next record's magic.
 fn replay_segment(
     tier: &DiskTier,
     seg: &Segment,
@@ -291,75 +296,98 @@ fn replay_segment(
     damaged: &mut u64,
 ) -> io::Result<Pos> {
     let geo = tier.log.geo;
-    let off = off.max(DATA_START);
-    let mut buf = vec![0u8; geo.seg.saturating_sub(off) as usize];
-    let n = super::log::read_full(&seg.file, &mut buf, off)?;
-    buf.truncate(n);
-    let buf = Bytes::from(buf);
-    let finder = memchr::memmem::Finder::new(RECORD_MAGIC);
-    let mut i = 0usize;
-    while i + HEADER <= buf.len() {
-        let at = Pos {
-            gen: seg.gen,
-            off: off + i as u64,
-        };
-        if let Some(next) = replay_one(tier, seg, &buf, i, at, ops, replayed, damaged) {
-            if next.gen != seg.gen {
-                return Ok(next);
-            }
-            i = (next.off - off) as usize;
-            continue;
-        }
-        // resynchronise at the next record magic on a record boundary
-        let mut from = i + ALIGN as usize;
-        loop {
-            match finder.find(&buf[from.min(buf.len())..]) {
-                Some(k) if (from + k).is_multiple_of(ALIGN as usize) => {
-                    i = from + k;
-                    break;
-                }
-                Some(k) => from += k + 1,
-                None => {
-                    i = buf.len();
-                    break;
-                }
-            }
-        }
-    }
-    Ok(Pos {
+    let next_segment = Pos {
         gen: seg.gen + 1,
         off: DATA_START,
-    })
+    };
+    let finder = memchr::memmem::Finder::new(RECORD_MAGIC);
+    let mut base = off.max(DATA_START);
+    while base + HEADER as u64 <= geo.seg {
+        let len = WINDOW.min(geo.seg - base);
+        let mut buf = vec![0u8; len as usize];
+        let n = super::log::read_full(&seg.file, &mut buf, base)?;
+        if n < HEADER {
+            return Ok(next_segment); // the file ends here (cut short)
+        }
+        buf.truncate(n);
+        let buf = Bytes::from(buf);
+        let mut i = 0usize;
+        while i + HEADER <= buf.len() {
+            if buf[i..i + HEADER].iter().all(|&b| b == 0) {
+                return Ok(next_segment);
+            }
+            let at = Pos {
+                gen: seg.gen,
+                off: base + i as u64,
+            };
+            if let Some(next) = replay_one(tier, seg, &buf, i, at, ops, replayed, damaged) {
+                if next.gen != seg.gen {
+                    return Ok(next);
+                }
+                i = (next.off - base) as usize;
+                continue;
+            }
+            if needs_more(&buf[i..], seg) {
+                break; // read again from this record's start
+            }
+            // damage: resynchronise at the next record magic on a record boundary
+            let mut from = i + ALIGN as usize;
+            i = buf.len().saturating_sub(HEADER) / ALIGN as usize * ALIGN as usize;
+            i = i.max(from);
+            while from < buf.len() {
+                match finder.find(&buf[from..]) {
+                    Some(k) if (from + k).is_multiple_of(ALIGN as usize) => {
+                        i = from + k;
+                        break;
+                    }
+                    Some(k) => from += k + 1,
+                    None => break,
+                }
+            }
+        }
+        if i == 0 {
+            // one record larger than the window
+            match replay_large(tier, seg, base, ops, replayed) {
+                Some(next) if next.gen != seg.gen => return Ok(next),
+                Some(next) => base = next.off,
+                None => base += ALIGN,
+            }
+            continue;
+        }
+        base += i as u64;
+    }
+    Ok(next_segment)
 }
 
-/// Replay the record at `buf[i..]` (log position `at`) if it is one; where the next begins.
-#[allow(clippy::too_many_arguments)]
-fn replay_one(
+/// Whether `bytes` start with a sound header of `seg` for a record longer than `bytes`.
+fn needs_more(bytes: &[u8], seg: &Segment) -> bool {
+    Header::peek(bytes).is_ok_and(|h| h.gen == seg.gen && h.span() > bytes.len() as u64)
+}
+
+/// Replay a record larger than a replay window at `off` of `seg` (its prefix verified, its
+/// body not: that is done block by block when it is served); where the next record begins.
+fn replay_large(
     tier: &DiskTier,
     seg: &Segment,
-    buf: &Bytes,
-    i: usize,
-    at: Pos,
+    off: u64,
     ops: &mut [Vec<(u64, Option<Entry>)>],
     replayed: &mut u64,
-    damaged: &mut u64,
 ) -> Option<Pos> {
     let geo = tier.log.geo;
-    let h = Header::peek(&buf[i..]).ok().filter(|h| h.gen == seg.gen)?;
-    let prefix = h.prefix_len() as usize;
-    let record = h
-        .verify(seg.nonce, buf.slice(i..buf.len().min(i + prefix)))
-        .ok()?;
-    let span = h.span();
-    let body_at = i + prefix;
-    if let Some(body) = buf.get(body_at..body_at + h.body_len as usize) {
-        if record.verify(body).is_err() {
-            // a write cut short by the crash: skip it, the rest of the log goes on after it
-            *damaged += 1;
-            return Some(geo.advance(at, span));
-        }
-    }
+    let at = Pos { gen: seg.gen, off };
+    let head = super::log::read_head(seg, at, HEADER as u64, geo).ok()?;
+    let h = Header::peek(&head).ok().filter(|h| h.gen == seg.gen)?;
+    let prefix = super::log::read_head(seg, at, h.prefix_len(), geo).ok()?;
+    h.verify(seg.nonce, prefix).ok()?;
+    record_op(geo, &h, at, ops);
+    *replayed += 1;
+    Some(geo.advance(at, h.span()))
+}
+
+/// Note what the record `h` at `at` does to its key.
+fn record_op(geo: Geometry, h: &Header, at: Pos, ops: &mut [Vec<(u64, Option<Entry>)>]) {
     let fp = super::directory::fingerprint(h.key);
+    let span = h.span();
     let op = match h.kind {
         Kind::Tombstone => None,
         Kind::Object => Entry::new(
@@ -377,6 +405,37 @@ fn replay_one(
         ),
     };
     ops[Directory::shard_index(fp)].push((fp, op));
+}
+
+/// Replay the record at `buf[i..]` (log position `at`) if it is one that fits `buf` (or runs
+/// on past the segment); where the next begins.
+#[allow(clippy::too_many_arguments)]
+fn replay_one(
+    tier: &DiskTier,
+    seg: &Segment,
+    buf: &Bytes,
+    i: usize,
+    at: Pos,
+    ops: &mut [Vec<(u64, Option<Entry>)>],
+    replayed: &mut u64,
+    damaged: &mut u64,
+) -> Option<Pos> {
+    let geo = tier.log.geo;
+    let h = Header::peek(&buf[i..]).ok().filter(|h| h.gen == seg.gen)?;
+    let prefix = h.prefix_len() as usize;
+    let span = h.span();
+    let body_at = i + prefix;
+    let body_end = body_at + h.body_len as usize;
+    if body_end > buf.len() {
+        return None;
+    }
+    let record = h.verify(seg.nonce, buf.slice(i..body_at)).ok()?;
+    if record.verify(&buf[body_at..body_end]).is_err() {
+        // a write cut short by the crash: skip it, the log goes on after it
+        *damaged += 1;
+        return Some(geo.advance(at, span));
+    }
+    record_op(geo, &h, at, ops);
     *replayed += 1;
     Some(geo.advance(at, span))
 }

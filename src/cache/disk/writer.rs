@@ -366,6 +366,7 @@ impl DiskTier {
         }
         self.dir.insert(entry);
         self.changes.fetch_add(1, Ordering::Relaxed);
+        self.appended.fetch_add(span, Ordering::Relaxed);
         drop(st);
         if cancelled.load(Ordering::Acquire) {
             let mut st = self.log.state.lock();
@@ -506,6 +507,7 @@ impl DiskTier {
         st.active_objects += 1;
         st.unwritten += 1;
         st.queued += span;
+        self.appended.fetch_add(span, Ordering::Relaxed);
         Entry::new(
             key,
             Loc {
