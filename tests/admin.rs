@@ -66,18 +66,11 @@ fn readyz_waits_for_the_disk_index_while_the_node_already_serves() {
     let origin = TestOrigin::start();
     origin.set("/p", Reply::ok("v").header("Cache-Control", "max-age=60"));
     let cfg = NodeConfig::new(&origin.url());
-    // a disk tier of 75,000 (empty) objects: the start-up scan takes a moment to index them
-    let objects = cfg.dir().join("cache/objects");
-    for shard in 0..=255u32 {
-        std::fs::create_dir_all(objects.join(format!("{shard:02x}"))).expect("mkdir");
-    }
-    for i in 0..75_000u128 {
-        let key = (i << 112) | i;
-        let dir = objects.join(format!("{:02x}", (key >> 120) as u8));
-        for ext in ["body", "head"] {
-            std::fs::File::create(dir.join(format!("{key:032x}.{ext}"))).expect("create");
-        }
-    }
+    // A disk tier of 300,000 small objects, and no directory checkpoint: the node rebuilds its
+    // directory by replaying the whole log, which takes a moment.
+    let cache = cfg.dir().join("cache");
+    fill_disk_tier(&cache, 300_000);
+    std::fs::remove_file(cache.join("directory")).expect("remove the directory checkpoint");
     let node = cfg.start();
     let c = node.client();
     let mut seen = Vec::new();
@@ -108,4 +101,55 @@ fn readyz_waits_for_the_disk_index_while_the_node_already_serves() {
         seen.first().is_some_and(|(s, _)| *s == 503),
         "ready before the index scan finished: {seen:?}"
     );
+    // the replay found every object
+    let objects = metric_sum(&node.metrics(), "outpost_cache_disk_objects", &[]);
+    assert!(objects >= 300_000.0, "{objects} objects recovered");
+}
+
+/// Writes `n` small objects into a disk tier at `cache`, through the library's own writer, with
+/// the `disk_size` the harness's nodes use (the ring's geometry follows it: a node with another
+/// size would drop the segments), then stops it gracefully as a node would.
+fn fill_disk_tier(cache: &std::path::Path, n: u64) {
+    use bytes::Bytes;
+    use outpost::cache::disk::{DiskObject, DiskTier};
+    use outpost::cache::entry::encode_head;
+    use std::time::{Duration, SystemTime};
+
+    const DISK_SIZE: u64 = 1 << 30; // the configuration's default
+    let metrics = outpost::metrics::Metrics::new(1 << 20, DISK_SIZE).expect("metrics");
+    let disk = DiskTier::open(cache, DISK_SIZE, 1 << 20, metrics.storage.clone());
+    let now = SystemTime::now();
+    let mut header = pingora_http::ResponseHeader::build(200, None).expect("header");
+    header
+        .append_header("cache-control", "max-age=86400")
+        .expect("field");
+    let meta = pingora_cache::CacheMeta::new(now + Duration::from_secs(86_400), now, 0, 0, header);
+    let body = Bytes::from_static(b"a small object body");
+    for i in 0..n {
+        let primary = format!("filler\n/{i}");
+        let object = DiskObject {
+            head: Bytes::from(encode_head(&meta, primary.as_bytes()).expect("encode head")),
+            body: body.clone(),
+        };
+        // keys spread over the directory's shards
+        let key = u128::from(i + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15_F39C_C060_5CED_C835);
+        // refused when the writer's queue is full: wait for it and try again
+        let mut tries = 0;
+        while !disk.put(key, object.clone()) {
+            tries += 1;
+            assert!(
+                tries < 10,
+                "object {i} refused by the disk tier {tries} times"
+            );
+            disk.flush(Duration::from_secs(30));
+        }
+    }
+    assert!(disk.flush(Duration::from_secs(120)), "the filler's writes");
+    assert_eq!(
+        metrics.storage.disk_write_errors.get(),
+        0,
+        "the filler's write errors"
+    );
+    assert_eq!(disk.objects(), n, "objects written by the filler");
+    assert!(disk.shutdown(Duration::from_secs(120)), "the filler's stop");
 }

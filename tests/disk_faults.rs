@@ -1,11 +1,18 @@
-//! A cache directory that is read-only (not removed): at runtime, at start-up, and with objects
-//! already on it. The node keeps serving every request correctly from memory and origin, counts
-//! the failed disk writes, and writes again once the directory is writable.
+//! Disk faults that are not a removed directory: a cache directory read-only at start-up (empty,
+//! or with objects on it), and a disk that fills up at runtime. The node keeps serving every
+//! request correctly from memory and origin, counts the failed disk writes and the writes it
+//! drops, and writes again once the disk is usable.
 //!
 //! Root ignores file permissions, so the directory is made read-only with a bind mount of itself
-//! (`mount --bind DIR DIR`, then `mount -o remount,bind,ro DIR`). Where mounting is not
-//! permitted (not root, or a container without CAP_SYS_ADMIN) each test prints
-//! `skipped: <reason>` to stderr and passes.
+//! (`mount --bind DIR DIR`, then `mount -o remount,bind,ro DIR`), and a disk that fills up is a
+//! small tmpfs mounted on the cache directory. Where mounting is not permitted (not root, or a
+//! container without CAP_SYS_ADMIN) each test prints `skipped: <reason>` to stderr and passes.
+//!
+//! The disk tier keeps its segment files open for writing while it runs, so a read-only remount
+//! of its directory at runtime is refused (EBUSY): read-only only happens at start-up. Its
+//! segment files are preallocated, so a full disk shows when a segment is created: the creation
+//! fails (a write error, counted once per retry, every second) and writes are dropped (counted
+//! in `outpost_cache_disk_writes_dropped_total`) until a segment can be created again.
 mod common;
 
 use std::ffi::OsStr;
@@ -14,19 +21,22 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
+use common::disk::{assert_segments, listing, only_record_for, records, segment_files, Kind};
 use common::*;
 
 /// Deadline for background work (disk writes, error counters) to show up in the metrics.
 const WAIT: Duration = Duration::from_secs(10);
 
 const DISK_OBJECTS: &str = "outpost_cache_disk_objects";
+const CORRUPT: &str = "outpost_cache_disk_corrupt_total";
 const WRITE_ERRORS: &str = "outpost_cache_disk_write_errors_total";
 const WRITES_DROPPED: &str = "outpost_cache_disk_writes_dropped_total";
 const TIER_HITS: &str = "outpost_cache_tier_hits_total";
 const DISK: &[(&str, &str)] = &[("tier", "disk")];
 
-/// What the disk writer logs (at most every 10 s) when a write fails.
-const WRITE_FAILED_LOG: &str = "disk tier write failed";
+/// What the disk tier logs when a write fails: a segment or an object not written, or a
+/// checkpoint. Each is a write fault, logged at most once per 10 s in all.
+const WRITE_FAILED_LOGS: [&str; 2] = ["disk tier write failed", "disk tier checkpoint failed"];
 
 /// Runs `program args`, returning its stderr on failure.
 fn run(program: &str, args: &[&OsStr]) -> Result<(), String> {
@@ -78,7 +88,8 @@ impl BindMount {
     }
 
     /// Remounts read-only. The kernel refuses (EBUSY) while a file on the mount is open for
-    /// writing, so a refusal is retried for a while (a disk write may be in flight).
+    /// writing (a node running on it holds its segment files open): a refusal is retried for a
+    /// while, for a process that is exiting.
     fn read_only(&self) {
         let start = Instant::now();
         loop {
@@ -189,68 +200,122 @@ fn metric(node: &Node, name: &str, labels: &[(&str, &str)]) -> f64 {
     metric_sum(&node.metrics(), name, labels)
 }
 
-/// The `.body` files under `<cache>/objects/*/`, sorted.
-fn body_files(cache: &Path) -> Vec<PathBuf> {
-    let mut out = Vec::new();
-    let Ok(shards) = fs::read_dir(cache.join("objects")) else {
-        return out;
-    };
-    for shard in shards.flatten() {
-        let Ok(files) = fs::read_dir(shard.path()) else {
-            continue;
-        };
-        for f in files.flatten() {
-            if f.path().extension().and_then(|x| x.to_str()) == Some("body") {
-                out.push(f.path());
-            }
-        }
-    }
-    out.sort();
-    out
-}
-
-fn stop_ok(node: Node, what: &str) {
-    let status = node.stop();
-    assert!(
-        status.success(),
-        "{what}: graceful stop exited with {status}\n--- log (tail) ---\n{}",
-        node.log_tail(60)
-    );
-}
-
 /// The write-failure log lines are rate limited: at most one per started 10 s.
 fn assert_write_failures_logged_sparingly(node: &Node, since: Instant, what: &str) {
     let log = node.log();
-    let lines = log.lines().filter(|l| l.contains(WRITE_FAILED_LOG)).count();
+    let lines = log
+        .lines()
+        .filter(|l| WRITE_FAILED_LOGS.iter().any(|w| l.contains(w)))
+        .count();
     let allowed = 1 + since.elapsed().as_secs() as usize / 10;
     assert!(
         (1..=allowed).contains(&lines),
-        "{what}: {lines} log lines {WRITE_FAILED_LOG:?} within {:?} (expected 1..={allowed})\n\
+        "{what}: {lines} log lines {WRITE_FAILED_LOGS:?} within {:?} (expected 1..={allowed})\n\
          --- log (tail) ---\n{}",
         since.elapsed(),
         node.log_tail(40)
     );
 }
 
+/// A tmpfs of `size` bytes mounted on `dir` (a disk that can be filled up). Unmounted on drop
+/// (also when a test panics), lazily if it is busy.
+struct SmallDisk {
+    dir: PathBuf,
+}
+
+impl SmallDisk {
+    fn new(dir: &Path, size: u64) -> Result<SmallDisk, String> {
+        let opts = format!("size={size}");
+        run(
+            "mount",
+            &[
+                "-t".as_ref(),
+                "tmpfs".as_ref(),
+                "-o".as_ref(),
+                opts.as_ref(),
+                "tmpfs".as_ref(),
+                dir.as_os_str(),
+            ],
+        )?;
+        Ok(SmallDisk {
+            dir: dir.to_path_buf(),
+        })
+    }
+
+    /// Fills the file system up with a file of zeros (written, so that its blocks are
+    /// allocated) until it is full; its path.
+    fn fill_up(&self) -> PathBuf {
+        use std::io::Write;
+        let path = self.dir.join("filler");
+        let mut f = fs::File::create(&path).expect("create the filler");
+        let chunk = vec![0u8; 64 * 1024];
+        loop {
+            match f.write(&chunk) {
+                Ok(0) => break,
+                Ok(_) => {}
+                Err(e) if e.raw_os_error() == Some(libc::ENOSPC) => break,
+                Err(e) => panic!("filling {}: {e}", self.dir.display()),
+            }
+        }
+        path
+    }
+}
+
+impl Drop for SmallDisk {
+    fn drop(&mut self) {
+        if run("umount", &[self.dir.as_os_str()]).is_err() {
+            let _ = run("umount", &["-l".as_ref(), self.dir.as_os_str()]);
+        }
+    }
+}
+
+/// Whether a tmpfs can be mounted here, and fills up (ENOSPC): tried on a scratch directory.
+fn tmpfs_capability() -> Result<(), String> {
+    let scratch = tempfile::tempdir().map_err(|e| format!("tempdir: {e}"))?;
+    let disk = SmallDisk::new(scratch.path(), 1 << 20)?;
+    let filler = disk.fill_up();
+    match fs::write(scratch.path().join("probe"), vec![1u8; 8192]) {
+        Err(e) if e.raw_os_error() == Some(libc::ENOSPC) => {}
+        other => return Err(format!("a full tmpfs gave {other:?}, not ENOSPC")),
+    }
+    fs::remove_file(filler).map_err(|e| format!("remove the filler: {e}"))?;
+    fs::write(scratch.path().join("probe"), "x").map_err(|e| format!("write after: {e}"))?;
+    Ok(())
+}
+
+/// Formerly "the cache directory read-only at runtime": the disk tier now holds its segment
+/// files open for writing, so the kernel refuses to remount the directory read-only under it
+/// (EBUSY) and that fault cannot happen to a running node any more. The runtime fault that
+/// remains, and the closest to it, is a disk that fills up: segment files are preallocated, so
+/// the node sees it when it needs a new segment (its creation fails with ENOSPC). This test
+/// checks what the read-only one did: every request served correctly, the failures counted
+/// (once per retry, every second, not once per request) and logged sparingly, every fill
+/// either written or dropped and counted, and the disk written again once it has room.
 #[test]
-fn cache_dir_read_only_at_runtime_keeps_serving_counts_write_errors_and_recovers() {
-    require_mount!();
-    const RO_OBJECTS: usize = 12;
+fn disk_full_at_runtime_keeps_serving_counts_write_errors_and_drops_and_recovers() {
+    if let Err(why) = tmpfs_capability() {
+        eprintln!("skipped: cannot mount a tmpfs here: {why}");
+        return;
+    }
+    const FULL_OBJECTS: usize = 40;
+    const DISK_SIZE: u64 = 8 << 20; // 8 segments of 1 MiB
     let origin = TestOrigin::start();
     let warm = body_for("warm", 30_000);
     origin.set("/warm", cacheable(warm.clone()));
-    for i in 0..RO_OBJECTS {
-        let p = format!("/ro/{i}");
-        origin.set(&p, cacheable(body_for(&p, 5_000 + i)));
+    // 100 KB objects: the ones that still fit the segments made before the disk was full are
+    // written, then the writer needs a new segment
+    let full_body = |i: usize| body_for(&format!("/full/{i}"), 100_000 + i);
+    for i in 0..FULL_OBJECTS {
+        origin.set(&format!("/full/{i}"), cacheable(full_body(i)));
     }
     let later = body_for("later", 20_000);
     origin.set("/later", cacheable(later.clone()));
 
-    let cfg = NodeConfig::new(&origin.url());
+    let cfg = NodeConfig::new(&origin.url()).cache("disk_size = \"8MiB\"");
     let cache = cfg.dir().join("cache");
     fs::create_dir_all(&cache).unwrap();
     // Declared before the node: unmounted after the node is gone.
-    let mount = BindMount::new(&cache).expect("bind mount (checked on a scratch dir)");
+    let disk = SmallDisk::new(&cache, 32 << 20).expect("tmpfs (checked on a scratch dir)");
     let node = cfg.start();
 
     // Before the fault: a normal fill, written to disk.
@@ -264,79 +329,123 @@ fn cache_dir_read_only_at_runtime_keeps_serving_counts_write_errors_and_recovers
         WAIT,
         "/warm on disk",
     );
-    assert_eq!(body_files(&cache).len(), 1, "object files before the fault");
-    assert_eq!(metric(&node, WRITE_ERRORS, &[]), 0.0, "write errors before");
+    assert!(only_record_for(&cache, "/warm").body() == warm);
+    let m = node.metrics();
+    assert_eq!(
+        metric_sum(&m, WRITE_ERRORS, &[]),
+        0.0,
+        "write errors before"
+    );
+    assert_eq!(metric_sum(&m, WRITES_DROPPED, &[]), 0.0, "dropped before");
+    let segments_before = segment_files(&cache);
 
-    mount.read_only();
-    assert_read_only(&cache);
+    let filler = disk.fill_up();
     let fault_start = Instant::now();
 
     // Every request is served correctly: new objects from the origin (and stored in memory),
     // then from memory; the object cached before the fault from memory.
-    for i in 0..RO_OBJECTS {
-        let p = format!("/ro/{i}");
-        let want = body_for(&p, 5_000 + i);
-        let r = get_exact(&node, &p, &want, "read-only dir, first request");
-        assert_stored_miss(&r, &format!("{p} with a read-only cache dir"));
-        let r = get_exact(&node, &p, &want, "read-only dir, second request");
-        assert_hit(&r, &format!("{p} again with a read-only cache dir"));
-        let r = get_exact(&node, "/warm", &warm, "read-only dir");
-        assert_hit(&r, "/warm with a read-only cache dir");
+    for i in 0..FULL_OBJECTS {
+        let p = format!("/full/{i}");
+        let r = get_exact(&node, &p, &full_body(i), "disk full, first request");
+        assert_stored_miss(&r, &format!("{p} with a full disk"));
+        let r = get_exact(&node, &p, &full_body(i), "disk full, second request");
+        assert_hit(&r, &format!("{p} again with a full disk"));
+        let r = get_exact(&node, "/warm", &warm, "disk full");
+        assert_hit(&r, "/warm with a full disk");
     }
-    for i in 0..RO_OBJECTS {
-        assert_eq!(origin.hits(&format!("/ro/{i}")), 1, "/ro/{i} refetched");
+    for i in 0..FULL_OBJECTS {
+        assert_eq!(origin.hits(&format!("/full/{i}")), 1, "/full/{i} refetched");
     }
     assert_eq!(origin.hits("/warm"), 1, "/warm refetched");
 
-    // Each of the fills failed to reach the disk, and was counted.
-    let errors = wait_metric(
+    // The segment the writer needed could not be made: counted, and the fills that did not fit
+    // the segments already made were dropped, each counted. Every fill was either written or
+    // dropped: none is lost uncounted.
+    wait_metric(
         &node,
         WRITE_ERRORS,
         &[],
-        |v| v >= RO_OBJECTS as f64,
+        |v| v >= 1.0,
         WAIT,
-        "one write error per fill while the dir is read-only",
+        "the segment creation failing on the full disk",
     );
-    let m = node.metrics();
-    assert_eq!(
-        metric_sum(&m, WRITES_DROPPED, &[]),
-        0.0,
-        "the failed writes were tried, not dropped"
-    );
-    assert_eq!(
+    let accounted = |m: &str| metric_sum(m, DISK_OBJECTS, &[]) + metric_sum(m, WRITES_DROPPED, &[]);
+    let start = Instant::now();
+    let m = loop {
+        let m = node.metrics();
+        if accounted(&m) == (1 + FULL_OBJECTS) as f64 || start.elapsed() > WAIT {
+            break m;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let (objects, dropped) = (
         metric_sum(&m, DISK_OBJECTS, &[]),
-        1.0,
-        "disk objects while read-only"
+        metric_sum(&m, WRITES_DROPPED, &[]),
     );
-    assert_eq!(body_files(&cache).len(), 1, "object files while read-only");
-    assert_write_failures_logged_sparingly(&node, fault_start, "while read-only");
+    assert_eq!(
+        objects + dropped,
+        (1 + FULL_OBJECTS) as f64,
+        "{objects} objects on disk and {dropped} writes dropped for {} fills",
+        1 + FULL_OBJECTS
+    );
+    assert!(
+        dropped >= 1.0 && objects < (1 + FULL_OBJECTS) as f64,
+        "{objects} objects on disk, {dropped} writes dropped with a full disk"
+    );
+    // once per retry (every second), not once per request; a checkpoint failing adds one
+    let errors = metric_sum(&m, WRITE_ERRORS, &[]);
+    let secs = fault_start.elapsed().as_secs_f64();
+    assert!(
+        errors <= 2.0 + 1.5 * secs,
+        "{errors} write errors within {secs:.1} s of a full disk ({dropped} writes dropped)"
+    );
+    assert_eq!(
+        segment_files(&cache),
+        segments_before,
+        "segment files while the disk is full:\n{}",
+        listing(&cache)
+    );
+    assert_write_failures_logged_sparingly(&node, fault_start, "disk full");
     assert!(node.try_wait().is_none(), "the node exited");
 
-    // Writable again: the next fill lands on disk, with no new errors.
-    mount.read_write();
+    // Room again: the next retry makes a segment, the next fill lands on disk, and the errors
+    // and drops stop.
+    fs::remove_file(&filler).expect("remove the filler");
+    wait_until("a segment made after the disk had room again", WAIT, || {
+        segment_files(&cache).len() > segments_before.len()
+    });
+    let m = node.metrics();
+    let (errors, dropped) = (
+        metric_sum(&m, WRITE_ERRORS, &[]),
+        metric_sum(&m, WRITES_DROPPED, &[]),
+    );
+    let objects = metric_sum(&m, DISK_OBJECTS, &[]);
     let r = get_exact(&node, "/later", &later, "after recovery");
     assert_stored_miss(&r, "/later after recovery");
     wait_metric(
         &node,
         DISK_OBJECTS,
         &[],
-        |v| v >= 2.0,
+        |v| v >= objects + 1.0,
         WAIT,
-        "the first fill after the dir became writable again written to disk",
+        "the first fill after the disk had room again written to disk",
     );
-    assert_eq!(
-        body_files(&cache).len(),
-        2,
-        "object files after recovery: {:?}",
-        body_files(&cache)
-    );
-    assert_eq!(
-        metric(&node, WRITE_ERRORS, &[]),
-        errors,
-        "write errors after the dir became writable again"
-    );
+    assert!(only_record_for(&cache, "/later").body() == later);
     let r = get_exact(&node, "/warm", &warm, "after recovery");
     assert_hit(&r, "/warm after recovery");
+    std::thread::sleep(Duration::from_millis(2500));
+    let m = node.metrics();
+    assert_eq!(
+        metric_sum(&m, WRITE_ERRORS, &[]),
+        errors,
+        "write errors after the disk had room again"
+    );
+    assert_eq!(
+        metric_sum(&m, WRITES_DROPPED, &[]),
+        dropped,
+        "writes dropped after the disk had room again"
+    );
+    assert_segments(&cache, DISK_SIZE, "after recovery");
 
     // What was written after the recovery is a real, readable entry: a disk hit after a restart.
     stop_ok(node, "recovered node");
@@ -348,11 +457,12 @@ fn cache_dir_read_only_at_runtime_keeps_serving_counts_write_errors_and_recovers
     assert!(metric(&node, TIER_HITS, DISK) >= 2.0);
     assert_eq!(origin.hits("/later"), 1);
     assert_eq!(origin.hits("/warm"), 1);
-    // The fills of the read-only period never reached the disk; served right all the same.
-    for i in 0..RO_OBJECTS {
-        let p = format!("/ro/{i}");
-        get_exact(&node, &p, &body_for(&p, 5_000 + i), "after a restart");
+    // The fills of the full period, written or dropped: served right all the same.
+    for i in 0..FULL_OBJECTS {
+        let p = format!("/full/{i}");
+        get_exact(&node, &p, &full_body(i), "after a restart");
     }
+    assert_eq!(metric(&node, CORRUPT, &[]), 0.0);
     drop(node);
 }
 
@@ -387,14 +497,34 @@ fn cache_dir_read_only_at_start_serves_from_memory_and_origin_counts_errors_and_
     assert_eq!(origin.hits("/a"), 1);
     assert_eq!(origin.hits("/b"), 1);
 
-    let errors = wait_metric(
+    // No segment can be made: that fails (counted once per retry, every second), and both
+    // fills' writes are dropped (counted) as there is no segment to write them to.
+    wait_metric(
         &node,
         WRITE_ERRORS,
         &[],
+        |v| v >= 1.0,
+        WAIT,
+        "creating a segment failed on the read-only dir",
+    );
+    wait_metric(
+        &node,
+        WRITES_DROPPED,
+        &[],
         |v| v >= 2.0,
         WAIT,
-        "both fills' writes failed on the read-only dir",
+        "both fills' writes dropped on the read-only dir",
     );
+    let m = node.metrics();
+    let (errors, secs) = (
+        metric_sum(&m, WRITE_ERRORS, &[]),
+        fault_start.elapsed().as_secs_f64(),
+    );
+    assert!(
+        errors <= 2.0 + 1.5 * secs,
+        "{errors} write errors within {secs:.1} s of a read-only dir: more than one per retry"
+    );
+    assert_eq!(metric_sum(&m, DISK_OBJECTS, &[]), 0.0);
     assert!(
         files_under(&cache).is_empty(),
         "files in the read-only dir: {:?}",
@@ -403,8 +533,17 @@ fn cache_dir_read_only_at_start_serves_from_memory_and_origin_counts_errors_and_
     assert_write_failures_logged_sparingly(&node, fault_start, "read-only at start");
     assert!(node.try_wait().is_none(), "the node exited");
 
-    // Writable: the tier creates its directories and writes the next fill.
+    // Writable: at its next retry the tier creates its directories and a segment, and writes
+    // the next fill; no more errors or drops.
     mount.read_write();
+    wait_until("a segment made once the dir is writable", WAIT, || {
+        !segment_files(&cache).is_empty()
+    });
+    let m = node.metrics();
+    let (errors, dropped) = (
+        metric_sum(&m, WRITE_ERRORS, &[]),
+        metric_sum(&m, WRITES_DROPPED, &[]),
+    );
     let r = get_exact(&node, "/c", &c, "after the dir became writable");
     assert_stored_miss(&r, "/c after the dir became writable");
     wait_metric(
@@ -415,14 +554,24 @@ fn cache_dir_read_only_at_start_serves_from_memory_and_origin_counts_errors_and_
         WAIT,
         "the first fill after the dir became writable written to disk",
     );
-    assert_eq!(
-        body_files(&cache).len(),
-        1,
-        "object files after recovery: {:?}",
-        files_under(&cache)
+    let written: Vec<_> = records(&cache)
+        .into_iter()
+        .filter(|r| r.kind == Kind::Object)
+        .collect();
+    assert!(
+        written.len() == 1 && written[0].is_for("/c") && written[0].body() == c,
+        "objects in the segment files after recovery: {written:?}"
     );
-    assert_eq!(metric(&node, WRITE_ERRORS, &[]), errors);
+    std::thread::sleep(Duration::from_millis(2500));
+    let m = node.metrics();
+    assert_eq!(metric_sum(&m, WRITE_ERRORS, &[]), errors, "write errors");
+    assert_eq!(
+        metric_sum(&m, WRITES_DROPPED, &[]),
+        dropped,
+        "writes dropped"
+    );
     stop_ok(node, "recovered node");
+    assert_segments(&cache, 1 << 30, "after recovery");
     let node = cfg.start();
     let r = get_exact(&node, "/c", &c, "after a restart");
     assert_hit(&r, "/c from disk after a restart");
@@ -463,10 +612,12 @@ fn read_only_cache_dir_with_objects_on_it_serves_them_as_disk_hits() {
         "the fills on disk",
     );
     stop_ok(node, "filling node");
-    let before = files_under(&cache);
+    assert_segments(&cache, 1 << 30, "filled");
+    let before = contents(&cache);
 
     let mount = BindMount::new(&cache).expect("bind mount (checked on a scratch dir)");
     mount.read_only();
+    assert_read_only(&cache);
     let node = cfg.start();
     for (p, b) in &objects {
         let r = get_exact(&node, p, b, "read-only dir with objects");
@@ -476,7 +627,8 @@ fn read_only_cache_dir_with_objects_on_it_serves_them_as_disk_hits() {
     for (p, _) in &objects {
         assert_eq!(origin.hits(p), 1, "{p} refetched");
     }
-    // A new object is served (and its write fails, counted); the old files are untouched.
+    // A new object is served; no segment can be made for it (counted) and its write is
+    // dropped (counted); the files are untouched.
     get_exact(&node, "/fresh", &fresh, "new object, read-only dir");
     get_exact(&node, "/fresh", &fresh, "new object again, read-only dir");
     assert_eq!(origin.hits("/fresh"), 1);
@@ -486,18 +638,38 @@ fn read_only_cache_dir_with_objects_on_it_serves_them_as_disk_hits() {
         &[],
         |v| v >= 1.0,
         WAIT,
-        "the new object's write failed",
+        "creating a segment failed on the read-only dir",
+    );
+    wait_metric(
+        &node,
+        WRITES_DROPPED,
+        &[],
+        |v| v >= 1.0,
+        WAIT,
+        "the new object's write dropped",
     );
     assert_eq!(
-        metric(&node, "outpost_cache_disk_corrupt_total", &[]),
+        metric(&node, CORRUPT, &[]),
         0.0,
         "read-only entries taken for corrupt"
     );
     assert!(node.try_wait().is_none(), "the node exited");
     drop(node);
-    assert_eq!(
-        files_under(&cache),
-        before,
-        "files changed on a read-only dir"
+    assert!(
+        contents(&cache) == before,
+        "files changed on a read-only dir:\n{}",
+        listing(&cache)
     );
+}
+
+/// Every file under `dir` with a checksum of its bytes.
+fn contents(dir: &Path) -> Vec<(PathBuf, u64, u64)> {
+    files_under(dir)
+        .into_iter()
+        .map(|p| {
+            let data = fs::read(&p).expect("read");
+            let hash = xxhash_rust::xxh3::xxh3_64(&data);
+            (p, data.len() as u64, hash)
+        })
+        .collect()
 }

@@ -10,6 +10,10 @@ use std::fs;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
+use common::disk::{
+    assert_segments, du, find_in_segments, flip_bytes, listing, only_record_for, records,
+    segment_files, truncate, Kind, Record, RECORD_HEADER,
+};
 use common::*;
 
 /// Deadline for background work (disk writes, promotions) to show up in the metrics.
@@ -33,71 +37,30 @@ fn cache_dir(cfg: &NodeConfig) -> PathBuf {
     cfg.dir().join("cache")
 }
 
-/// Summed sizes of the files under `dir`.
-/// Bytes of disk `dir` and everything under it take: allocated blocks of files and
-/// directories, as `du` counts them.
-fn bytes_under(dir: &Path) -> u64 {
-    use std::os::unix::fs::MetadataExt;
-    let Ok(meta) = fs::symlink_metadata(dir) else {
-        return 0;
-    };
-    let mut total = meta.blocks() * 512;
-    if meta.is_dir() {
-        for entry in fs::read_dir(dir).into_iter().flatten().flatten() {
-            total += bytes_under(&entry.path());
-        }
-    }
-    total
-}
+/// The default `disk_size` of the harness's nodes (the configuration's default).
+const DEFAULT_DISK_SIZE: u64 = 1 << 30;
 
-fn is_hex(s: &str, len: usize) -> bool {
-    s.len() == len && s.bytes().all(|b| b.is_ascii_hexdigit())
-}
-
-/// A listing of the cache directory for failure messages.
-fn listing(cache: &Path) -> String {
-    files_under(cache)
-        .iter()
-        .map(|p| {
-            let len = fs::metadata(p).map(|m| m.len()).unwrap_or(0);
-            format!("  {} ({len} bytes)", p.display())
-        })
-        .collect::<Vec<_>>()
-        .join("\n")
-}
-
-/// Exactly `n` objects on disk, laid out as `objects/<2 hex>/<32 hex>.head` + `.body` pairs.
-/// Returns the `.body` files.
-fn assert_layout(cache: &Path, n: usize, what: &str) -> Vec<PathBuf> {
-    let bodies = object_files(cache, "body");
-    let heads = object_files(cache, "head");
+/// Exactly `n` objects on disk, laid out as the disk tier's segment log: segment files of one
+/// ring within `disk_size` (see `assert_segments`), holding `n` object records and nothing
+/// else (no tombstone, no file of the old layout). Returns the records.
+fn assert_layout(cache: &Path, disk_size: u64, n: usize, what: &str) -> Vec<Record> {
+    assert_segments(cache, disk_size, what);
     assert!(
-        bodies.len() == n && heads.len() == n,
-        "{what}: expected {n} .head/.body pairs under {}/objects, found {} bodies and {} heads:\n{}",
-        cache.display(),
-        bodies.len(),
-        heads.len(),
+        !cache.join("objects").exists(),
+        "{what}: a directory of the old layout:\n{}",
         listing(cache)
     );
-    for body in &bodies {
-        let shard = body
-            .parent()
-            .and_then(|p| p.file_name())
-            .and_then(|s| s.to_str())
-            .unwrap_or("");
-        let stem = body.file_stem().and_then(|s| s.to_str()).unwrap_or("");
-        assert!(
-            is_hex(shard, 2) && is_hex(stem, 32),
-            "{what}: {} is not objects/<2 hex>/<32 hex>.body",
-            body.display()
-        );
-        assert!(
-            body.with_extension("head").is_file(),
-            "{what}: {} has no .head beside it",
-            body.display()
-        );
-    }
-    bodies
+    let records = records(cache);
+    assert!(
+        records.len() == n && records.iter().all(|r| r.kind == Kind::Object),
+        "{what}: expected {n} object records in the segments, found {:?}:\n{}",
+        records
+            .iter()
+            .map(|r| (r.kind, r.seg.display().to_string(), r.offset, r.body_len))
+            .collect::<Vec<_>>(),
+        listing(cache)
+    );
+    records
 }
 
 /// GET `path` and read the whole response; a transport error (e.g. a body cut short) panics
@@ -159,7 +122,14 @@ fn restart_after_graceful_stop_serves_hits_from_disk() {
         );
     }
     wait_disk_objects(&node, 2, WAIT, "both objects written to disk");
-    assert_layout(&cache_dir(&cfg), 2, "before the restart");
+    let cache = cache_dir(&cfg);
+    assert_layout(&cache, DEFAULT_DISK_SIZE, 2, "before the restart");
+    // each object is one record of its own, its body as served
+    assert!(only_record_for(&cache, "/small").body() == b"a small object");
+    assert!(
+        only_record_for(&cache, "/big").body() == big,
+        "/big's record"
+    );
 
     // Let the objects age, so that the Age after the restart shows their residence time.
     std::thread::sleep(Duration::from_millis(2100));
@@ -243,18 +213,23 @@ fn restart_after_sigkill_serves_hits_from_disk() {
 // ---------------------------------------------------------------------------------------------
 
 const CORRUPT_OBJECT: usize = 64 * 1024;
+/// A field value of the object damaged, stored as it is in its head (common values such as
+/// `application/octet-stream` are stored as codes).
+const HEAD_TEXT: &str = "a field value stored as text";
 
 /// Fills one object (body `payload + "#1"`), waits for its disk write, stops the node,
-/// damages its files with `damage(body_file, head_file)`, restarts: the damaged entry must be
-/// refetched (body `payload + "#2"`), counted as corrupt, and the next request a hit again.
-fn damaged_entry_is_refetched(what: &str, damage: impl FnOnce(&Path, &Path)) {
+/// finds its record in the segment files and damages it with `damage(record)`, restarts: the
+/// damaged entry must be refetched (body `payload + "#2"`), counted as corrupt, and the next
+/// request a hit again.
+fn damaged_entry_is_refetched(what: &str, damage: impl FnOnce(&Record)) {
     let origin = TestOrigin::start();
-    origin.set("/obj", cacheable(payload(CORRUPT_OBJECT)).body_counter());
-    let expected = |n: usize| {
-        let mut b = payload(CORRUPT_OBJECT);
-        b.extend_from_slice(format!("#{n}").as_bytes());
-        b
-    };
+    origin.set(
+        "/obj",
+        cacheable(payload(CORRUPT_OBJECT))
+            .header("X-Head-Text", HEAD_TEXT)
+            .body_counter(),
+    );
+    let expected = payload_with_counter;
     let cfg = NodeConfig::new(&origin.url());
     let node = cfg.start();
 
@@ -266,9 +241,17 @@ fn damaged_entry_is_refetched(what: &str, damage: impl FnOnce(&Path, &Path)) {
     stop_ok(node, what);
 
     let cache = cache_dir(&cfg);
-    let bodies = assert_layout(&cache, 1, what);
-    let body_file = &bodies[0];
-    damage(body_file, &body_file.with_extension("head"));
+    let record = assert_layout(&cache, DEFAULT_DISK_SIZE, 1, what).remove(0);
+    assert!(record.is_for("/obj"), "{what}: the record is not /obj's");
+    assert!(record.body() == expected(1), "{what}: the record's body");
+    // the body's last bytes (with its "#1") are found once in the segments: in that record
+    let tail = &expected(1)[CORRUPT_OBJECT - 30..];
+    assert_eq!(
+        find_in_segments(&cache, tail),
+        vec![record.body_byte(record.body_len - tail.len() as u64)],
+        "{what}: where the body's last bytes are"
+    );
+    damage(&record);
 
     let node = cfg.start();
     let r = fetch_ok(&node, "/obj");
@@ -307,45 +290,64 @@ fn damaged_entry_is_refetched(what: &str, damage: impl FnOnce(&Path, &Path)) {
 
 #[test]
 fn corrupted_body_on_disk_is_never_served() {
-    damaged_entry_is_refetched("flipped body bytes", |body, _| {
-        let mut data = fs::read(body).expect("read .body");
+    damaged_entry_is_refetched("flipped body bytes", |record| {
+        assert_eq!(record.body_len, (CORRUPT_OBJECT + 2) as u64);
+        // 16 bytes in the middle of the body, inside the segment file
+        let (seg, at) = record.body_byte(record.body_len / 2);
+        flip_bytes(&seg, at, 16);
         assert!(
-            data.len() >= CORRUPT_OBJECT / 2,
-            "{} holds only {} bytes for a {CORRUPT_OBJECT}-byte body",
-            body.display(),
-            data.len()
+            record.body() != payload_with_counter(1),
+            "the body was not damaged"
         );
-        let mid = data.len() / 2;
-        for b in &mut data[mid..mid + 16] {
-            *b ^= 0xFF;
-        }
-        fs::write(body, data).expect("write .body");
     });
 }
 
 #[test]
 fn truncated_body_on_disk_is_never_served() {
-    damaged_entry_is_refetched("body truncated to half", |body, _| {
-        let len = fs::metadata(body).expect("stat .body").len();
-        assert!(len >= (CORRUPT_OBJECT / 2) as u64, "{len}-byte .body");
-        fs::OpenOptions::new()
-            .write(true)
-            .open(body)
-            .expect("open .body")
-            .set_len(len / 2)
-            .expect("truncate .body");
+    damaged_entry_is_refetched("segment cut in the middle of the body", |record| {
+        // the segment file ends halfway through the body
+        let (seg, at) = record.body_byte(record.body_len / 2);
+        truncate(&seg, at);
+        assert_eq!(fs::metadata(&seg).expect("stat segment").len(), at);
     });
 }
 
 #[test]
 fn corrupted_head_on_disk_is_never_served() {
-    damaged_entry_is_refetched("flipped head byte", |_, head| {
-        let mut data = fs::read(head).expect("read .head");
-        assert!(!data.is_empty(), "{} is empty", head.display());
-        let mid = data.len() / 2;
-        data[mid] ^= 0xFF;
-        fs::write(head, data).expect("write .head");
+    damaged_entry_is_refetched("flipped head byte", |record| {
+        // one byte of a field value in the stored head: served, it would change the field
+        let (seg, at) = record
+            .head_text(HEAD_TEXT.as_bytes())
+            .expect("the stored head holds the field value");
+        assert!(
+            at >= record.offset + RECORD_HEADER,
+            "head inside the record"
+        );
+        flip_bytes(&seg, at + 12, 1);
+        assert!(
+            !record_of(&seg, record).head_has(HEAD_TEXT),
+            "the head was not damaged"
+        );
     });
+}
+
+/// The record at the same place as `record`, read again (after damage).
+fn record_of(seg: &Path, record: &Record) -> Record {
+    let cache = seg
+        .parent()
+        .and_then(Path::parent)
+        .expect("<cache>/segments/<slot>.seg");
+    records(cache)
+        .into_iter()
+        .find(|r| r.seg == record.seg && r.offset == record.offset)
+        .expect("the record is still framed")
+}
+
+/// `payload(CORRUPT_OBJECT)` and the origin's counter `#n`.
+fn payload_with_counter(n: usize) -> Vec<u8> {
+    let mut b = payload(CORRUPT_OBJECT);
+    b.extend_from_slice(format!("#{n}").as_bytes());
+    b
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -432,29 +434,46 @@ fn disk_limit_respected_after_writing_three_times_its_size() {
         evictions > 0.0,
         "{COUNT} x {OBJECT} bytes into {DISK_SIZE} bytes, yet {EVICTIONS}{{tier=\"disk\"}} = {evictions}"
     );
-    // objects/ and its 256 fan-out directories take one 4 KiB block each before any object
-    // (README: a fixed 1 MiB); everything beyond counts against disk_size
+    // The tier's files: a ring of preallocated segments whose slots times size is at most
+    // disk_size, `du` of segments/ within it. The ring came round (files were replaced, never
+    // added), and the rest of the cache directory (its directories, the lock, the directory
+    // checkpoint of a few dozen 16-byte entries) is a few blocks.
     let cache = cache_dir(&cfg);
-    const SKELETON: u64 = 257 * 4096;
-    let on_disk = bytes_under(&cache.join("objects"));
-    assert!(
-        on_disk <= DISK_SIZE + SKELETON,
-        "objects/ takes {on_disk} bytes of disk, over disk_size {DISK_SIZE}:\n{}",
-        listing(&cache)
-    );
+    const OVERHEAD: u64 = 64 * 1024;
+    let check_files = |when: &str| {
+        let segs = assert_segments(&cache, DISK_SIZE, when);
+        let (first, last) = (&segs[0], &segs[segs.len() - 1]);
+        assert!(
+            last.gen > first.slots,
+            "{when}: {COUNT} x {OBJECT} bytes into a ring of {} x {} bytes, yet the newest \
+             segment is generation {}",
+            first.slots,
+            first.size,
+            last.gen
+        );
+        let total = du(&cache);
+        assert!(
+            total <= DISK_SIZE + OVERHEAD,
+            "{when}: the cache directory takes {total} bytes of disk, over disk_size {DISK_SIZE} \
+             + {OVERHEAD}:\n{}",
+            listing(&cache)
+        );
+        let stored: std::collections::BTreeSet<u128> = records(&cache)
+            .into_iter()
+            .filter(|r| r.kind == Kind::Object)
+            .map(|r| r.key)
+            .collect();
+        assert!(
+            !stored.is_empty() && stored.len() < COUNT,
+            "{when}: {} objects in the segment files",
+            stored.len()
+        );
+        stored.len()
+    };
+    check_files("while running");
 
     stop_ok(node, "filled node");
-    let on_disk = bytes_under(&cache.join("objects"));
-    assert!(
-        on_disk <= DISK_SIZE + SKELETON,
-        "after the graceful stop, objects/ takes {on_disk} bytes of disk, over {DISK_SIZE}"
-    );
-    let bodies = object_files(&cache, "body");
-    assert!(
-        !bodies.is_empty() && bodies.len() < COUNT,
-        "{} .body files after the stop",
-        bodies.len()
-    );
+    let stored = check_files("after the graceful stop");
 
     // The most recently written objects survived the evictions and the restart: the last one,
     // and the three before it (128 KiB of a 1 MiB tier; any recency-based policy keeps them).
@@ -466,9 +485,8 @@ fn disk_limit_respected_after_writing_three_times_its_size() {
             &r,
             &format!(
                 "{path} (written {} of {COUNT}, all within {fill_time:?}) after a restart; \
-                 {} .body files were on disk",
+                 {stored} objects were in the segment files",
                 i + 1,
-                bodies.len()
             ),
         );
         assert_eq!(&r.body[..8], format!("{i:08}").as_bytes(), "{path} body");
@@ -539,7 +557,7 @@ fn cache_dir_removed_at_runtime_keeps_serving_and_recovers() {
     let r = fetch_ok(&node, "/a");
     assert_eq!(r.status, 200);
     wait_disk_objects(&node, 1, WAIT, "/a written to disk");
-    assert_layout(&cache, 1, "before the removal");
+    assert_layout(&cache, DEFAULT_DISK_SIZE, 1, "before the removal");
 
     fs::remove_dir_all(&cache).expect("remove the cache dir");
     assert!(!cache.exists());
@@ -548,14 +566,29 @@ fn cache_dir_removed_at_runtime_keeps_serving_and_recovers() {
     assert_eq!(r.status, 200, "/a after the cache dir was removed");
     assert!(r.body == payload(20_000), "/a body after the removal");
 
+    // The objects in the segment files, each checked to be a /later/<i> object with its body.
+    let written = |cache: &Path| -> Vec<usize> {
+        records(cache)
+            .into_iter()
+            .filter(|r| r.kind == Kind::Object)
+            .map(|r| {
+                let i = (0..200)
+                    .find(|i| r.is_for(&format!("/later/{i}")))
+                    .unwrap_or_else(|| panic!("a record of another object: {r:?}"));
+                assert!(r.body() == later(i), "/later/{i}: the record's body");
+                i
+            })
+            .collect()
+    };
+
     // New objects are served, and before long written to disk again.
     let start = Instant::now();
     let mut i = 0;
-    while object_files(&cache, "body").is_empty() {
+    while written(&cache).is_empty() {
         if start.elapsed() > WAIT || i == 200 {
             panic!(
-                "nothing written under {}/objects within {WAIT:?} ({i} new objects served after \
-                 the removal):\n{}\n--- log (tail) ---\n{}",
+                "no object written under {}/segments within {WAIT:?} ({i} new objects served \
+                 after the removal):\n{}\n--- log (tail) ---\n{}",
                 cache.display(),
                 listing(&cache),
                 node.log_tail(60)
@@ -576,7 +609,8 @@ fn cache_dir_removed_at_runtime_keeps_serving_and_recovers() {
 
     // What was written after the recovery is a real, readable entry.
     stop_ok(node, "recovered node");
-    assert!(!object_files(&cache, "body").is_empty());
+    assert_segments(&cache, DEFAULT_DISK_SIZE, "after the recovery");
+    assert!(!written(&cache).is_empty());
     let hits_before = origin.total_hits();
     let node = cfg.start();
     let mut disk_hits = 0;
@@ -615,7 +649,9 @@ fn disk_only_tier_serves_hits_from_disk() {
     assert_eq!(r.status, 200);
     assert_stored_miss(&r, "/d first request");
     wait_disk_objects(&node, 1, WAIT, "/d written to disk");
-    assert_layout(&cache_dir(&cfg), 1, "disk-only tier");
+    let record = assert_layout(&cache_dir(&cfg), DEFAULT_DISK_SIZE, 1, "disk-only tier").remove(0);
+    assert!(record.is_for("/d"), "the record is not /d's: {record:?}");
+    assert!(record.body() == expected, "/d's record holds another body");
 
     let before = metric(&node, TIER_HITS, DISK);
     let r = fetch_ok(&node, "/d");
@@ -670,10 +706,13 @@ fn memory_only_tier_writes_nothing_to_disk() {
         assert_eq!(v, 0.0, "tiers = \"memory\", yet {name}{labels:?} = {v}");
     }
     stop_ok(node, "memory-only node");
-    let written = files_under(&cache.join("objects"));
+    let written: Vec<_> = segment_files(&cache)
+        .into_iter()
+        .chain(files_under(&cache.join("objects")))
+        .collect();
     assert!(
-        written.is_empty(),
-        "tiers = \"memory\" wrote under objects/:\n{}",
+        written.is_empty() && !cache.join("directory").exists(),
+        "tiers = \"memory\" wrote disk tier files:\n{}",
         listing(&cache)
     );
 

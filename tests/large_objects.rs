@@ -4,9 +4,9 @@
 mod common;
 
 use std::fs;
-use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use common::disk::{assert_segments, flip_byte, only_record_for, truncate, Record, BLOCK};
 use common::*;
 
 const MIB: usize = 1 << 20;
@@ -59,22 +59,22 @@ fn metric(node: &Node, name: &str) -> f64 {
     metric_sum(&node.metrics(), name, &[])
 }
 
-/// The one `.body` file under the node's cache directory.
-fn only_body_file(cfg: &NodeConfig) -> PathBuf {
-    fn walk(dir: &Path, out: &mut Vec<PathBuf>) {
-        for e in fs::read_dir(dir).into_iter().flatten().flatten() {
-            let p = e.path();
-            if p.is_dir() {
-                walk(&p, out);
-            } else if p.extension().is_some_and(|x| x == "body") {
-                out.push(p);
-            }
-        }
-    }
-    let mut bodies = Vec::new();
-    walk(&cfg.dir().join("cache").join("objects"), &mut bodies);
-    assert_eq!(bodies.len(), 1, "expected one body file: {bodies:?}");
-    bodies.remove(0)
+/// The one object record of `path` in the node's segment files, holding a body of `len` bytes
+/// hashed per 1 MiB block (a block table of one entry per MiB).
+fn only_record(cfg: &NodeConfig, path: &str, len: usize) -> Record {
+    let cache = cfg.dir().join("cache");
+    assert_segments(&cache, 1 << 30, path);
+    let record = only_record_for(&cache, path);
+    assert_eq!(
+        record.body_len, len as u64,
+        "{path}: the record's body length"
+    );
+    assert_eq!(
+        record.blocks,
+        (len as u64).div_ceil(BLOCK),
+        "{path}: the record's block table"
+    );
+    record
 }
 
 fn assert_body(f: &Fetched, expected: &[u8], what: &str) {
@@ -104,10 +104,13 @@ fn object_of_200_mib_is_spooled_and_streamed_from_disk_with_bounded_memory() {
         0.0,
         "a 200 MiB object in a 1 MiB-object memory tier"
     );
-    assert_eq!(
-        fs::metadata(only_body_file(&cfg)).expect("body file").len(),
-        len as u64
+    // one record in the segment files (running through several of them), the body whole
+    let record = only_record(&cfg, "/huge", len);
+    assert!(
+        record.body() == expected,
+        "/huge: the body in the segment files"
     );
+    drop(record);
 
     let second = fetch_ok(&node, "/huge", &[]);
     assert_hit(&second, "/huge, second request");
@@ -150,9 +153,10 @@ fn chunked_object_outgrowing_memory_spills_to_disk_with_bounded_memory() {
     assert_body(&first, &expected, "/chunked, first request");
     wait_disk_objects(&node, 1, WAIT, "the spilled object on disk");
     assert_eq!(metric(&node, MEMORY_OBJECTS), 0.0);
-    assert_eq!(
-        fs::metadata(only_body_file(&cfg)).expect("body file").len(),
-        len as u64
+    let record = only_record(&cfg, "/chunked", len);
+    assert!(
+        record.body() == expected,
+        "/chunked: the body in the segment files"
     );
     let peak = status_kib(node.pid(), "VmHWM");
     assert!(
@@ -190,11 +194,12 @@ fn disk_only_tier_spools_and_streams_large_objects() {
     }
 }
 
-/// Stores a 4 MiB + 5 object, damages its body file with `damage`, and returns the node.
+/// Stores a 4 MiB + 5 object, damages its record in the segment files with `damage` (the node
+/// running), and returns the node.
 fn stored_then_damaged(
     origin: &TestOrigin,
     cfg: &NodeConfig,
-    damage: impl FnOnce(&Path),
+    damage: impl FnOnce(&Record),
 ) -> (Node, Vec<u8>) {
     let len = 4 * MIB + 5;
     origin.set("/obj", large(len));
@@ -203,21 +208,16 @@ fn stored_then_damaged(
     let first = fetch_ok(&node, "/obj", &[]);
     assert_body(&first, &expected, "first request");
     wait_disk_objects(&node, 1, WAIT, "the object on disk");
-    damage(&only_body_file(cfg));
+    let record = only_record(cfg, "/obj", len);
+    assert!(record.body() == expected, "the body in the segment files");
+    damage(&record);
     (node, expected)
 }
 
-fn flip_byte(path: &Path, at: u64) {
-    use std::os::unix::fs::FileExt;
-    let f = fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open(path)
-        .expect("open body");
-    let mut b = [0u8; 1];
-    f.read_exact_at(&mut b, at).expect("read byte");
-    b[0] ^= 0x20;
-    f.write_all_at(&b, at).expect("write byte");
+/// Flip a bit of byte `at` of the record's body, in its segment file.
+fn flip_body_byte(record: &Record, at: u64) {
+    let (seg, off) = record.body_byte(at);
+    flip_byte(&seg, off);
 }
 
 #[test]
@@ -225,7 +225,7 @@ fn corrupt_block_deep_in_a_large_object_is_never_served_as_complete() {
     let origin = TestOrigin::start();
     let cfg = large_cfg(&origin);
     let (node, expected) =
-        stored_then_damaged(&origin, &cfg, |body| flip_byte(body, 2 * MIB as u64 + 4321));
+        stored_then_damaged(&origin, &cfg, |r| flip_body_byte(r, 2 * MIB as u64 + 4321));
     // Blocks 0 and 1 are sound and sent; block 2 fails its checksum: the response is cut short.
     let damaged = try_fetch(node.client().get(node.url("/obj")).send());
     match damaged {
@@ -253,7 +253,7 @@ fn corrupt_block_deep_in_a_large_object_is_never_served_as_complete() {
 fn corrupt_first_block_of_a_large_object_is_a_miss_and_refetched() {
     let origin = TestOrigin::start();
     let cfg = large_cfg(&origin);
-    let (node, expected) = stored_then_damaged(&origin, &cfg, |body| flip_byte(body, 17));
+    let (node, expected) = stored_then_damaged(&origin, &cfg, |r| flip_body_byte(r, 17));
     let r = fetch_ok(&node, "/obj", &[]);
     assert_stored_miss(&r, "corrupt first block");
     assert_body(&r, &expected, "corrupt first block");
@@ -261,17 +261,28 @@ fn corrupt_first_block_of_a_large_object_is_a_miss_and_refetched() {
     assert_eq!(origin.hits("/obj"), 2);
 }
 
+/// The segment file holding a large object cut short inside its body (past its first block):
+/// the lookup must find the record incomplete, so that the request is a miss and a refetch, as
+/// it was when the body file was cut short in the layout before.
 #[test]
 fn truncated_large_body_file_is_a_miss_and_refetched() {
     let origin = TestOrigin::start();
     let cfg = large_cfg(&origin);
-    let (node, expected) = stored_then_damaged(&origin, &cfg, |body| {
-        let f = fs::OpenOptions::new().write(true).open(body).expect("open");
-        f.set_len(3 * MIB as u64).expect("truncate");
+    // the segment file ends 3 MiB into the body (its first blocks are whole)
+    let (node, expected) = stored_then_damaged(&origin, &cfg, |r| {
+        let (seg, off) = r.body_byte(3 * MIB as u64);
+        truncate(&seg, off);
     });
-    let r = fetch_ok(&node, "/obj", &[]);
-    assert_stored_miss(&r, "truncated body file");
-    assert_body(&r, &expected, "truncated body file");
+    // a miss and a refetch: never a hit cut short where the segment file ends
+    let r = try_fetch(node.client().get(node.url("/obj")).send()).unwrap_or_else(|e| {
+        panic!(
+            "the record cut short by the truncated segment was served, then aborted ({e}): \
+             it must be a miss and a refetch\n--- log (tail) ---\n{}",
+            node.log_tail(10)
+        )
+    });
+    assert_stored_miss(&r, "truncated segment");
+    assert_body(&r, &expected, "truncated segment");
     assert_eq!(metric(&node, CORRUPT), 1.0);
     assert_eq!(origin.hits("/obj"), 2);
 }

@@ -6,6 +6,7 @@ mod common;
 
 use std::time::Duration;
 
+use common::disk::{assert_segments, only_record_for, records, records_for, Kind, Record};
 use common::*;
 
 const TOKEN: &str = ADMIN_AUTH;
@@ -433,12 +434,23 @@ fn purges_are_applied_to_stored_objects_then_retired_for_good() {
                 .header("Cache-Control", "max-age=600")
         }
     });
-    let cfg = NodeConfig::new(&origin.url()).extra("[purge]\nlurker_interval = \"200ms\"");
+    // a small disk tier (8 segments of 128 KiB), so that its ring comes round in this test
+    let cfg = NodeConfig::new(&origin.url())
+        .cache("disk_size = \"1MiB\"")
+        .extra("[purge]\nlurker_interval = \"200ms\"");
+    let cache = cfg.dir().join("cache");
     let node = cfg.start();
     for p in ["/t/a", "/t/b", "/keep", "/soft"] {
         get(&node, p);
     }
     wait_disk_objects(&node, 4, Duration::from_secs(10), "objects written to disk");
+    // the records of the objects the tag purge covers (body "v#1")
+    let tagged: Vec<Record> = ["/t/a", "/t/b"]
+        .iter()
+        .map(|p| only_record_for(&cache, p))
+        .collect();
+    assert!(tagged.iter().all(|r| r.body() == b"v#1"));
+    let keep_gen = only_record_for(&cache, "/keep").gen;
     purged_ok(&node, r#"{"tags": ["red"]}"#);
     let base = format!("http://{}", node.addr());
     purged_ok(&node, &format!(r#"{{"url": "{base}/soft", "soft": true}}"#));
@@ -474,21 +486,40 @@ fn purges_are_applied_to_stored_objects_then_retired_for_good() {
         "the soft-purged object, in memory and on disk"
     );
     assert_eq!(recorded_bans(&cfg), 0, "the record keeps retired purges");
-    assert_eq!(
-        object_files(&cfg.dir().join("cache"), "head").len(),
-        2,
-        "the purged objects' files are deleted (disk space reclaimed)"
+    // the hard-purged objects are gone from the disk tier's directory (the soft-purged one
+    // stays, expired), and a tombstone for each follows its record in the log, so that a
+    // restart does not bring it back
+    wait_metric(
+        &node,
+        "outpost_cache_disk_objects",
+        &[],
+        |v| v == 2.0,
+        Duration::from_secs(10),
+        "the two hard-purged objects removed from the disk tier",
     );
+    let log = records(&cache);
+    for r in &tagged {
+        let at = log
+            .iter()
+            .position(|x| x.kind == Kind::Object && x.key == r.key)
+            .expect("the purged object's record");
+        assert!(
+            log[at..]
+                .iter()
+                .any(|x| x.kind == Kind::Tombstone && x.key == r.key),
+            "no tombstone after the purged object's record"
+        );
+    }
 
     // with the purges retired, what they did stays done, across a restart too
     stop_ok(node, "first run");
     let node = cfg.start();
-    assert_eq!(
-        get(&node, "/t/a").text(),
-        "v#2",
-        "hard-purged object came back"
-    );
-    assert_hit(&get(&node, "/keep"), "uncovered object");
+    for p in ["/t/a", "/t/b"] {
+        assert_eq!(get(&node, p).text(), "v#2", "hard-purged {p} came back");
+    }
+    let keep = get(&node, "/keep");
+    assert_hit(&keep, "uncovered object");
+    assert_eq!(keep.text(), "v#1");
     assert_eq!(get(&node, "/soft").text(), "soft#1");
     let soft = origin.requests("/soft");
     assert_eq!(soft.len(), 2, "the soft-purged object was not revalidated");
@@ -497,6 +528,50 @@ fn purges_are_applied_to_stored_objects_then_retired_for_good() {
     // ids are not reused after the purges holding the highest ones were retired
     let next = purged_ok(&node, r#"{"tags": ["blue"]}"#);
     assert_eq!(next["id"], 3, "{next}");
+
+    // The purged objects' bytes stay in their segment until the ring comes round to it; then
+    // they are not copied forward, as an object hit since it was written (/keep, a disk hit
+    // after the restart) is, and their space is reused.
+    let old = |p: &str| {
+        records_for(&cache, p)
+            .into_iter()
+            .filter(|r| r.body() == b"v#1")
+            .count()
+    };
+    assert_eq!(
+        old("/t/a") + old("/t/b"),
+        2,
+        "the purged records before the ring comes round"
+    );
+    // 32 KiB objects until the ring has come round to the purged records' segment (about 8
+    // segments of 3 objects; the copy of /keep made then is far from being recycled in turn)
+    let mut filled = 0;
+    while old("/t/a") + old("/t/b") > 0 {
+        assert!(
+            filled < 64,
+            "the purged records still there after {filled} x 32 KiB"
+        );
+        let p = format!("/fill/{filled}");
+        origin.set(
+            &p,
+            Reply::ok(vec![b'f'; 32 * 1024]).header("Cache-Control", "max-age=600"),
+        );
+        assert_eq!(get(&node, &p).status, 200, "{p}");
+        filled += 1;
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    wait_until("/keep copied forward", Duration::from_secs(5), || {
+        let copies: Vec<Record> = records_for(&cache, "/keep");
+        copies.len() == 1 && copies[0].gen > keep_gen && copies[0].body() == b"v#1"
+    });
+    assert_segments(&cache, 1 << 20, "after the ring came round");
+    assert_eq!(
+        old("/keep"),
+        1,
+        "the object hit since it was written was not kept"
+    );
+    assert_eq!(get(&node, "/keep").text(), "v#1");
+    assert_eq!(origin.hits("/keep"), 1);
 }
 
 #[test]

@@ -9,9 +9,10 @@ mod common;
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::Duration;
 
+use common::disk::{assert_segments, only_record_for, records, Kind};
 use common::*;
 
 /// Length of every test object.
@@ -279,25 +280,6 @@ fn head_then_get(node: &Node, path: &str, range: &str) -> (String, Vec<u8>) {
 /// The cache directory the harness configures: `<tempdir>/cache`.
 fn cache_dir(cfg: &NodeConfig) -> PathBuf {
     cfg.dir().join("cache")
-}
-
-/// The `.body` files under `<cache>/objects/*/`.
-fn body_files(cache: &Path) -> Vec<PathBuf> {
-    let mut out = Vec::new();
-    let Ok(shards) = std::fs::read_dir(cache.join("objects")) else {
-        return out;
-    };
-    for shard in shards.flatten() {
-        let Ok(files) = std::fs::read_dir(shard.path()) else {
-            continue;
-        };
-        for f in files.flatten() {
-            if f.path().extension().and_then(|x| x.to_str()) == Some("body") {
-                out.push(f.path());
-            }
-        }
-    }
-    out
 }
 
 /// Fills `path` with a plain GET: a stored miss with the whole body.
@@ -924,8 +906,22 @@ fn fill_disk_cases(node: &Node, cfg: &NodeConfig) {
         fill(node, &case.path, &case.body());
     }
     wait_disk_objects(node, cases.len(), WAIT, "the fills written to disk");
-    let files = body_files(&cache_dir(cfg));
-    assert_eq!(files.len(), cases.len(), "object files on disk: {files:?}");
+    // in the segment files: one record per object, with its whole body
+    let cache = cache_dir(cfg);
+    assert_segments(&cache, 1 << 30, "after the fills");
+    let objects = records(&cache)
+        .iter()
+        .filter(|r| r.kind == Kind::Object)
+        .count();
+    assert_eq!(objects, cases.len(), "object records in the segment files");
+    for case in &cases {
+        let record = only_record_for(&cache, &case.path);
+        assert!(
+            record.body() == case.body(),
+            "{}: the body in the segment files",
+            case.path
+        );
+    }
 }
 
 #[test]

@@ -1,14 +1,22 @@
 //! Revalidation details beyond tests/rfc9111_validation.rs: weak entity tags (RFC 9110 13.1.2:
-//! `If-None-Match` uses the weak comparison) and a 304 on the disk tier, which rewrites the
-//! stored head but never the body file.
+//! `If-None-Match` uses the weak comparison) and a 304 on the disk tier, which stores the new
+//! head with the body as it was (a new record in the log: the old one is never written over).
 mod common;
-
-use std::fs;
-use std::os::unix::fs::MetadataExt;
 
 use std::time::Duration;
 
+use common::disk::{only_record_for, records_for, Record};
 use common::*;
+
+/// Whether a record's stored head has the `X-Revalidated` field the 304 adds (a field name the
+/// head keeps as text, in the case it came in).
+fn revalidated(record: &Record) -> bool {
+    record
+        .head
+        .to_ascii_lowercase()
+        .windows(13)
+        .any(|w| w == b"x-revalidated")
+}
 
 #[test]
 fn weak_etags_revalidate_and_client_if_none_match_compares_weakly() {
@@ -65,42 +73,45 @@ fn a_304_on_the_disk_tier_rewrites_the_head_and_never_the_body() {
     assert_stored_miss(&get(&node, "/doc"), "fill");
     let cache = cfg.dir().join("cache");
     wait_disk_objects(&node, 1, Duration::from_secs(10), "on disk");
-    let body_file = object_files(&cache, "body").pop().expect("body file");
-    let head_file = object_files(&cache, "head").pop().expect("head file");
-    let (body_before, head_before) = (
-        fs::metadata(&body_file).expect("body meta"),
-        fs::metadata(&head_file).expect("head meta"),
-    );
-    std::thread::sleep(Duration::from_millis(1100));
+    // the object's record: its head without the field the 304 adds, its body; all its bytes
+    let old = only_record_for(&cache, "/doc");
+    assert!(!revalidated(&old), "the stored head before the 304");
+    assert!(old.body() == body, "the stored body");
+    let old_bytes = old.read(0, old.span());
 
     let r = get(&node, "/doc");
     assert_eq!(r.status, 200);
     assert!(r.body == body, "stored body not served after the 304");
     assert_eq!(r.header("x-revalidated").as_deref(), Some("yes"));
-    // the head is rewritten behind the response
+    // the new head is appended behind the response: a new record of the object, the new head
+    // with the same body, elsewhere in the log
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    while fs::metadata(&head_file).map(|m| m.ino()).unwrap_or(0) == head_before.ino() {
+    let new = loop {
+        let mut found = records_for(&cache, "/doc");
+        if found.len() >= 2 {
+            assert_eq!(found.len(), 2, "records of /doc after one 304");
+            break found.remove(1);
+        }
         assert!(
             std::time::Instant::now() < deadline,
-            "head file never rewritten"
+            "no record with the new head written"
         );
         std::thread::sleep(Duration::from_millis(50));
-    }
-    let body_after = fs::metadata(&body_file).expect("body meta");
-    assert_eq!(
-        body_after.ino(),
-        body_before.ino(),
-        "the body file was replaced"
+    };
+    assert!(revalidated(&new), "the new record's head is not the 304's");
+    assert!(
+        new.body() == body,
+        "the new record's body is not the stored body"
     );
-    assert_eq!(
-        body_after.mtime_nsec(),
-        body_before.mtime_nsec(),
-        "the body file was rewritten"
+    assert_eq!(new.key, old.key);
+    assert!(
+        new.gen > old.gen || (new.gen == old.gen && new.offset >= old.offset + old.span()),
+        "the new record is not after the old one in the log: {new:?} / {old:?}"
     );
-    assert_eq!(
-        body_after.mtime(),
-        body_before.mtime(),
-        "the body file was rewritten"
+    // the old record is left as it was, byte for byte, until its segment is recycled
+    assert!(
+        old.read(0, old.span()) == old_bytes,
+        "the old record was rewritten in place"
     );
 
     // after a restart the freshened head is what is served: a fresh hit, no origin request

@@ -12,7 +12,7 @@ pub mod origin;
 pub mod tls;
 
 pub use asserts::{assert_hit, assert_stored_miss};
-pub use disk::{files_under, object_files, stop_ok, wait_disk_objects};
+pub use disk::{files_under, stop_ok, wait_disk_objects};
 pub use node::{
     assert_refused, assert_refused_text, free_port, outpost_bin, run_check, Node, NodeConfig,
 };
