@@ -10,13 +10,19 @@
 //! has removed it yet.
 //!
 //! 64 shards, each a mutex over a `hashbrown` table. Each shard is either ready or still being
-//! loaded from the checkpoint at start-up ([`Directory::load_shard`]): until then lookups in
+//! loaded from the checkpoint at start-up ([`Directory::stage_shard`], [`Directory::finish_shard`]): until then lookups in
 //! it miss, writes go in, and removals are remembered so that the load cannot bring back an
 //! object purged meanwhile.
 
 use hashbrown::HashTable;
 use parking_lot::Mutex;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+
+fn sorted(fps: &[u64]) -> Vec<u64> {
+    let mut v = fps.to_vec();
+    v.sort_unstable();
+    v
+}
 
 /// Number of shards (a power of two).
 pub const SHARDS: usize = 64;
@@ -135,8 +141,9 @@ impl Entry {
 struct Shard {
     table: HashTable<Entry>,
     ready: bool,
-    /// Fingerprints removed before the shard was loaded.
-    removed: Vec<u64>,
+    /// Fingerprints written or removed before the shard was loaded: what recovery finds of
+    /// them is older.
+    touched: Vec<u64>,
 }
 
 impl Shard {
@@ -194,7 +201,7 @@ pub struct Directory {
 }
 
 impl Directory {
-    /// An empty directory; `ready` false: every shard waits for [`Directory::load_shard`].
+    /// An empty directory; `ready` false: every shard waits for [`Directory::finish_shard`].
     pub fn new(ready: bool) -> Directory {
         let shards = (0..SHARDS)
             .map(|_| {
@@ -273,7 +280,11 @@ impl Directory {
 
     /// Point `key` at `entry` (replacing what it pointed at).
     pub fn insert(&self, entry: Entry) {
-        if self.shard(entry.fp()).lock().put(entry) {
+        let mut shard = self.shard(entry.fp()).lock();
+        if !shard.ready {
+            shard.touched.push(entry.fp());
+        }
+        if shard.put(entry) {
             self.len.fetch_add(1, Ordering::Relaxed);
         }
     }
@@ -296,7 +307,7 @@ impl Directory {
         let fp = fingerprint(key);
         let mut shard = self.shard(fp).lock();
         if !shard.ready {
-            shard.removed.push(fp);
+            shard.touched.push(fp);
         }
         let gone = shard.take(fp, None).is_some();
         if gone {
@@ -361,13 +372,54 @@ impl Directory {
         shard.table.len() as u64
     }
 
-    /// Shard `i` as it was recovered: `entries` (from the checkpoint) then `ops` (the log
-    /// after it: `Some` stores, `None` removes), each kept only if `valid`. Objects written
-    /// and removed since start-up win over what was recovered. Makes the shard ready.
-    pub fn load_shard(
+    /// Load `entries` (from the checkpoint) into shard `i`, still not ready, each only if
+    /// `valid` and its key was not written or removed since start-up (those are newer).
+    pub fn stage_shard(
         &self,
         i: usize,
-        entries: impl Iterator<Item = Entry>,
+        entries: impl ExactSizeIterator<Item = Entry>,
+        valid: impl Fn(&Entry) -> bool,
+    ) {
+        let mut shard = self.shards[i].lock();
+        if shard.ready {
+            return;
+        }
+        let touched = sorted(&shard.touched);
+        let before = shard.table.len();
+        shard.table.reserve(entries.len(), |e| hash(e.fp()));
+        for e in entries {
+            if touched.binary_search(&e.fp()).is_err() && valid(&e) {
+                shard.put(e);
+            }
+        }
+        let added = (shard.table.len() - before) as u64;
+        drop(shard);
+        self.len.fetch_add(added, Ordering::Relaxed);
+    }
+
+    /// Drop what [`Directory::stage_shard`] loaded into shard `i` (a checkpoint found damaged
+    /// after all), keeping what was written since start-up.
+    pub fn unstage_shard(&self, i: usize) {
+        let mut shard = self.shards[i].lock();
+        if shard.ready {
+            return;
+        }
+        let touched = sorted(&shard.touched);
+        let before = shard.table.len();
+        shard
+            .table
+            .retain(|e| touched.binary_search(&e.fp()).is_ok());
+        let removed = (before - shard.table.len()) as u64;
+        drop(shard);
+        self.len.fetch_sub(removed, Ordering::Relaxed);
+    }
+
+    /// Apply `ops` (the log after the checkpoint, in order: `Some` stores, `None` removes) to
+    /// shard `i`, each only if `valid` and its key was not written or removed since start-up;
+    /// then the shard is ready.
+    pub fn finish_shard(
+        &self,
+        i: usize,
         ops: &[(u64, Option<Entry>)],
         valid: impl Fn(&Entry) -> bool,
     ) {
@@ -375,21 +427,10 @@ impl Directory {
         if shard.ready {
             return;
         }
-        let live: Vec<u64> = shard.table.iter().map(Entry::fp).collect();
-        let mut removed = std::mem::take(&mut shard.removed);
-        removed.extend_from_slice(&live);
-        removed.sort_unstable();
-        let untouched = |fp: u64| removed.binary_search(&fp).is_err();
-        let before = shard.table.len();
-        let extra = entries.size_hint().0;
-        shard.table.reserve(extra, |e| hash(e.fp()));
-        for e in entries {
-            if untouched(e.fp()) && valid(&e) {
-                shard.put(e);
-            }
-        }
+        let touched = sorted(&shard.touched);
+        let before = shard.table.len() as i64;
         for (fp, op) in ops {
-            if !untouched(*fp) {
+            if touched.binary_search(fp).is_ok() {
                 continue;
             }
             match op {
@@ -401,11 +442,15 @@ impl Directory {
                 }
             }
         }
-        let added = shard.table.len() as u64 - before as u64;
+        let delta = shard.table.len() as i64 - before;
         shard.ready = true;
-        shard.removed = Vec::new();
+        shard.touched = Vec::new();
         drop(shard);
-        self.len.fetch_add(added, Ordering::Relaxed);
+        if delta >= 0 {
+            self.len.fetch_add(delta as u64, Ordering::Relaxed);
+        } else {
+            self.len.fetch_sub(delta.unsigned_abs(), Ordering::Relaxed);
+        }
         self.ready.fetch_add(1, Ordering::Release);
         self.loaded.send_replace(());
     }
@@ -509,7 +554,8 @@ mod tests {
                 .into_iter()
                 .filter(|e| Directory::shard_index(e.fp()) == i)
                 .collect();
-            d.load_shard(i, mine.into_iter(), &[], |_| true);
+            d.stage_shard(i, mine.into_iter(), |_| true);
+            d.finish_shard(i, &[], |_| true);
         }
         assert!(d.complete());
         assert_eq!(d.get(a), Lookup::Found(live), "written since start-up wins");

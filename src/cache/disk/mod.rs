@@ -250,7 +250,6 @@ impl DiskTier {
         let segs = recover::open_segments(self);
         let base = segs.last().map_or(0, |s| s.gen);
         self.log.state.lock().prepared = base;
-        let cp = recover::read_checkpoint(&self.root, self.log.geo);
         if let Err(e) = self.prepare(base + 1) {
             self.metrics.disk_write_errors.inc();
             self.fault(
@@ -262,7 +261,7 @@ impl DiskTier {
         let loader = self.clone();
         let spawned = std::thread::Builder::new()
             .name("disk-recover".into())
-            .spawn(move || recover::recover(&loader, segs, cp));
+            .spawn(move || recover::recover(&loader, segs));
         if let Err(e) = spawned {
             tracing::error!(error = %e, "cannot start the disk recovery thread");
         }
@@ -563,6 +562,22 @@ impl DiskTier {
             .log
             .segments(f.pos.gen, end.gen)
             .ok_or(ReadFailure::Missing)?;
+        // the files must hold the whole body: a cut-short segment is a miss now, not a
+        // response cut off later
+        let body_end = self
+            .log
+            .geo
+            .advance(f.pos, f.header.prefix_len() + f.header.body_len);
+        for seg in &segs {
+            let need = if seg.gen == body_end.gen {
+                body_end.off
+            } else {
+                self.log.geo.seg
+            };
+            if seg.file.metadata()?.len() < need {
+                return Err(ReadFailure::Corrupt("segment cut short (truncated?)"));
+            }
+        }
         let head = record.head.clone();
         let hit = StreamHit::open(self.clone(), f.entry, segs, f.pos, record)?;
         Ok(DiskHit::Stream { head, hit })

@@ -17,7 +17,6 @@ use super::{DiskTier, Fault};
 use bytes::Bytes;
 use std::fs::{self, File};
 use std::io::{self, BufWriter, Write};
-use std::ops::Range;
 use std::path::Path;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -29,22 +28,6 @@ const FORMAT: u32 = 1;
 const CP_HEADER: usize = 64;
 const HASH_AT: usize = 56;
 const RECORD_MAGIC: &[u8; 4] = b"OPR1";
-
-/// A checkpoint read back and checked.
-pub struct Checkpoint {
-    /// The log position it covers (the log from here on is replayed).
-    pub at: Pos,
-    data: Bytes,
-    shards: Vec<Range<usize>>,
-}
-
-impl Checkpoint {
-    fn entries(&self, shard: usize) -> impl ExactSizeIterator<Item = Entry> + '_ {
-        self.data[self.shards[shard].clone()]
-            .chunks_exact(ENTRY_BYTES)
-            .map(Entry::from_bytes)
-    }
-}
 
 fn word(b: &[u8], at: usize) -> u64 {
     let mut w = [0u8; 8];
@@ -103,74 +86,54 @@ pub fn write_checkpoint(tier: &DiskTier, at: Pos) -> io::Result<()> {
     }
 }
 
-/// Read the checkpoint under `root`, if there is a sound one of this geometry.
-pub fn read_checkpoint(root: &Path, geo: Geometry) -> Option<Checkpoint> {
-    let data = match fs::read(root.join("directory")) {
-        Ok(d) => Bytes::from(d),
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return None,
-        Err(e) => {
-            tracing::warn!(error = %e, "disk tier checkpoint unreadable; replaying the whole log");
-            return None;
-        }
-    };
-    match parse_checkpoint(data, geo) {
-        Ok(cp) => Some(cp),
-        Err(why) => {
-            tracing::warn!(
-                why,
-                "disk tier checkpoint unusable; replaying the whole log"
-            );
-            None
-        }
+/// Stage the entries of the checkpoint under `root` (covering the log up to `at`) into the
+/// directory, reading it shard by shard: the objects staged, or why it is unusable (then what
+/// was staged must be dropped).
+fn stage_checkpoint(
+    tier: &DiskTier,
+    at: Pos,
+    valid: impl Fn(&Entry) -> bool + Copy,
+) -> Result<u64, String> {
+    use std::io::Read;
+    let file = File::open(tier.root.join("directory")).map_err(|e| e.to_string())?;
+    let len = file.metadata().map_err(|e| e.to_string())?.len();
+    let mut f = io::BufReader::with_capacity(1 << 20, file);
+    let mut h = [0u8; CP_HEADER];
+    f.read_exact(&mut h).map_err(|e| e.to_string())?;
+    if checkpoint_header(&h, tier.log.geo) != Some(at) {
+        return Err("checkpoint replaced while read".into());
     }
-}
-
-fn parse_checkpoint(data: Bytes, geo: Geometry) -> Result<Checkpoint, &'static str> {
-    if data.len() < CP_HEADER || &data[..4] != MAGIC {
-        return Err("not a checkpoint");
-    }
-    if word(&data, HASH_AT) != xxh3_64(&data[..HASH_AT]) {
-        return Err("checkpoint header checksum mismatch");
-    }
-    if u32::from_le_bytes([data[4], data[5], data[6], data[7]]) != FORMAT
-        || word(&data, 8) != geo.slots
-        || word(&data, 16) != geo.seg
-    {
-        return Err("checkpoint of another format or disk_size");
-    }
-    let at = Pos {
-        gen: word(&data, 24),
-        off: word(&data, 32),
-    };
-    let mut shards = Vec::with_capacity(SHARDS);
-    let mut i = CP_HEADER;
-    for _ in 0..SHARDS {
-        let count = data
-            .get(i..i + 8)
-            .map(|_| word(&data, i))
-            .ok_or("checkpoint cut short")?;
-        let len = usize::try_from(count)
-            .ok()
-            .and_then(|c| c.checked_mul(ENTRY_BYTES))
+    let mut consumed = CP_HEADER as u64;
+    let mut buf = Vec::new();
+    let mut word8 = [0u8; 8];
+    let mut total = 0;
+    for i in 0..SHARDS {
+        f.read_exact(&mut word8)
+            .map_err(|_| "checkpoint cut short")?;
+        let count = u64::from_le_bytes(word8);
+        let bytes = count
+            .checked_mul(ENTRY_BYTES as u64)
+            .filter(|b| consumed + 16 + b <= len)
             .ok_or("checkpoint count out of range")?;
-        let start = i + 8;
-        let end = start
-            .checked_add(len)
-            .ok_or("checkpoint count out of range")?;
-        let hash = data
-            .get(end..end + 8)
-            .map(|_| word(&data, end))
-            .ok_or("checkpoint cut short")?;
-        if xxh3_64(&data[start..end]) != hash {
-            return Err("checkpoint checksum mismatch");
+        buf.resize(bytes as usize, 0);
+        f.read_exact(&mut buf).map_err(|_| "checkpoint cut short")?;
+        f.read_exact(&mut word8)
+            .map_err(|_| "checkpoint cut short")?;
+        if xxh3_64(&buf) != u64::from_le_bytes(word8) {
+            return Err("checkpoint checksum mismatch".into());
         }
-        shards.push(start..end);
-        i = end + 8;
+        tier.dir.stage_shard(
+            i,
+            buf.chunks_exact(ENTRY_BYTES).map(Entry::from_bytes),
+            valid,
+        );
+        consumed += 16 + bytes;
+        total += count;
     }
-    if i != data.len() {
-        return Err("checkpoint length mismatch");
+    if consumed != len {
+        return Err("checkpoint length mismatch".into());
     }
-    Ok(Checkpoint { at, data, shards })
+    Ok(total)
 }
 
 /// Open the segment files under the log's directory and install them; sorted by generation.
@@ -216,27 +179,46 @@ pub fn open_segments(tier: &DiskTier) -> Vec<Arc<Segment>> {
     found
 }
 
-/// Rebuild the directory: the checkpoint's entries, then the log after it (every segment, if
-/// there is no usable checkpoint). Runs on its own thread at start-up.
-pub fn recover(tier: &DiskTier, segs: Vec<Arc<Segment>>, cp: Option<Checkpoint>) {
-    let started = Instant::now();
+/// Where the checkpoint under `root` says the log is to be replayed from, if it has a sound
+/// header of this geometry (its entries are checked when read).
+fn checkpoint_at(root: &Path, geo: Geometry) -> Option<Pos> {
+    use std::io::Read;
+    let mut h = [0u8; CP_HEADER];
+    File::open(root.join("directory"))
+        .ok()?
+        .read_exact(&mut h)
+        .ok()?;
+    checkpoint_header(&h, geo)
+}
+
+/// The log position a checkpoint header covers, if it is sound and of this geometry.
+fn checkpoint_header(h: &[u8; CP_HEADER], geo: Geometry) -> Option<Pos> {
+    let sound = &h[..4] == MAGIC
+        && word(h, HASH_AT) == xxh3_64(&h[..HASH_AT])
+        && u32::from_le_bytes([h[4], h[5], h[6], h[7]]) == FORMAT
+        && word(h, 8) == geo.slots
+        && word(h, 16) == geo.seg;
+    sound.then(|| Pos {
+        gen: word(h, 24),
+        off: word(h, 32),
+    })
+}
+
+/// The log's operations per shard, from `pos` on: (records replayed, damaged).
+fn replay_from(
+    tier: &DiskTier,
+    segs: &[Arc<Segment>],
+    mut pos: Pos,
+    ops: &mut [Vec<(u64, Option<Entry>)>],
+) -> (u64, u64) {
     let geo = tier.log.geo;
-    let mut ops: Vec<Vec<(u64, Option<Entry>)>> = vec![Vec::new(); SHARDS];
-    let mut pos = match &cp {
-        Some(c) => c.at,
-        None => Pos {
-            gen: segs.first().map_or(u64::MAX, |s| s.gen),
-            off: DATA_START,
-        },
-    };
-    let mut replayed = 0u64;
-    let mut damaged = 0u64;
+    let (mut replayed, mut damaged) = (0u64, 0u64);
     while let Some(seg) = segs
         .binary_search_by_key(&pos.gen, |s| s.gen)
         .ok()
         .map(|i| &segs[i])
     {
-        pos = match replay_segment(tier, seg, pos.off, &mut ops, &mut replayed, &mut damaged) {
+        pos = match replay_segment(tier, seg, pos.off, ops, &mut replayed, &mut damaged) {
             Ok(next) => next,
             Err(e) => {
                 tier.fault(
@@ -257,12 +239,49 @@ pub fn recover(tier: &DiskTier, segs: Vec<Arc<Segment>>, cp: Option<Checkpoint>)
             };
         }
     }
+    (replayed, damaged)
+}
+
+/// Rebuild the directory: the checkpoint's entries (read on a second thread), and the log
+/// after it (every segment, if there is no usable checkpoint). Runs on its own thread at
+/// start-up; each shard is ready once both are in.
+pub fn recover(tier: &DiskTier, segs: Vec<Arc<Segment>>) {
+    let started = Instant::now();
+    let geo = tier.log.geo;
+    let oldest = Pos {
+        gen: segs.first().map_or(u64::MAX, |s| s.gen),
+        off: DATA_START,
+    };
+    let at = checkpoint_at(&tier.root, geo);
     let valid = |e: &Entry| tier.log.segment_of(&e.loc()).is_some();
-    for (i, ops) in ops.iter().enumerate() {
-        match &cp {
-            Some(c) => tier.dir.load_shard(i, c.entries(i), ops, valid),
-            None => tier.dir.load_shard(i, std::iter::empty(), ops, valid),
+    let mut ops: Vec<Vec<(u64, Option<Entry>)>> = vec![Vec::new(); SHARDS];
+    let (checkpoint, (mut replayed, mut damaged)) = std::thread::scope(|s| {
+        let staged = at.map(|at| {
+            s.spawn(move || match stage_checkpoint(tier, at, valid) {
+                Ok(objects) => Some(objects),
+                Err(why) => {
+                    tracing::warn!(
+                        why,
+                        "disk tier checkpoint unusable; replaying the whole log"
+                    );
+                    None
+                }
+            })
+        });
+        let tail = replay_from(tier, &segs, at.unwrap_or(oldest), &mut ops);
+        let loaded = staged.and_then(|t| t.join().ok().flatten());
+        (loaded, tail)
+    });
+    if at.is_some() && checkpoint.is_none() {
+        // the checkpoint was damaged after all: the whole log, then
+        for (i, ops) in ops.iter_mut().enumerate() {
+            tier.dir.unstage_shard(i);
+            ops.clear();
         }
+        (replayed, damaged) = replay_from(tier, &segs, oldest, &mut ops);
+    }
+    for (i, ops) in ops.iter().enumerate() {
+        tier.dir.finish_shard(i, ops, valid);
     }
     if replayed > 0 {
         tier.changes.fetch_add(1, Ordering::Relaxed);
@@ -272,7 +291,7 @@ pub fn recover(tier: &DiskTier, segs: Vec<Arc<Segment>>, cp: Option<Checkpoint>)
     }
     tracing::info!(
         objects = tier.dir.len(),
-        checkpoint = cp.is_some(),
+        checkpoint = checkpoint.is_some(),
         replayed,
         damaged,
         segments = segs.len(),

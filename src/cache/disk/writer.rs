@@ -89,6 +89,13 @@ enum Work {
     Stop,
 }
 
+/// A checkpoint is written once this much log was appended since the last one (whatever the
+/// time): the log a restart after a crash replays stays within it. Twice the checkpoint's
+/// size, so that checkpoints add at most half to what a fill writes.
+fn tail_limit(objects: u64) -> u64 {
+    (objects * 2 * super::directory::ENTRY_BYTES as u64).max(256 << 20)
+}
+
 /// The checkpoint interval for a directory of `objects` objects.
 fn checkpoint_interval(objects: u64) -> Duration {
     CHECKPOINT_EVERY + Duration::from_secs(objects / 1_000_000)
@@ -101,6 +108,7 @@ impl DiskTier {
         let mut links_at = Instant::now() + LINK_CHECK;
         let mut checkpoint_at = Instant::now();
         let mut changes_then = self.changes.load(Ordering::Relaxed);
+        let mut appended_then = self.appended.load(Ordering::Relaxed);
         loop {
             let work = {
                 let mut st = self.log.state.lock();
@@ -148,12 +156,13 @@ impl DiskTier {
                         break Work::Stop;
                     }
                     let changes = self.changes.load(Ordering::Relaxed);
-                    if changes != changes_then
-                        && now >= checkpoint_at + checkpoint_interval(self.dir.len())
-                        && self.dir.complete()
-                        && self.checkpoint_here(&mut st)
-                    {
+                    let appended = self.appended.load(Ordering::Relaxed);
+                    let due = (changes != changes_then
+                        && now >= checkpoint_at + checkpoint_interval(self.dir.len()))
+                        || appended - appended_then >= tail_limit(self.dir.len());
+                    if due && self.dir.complete() && self.checkpoint_here(&mut st) {
                         changes_then = changes;
+                        appended_then = appended;
                         checkpoint_at = now;
                         continue;
                     }
