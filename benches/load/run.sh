@@ -15,7 +15,7 @@
 #   DISK_OBJECTS=2000    100 KiB objects of the "hits from disk" row (0 = skip the row)
 #   RESTART_OBJECTS=1000000  objects in the disk cache of the restart measurement (0 = skip it)
 #   RESTART_NGINX=1      also time an nginx restart on a proxy_cache dir of RESTART_OBJECTS files
-#   RESTART_TIMEOUT=900  seconds to wait for Outpost's index scan / nginx's cache loader
+#   RESTART_TIMEOUT=900  seconds to wait for Outpost's directory recovery / nginx's cache loader
 #   DISK_FILL_BIN=path   examples/disk_fill binary (default: beside OUTPOST_BIN, or
 #                        target/release/examples/disk_fill)
 #   KEEP_TMP=1           keep the proxy cache directories (wrk outputs and logs are always kept)
@@ -359,6 +359,7 @@ to_ms() { # wrk latency "1.23ms" / "512.00us" / "1.02s" / "1.00m" -> ms
 
 declare -A RPS P99 REQS CPU EFF ORIG FLAG MEM DISK OTHER TIER_D TIER_M USR SYS
 FAILED=()
+DROPPED=
 SCENARIOS=(hit-1k hit-100k hit-10k-keys pass hit-page-br)
 ((DISK_OBJECTS)) && SCENARIOS+=(disk-hits)
 declare -A SC_DESC=(
@@ -475,9 +476,13 @@ bench_proxy() { # proxy port
   n=$(tail -n "+$((o0 + 1))" "$ORIGIN_LOG" | head -n "$((o1 - o0))" | awk '$1 ~ /^\/k\//' | sort -u | wc -l)
   ((n == KEYS)) || warn "$proxy: warming fetched $n distinct /k/ keys from the origin, expected $KEYS"
   for k in 0 4321 $((KEYS - 1)); do warm_check "$proxy" "$base/k/$k" 1024 || FLAG[$proxy,hit-10k-keys]='*'; done
-  # Outpost writes the fill to its disk tier behind the responses: let that finish, or the file
-  # creations (~2,500 objects/s) land in the measured run's CPU time
-  [[ $proxy == outpost ]] && { wait_disk_objects "$KEYS" 60 || true; }
+  # Outpost writes the fill to its disk tier behind the responses: let that finish, or the
+  # writer thread's work lands in the measured run's CPU time
+  if [[ $proxy == outpost ]]; then
+    wait_disk_objects "$KEYS" 60 || true
+    scrape "$T/metrics.drops"
+    DROPPED="after the $KEYS-key warm-up: $(metric "$T/metrics.drops" outpost_cache_disk_writes_dropped_total)"
+  fi
   run_wrk "$proxy" hit-10k-keys "$base" "$KEYS" /k/
   # (d) pass-through
   o0=$(origin_count)
@@ -516,6 +521,10 @@ bench_proxy() { # proxy port
     done
   fi
   r1=$(rss_kb "$MEM_PID")
+  if [[ $proxy == outpost ]]; then
+    scrape "$T/metrics.drops"
+    DROPPED+=", after the $MEM_OBJECTS-object fill: $(metric "$T/metrics.drops" outpost_cache_disk_writes_dropped_total) (write errors: $(metric "$T/metrics.drops" outpost_cache_disk_write_errors_total))"
+  fi
   objs=$(tail -n "+$((o0 + 1))" "$ORIGIN_LOG" | head -n "$((o1 - o0))" | awk '$1 ~ /^\/m\//' | sort -u | wc -l)
   log "$proxy: filled $objs objects in $((SECONDS - t0)) s, RSS $r0 kB -> $r1 kB (pid $MEM_PID)"
   ((objs >= MEM_OBJECTS * 99 / 100)) || warn "$proxy: only $objs of $MEM_OBJECTS /m/ objects reached the origin during the fill"
@@ -1047,6 +1056,7 @@ fmt='%-16s | %13s | %11s | %13s | %11s | %9s | %11s | %15s | %17s\n'
     "$(ratio_low "${MEM[outpost]:-}" "${MEM[varnish]:-}")" ""
   echo
   echo "bytes/object: RSS growth of the proxy worker (outpost process, nginx worker, varnish cache-main)"
+  [[ -n ${DROPPED:-} ]] && echo "Outpost disk writes dropped (the disk tier could not keep up): $DROPPED"
   echo "  while filling $MEM_OBJECTS distinct 1 KiB objects, divided by the objects fetched; ratio = outpost / varnish (lower is better;"
   echo "  varnish is the peer that also keeps bodies in memory)."
   [[ -n ${DISK[nginx]:-} ]] && echo "  nginx keeps bodies on disk (page cache, not RSS): its cache dir held ${DISK[nginx]} bytes/object; its RSS is the keys_zone."
@@ -1098,7 +1108,7 @@ fmt='%-16s | %13s | %11s | %13s | %11s | %9s | %11s | %15s | %17s\n'
     echo
     echo "restart to first hit on a large disk cache: $RESTART_OBJECTS objects of 512 B, ${PAGE_CACHE:-page cache state unknown}; times from process start"
     fmt3='%-13s | %15s | %9s | %9s | %-48s | %30s | %27s | %11s\n'
-    printf "$fmt3" proxy "objects on disk" listening "first hit" "first response" "index scan / cache loader done" "RSS after the scan" "origin reqs"
+    printf "$fmt3" proxy "objects on disk" listening "first hit" "first response" "directory recovered / cache loader done" "RSS after recovery" "origin reqs"
     printf '%s\n' "$(printf "$fmt3" | sed 's/[^|]/-/g')"
     for p in outpost-crash outpost nginx; do
       [[ -n ${R[$p,listen]:-}${R[$p,failed]:-} ]] || continue

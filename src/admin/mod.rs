@@ -168,8 +168,9 @@ impl ServeHttp for AdminApp {
             "/healthz" if method == Method::GET => {
                 respond(StatusCode::OK, "application/json", r#"{"status":"ok"}"#)
             }
-            // Ready once the listeners are up: the disk tier answers lookups from its files
-            // while its index is rebuilt in the background (only eviction waits for it).
+            // Ready once the listeners are up and the disk tier's directory is recovered (the
+            // node serves meanwhile: a lookup in a part not yet recovered waits up to 1 s, then
+            // misses).
             "/readyz" if method == Method::GET => {
                 let scanning = self
                     .node

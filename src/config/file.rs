@@ -260,7 +260,7 @@ pub struct AdminSection {
     pub token: Option<String>,
     /// Name of an environment variable holding the bearer token.
     pub token_env: Option<String>,
-    /// Report ready before the disk tier's index scan completes.
+    /// Report ready before the disk tier's directory is recovered.
     pub ready_during_disk_scan: Option<bool>,
 }
 

@@ -210,9 +210,9 @@ pub struct AdminConfig {
     pub listen: SocketAddr,
     /// Bearer token; `None` means admin calls other than health checks are refused.
     pub token: Option<Secret>,
-    /// `GET /readyz` answers ready while the disk tier's index is still being rebuilt (the
-    /// node serves meanwhile: lookups read the files directly). Default false: ready once the
-    /// listeners are up and the index scan is complete.
+    /// `GET /readyz` answers ready while the disk tier's directory is still being recovered
+    /// (the node serves meanwhile: disk lookups wait for their part of it, up to 1 s). Default
+    /// false: ready once the listeners are up and the disk tier's directory is recovered.
     pub ready_during_disk_scan: bool,
 }
 

@@ -31,7 +31,7 @@ pub struct PassReport {
 }
 
 /// Apply the bans in force to every stored object, then retire those that no object can have
-/// escaped. `None`: nothing to do yet (no bans, or the disk index is still being rebuilt, so
+/// escaped. `None`: nothing to do yet (no bans, or the disk directory is still being recovered, so
 /// not every object can be visited). An error: the pass's changes could not be made durable;
 /// no ban was retired.
 pub async fn pass(

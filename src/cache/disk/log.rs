@@ -568,10 +568,41 @@ impl Log {
 /// segment ends): the bytes read.
 pub fn read_head(seg: &Segment, pos: Pos, want: u64, geo: Geometry) -> io::Result<Bytes> {
     let want = want.max(HEADER as u64).min(geo.seg.saturating_sub(pos.off));
-    let mut buf = vec![0u8; want as usize];
-    let n = read_full(&seg.file, &mut buf, pos.off)?;
-    buf.truncate(n);
-    Ok(Bytes::from(buf))
+    read_fresh(&seg.file, want as usize, pos.off).map(Bytes::from)
+}
+
+/// Read up to `len` bytes at `off` into a new buffer, without zeroing it first (a hit reads
+/// up to a whole object this way: zeroing it would cost a pass over it).
+pub fn read_fresh(file: &File, len: usize, off: u64) -> io::Result<Vec<u8>> {
+    use std::os::fd::AsRawFd;
+    let mut buf: Vec<u8> = Vec::with_capacity(len);
+    let mut done = 0usize;
+    while done < len {
+        let at = libc::off_t::try_from(off + done as u64).map_err(io::Error::other)?;
+        // SAFETY: the destination is the vector's spare capacity (`len - done` bytes from
+        // `done`), and `file` is open for the duration of the call.
+        let n = unsafe {
+            libc::pread(
+                file.as_raw_fd(),
+                buf.as_mut_ptr().add(done).cast(),
+                len - done,
+                at,
+            )
+        };
+        match n {
+            0 => break,
+            n if n > 0 => done += n as usize,
+            _ => {
+                let e = io::Error::last_os_error();
+                if e.kind() != ErrorKind::Interrupted {
+                    return Err(e);
+                }
+            }
+        }
+        // SAFETY: the kernel wrote `done` bytes from the start.
+        unsafe { buf.set_len(done) };
+    }
+    Ok(buf)
 }
 
 /// Check that the bytes at the start of `buf` are an object record of `key` in `seg`.

@@ -272,18 +272,20 @@ impl DiskTier {
         if let Err(e) = spawned {
             tracing::error!(error = %e, "cannot start the disk writer thread");
         }
-        self.active.store(true, Ordering::Release);
-        let (waiting, _) = std::mem::take(&mut *self.waiting.lock());
-        for w in waiting {
+        // what waited goes first, in order; writes made meanwhile wait on the lock behind it
+        let mut waiting = self.waiting.lock();
+        for w in std::mem::take(&mut waiting.0) {
             match w {
                 Waiting::Put(key, object) => {
-                    self.put(key, object);
+                    self.put_now(key, object);
                 }
                 Waiting::Remove(key) => {
-                    self.remove(key);
+                    self.remove_now(key);
                 }
             }
         }
+        waiting.1 = 0;
+        self.active.store(true, Ordering::Release);
         true
     }
 
@@ -425,6 +427,13 @@ impl DiskTier {
         let header = match log::header_of(&bytes, key, &seg) {
             Ok(h) if h.kind == Kind::Object => h,
             Ok(_) => return Err(ReadFailure::Corrupt("record is not an object")),
+            // another key with the same 56 bits: not damage, just not this key's
+            Err(_)
+                if Header::peek(&bytes)
+                    .is_ok_and(|h| fingerprint(h.key) == fingerprint(key) && h.key != key) =>
+            {
+                return Err(ReadFailure::Missing)
+            }
             Err(why) => return Err(ReadFailure::Corrupt(why)),
         };
         Ok(Found {
@@ -628,6 +637,11 @@ impl DiskTier {
         if !self.active.load(Ordering::Acquire) {
             return self.wait_with(Waiting::Put(key, object));
         }
+        self.put_now(key, object)
+    }
+
+    /// [`DiskTier::put`] into the log (this process holds the directory).
+    fn put_now(&self, key: u128, object: DiskObject) -> bool {
         let digest = BodyDigest::of(&object.body);
         let body_len = object.body.len() as u64;
         let prefix = HEADER as u64 + 8 * u64::from(blocks_for(body_len)) + object.head.len() as u64;
@@ -730,8 +744,8 @@ impl DiskTier {
         if self.active.load(Ordering::Acquire) {
             drop(waiting);
             return match w {
-                Waiting::Put(k, o) => self.put(k, o),
-                Waiting::Remove(k) => self.remove(k),
+                Waiting::Put(k, o) => self.put_now(k, o),
+                Waiting::Remove(k) => self.remove_now(k),
             };
         }
         if waiting.1 + size > MAX_QUEUED_BYTES {
@@ -815,13 +829,19 @@ impl DiskTier {
     /// appended so that a restart does not bring it back ([`DiskTier::flush_queued_so_far`]
     /// makes it durable).
     pub fn remove(&self, key: u128) -> bool {
-        let spooling = self.cancel_spools(key);
-        let inflight = self.cancel_inflight(key);
         if !self.active.load(Ordering::Acquire) {
+            let spooling = self.cancel_spools(key);
             let found = self.dir.remove(key);
             self.wait_with(Waiting::Remove(key));
-            return found || spooling || inflight;
+            return found || spooling;
         }
+        self.remove_now(key)
+    }
+
+    /// [`DiskTier::remove`] with a tombstone in the log (this process holds the directory).
+    fn remove_now(&self, key: u128) -> bool {
+        let spooling = self.cancel_spools(key);
+        let inflight = self.cancel_inflight(key);
         let mut st = self.log.state.lock();
         let found = self.dir.remove(key);
         if found || spooling || inflight || !self.dir.complete() {

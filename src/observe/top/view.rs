@@ -285,7 +285,7 @@ fn cache(f: &mut Frame, iv: &Interval) {
     if !status["disk"].is_null() {
         let _ = write!(line, "   {}", tier("disk"));
         if status["disk"]["index"] == "scanning" {
-            line.push_str(", index scanning");
+            line.push_str(", directory recovering");
         }
     }
     f.line(line);
