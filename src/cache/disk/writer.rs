@@ -393,6 +393,7 @@ impl DiskTier {
             return false;
         };
         encode_tombstone(key, at.gen, nonce, &mut st.active);
+        st.queued += span;
         true
     }
 
