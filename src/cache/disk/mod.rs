@@ -236,7 +236,7 @@ impl DiskTier {
             }
             Err(e) => {
                 // unusable directory: go on without the lock (reads may still work); writes
-                // fail and are counted until it is usable
+                // fail and are counted until it is usable, and the writer takes the lock then
                 self.fault(
                     Fault::Open,
                     &e,
@@ -290,7 +290,7 @@ impl DiskTier {
     }
 
     /// Take the `lock` file: Ok(false) if another process holds it.
-    fn take_lock(&self) -> io::Result<bool> {
+    pub(super) fn take_lock(&self) -> io::Result<bool> {
         use std::os::fd::AsRawFd;
         fs::create_dir_all(&self.root)?;
         let path = self.root.join("lock");

@@ -565,6 +565,17 @@ impl DiskTier {
     /// If the cursor's segment file was unlinked (the cache directory removed), start a new
     /// segment: what is written to an unlinked file would not survive a restart.
     fn check_links(&self) {
+        if self.lock.lock().is_none() {
+            // started on a directory unusable then: take the lock now that it may be usable
+            if let Ok(false) = self.take_lock() {
+                let e = io::Error::new(io::ErrorKind::WouldBlock, "lock held elsewhere");
+                self.fault(
+                    Fault::Open,
+                    &e,
+                    "another process holds the disk tier's lock this process writes without",
+                );
+            }
+        }
         let seg = self.log.state.lock().cursor_seg.clone();
         if !seg.is_some_and(|s| s.unlinked()) {
             return;
