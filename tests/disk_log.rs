@@ -74,7 +74,12 @@ fn check(node: &Node, path: &str, want: &[u8], what: &str) -> bool {
         }
         Err(e) => panic!("{what}: {path}: {e}\n{}", node.log_tail(30)),
     };
-    assert_eq!(r.status, 200, "{what}: {path} status\n{}", node.log_tail(30));
+    assert_eq!(
+        r.status,
+        200,
+        "{what}: {path} status\n{}",
+        node.log_tail(30)
+    );
     assert!(
         r.body == want,
         "{what}: {path} served {} bytes that differ from the origin's {} (first difference at {:?})",
