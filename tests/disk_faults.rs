@@ -15,13 +15,13 @@
 //! in `outpost_cache_disk_writes_dropped_total`) until a segment can be created again.
 mod common;
 
-use std::ffi::OsStr;
 use std::fs;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::disk::{assert_segments, listing, only_record_for, records, segment_files, Kind};
+use common::disk::{
+    assert_segments, listing, only_record_for, records, run, segment_files, Kind, SmallDisk,
+};
 use common::*;
 
 /// Deadline for background work (disk writes, error counters) to show up in the metrics.
@@ -37,30 +37,6 @@ const DISK: &[(&str, &str)] = &[("tier", "disk")];
 /// What the disk tier logs when a write fails: a segment or an object not written, or a
 /// checkpoint. Each is a write fault, logged at most once per 10 s in all.
 const WRITE_FAILED_LOGS: [&str; 2] = ["disk tier write failed", "disk tier checkpoint failed"];
-
-/// Runs `program args`, returning its stderr on failure.
-fn run(program: &str, args: &[&OsStr]) -> Result<(), String> {
-    let out = Command::new(program)
-        .args(args)
-        .output()
-        .map_err(|e| format!("cannot run {program}: {e}"))?;
-    if out.status.success() {
-        Ok(())
-    } else {
-        Err(format!(
-            "`{program} {}` failed ({}): {}",
-            args.iter()
-                .map(|a| a.to_string_lossy())
-                .collect::<Vec<_>>()
-                .join(" "),
-            out.status,
-            String::from_utf8_lossy(&out.stderr)
-                .split_whitespace()
-                .collect::<Vec<_>>()
-                .join(" ")
-        ))
-    }
-}
 
 /// `dir` bind-mounted onto itself, so that it can be remounted read-only and back. Unmounted on
 /// drop (also when a test panics), lazily if it is busy.
@@ -215,58 +191,6 @@ fn assert_write_failures_logged_sparingly(node: &Node, since: Instant, what: &st
         since.elapsed(),
         node.log_tail(40)
     );
-}
-
-/// A tmpfs of `size` bytes mounted on `dir` (a disk that can be filled up). Unmounted on drop
-/// (also when a test panics), lazily if it is busy.
-struct SmallDisk {
-    dir: PathBuf,
-}
-
-impl SmallDisk {
-    fn new(dir: &Path, size: u64) -> Result<SmallDisk, String> {
-        let opts = format!("size={size}");
-        run(
-            "mount",
-            &[
-                "-t".as_ref(),
-                "tmpfs".as_ref(),
-                "-o".as_ref(),
-                opts.as_ref(),
-                "tmpfs".as_ref(),
-                dir.as_os_str(),
-            ],
-        )?;
-        Ok(SmallDisk {
-            dir: dir.to_path_buf(),
-        })
-    }
-
-    /// Fills the file system up with a file of zeros (written, so that its blocks are
-    /// allocated) until it is full; its path.
-    fn fill_up(&self) -> PathBuf {
-        use std::io::Write;
-        let path = self.dir.join("filler");
-        let mut f = fs::File::create(&path).expect("create the filler");
-        let chunk = vec![0u8; 64 * 1024];
-        loop {
-            match f.write(&chunk) {
-                Ok(0) => break,
-                Ok(_) => {}
-                Err(e) if e.raw_os_error() == Some(libc::ENOSPC) => break,
-                Err(e) => panic!("filling {}: {e}", self.dir.display()),
-            }
-        }
-        path
-    }
-}
-
-impl Drop for SmallDisk {
-    fn drop(&mut self) {
-        if run("umount", &[self.dir.as_os_str()]).is_err() {
-            let _ = run("umount", &["-l".as_ref(), self.dir.as_os_str()]);
-        }
-    }
 }
 
 /// Whether a tmpfs can be mounted here, and fills up (ENOSPC): tried on a scratch directory.

@@ -6,11 +6,11 @@
 mod common;
 
 use std::fs;
-use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
+use common::disk::{flip_bits, segment_files, truncate, SmallDisk};
 use common::*;
 
 const WAIT: Duration = Duration::from_secs(20);
@@ -52,11 +52,13 @@ fn size_of(i: usize) -> usize {
     }
 }
 
-fn paths(prefix: &str, n: usize) -> Vec<(String, Vec<u8>)> {
+/// `n` cacheable objects `<prefix>/<i>` set on `origin`: their paths and bodies.
+fn served(origin: &TestOrigin, prefix: &str, n: usize) -> Vec<(String, Vec<u8>)> {
     (0..n)
         .map(|i| {
             let p = format!("{prefix}/{i}");
             let b = body_of(&p, size_of(i));
+            origin.set(&p, cacheable(b.clone()));
             (p, b)
         })
         .collect()
@@ -94,14 +96,6 @@ fn metric(node: &Node, name: &str, labels: &[(&str, &str)]) -> f64 {
     metric_sum(&node.metrics(), name, labels)
 }
 
-/// The segment files under `cache`.
-fn segments(cache: &Path) -> Vec<PathBuf> {
-    files_under(&cache.join("segments"))
-        .into_iter()
-        .filter(|p| p.extension().is_some_and(|x| x == "seg"))
-        .collect()
-}
-
 /// The part of a segment file that holds records (before the zeros of its preallocation).
 fn written_len(path: &Path) -> u64 {
     let data = fs::read(path).expect("read segment");
@@ -126,27 +120,11 @@ impl Rng {
     }
 }
 
-fn flip(path: &Path, at: u64, mask: u8) {
-    use std::os::unix::fs::FileExt;
-    let f = fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open(path)
-        .expect("open");
-    let mut b = [0u8; 1];
-    f.read_exact_at(&mut b, at).expect("read byte");
-    b[0] ^= mask;
-    f.write_all_at(&b, at).expect("write byte");
-}
-
 #[test]
 fn sigkill_during_a_fill_storm_then_every_object_is_served_byte_for_byte() {
     const N: usize = 600;
     let origin = TestOrigin::start();
-    let objects = paths("/storm", N);
-    for (p, b) in &objects {
-        origin.set(p, cacheable(b.clone()));
-    }
+    let objects = served(&origin, "/storm", N);
     let cfg =
         NodeConfig::new(&origin.url()).cache("memory_size = \"8MiB\"\nmax_object_size = \"1MiB\"");
     let node = cfg.start();
@@ -201,10 +179,7 @@ fn sigkill_during_a_fill_storm_then_every_object_is_served_byte_for_byte() {
 fn damage_at_random_offsets_of_segments_and_checkpoint_is_never_served() {
     const N: usize = 150;
     let origin = TestOrigin::start();
-    let objects = paths("/dmg", N);
-    for (p, b) in &objects {
-        origin.set(p, cacheable(b.clone()));
-    }
+    let objects = served(&origin, "/dmg", N);
     let cfg =
         NodeConfig::new(&origin.url()).cache("memory_size = \"8MiB\"\nmax_object_size = \"1MiB\"");
     let cache = cfg.dir().join("cache");
@@ -218,18 +193,18 @@ fn damage_at_random_offsets_of_segments_and_checkpoint_is_never_served() {
     for round in 0..3 {
         // damage: bytes flipped at random in the written part of each segment, and in the
         // checkpoint (a damaged checkpoint is ignored: the whole log is replayed instead)
-        for seg in segments(&cache) {
+        for seg in segment_files(&cache) {
             let len = written_len(&seg);
             for _ in 0..20 {
                 if len > 64 {
-                    flip(&seg, 64 + rng.below(len - 64), 1 << rng.below(8));
+                    flip_bits(&seg, 64 + rng.below(len - 64), 1 << rng.below(8));
                 }
             }
         }
         let checkpoint = cache.join("directory");
         if round > 0 && checkpoint.exists() {
             let len = fs::metadata(&checkpoint).expect("stat").len();
-            flip(&checkpoint, rng.below(len), 0x10);
+            flip_bits(&checkpoint, rng.below(len), 0x10);
         }
         let node = cfg.start();
         let mut hits = 0;
@@ -255,14 +230,8 @@ fn damage_at_random_offsets_of_segments_and_checkpoint_is_never_served() {
         stop_ok(node, &format!("round {round}"));
     }
     // a segment cut short, then no checkpoint at all
-    for seg in segments(&cache) {
-        let len = written_len(&seg);
-        fs::OpenOptions::new()
-            .write(true)
-            .open(&seg)
-            .expect("open")
-            .set_len(len / 2)
-            .expect("truncate");
+    for seg in segment_files(&cache) {
+        truncate(&seg, written_len(&seg) / 2);
     }
     fs::remove_file(cache.join("directory")).expect("remove the checkpoint");
     let node = cfg.start();
@@ -280,10 +249,7 @@ fn damage_at_random_offsets_of_segments_and_checkpoint_is_never_served() {
 #[test]
 fn a_purge_is_never_undone_by_a_sigkill_and_restart() {
     let origin = TestOrigin::start();
-    let objects = paths("/p", 20);
-    for (p, b) in &objects {
-        origin.set(p, cacheable(b.clone()));
-    }
+    let objects = served(&origin, "/p", 20);
     let cfg = NodeConfig::new(&origin.url());
     let node = cfg.start();
     for (p, b) in &objects {
@@ -321,11 +287,8 @@ fn a_purge_is_never_undone_by_a_sigkill_and_restart() {
 #[test]
 fn writes_after_the_last_checkpoint_survive_a_sigkill() {
     let origin = TestOrigin::start();
-    let first = paths("/before", 30);
-    let second = paths("/after", 30);
-    for (p, b) in first.iter().chain(&second) {
-        origin.set(p, cacheable(b.clone()));
-    }
+    let first = served(&origin, "/before", 30);
+    let second = served(&origin, "/after", 30);
     let cfg = NodeConfig::new(&origin.url());
     let node = cfg.start();
     for (p, b) in &first {
@@ -370,45 +333,23 @@ fn writes_after_the_last_checkpoint_survive_a_sigkill() {
     drop(node);
 }
 
-fn mount_tmpfs(dir: &Path, size: &str) -> Result<(), String> {
-    fs::create_dir_all(dir).map_err(|e| e.to_string())?;
-    let out = Command::new("mount")
-        .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
-        .arg(dir)
-        .output()
-        .map_err(|e| e.to_string())?;
-    if out.status.success() {
-        Ok(())
-    } else {
-        Err(String::from_utf8_lossy(&out.stderr).to_string())
-    }
-}
-
-struct Unmount(PathBuf);
-
-impl Drop for Unmount {
-    fn drop(&mut self) {
-        let _ = Command::new("umount").arg("-l").arg(&self.0).status();
-    }
-}
-
 #[test]
 fn a_full_disk_is_counted_and_served_around_never_wrong() {
     let origin = TestOrigin::start();
-    let objects = paths("/full", 200);
-    for (p, b) in &objects {
-        origin.set(p, cacheable(b.clone()));
-    }
+    let objects = served(&origin, "/full", 200);
     // segments of 1 MiB (disk_size 8 MiB), on a file system of 3 MiB: the third segment does
     // not fit
     let cfg = NodeConfig::new(&origin.url())
         .cache("disk_size = \"8MiB\"\ndisk_max_object_size = \"3MiB\"");
     let cache = cfg.dir().join("cache");
-    if let Err(why) = mount_tmpfs(&cache, "3m") {
-        eprintln!("skipped: cannot mount a tmpfs here: {why}");
-        return;
-    }
-    let _unmount = Unmount(cache.clone());
+    fs::create_dir_all(&cache).expect("create the cache dir");
+    let _disk = match SmallDisk::new(&cache, 3 << 20) {
+        Ok(disk) => disk,
+        Err(why) => {
+            eprintln!("skipped: cannot mount a tmpfs here: {why}");
+            return;
+        }
+    };
     let node = cfg.start();
     for (p, b) in &objects {
         check(&node, p, b, "filling a small disk");
@@ -437,11 +378,8 @@ fn a_full_disk_is_counted_and_served_around_never_wrong() {
 #[test]
 fn an_upgrade_keeps_every_object_stored_before_and_during_the_handover() {
     let origin = TestOrigin::start();
-    let before = paths("/u/before", 60);
-    let during = paths("/u/during", 60);
-    for (p, b) in before.iter().chain(&during) {
-        origin.set(p, cacheable(b.clone()));
-    }
+    let before = served(&origin, "/u/before", 60);
+    let during = served(&origin, "/u/during", 60);
     let cfg = NodeConfig::new(&origin.url()).node("shutdown_grace = \"10s\"");
     let old = cfg.start();
     for (p, b) in &before {

@@ -12,9 +12,11 @@
 //! finding an object's bytes, before a test damages them).
 
 use std::collections::BTreeMap;
+use std::ffi::OsStr;
 use std::fs;
 use std::os::unix::fs::{FileExt, MetadataExt};
 use std::path::{Path, PathBuf};
+use std::process::Command;
 use std::time::Duration;
 
 use super::{wait_metric, Node};
@@ -487,6 +489,11 @@ pub fn flip_bytes(path: &Path, at: u64, len: usize) {
 
 /// Flip one bit pattern (0x20) of the byte at `at` of `path`.
 pub fn flip_byte(path: &Path, at: u64) {
+    flip_bits(path, at, 0x20);
+}
+
+/// Flip the bits of `mask` in the byte at `at` of `path`.
+pub fn flip_bits(path: &Path, at: u64, mask: u8) {
     let f = fs::OpenOptions::new()
         .read(true)
         .write(true)
@@ -494,7 +501,7 @@ pub fn flip_byte(path: &Path, at: u64) {
         .unwrap_or_else(|e| panic!("open {}: {e}", path.display()));
     let mut b = [0u8; 1];
     f.read_exact_at(&mut b, at).expect("read byte");
-    b[0] ^= 0x20;
+    b[0] ^= mask;
     f.write_all_at(&b, at).expect("write byte");
 }
 
@@ -528,4 +535,81 @@ pub fn stop_ok(node: Node, what: &str) {
         "{what}: graceful stop exited with {status}\n--- log (tail) ---\n{}",
         node.log_tail(60)
     );
+}
+
+/// Runs `program args`, returning its stderr on failure.
+pub fn run(program: &str, args: &[&OsStr]) -> Result<(), String> {
+    let out = Command::new(program)
+        .args(args)
+        .output()
+        .map_err(|e| format!("cannot run {program}: {e}"))?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(format!(
+            "`{program} {}` failed ({}): {}",
+            args.iter()
+                .map(|a| a.to_string_lossy())
+                .collect::<Vec<_>>()
+                .join(" "),
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+                .split_whitespace()
+                .collect::<Vec<_>>()
+                .join(" ")
+        ))
+    }
+}
+
+/// A tmpfs of `size` bytes mounted on `dir` (a disk that can be filled up). Unmounted on drop
+/// (also when a test panics), lazily if it is busy.
+pub struct SmallDisk {
+    dir: PathBuf,
+}
+
+impl SmallDisk {
+    /// Mount it (the directory must exist); why not, if it cannot be.
+    pub fn new(dir: &Path, size: u64) -> Result<SmallDisk, String> {
+        let opts = format!("size={size}");
+        run(
+            "mount",
+            &[
+                "-t".as_ref(),
+                "tmpfs".as_ref(),
+                "-o".as_ref(),
+                opts.as_ref(),
+                "tmpfs".as_ref(),
+                dir.as_os_str(),
+            ],
+        )?;
+        Ok(SmallDisk {
+            dir: dir.to_path_buf(),
+        })
+    }
+
+    /// Fills the file system up with a file of zeros (written, so that its blocks are
+    /// allocated) until it is full; its path.
+    pub fn fill_up(&self) -> PathBuf {
+        use std::io::Write;
+        let path = self.dir.join("filler");
+        let mut f = fs::File::create(&path).expect("create the filler");
+        let chunk = vec![0u8; 64 * 1024];
+        loop {
+            match f.write(&chunk) {
+                Ok(0) => break,
+                Ok(_) => {}
+                Err(e) if e.raw_os_error() == Some(libc::ENOSPC) => break,
+                Err(e) => panic!("filling {}: {e}", self.dir.display()),
+            }
+        }
+        path
+    }
+}
+
+impl Drop for SmallDisk {
+    fn drop(&mut self) {
+        if run("umount", &[self.dir.as_os_str()]).is_err() {
+            let _ = run("umount", &["-l".as_ref(), self.dir.as_os_str()]);
+        }
+    }
 }

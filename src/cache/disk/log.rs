@@ -15,7 +15,7 @@
 //! cleaner that decide what is written when are in [`super::writer`].
 
 use super::directory::Loc;
-use super::record::{Header, HEADER};
+use super::record::HEADER;
 use bytes::Bytes;
 use parking_lot::{Condvar, Mutex, RwLock};
 use std::collections::VecDeque;
@@ -524,12 +524,9 @@ impl Log {
     ) -> io::Result<()> {
         let mut done = 0usize;
         for (gen, off, len) in self.geo.pieces(start, from, buf.len() as u64) {
-            let seg = usize::try_from(gen - start.gen)
-                .ok()
-                .and_then(|i| segs.get(i))
-                .ok_or_else(|| {
-                    io::Error::new(ErrorKind::UnexpectedEof, "record past its segments")
-                })?;
+            let seg = piece_segment(segs, start, gen).ok_or_else(|| {
+                io::Error::new(ErrorKind::UnexpectedEof, "record past its segments")
+            })?;
             let part = &mut buf[done..done + len as usize];
             if read_full(&seg.file, part, off)? < part.len() {
                 return Err(io::Error::new(
@@ -552,9 +549,7 @@ impl Log {
     ) -> io::Result<()> {
         let mut done = 0usize;
         for (gen, off, len) in self.geo.pieces(start, from, bytes.len() as u64) {
-            let seg = usize::try_from(gen - start.gen)
-                .ok()
-                .and_then(|i| segs.get(i))
+            let seg = piece_segment(segs, start, gen)
                 .ok_or_else(|| io::Error::other("record past its segments"))?;
             seg.file
                 .write_all_at(&bytes[done..done + len as usize], off)?;
@@ -562,6 +557,13 @@ impl Log {
         }
         Ok(())
     }
+}
+
+/// The segment of generation `gen` among `segs`, the segments of a record starting at `start`.
+fn piece_segment(segs: &[Arc<Segment>], start: Pos, gen: u64) -> Option<&Arc<Segment>> {
+    usize::try_from(gen.checked_sub(start.gen)?)
+        .ok()
+        .and_then(|i| segs.get(i))
 }
 
 /// A record's header read at `pos` of `seg` (with at least `want` bytes of it, fewer if the
@@ -603,18 +605,6 @@ pub fn read_fresh(file: &File, len: usize, off: u64) -> io::Result<Vec<u8>> {
         unsafe { buf.set_len(done) };
     }
     Ok(buf)
-}
-
-/// Check that the bytes at the start of `buf` are an object record of `key` in `seg`.
-pub fn header_of(buf: &[u8], key: u128, seg: &Segment) -> Result<Header, &'static str> {
-    let h = Header::peek(buf)?;
-    if h.key != key {
-        return Err("record of another key");
-    }
-    if h.gen != seg.gen {
-        return Err("record of another generation");
-    }
-    Ok(h)
 }
 
 #[cfg(test)]

@@ -65,6 +65,9 @@ const MAX_QUEUED_BYTES: u64 = 256 << 20;
 /// Records up to this size go through the buffers; larger ones are written by the writer
 /// thread on their own.
 const SMALL_RECORD: u64 = (BUFFER / 2) as u64;
+/// What is logged when no segment file can be created.
+const NO_SEGMENT: &str =
+    "disk tier write failed: cannot create a segment file; objects kept in memory only";
 /// A lookup in a part of the directory still being recovered waits this long for it at most
 /// (then misses).
 const LOAD_WAIT: Duration = Duration::from_secs(1);
@@ -251,12 +254,7 @@ impl DiskTier {
         let base = segs.last().map_or(0, |s| s.gen);
         self.log.state.lock().prepared = base;
         if let Err(e) = self.prepare(base + 1) {
-            self.metrics.disk_write_errors.inc();
-            self.fault(
-                Fault::Write,
-                &e,
-                "disk tier write failed: cannot create a segment file; objects kept in memory only",
-            );
+            self.write_failed(&e, NO_SEGMENT);
         }
         let loader = self.clone();
         let spawned = std::thread::Builder::new()
@@ -387,6 +385,18 @@ impl DiskTier {
         slots * geo.seg
     }
 
+    /// Count a failed write and log it (at most once per [`LOG_INTERVAL`]).
+    fn write_failed(&self, e: &io::Error, what: &str) {
+        self.metrics.disk_write_errors.inc();
+        self.fault(Fault::Write, e, what);
+    }
+
+    /// Count a write not even tried (no room in the queue, no segment to write to).
+    fn write_dropped(&self) {
+        self.metrics.disk_writes_dropped.inc();
+        self.metrics.disk.rejected.inc();
+    }
+
     /// Log a fault at most once per [`LOG_INTERVAL`] per kind (saying how many were not).
     fn fault(&self, kind: Fault, e: &io::Error, what: &str) {
         if let Some(suppressed) = self.faults[kind as usize].admit() {
@@ -401,10 +411,17 @@ impl DiskTier {
             Lookup::Absent => return Err(ReadFailure::Missing),
             Lookup::Loading => return Err(ReadFailure::Loading),
         };
-        self.read_entry(key, entry)
+        let found = self.read_entry(entry)?;
+        if found.header.key != key {
+            // another key with the same 56 bits: not damage, just not this key's
+            return Err(ReadFailure::Missing);
+        }
+        Ok(found)
     }
 
-    fn read_entry(&self, key: u128, entry: Entry) -> Result<Found, ReadFailure> {
+    /// Read the first bytes of the object record `entry` points at (the whole record if it is
+    /// small), whose key has the entry's fingerprint.
+    fn read_entry(&self, entry: Entry) -> Result<Found, ReadFailure> {
         let loc = entry.loc();
         let Some(seg) = self.log.segment_of(&loc) else {
             // its segment was recycled: evicted
@@ -424,18 +441,16 @@ impl DiskTier {
             Some(b) => b,
             None => log::read_head(&seg, pos, want, self.log.geo)?,
         };
-        let header = match log::header_of(&bytes, key, &seg) {
-            Ok(h) if h.kind == Kind::Object => h,
-            Ok(_) => return Err(ReadFailure::Corrupt("record is not an object")),
-            // another key with the same 56 bits: not damage, just not this key's
-            Err(_)
-                if Header::peek(&bytes)
-                    .is_ok_and(|h| fingerprint(h.key) == fingerprint(key) && h.key != key) =>
-            {
-                return Err(ReadFailure::Missing)
-            }
-            Err(why) => return Err(ReadFailure::Corrupt(why)),
-        };
+        let header = Header::peek(&bytes).map_err(ReadFailure::Corrupt)?;
+        if header.gen != seg.gen {
+            return Err(ReadFailure::Corrupt("record of another generation"));
+        }
+        if fingerprint(header.key) != entry.fp() {
+            return Err(ReadFailure::Corrupt("record of another key"));
+        }
+        if header.kind != Kind::Object {
+            return Err(ReadFailure::Corrupt("record is not an object"));
+        }
         Ok(Found {
             entry,
             seg,
@@ -460,6 +475,16 @@ impl DiskTier {
 
     /// The whole object of a found record, verified.
     fn whole(&self, f: &Found) -> Result<DiskObject, ReadFailure> {
+        let (record, body) = self.verified(f)?;
+        Ok(DiskObject {
+            head: record.head,
+            body,
+        })
+    }
+
+    /// A found record read whole (reading the rest of it if needed) and verified, prefix and
+    /// body: the record and its body (a slice of the bytes read).
+    fn verified(&self, f: &Found) -> Result<(Record, Bytes), ReadFailure> {
         let span = f.header.span();
         if span > self.log.geo.data() {
             return Err(ReadFailure::Corrupt(
@@ -480,10 +505,7 @@ impl DiskTier {
             .get(at..at + f.header.body_len as usize)
             .ok_or(ReadFailure::Corrupt("segment cut short (truncated?)"))?;
         record.verify(body).map_err(ReadFailure::Corrupt)?;
-        Ok(DiskObject {
-            head: record.head,
-            body: bytes.slice(at..at + f.header.body_len as usize),
-        })
+        Ok((record, bytes.slice(at..at + f.header.body_len as usize)))
     }
 
     /// Count a lookup's outcome, note a hit, drop a corrupt entry.
@@ -600,31 +622,9 @@ impl DiskTier {
 
     /// The key and stored head of the object whose fingerprint is `fp` ([`DiskTier::keys`]).
     pub fn stored_head(&self, fp: u64) -> Option<(u128, Bytes)> {
-        let entry = self.dir.get_fp(fp)?;
-        let loc = entry.loc();
-        let seg = self.log.segment_of(&loc)?;
-        let pos = Pos {
-            gen: seg.gen,
-            off: loc.off,
-        };
-        let want = if loc.hint > 0 { loc.hint } else { 4096 };
-        let bytes = match self.log.buffered(pos, want) {
-            Some(b) => b,
-            None => log::read_head(&seg, pos, want, self.log.geo).ok()?,
-        };
-        let h = Header::peek(&bytes).ok()?;
-        if fingerprint(h.key) != fp {
-            return None;
-        }
-        let found = Found {
-            entry,
-            seg,
-            pos,
-            header: h,
-            bytes,
-        };
+        let found = self.read_entry(self.dir.get_fp(fp)?).ok()?;
         let record = self.prefix(&found).ok()?;
-        Some((h.key, record.head))
+        Some((found.header.key, record.head))
     }
 
     /// Store `object` under `key`, behind the response (it is found at once, written soon).
@@ -659,8 +659,7 @@ impl DiskTier {
         let mut st = self.log.state.lock();
         if st.queued + span > MAX_QUEUED_BYTES {
             drop(st);
-            self.metrics.disk_writes_dropped.inc();
-            self.metrics.disk.rejected.inc();
+            self.write_dropped();
             return false;
         }
         match self.append_object(&mut st, key, &object.head, &object.body, &digest) {
@@ -672,8 +671,7 @@ impl DiskTier {
             }
             None => {
                 drop(st);
-                self.metrics.disk_writes_dropped.inc();
-                self.metrics.disk.rejected.inc();
+                self.write_dropped();
                 false
             }
         }
@@ -689,16 +687,12 @@ impl DiskTier {
         digest: BodyDigest,
         done: Option<tokio::sync::oneshot::Sender<u64>>,
     ) -> bool {
-        let in_memory = match &body {
-            Source::Memory(b) => b.len() as u64,
-            _ => 0,
-        };
+        let in_memory = body.in_memory();
         let cancelled = Arc::new(AtomicBool::new(false));
         let mut st = self.log.state.lock();
         if st.queued + in_memory > MAX_QUEUED_BYTES {
             drop(st);
-            self.metrics.disk_writes_dropped.inc();
-            self.metrics.disk.rejected.inc();
+            self.write_dropped();
             return false;
         }
         st.queued += in_memory;
@@ -749,8 +743,7 @@ impl DiskTier {
             };
         }
         if waiting.1 + size > MAX_QUEUED_BYTES {
-            self.metrics.disk_writes_dropped.inc();
-            self.metrics.disk.rejected.inc();
+            self.write_dropped();
             return false;
         }
         waiting.1 += size;

@@ -11,7 +11,7 @@
 
 use super::record::BlockHasher;
 use super::writer::Source;
-use super::{blocking, DiskTier, Fault};
+use super::{blocking, DiskTier};
 use bytes::Bytes;
 use parking_lot::Mutex;
 use pingora_cache::key::CacheKey;
@@ -125,12 +125,7 @@ impl DiskTier {
         let file = match file {
             Ok(f) => f,
             Err(e) => {
-                self.metrics.disk_write_errors.inc();
-                self.fault(
-                    Fault::Write,
-                    &e,
-                    "disk tier write failed; object not stored",
-                );
+                self.write_failed(&e, "disk tier write failed; object not stored");
                 return None;
             }
         };
@@ -230,12 +225,8 @@ impl Spool {
                 }
                 Err(e) => {
                     self.write_failed = true;
-                    self.tier.metrics.disk_write_errors.inc();
-                    self.tier.fault(
-                        Fault::Write,
-                        &e,
-                        "disk tier write failed; object not stored",
-                    );
+                    self.tier
+                        .write_failed(&e, "disk tier write failed; object not stored");
                 }
             }
         }

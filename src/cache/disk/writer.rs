@@ -7,7 +7,7 @@
 //! were queued, so a checkpoint written after the buffers before it never points at bytes not
 //! yet on disk.
 
-use super::directory::{fingerprint, Entry, Loc, Lookup};
+use super::directory::{Entry, Loc, Lookup};
 use super::log::{read_full, Job, Pos, Segment, State, BUFFER, DATA_START};
 use super::record::{
     align, blocks_for, encode_object, encode_tombstone, padding, BodyDigest, Header, Kind, Record,
@@ -47,6 +47,16 @@ pub enum Source {
         /// Its verified prefix.
         record: Arc<Record>,
     },
+}
+
+impl Source {
+    /// Bytes of the body it holds in memory (counted in the queue while it waits).
+    pub fn in_memory(&self) -> u64 {
+        match self {
+            Source::Memory(b) => b.len() as u64,
+            Source::File(_) | Source::Record { .. } => 0,
+        }
+    }
 }
 
 /// Work the writer does in its turn.
@@ -183,12 +193,7 @@ impl DiskTier {
                 Work::Prepare(gen) => match self.prepare(gen) {
                     Ok(()) => retry_at = None,
                     Err(e) => {
-                        self.metrics.disk_write_errors.inc();
-                        self.fault(
-                            Fault::Write,
-                            &e,
-                            "disk tier write failed: cannot create a segment file; objects kept in memory only",
-                        );
+                        self.write_failed(&e, super::NO_SEGMENT);
                         retry_at = Some(Instant::now() + RETRY);
                         self.drop_buffers_without_segment();
                     }
@@ -202,12 +207,7 @@ impl DiskTier {
                 } => {
                     let written = seg.file.write_all_at_checked(&bytes, at.off);
                     if let Err(e) = &written {
-                        self.metrics.disk_write_errors.inc();
-                        self.fault(
-                            Fault::Write,
-                            e,
-                            "disk tier write failed; objects kept in memory only",
-                        );
+                        self.write_failed(e, "disk tier write failed; objects kept in memory only");
                         self.forget_records(&seg, at, &bytes);
                     }
                     let mut st = self.log.state.lock();
@@ -246,8 +246,7 @@ impl DiskTier {
         match task {
             Task::Checkpoint { at } => {
                 if let Err(e) = recover::write_checkpoint(self, at) {
-                    self.metrics.disk_write_errors.inc();
-                    self.fault(Fault::Write, &e, "disk tier checkpoint failed");
+                    self.write_failed(&e, "disk tier checkpoint failed");
                 }
             }
             Task::Large {
@@ -259,20 +258,12 @@ impl DiskTier {
                 cancelled,
                 done,
             } => {
-                let in_memory = match &body {
-                    Source::Memory(b) => b.len() as u64,
-                    _ => 0,
-                };
+                let in_memory = body.in_memory();
                 let stored = match self.write_large(key, &head, body, body_len, &digest, &cancelled)
                 {
                     Ok(n) => n,
                     Err(e) => {
-                        self.metrics.disk_write_errors.inc();
-                        self.fault(
-                            Fault::Write,
-                            &e,
-                            "disk tier write failed; object not stored",
-                        );
+                        self.write_failed(&e, "disk tier write failed; object not stored");
                         0
                     }
                 };
@@ -444,7 +435,7 @@ impl DiskTier {
         });
         let mut evicted = removed;
         for e in kept {
-            if !self.copy_forward(old, &e) && self.dir.remove_entry(&e) {
+            if !self.copy_forward(&e) && self.dir.remove_entry(&e) {
                 evicted += 1;
             }
         }
@@ -454,38 +445,22 @@ impl DiskTier {
         }
     }
 
-    /// Rewrite the record of `e` (in `old`) at the head of the log; true if done.
-    fn copy_forward(&self, old: &Arc<Segment>, e: &Entry) -> bool {
-        let loc = e.loc();
-        let mut buf = vec![0u8; loc.hint as usize];
-        let Ok(n) = read_full(&old.file, &mut buf, loc.off) else {
+    /// Rewrite the record of `e` at the head of the log; true if done.
+    fn copy_forward(&self, e: &Entry) -> bool {
+        let Ok(found) = self.read_entry(*e) else {
             return false;
         };
-        buf.truncate(n);
-        let buf = Bytes::from(buf);
-        let Ok(h) = Header::peek(&buf) else {
+        let Ok((record, body)) = self.verified(&found) else {
             return false;
         };
-        if fingerprint(h.key) != e.fp() || h.gen != old.gen || h.kind != Kind::Object {
-            return false;
-        }
-        let Ok(record) = h.verify(old.nonce, buf.clone()) else {
-            return false;
-        };
-        let body_at = h.prefix_len() as usize;
-        let Some(body) = buf.get(body_at..body_at + h.body_len as usize) else {
-            return false;
-        };
-        if record.verify(body).is_err() {
-            return false;
-        }
+        let key = found.header.key;
         let mut st = self.log.state.lock();
         // only if the key still points here (a newer write or a purge wins)
-        match self.dir.get(h.key) {
+        match self.dir.get(key) {
             Lookup::Found(now) if now == *e => {}
             _ => return false,
         }
-        self.append_object(&mut st, h.key, &record.head, body, &record.digest)
+        self.append_object(&mut st, key, &record.head, &body, &record.digest)
             .is_some_and(|entry| self.dir.replace(e, entry))
     }
 
