@@ -1105,3 +1105,125 @@ fn rate_limited_hits_are_counted_and_refused_as_on_the_full_path() {
         "access log lines"
     );
 }
+
+/// Disk hits: a pair of nodes (lean and full) stores objects of several sizes, is restarted
+/// (memory empty, the disk tier kept), and answers the same requests from disk (the lean node
+/// on the lean path, promoting into memory as the full path's lookup does), then again (from
+/// memory where promoted); with `tiers = "disk"` too. A large object streamed from disk, a
+/// varying one and HEAD are in the matrix. Both must count and log the same (source `disk`).
+#[test]
+fn disk_hits_are_answered_exactly_as_by_the_full_path() {
+    let date = common::origin::http_date(std::time::SystemTime::now() - Duration::from_secs(1));
+    let origin = TestOrigin::start();
+    let cached = |body: Vec<u8>| {
+        Reply::ok(body)
+            .header("Cache-Control", "max-age=300")
+            .header("Date", &date)
+            .header("ETag", "\"d1\"")
+            .header("X-Powered-By", "origin")
+    };
+    let paths: [(&str, Vec<u8>); 4] = [
+        ("/small", b"a small object".to_vec()),
+        // read in two (its first bytes, then the body into a buffer of its own)
+        ("/mid", payload(20 * 1024)),
+        ("/big", payload(100 * 1024)),
+        // block-hashed and larger than the memory tier's objects: streamed on the full path
+        ("/large", payload(3 << 20)),
+    ];
+    for (p, body) in &paths {
+        origin.set(p, cached(body.clone()));
+    }
+    origin.set(
+        "/lang",
+        cached(b"bonjour".to_vec()).header("Vary", "Accept-Language"),
+    );
+    let fr = "Accept-Language: fr";
+    let de = "Accept-Language: de";
+    for tiers in ["memory+disk", "disk"] {
+        let fetched = origin.hits("/big");
+        let cfgs = [true, false].map(|lean| {
+            NodeConfig::new(&origin.url())
+                .node(&format!("lean_hits = {lean}"))
+                .cache(&format!("tiers = \"{tiers}\""))
+                .extra("[access_log]\nrequest_id_header = \"X-Request-Id\"")
+        });
+        let nodes = cfgs.each_ref().map(|c| c.start());
+        let warm: Vec<(&str, String)> = paths
+            .iter()
+            .map(|(p, _)| ("GET", request("GET", p, "{host}", &[])))
+            .chain([
+                ("GET", request("GET", "/lang", "{host}", &[fr])),
+                ("GET", request("GET", "/lang", "{host}", &[de])),
+            ])
+            .collect();
+        let warmed = on_each(&nodes.each_ref(), &warm);
+        assert_eq!(warmed[0].len(), warm.len(), "{tiers}: warm-up responses");
+        // five objects and the variant
+        for n in &nodes {
+            wait_disk_objects(n, 6, Duration::from_secs(20), "objects written to disk");
+        }
+        for n in &nodes {
+            n.stop();
+        }
+        drop(nodes);
+        let nodes = cfgs.each_ref().map(|c| c.start());
+        let [lean, full] = &nodes;
+        let mut reqs = Vec::new();
+        for round in 0..2 {
+            for (p, _) in &paths {
+                reqs.push(("GET", request("GET", p, "{host}", &[])));
+                if round == 0 {
+                    reqs.push(("HEAD", request("HEAD", p, "{host}", &[])));
+                }
+            }
+            reqs.push(("GET", request("GET", "/lang", "{host}", &[de])));
+            reqs.push(("GET", request("GET", "/lang", "{host}", &[fr])));
+        }
+        let answers = on_each(&[lean, full], &reqs);
+        assert_eq!(answers[0].len(), reqs.len(), "{tiers}: responses");
+        assert_eq!(
+            answers[0], answers[1],
+            "{tiers}: disk hits, lean and full differ"
+        );
+        for (w, (m, r)) in answers[0].iter().zip(&reqs) {
+            assert_eq!(w.status, 200, "{tiers}: {m} {r}");
+            let hit = w
+                .fields
+                .iter()
+                .any(|(n, v)| n.eq_ignore_ascii_case("cache-status") && v.contains("hit"));
+            assert!(hit, "{tiers}: {m} {r} not a hit: {:?}", w.fields);
+        }
+        assert!(answers[0]
+            .iter()
+            .zip(&reqs)
+            .any(|(w, (m, r))| *m == "GET" && r.starts_with("GET /big ") && w.body == paths[2].1));
+        assert_eq!(
+            origin.hits("/big"),
+            fetched + 2,
+            "{tiers}: /big fetched once per node"
+        );
+        for n in [lean, full] {
+            let m = n.metrics();
+            let disk = metric_sum(&m, "outpost_cache_tier_hits_total", &[("tier", "disk")]);
+            // each path's first GET at least (the memory tier keeps what it promoted)
+            assert!(disk >= 4.0, "{tiers}: {disk} disk hits");
+        }
+        let promoted = |n: &Node| metric_sum(&n.metrics(), "outpost_cache_promotions_total", &[]);
+        assert_eq!(promoted(lean), promoted(full), "{tiers}: promotions");
+        let lean_hits = metric_sum(&lean.metrics(), "outpost_lean_hits_total", &[]);
+        assert!(lean_hits >= 9.0, "{tiers}: {lean_hits} lean hits");
+        let lines = counted_and_logged_alike(lean, full, reqs.len());
+        assert!(lines >= reqs.len(), "{tiers}: {lines} access log lines");
+        let from_disk = log_lines(lean)
+            .iter()
+            .filter(|l| l.contains(r#""source":"disk""#))
+            .count();
+        assert!(
+            from_disk >= 4,
+            "{tiers}: {from_disk} lines with source disk"
+        );
+        for n in &nodes {
+            n.stop();
+        }
+    }
+}

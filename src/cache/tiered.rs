@@ -21,12 +21,13 @@
 
 use super::disk::record::BLOCK;
 use super::disk::spool::{Spool, SpoolShared, SPOOL_TAG};
-use super::disk::{DiskHit, DiskObject, DiskTier};
+use super::disk::{DiskHit, DiskObject, DiskTier, Now, ReadyHit, WholeObject};
 use super::entry::{
     confirmed_at, decode_head, decode_stored, encode_head, expire_stored, from_ms, to_ms, Stored,
 };
 use super::memory::{
-    concat, hash, purged, Committed, CompleteHit, Continuation, MemoryMiss, MemoryTier,
+    concat, hash, purged, Committed, CompleteHit, Continuation, Held, MemoryMiss, MemoryTier,
+    StoredObject,
 };
 use super::partial::PartialStore;
 use super::ranges::announced_length;
@@ -228,11 +229,6 @@ impl TieredStorage {
         self.memory
     }
 
-    /// Count a memory-tier hit found without a lookup (the lean hit path, `crate::lean`).
-    pub fn count_memory_hit(&self) {
-        self.metrics.memory.hits.inc();
-    }
-
     /// The disk tier, if running.
     pub fn disk(&self) -> Option<&Arc<DiskTier>> {
         self.disk.as_ref()
@@ -259,25 +255,104 @@ impl TieredStorage {
             None => Ok(None),
             Some(DiskHit::Whole(object)) => {
                 let meta = decode_head(&object.head)?;
-                let mut body = object.body;
-                if let Some(memory) = self.memory {
-                    body = match memory.insert(key, &object.head, body) {
-                        Ok(stored) => {
-                            if self.sweeps.load(Ordering::SeqCst) != sweeps {
-                                // a sweep changed disk objects since this one was read: it may
-                                // have been one of them, and the memory sweep may be past it
-                                memory.remove(key);
-                            } else {
-                                self.metrics.promotions.inc();
-                            }
-                            stored
-                        }
-                        Err(body) => body,
-                    };
-                }
-                Ok(Some((meta, Box::new(CompleteHit::new(body)))))
+                let body = self.promote(key, object, sweeps);
+                Ok(Some((meta, Box::new(CompleteHit::from_disk(body)))))
             }
             Some(DiskHit::Stream { head, hit }) => Ok(Some((decode_head(&head)?, Box::new(hit)))),
+        }
+    }
+}
+
+impl TieredStorage {
+    /// Copy a disk hit into the memory tier, if there is one (its eviction policy decides
+    /// whether it stays); the body to serve. `sweeps` is [`TieredStorage::sweeps`] as it was
+    /// before the object was read.
+    fn promote(&self, key: u128, object: WholeObject, sweeps: u64) -> Bytes {
+        let Some(memory) = self.memory else {
+            return Bytes::from(object.body);
+        };
+        match memory.insert(key, &object.head, object.body) {
+            Ok(stored) => {
+                if self.sweeps.load(Ordering::SeqCst) != sweeps {
+                    // a sweep changed disk objects since this one was read: it may have been
+                    // one of them, and the memory sweep may be past it
+                    memory.remove(key);
+                } else {
+                    self.metrics.promotions.inc();
+                }
+                stored.body_bytes()
+            }
+            Err(body) => Bytes::from(body),
+        }
+    }
+
+    /// The complete object under `key`, if one is found at once, without waiting (the lean
+    /// hit path, `crate::lean`): in the memory tier, else a small object on disk. Nothing is
+    /// counted or promoted until [`TieredStorage::settle`]. `None` when [`Storage::lookup`]
+    /// must decide (a miss, a fill in flight, a large or streamed object, a disk read to
+    /// settle).
+    pub fn lookup_now(&self, key: u128) -> Option<Found> {
+        if let Some(memory) = self.memory {
+            match memory.stored_or_filling(key) {
+                Held::Stored(object) => return Some(Found::Memory(object)),
+                Held::Filling => return None,
+                Held::Absent => {}
+            }
+        }
+        let disk = self.disk.as_ref()?;
+        if self.support_streaming_partial_write() && disk.spool(key, None).is_some() {
+            return None;
+        }
+        let sweeps = self.sweeps.load(Ordering::SeqCst);
+        match disk.lookup_now(key, self.spill_above()) {
+            Now::Ready(hit) => Some(Found::Disk(hit, sweeps)),
+            Now::Absent | Now::Later => None,
+        }
+    }
+
+    /// Count a lookup of [`TieredStorage::lookup_now`] as [`Storage::lookup`] counts one
+    /// (a memory hit; or a memory miss, a disk hit and its promotion) and give its body.
+    pub fn settle(&self, key: u128, found: Found) -> Bytes {
+        match found {
+            Found::Memory(object) => {
+                self.metrics.memory.hits.inc();
+                object.body_bytes()
+            }
+            Found::Disk(hit, sweeps) => {
+                if self.memory.is_some() {
+                    self.metrics.memory.misses.inc();
+                }
+                if let Some(disk) = &self.disk {
+                    disk.count_hit(&hit);
+                }
+                self.promote(key, hit.object, sweeps)
+            }
+        }
+    }
+}
+
+/// An object found by [`TieredStorage::lookup_now`].
+pub enum Found {
+    /// In the memory tier.
+    Memory(StoredObject),
+    /// On disk, read and verified (with the sweep count before the read).
+    Disk(ReadyHit, u64),
+}
+
+impl Found {
+    /// The encoded head.
+    pub fn head(&self) -> &[u8] {
+        match self {
+            Found::Memory(object) => object.head(),
+            Found::Disk(hit, _) => &hit.object.head,
+        }
+    }
+
+    /// The body.
+    pub fn body(&self) -> &[u8] {
+        match self {
+            Found::Memory(object) => object.body(),
+            Found::Disk(hit, _) => &hit.object.body,
         }
     }
 }

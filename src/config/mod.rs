@@ -174,7 +174,7 @@ pub struct NodeConfig {
     /// Add `Via: <version> <name>` to requests sent to origins and responses sent to clients
     /// (RFC 9110 7.6.3).
     pub via: bool,
-    /// Answer the common fresh memory-tier hit (HTTP/1.1 GET or HEAD without range or
+    /// Answer the common fresh hit (HTTP/1.1 GET or HEAD without range or
     /// conditional fields) from the connection layer, below Pingora's proxy session
     /// (`crate::lean`); everything else, and every request when false, takes the full path.
     pub lean_hits: bool,

@@ -1,11 +1,13 @@
-//! The lean hit path: the common fresh memory-tier hit answered at the connection layer, below
-//! Pingora's proxy session, with the response head serialized straight from the stored head.
+//! The lean hit path: the common fresh hit answered at the connection layer, below Pingora's
+//! proxy session, with the response head serialized straight from the stored head.
 //!
 //! A fresh hit is most of a CDN node's traffic. Through Pingora's session it builds a request
 //! header map, runs the cache state machine, copies the stored response header into a map,
 //! edits it hook by hook and serializes it again. Here the request is parsed in place
-//! (`httparse`), the key hashed, the memory tier asked, and the response written field by field
-//! from the stored bytes, in one write with the body.
+//! (`httparse`), the key hashed, the tiers asked ([`TieredStorage::lookup_now`]: the memory
+//! tier, then a small object on disk read with one `pread` and verified on this thread), and
+//! the response written field by field from the stored bytes, in one write with the body. A
+//! disk hit is counted and promoted into memory as the full path's lookup does it.
 //!
 //! Only what this module can answer exactly as the full path would is answered here
 //! ([`LeanHits::answer`] returns `None` for anything else, and the connection layer hands the
@@ -15,20 +17,23 @@
 //! caching rule that keys on no request field and redirects nothing; no tracing; rate limits
 //! of every request counted here as `request_filter` counts them (a refusal answered here as
 //! the full path answers it, the allowed hit carrying their fields), unless a limit is keyed
-//! on a forwarding field or the client has no address; no pending ban covering the object; an object in the memory tier, complete and fresh, stored without a targeted
-//! cache-control field, that the fleet does not ask to revalidate. A response with `Vary` is
-//! looked up as Pingora looks it up (primary slot, then the variant's secondary key; the
-//! variance hashed as `cache::vary` hashes it), unless `Vary` names a forwarding field. The differential
-//! test (tests/lean_differential.rs) sends one matrix of requests to a node with this path and
-//! to one without, and compares every response.
+//! on a forwarding field or the client has no address; no pending ban covering the object; an
+//! object complete and fresh, in the memory tier or small enough to be read whole from disk
+//! (not being filled, spooled or streamed; its part of the disk directory loaded; read
+//! without error or damage: the full path counts and drops damage), stored without a
+//! targeted cache-control field, that the fleet does not ask to revalidate. A response with
+//! `Vary` is looked up as Pingora looks it up (primary slot, then the variant's secondary key;
+//! the variance hashed as `cache::vary` hashes it), unless `Vary` names a forwarding field.
+//! The differential test (tests/lean_differential.rs) sends one matrix of requests to a node
+//! with this path and to one without, and compares every response.
 //!
 //! The same requests under a bypass rule, or when the cache predicts their key uncacheable
 //! (Pingora would bypass the cache for them), are forwarded from here too (src/lean/pass.rs
 //! says when and how).
 
 use crate::cache::entry::{from_ms, HeadView};
-use crate::cache::memory::StoredObject;
-use crate::cache::{vary, MemoryTier};
+use crate::cache::tiered::{Found, TieredStorage};
+use crate::cache::vary;
 use crate::config::Encoding;
 use crate::metrics::{label_index, method_index, DisconnectPhase, Finished, Source};
 use crate::node::{Node, Routing};
@@ -55,7 +60,7 @@ pub use pass::{Pass, KEPT_BUFFER};
 /// Request header fields read at most (more: the full path).
 const MAX_FIELDS: usize = 48;
 
-/// Answers fresh memory-tier hits for one node.
+/// Answers fresh hits for one node.
 pub struct LeanHits {
     node: Arc<Node>,
     /// Request ids made here (`access_log.request_id_header`).
@@ -153,8 +158,8 @@ pub struct Answer {
 
 /// The body of an answer.
 pub enum Payload {
-    /// A stored object's body.
-    Stored(StoredObject),
+    /// A stored object's body (shared with the memory tier, or read from disk).
+    Stored(bytes::Bytes),
     /// A body made here (a refusal's text).
     Made(Vec<u8>),
 }
@@ -163,8 +168,26 @@ impl Payload {
     /// The bytes sent.
     pub fn bytes(&self) -> &[u8] {
         match self {
-            Payload::Stored(object) => object.body(),
+            Payload::Stored(body) => body,
             Payload::Made(text) => text,
+        }
+    }
+}
+
+/// What [`LeanHits::variant`] found: the object answered, and the lookup before it (a
+/// varying response's primary slot), each under its key.
+struct Looked {
+    key: u128,
+    found: Found,
+    before: Option<(u128, Found)>,
+}
+
+impl Looked {
+    fn one(key: u128, found: Found) -> Looked {
+        Looked {
+            key,
+            found,
+            before: None,
         }
     }
 }
@@ -238,7 +261,8 @@ struct Done {
 
 /// What a lean response was.
 enum Kind {
-    Hit,
+    /// A hit, from the disk tier or from memory.
+    Hit { disk: bool },
     /// A rate limit's refusal.
     Refused,
     /// Forwarded: its `Cache-Status` label, the server and how long its head took (ms).
@@ -368,9 +392,11 @@ impl LeanHits {
         }
     }
 
-    /// Whether the node runs the lean path (`node.lean_hits` and a memory tier).
+    /// Whether the node runs the lean path (`node.lean_hits` and a cache tier).
     pub fn enabled(&self) -> bool {
-        self.node.config.node.lean_hits && self.node.storage.memory().is_some()
+        let storage = &self.node.storage;
+        let tiers = storage.memory().is_some() || storage.disk().is_some();
+        self.node.config.node.lean_hits && tiers
     }
 
     /// What to do with the bytes at the start of `buf` (a request begins there): answer it
@@ -543,9 +569,8 @@ impl LeanHits {
                 })
                 .map(Decided::Pass);
         }
-        let memory = node.storage.memory()?;
-        let (object, lookups) = self.variant(memory, primary_bin, headers)?;
-        let view = HeadView::parse(object.head()).ok()?;
+        let looked = self.variant(node.storage, primary_bin, headers)?;
+        let view = HeadView::parse(looked.found.head()).ok()?;
         let now = SystemTime::now();
         let fresh_until = from_ms(view.fresh_until_ms);
         if fresh_until < now
@@ -623,11 +648,7 @@ impl LeanHits {
                 })));
             }
         }
-        let body_len = object.body().len();
-        for _ in 0..lookups {
-            // as many as the full path's storage lookups that found something
-            node.storage.count_memory_hit();
-        }
+        let body_len = looked.found.body().len();
         let keep_alive = !asked_close && !peer.closing;
         let status = view.status;
 
@@ -664,15 +685,22 @@ impl LeanHits {
         let id = request_id.as_deref();
         self.response_filter(&mut resp, ours, id, limit_fields, &routing, rule_rules);
         let head = written(status, resp, keep_alive);
+        let disk = matches!(looked.found, Found::Disk(..));
+        // the full path's storage lookups, counted (and a disk hit promoted) as it does
+        let storage = &node.storage;
+        if let Some((key, found)) = looked.before {
+            storage.settle(key, found);
+        }
+        let body = storage.settle(looked.key, looked.found);
         let first_byte = start.elapsed().as_secs_f64();
         let head_only = method == Method::HEAD;
         Some(Decided::Answer(Answer {
             consumed,
             head,
-            body: (!head_only).then_some(Payload::Stored(object)),
+            body: (!head_only).then_some(Payload::Stored(body)),
             keep_alive,
             done: Done {
-                kind: Kind::Hit,
+                kind: Kind::Hit { disk },
                 start,
                 first_byte,
                 method,
@@ -729,7 +757,7 @@ impl LeanHits {
             keep_alive: p.keep_alive,
             bypass: p.bypass,
             done: Done {
-                kind: Kind::Hit,
+                kind: Kind::Hit { disk: false },
                 start: p.start,
                 first_byte: 0.0,
                 status: 0,
@@ -955,18 +983,20 @@ impl LeanHits {
     /// `primary_bin`, as Pingora's lookup finds it: the primary slot, or when the stored
     /// response varies and the request's variance is not the primary slot's, the variant
     /// stored under the secondary key, if it was stored after the primary slot's (older
-    /// variants belong to a former `Vary` family), with the number of lookups that took
-    /// (Pingora counts a tier hit for each). `None`: not stored, or not for this path.
+    /// variants belong to a former `Vary` family), with the primary slot's object then (each
+    /// lookup is counted as Pingora's would be). `None`: not found at once
+    /// ([`TieredStorage::lookup_now`]), or not for this path.
     fn variant(
         &self,
-        memory: &MemoryTier,
+        storage: &TieredStorage,
         primary_bin: [u8; 16],
         headers: &[httparse::Header<'_>],
-    ) -> Option<(StoredObject, u8)> {
-        let first = memory.stored(u128::from_le_bytes(primary_bin))?;
+    ) -> Option<Looked> {
+        let primary = u128::from_le_bytes(primary_bin);
+        let first = storage.lookup_now(primary)?;
         let view = HeadView::parse(first.head()).ok()?;
         let Some(variance) = view.variance else {
-            return Some((first, 1));
+            return Some(Looked::one(primary, first));
         };
         let mut vary = SmallVec::<[Cow<'_, [u8]>; 2]>::new();
         for field in view.fields() {
@@ -1000,15 +1030,23 @@ impl LeanHits {
         drop(vary);
         let created_ms = view.created_ms;
         if wanted == variance {
-            return Some((first, 1));
+            return Some(Looked::one(primary, first));
         }
         let mut hasher = Blake2b::<U16>::new();
         hasher.update(primary_bin);
         hasher.update(wanted);
         let combined: [u8; 16] = hasher.finalize().into();
-        let other = memory.stored(u128::from_le_bytes(combined))?;
+        let key = u128::from_le_bytes(combined);
+        let other = storage.lookup_now(key)?;
         let found = HeadView::parse(other.head()).ok()?;
-        (found.variance == Some(wanted) && found.created_ms >= created_ms).then_some((other, 2))
+        if found.variance != Some(wanted) || found.created_ms < created_ms {
+            return None;
+        }
+        Some(Looked {
+            key,
+            found: other,
+            before: Some((primary, first)),
+        })
     }
 
     /// The encoding negotiated for a request with `headers` when compression is on (as the
@@ -1112,12 +1150,13 @@ impl LeanHits {
         // a refusal is written by the node itself, with no first byte of its own
         let (label, source, first_byte, upstream, origin_ms) = match &d.kind {
             Kind::Refused => ("refused", Source::Node, seconds, None, None),
-            Kind::Hit => {
+            Kind::Hit { disk } => {
                 node.metrics.lean_hits.inc();
                 if matches!(d.status, 404 | 410 | 500..=599) {
                     node.metrics.stale.negative_hits.inc();
                 }
-                ("hit", Source::Memory, d.first_byte, None, None)
+                let source = if *disk { Source::Disk } else { Source::Memory };
+                ("hit", source, d.first_byte, None, None)
             }
             Kind::Pass {
                 label,

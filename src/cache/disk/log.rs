@@ -576,17 +576,26 @@ pub fn read_head(seg: &Segment, pos: Pos, want: u64, geo: Geometry) -> io::Resul
 /// Read up to `len` bytes at `off` into a new buffer, without zeroing it first (a hit reads
 /// up to a whole object this way: zeroing it would cost a pass over it).
 pub fn read_fresh(file: &File, len: usize, off: u64) -> io::Result<Vec<u8>> {
-    use std::os::fd::AsRawFd;
     let mut buf: Vec<u8> = Vec::with_capacity(len);
+    read_append(file, &mut buf, len, off)?;
+    Ok(buf)
+}
+
+/// Append up to `len` bytes read at `off` to `buf` (fewer at the end of the file), without
+/// zeroing its spare capacity first.
+pub fn read_append(file: &File, buf: &mut Vec<u8>, len: usize, off: u64) -> io::Result<()> {
+    use std::os::fd::AsRawFd;
+    buf.reserve_exact(len);
+    let start = buf.len();
     let mut done = 0usize;
     while done < len {
         let at = libc::off_t::try_from(off + done as u64).map_err(io::Error::other)?;
         // SAFETY: the destination is the vector's spare capacity (`len - done` bytes from
-        // `done`), and `file` is open for the duration of the call.
+        // `start + done`, reserved above), and `file` is open for the duration of the call.
         let n = unsafe {
             libc::pread(
                 file.as_raw_fd(),
-                buf.as_mut_ptr().add(done).cast(),
+                buf.as_mut_ptr().add(start + done).cast(),
                 len - done,
                 at,
             )
@@ -601,10 +610,10 @@ pub fn read_fresh(file: &File, len: usize, off: u64) -> io::Result<Vec<u8>> {
                 }
             }
         }
-        // SAFETY: the kernel wrote `done` bytes from the start.
-        unsafe { buf.set_len(done) };
+        // SAFETY: the kernel wrote `done` bytes from `start`.
+        unsafe { buf.set_len(start + done) };
     }
-    Ok(buf)
+    Ok(())
 }
 
 #[cfg(test)]

@@ -71,6 +71,11 @@ const NO_SEGMENT: &str =
 /// A lookup in a part of the directory still being recovered waits this long for it at most
 /// (then misses).
 const LOAD_WAIT: Duration = Duration::from_secs(1);
+/// Bytes of a record read first when its size is not known.
+const FIRST_READ: u64 = 4096;
+/// Records larger than this are read in two: their first bytes, then the body into a buffer
+/// of its own (one copy of the body fewer than slicing it out of the record).
+const SPLIT_ABOVE: u64 = 16 << 10;
 /// While another process holds the directory, how often to try taking it over.
 const LOCK_POLL: Duration = Duration::from_millis(50);
 
@@ -83,10 +88,36 @@ pub struct DiskObject {
     pub body: Bytes,
 }
 
+/// A small object read whole from the disk tier and verified.
+pub struct WholeObject {
+    /// The encoded head ([`super::entry::encode_head`]).
+    pub head: Bytes,
+    /// The body, in a buffer of its own (the memory tier takes it without a copy).
+    pub body: Box<[u8]>,
+}
+
+/// What [`DiskTier::lookup_now`] found.
+pub enum Now {
+    /// A small object, read whole and verified; not counted yet ([`DiskTier::count_hit`]).
+    Ready(ReadyHit),
+    /// No object under the key.
+    Absent,
+    /// Only [`DiskTier::lookup_hit`] can tell (a large object, a part of the directory still
+    /// being recovered, a read that failed or found damage: it counts and drops it).
+    Later,
+}
+
+/// An object found by [`DiskTier::lookup_now`].
+pub struct ReadyHit {
+    /// The object.
+    pub object: WholeObject,
+    entry: Entry,
+}
+
 /// A hit from the disk tier.
 pub enum DiskHit {
     /// A small object, read whole and verified.
-    Whole(DiskObject),
+    Whole(WholeObject),
     /// A large object, streamed from its segments block by block.
     Stream {
         /// The encoded head.
@@ -432,13 +463,15 @@ impl DiskTier {
             gen: seg.gen,
             off: loc.off,
         };
-        let want = if loc.hint > 0 { loc.hint } else { 4096 };
+        let want = if loc.hint > 0 { loc.hint } else { FIRST_READ };
         let mut bytes = None;
         if self.log.maybe_buffered(pos, want) {
             bytes = self.log.buffered(pos, want);
         }
         let bytes = match bytes {
             Some(b) => b,
+            // a large record's body is read on its own, into a buffer of its own (`verified`)
+            None if want > SPLIT_ABOVE => log::read_head(&seg, pos, FIRST_READ, self.log.geo)?,
             None => log::read_head(&seg, pos, want, self.log.geo)?,
         };
         let header = Header::peek(&bytes).map_err(ReadFailure::Corrupt)?;
@@ -474,38 +507,40 @@ impl DiskTier {
     }
 
     /// The whole object of a found record, verified.
-    fn whole(&self, f: &Found) -> Result<DiskObject, ReadFailure> {
+    fn whole(&self, f: &Found) -> Result<WholeObject, ReadFailure> {
         let (record, body) = self.verified(f)?;
-        Ok(DiskObject {
+        Ok(WholeObject {
             head: record.head,
             body,
         })
     }
 
     /// A found record read whole (reading the rest of it if needed) and verified, prefix and
-    /// body: the record and its body (a slice of the bytes read).
-    fn verified(&self, f: &Found) -> Result<(Record, Bytes), ReadFailure> {
-        let span = f.header.span();
-        if span > self.log.geo.data() {
+    /// body: the record and its body (in a buffer of its own).
+    fn verified(&self, f: &Found) -> Result<(Record, Box<[u8]>), ReadFailure> {
+        if f.header.span() > self.log.geo.data() {
             return Err(ReadFailure::Corrupt(
                 "record larger than a segment read whole",
             ));
         }
-        let bytes = if (f.bytes.len() as u64) < f.header.prefix_len() + f.header.body_len {
-            log::read_head(&f.seg, f.pos, span, self.log.geo)?
-        } else {
-            f.bytes.clone()
-        };
-        let record = f
-            .header
-            .verify(f.seg.nonce, bytes.clone())
-            .map_err(ReadFailure::Corrupt)?;
-        let at = f.header.prefix_len() as usize;
-        let body = bytes
-            .get(at..at + f.header.body_len as usize)
-            .ok_or(ReadFailure::Corrupt("segment cut short (truncated?)"))?;
-        record.verify(body).map_err(ReadFailure::Corrupt)?;
-        Ok((record, bytes.slice(at..at + f.header.body_len as usize)))
+        let record = self.prefix(f)?;
+        let at = f.header.prefix_len();
+        let len = usize::try_from(f.header.body_len)
+            .map_err(|_| ReadFailure::Corrupt("body length out of range"))?;
+        // what the first read brought of the body, then the rest straight into the buffer
+        let have = f.bytes.get(at as usize..).unwrap_or_default();
+        let have = &have[..have.len().min(len)];
+        let mut body = Vec::with_capacity(len);
+        body.extend_from_slice(have);
+        if body.len() < len {
+            let from = f.pos.off + at + body.len() as u64;
+            log::read_append(&f.seg.file, &mut body, len - have.len(), from)?;
+        }
+        if body.len() < len {
+            return Err(ReadFailure::Corrupt("segment cut short (truncated?)"));
+        }
+        record.verify(&body).map_err(ReadFailure::Corrupt)?;
+        Ok((record, body.into_boxed_slice()))
     }
 
     /// Count a lookup's outcome, note a hit, drop a corrupt entry.
@@ -549,6 +584,33 @@ impl DiskTier {
                 "dropped a corrupt disk cache entry"
             );
         }
+    }
+
+    /// A small object under `key` read at once on the calling thread, counting nothing (the
+    /// lean hit path's lookup): [`Now::Later`] for whatever [`DiskTier::lookup_hit`] must
+    /// settle (large objects, streamed ones, a shard still loading, a failed read, damage).
+    pub fn lookup_now(&self, key: u128, whole_up_to: u64) -> Now {
+        let found = match self.find(key) {
+            Ok(f) => f,
+            Err(ReadFailure::Missing) => return Now::Absent,
+            Err(_) => return Now::Later,
+        };
+        let h = &found.header;
+        if h.span() > BLOCK || (h.body_len > whole_up_to && blocks_for(h.body_len) > 0) {
+            return Now::Later;
+        }
+        match self.whole(&found) {
+            Ok(object) => Now::Ready(ReadyHit {
+                object,
+                entry: found.entry,
+            }),
+            Err(_) => Now::Later,
+        }
+    }
+
+    /// Count a hit found by [`DiskTier::lookup_now`] as [`DiskTier::lookup_hit`] counts one.
+    pub fn count_hit(&self, hit: &ReadyHit) {
+        self.settle(Some(&hit.entry), Ok(()));
     }
 
     /// A hit on `key`, verified; `None` when absent, unreadable or corrupt (a corrupt entry is
@@ -766,7 +828,7 @@ impl DiskTier {
                     key,
                     DiskObject {
                         head,
-                        body: object.body,
+                        body: Bytes::from(object.body),
                     },
                 ),
                 Err(why) => {

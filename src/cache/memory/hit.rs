@@ -5,7 +5,9 @@ use crate::cache::ranges::seek_span;
 
 /// Whether `hit` is one of this tier's hit handlers.
 pub(crate) fn is_memory_hit(hit: &(dyn std::any::Any + Send + Sync)) -> bool {
-    hit.is::<CompleteHit>() || hit.is::<PartialHit>()
+    hit.downcast_ref::<CompleteHit>()
+        .is_some_and(|h| !h.from_disk)
+        || hit.is::<PartialHit>()
 }
 
 /// A hit on a complete object; supports single and multipart range seeks.
@@ -14,6 +16,8 @@ pub struct CompleteHit {
     start: usize,
     end: usize,
     done: bool,
+    /// Read from the disk tier just now (whether or not promoted): a disk hit.
+    from_disk: bool,
 }
 
 impl CompleteHit {
@@ -30,6 +34,15 @@ impl CompleteHit {
             start: 0,
             end,
             done: false,
+            from_disk: false,
+        }
+    }
+
+    /// A hit serving `body`, read whole from the disk tier.
+    pub fn from_disk(body: Bytes) -> Self {
+        CompleteHit {
+            from_disk: true,
+            ..CompleteHit::new(body)
         }
     }
 }

@@ -111,7 +111,22 @@ impl Entry {
 /// A stored object lent out by [`MemoryTier::stored`].
 pub struct StoredObject(Arc<Entry>);
 
+/// What the memory tier holds under a key ([`MemoryTier::stored_or_filling`]).
+pub enum Held {
+    /// A complete object.
+    Stored(StoredObject),
+    /// A fill in flight, readable (newer than any stored object: lookups follow it).
+    Filling,
+    /// Neither.
+    Absent,
+}
+
 impl StoredObject {
+    /// The body as `Bytes`, sharing the entry's memory.
+    pub fn body_bytes(&self) -> Bytes {
+        self.0.body_bytes()
+    }
+
     /// The encoded head (`entry::encode_head`).
     pub fn head(&self) -> &[u8] {
         &self.0.head
@@ -319,23 +334,26 @@ impl MemoryTier {
         self.stream_fills
     }
 
-    /// Store an object read from elsewhere (a disk hit being promoted) and return its body as
-    /// stored (shared with the tier), or the body given back if it is larger than this tier's
-    /// objects may be. Admission is the eviction policy's: a promoted object that is not hit
-    /// again leaves first.
-    pub fn insert(&self, key: u128, head: &[u8], body: Bytes) -> Result<Bytes, Bytes> {
+    /// Store an object read from elsewhere (a disk hit being promoted), taking its body buffer
+    /// as it is (no copy), and return it as stored, or the body given back if it is larger than
+    /// this tier's objects may be. Admission is the eviction policy's: a promoted object that
+    /// is not hit again leaves first.
+    pub fn insert(
+        &self,
+        key: u128,
+        head: &[u8],
+        body: Box<[u8]>,
+    ) -> Result<StoredObject, Box<[u8]>> {
         if body.len() as u64 > self.max_object {
             self.count_rejected();
             return Err(body);
         }
         let entry = Arc::new(Entry {
             head: Box::from(head),
-            // no copy when the body is not shared
-            body: Vec::from(body).into_boxed_slice(),
+            body,
         });
-        let stored = entry.body_bytes();
-        self.entries.insert(key.into(), entry);
-        Ok(stored)
+        self.entries.insert(key.into(), entry.clone());
+        Ok(StoredObject(entry))
     }
 
     /// Every stored object's key and encoded head (objects stored while this runs may or may
@@ -350,10 +368,21 @@ impl MemoryTier {
     /// none, or when a fill of the key is in flight and readable (it is newer than the stored
     /// object). Touches the entry for the eviction policy as a lookup does.
     pub fn stored(&self, key: u128) -> Option<StoredObject> {
-        if self.stream_fills && self.fill_for(key, None).is_some() {
-            return None;
+        match self.stored_or_filling(key) {
+            Held::Stored(object) => Some(object),
+            Held::Filling | Held::Absent => None,
         }
-        self.entries.get(&Slot::from(key)).map(StoredObject)
+    }
+
+    /// What a lookup of `key` finds here (touching a stored entry as a lookup does).
+    pub fn stored_or_filling(&self, key: u128) -> Held {
+        if self.stream_fills && self.fill_for(key, None).is_some() {
+            return Held::Filling;
+        }
+        match self.entries.get(&Slot::from(key)) {
+            Some(entry) => Held::Stored(StoredObject(entry)),
+            None => Held::Absent,
+        }
     }
 
     /// Remove the object stored under `key`; true if there was one.
