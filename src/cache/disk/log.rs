@@ -539,6 +539,32 @@ impl Log {
         Ok(())
     }
 
+    /// Bytes `from..from + len` of the record starting at `start` (in `segs`), read into a new
+    /// buffer without zeroing it first.
+    pub fn read_span_fresh(
+        &self,
+        segs: &[Arc<Segment>],
+        start: Pos,
+        from: u64,
+        len: usize,
+    ) -> io::Result<Vec<u8>> {
+        let mut buf = Vec::with_capacity(len);
+        for (gen, off, n) in self.geo.pieces(start, from, len as u64) {
+            let seg = piece_segment(segs, start, gen).ok_or_else(|| {
+                io::Error::new(ErrorKind::UnexpectedEof, "record past its segments")
+            })?;
+            let want = buf.len() + n as usize;
+            read_append(&seg.file, &mut buf, n as usize, off)?;
+            if buf.len() < want {
+                return Err(io::Error::new(
+                    ErrorKind::UnexpectedEof,
+                    "segment cut short",
+                ));
+            }
+        }
+        Ok(buf)
+    }
+
     /// Write `bytes` as bytes `from..` of the record starting at `start` (in `segs`).
     pub fn write_span(
         &self,

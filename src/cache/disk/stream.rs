@@ -45,9 +45,9 @@ fn read_block(
 ) -> Result<Bytes, ReadFailure> {
     let from = index * BLOCK;
     let len = BLOCK.min(record.body_len() - from) as usize;
-    let mut buf = vec![0; len];
-    tier.log
-        .read_span(segs, start, record.header.prefix_len() + from, &mut buf)
+    let buf = tier
+        .log
+        .read_span_fresh(segs, start, record.header.prefix_len() + from, len)
         .map_err(|e| {
             if e.kind() == std::io::ErrorKind::UnexpectedEof {
                 ReadFailure::Corrupt("segment shorter than its record (truncated?)")
