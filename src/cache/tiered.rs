@@ -1,6 +1,6 @@
 //! Memory over disk behind one pingora-cache [`Storage`].
 //!
-//! - Lookup: memory, then disk; a disk hit is copied into memory (promotion), where the memory
+//! - Lookup: memory, then disk; a disk hit is put into memory (promotion: its body buffer, no copy), where the memory
 //!   tier's eviction policy decides whether it stays (a promoted object not hit again leaves
 //!   first, so a scan of cold disk objects does not flush the hot set).
 //!   Objects too large for memory are streamed from disk, never promoted.
