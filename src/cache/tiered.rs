@@ -1,8 +1,9 @@
 //! Memory over disk behind one pingora-cache [`Storage`].
 //!
-//! - Lookup: memory, then disk; a disk hit is put into memory (promotion: its body buffer, no copy), where the memory
-//!   tier's eviction policy decides whether it stays (a promoted object not hit again leaves
-//!   first, so a scan of cold disk objects does not flush the hot set).
+//! - Lookup: memory, then disk; a disk hit is put into memory (promotion: its body's buffer,
+//!   not a copy), where the memory tier's eviction policy decides whether it stays (a promoted
+//!   object not hit again leaves first, so a scan of cold disk objects does not flush the hot
+//!   set). [`TieredStorage::lookup_now`] is the same lookup without waiting, for the lean path.
 //!   Objects too large for memory are streamed from disk, never promoted.
 //! - Fill: into memory (streaming readers follow it there); when it completes, the object is
 //!   queued for the disk writer and the response does not wait for the disk.
