@@ -1,5 +1,6 @@
 //! Micro-benchmarks of the per-request hot path: rule matching, host normalisation, cache key
-//! building and hashing, RFC 9111 decisions, `Vary`, `Cache-Status`, and memory-tier hits.
+//! building and hashing, RFC 9111 decisions, `Vary`, `Cache-Status`, memory-tier hits and disk-tier
+//! reads.
 //!
 //! `cargo bench --bench hot_path` measures; `cargo test --all-targets` runs each bench once.
 
@@ -569,6 +570,47 @@ fn bench_compression(c: &mut Criterion) {
     });
 }
 
+/// Objects of each size stored for the disk-tier benchmark.
+const DISK_OBJECTS: u64 = 64;
+
+/// A disk-tier hit as the lean path reads it (`DiskTier::lookup_now`: the directory lookup, the
+/// record's `pread`s from a segment in the page cache, the checksums), without the socket.
+fn bench_disk_tier(c: &mut Criterion) {
+    use outpost::cache::disk::{DiskObject, Now};
+    let dir = tempfile::tempdir().expect("tempdir");
+    let metrics = outpost::metrics::Metrics::new(1 << 20, 1 << 30).expect("metrics");
+    let disk = outpost::cache::DiskTier::open(dir.path(), 1 << 30, 1 << 30, metrics.storage);
+    let sizes = [1024usize, 100 * 1024];
+    let key = |size: usize, n: u64| {
+        outpost::cache::memory::hash(&CacheKey::new(format!("disk\n/{size}/{n}"), ""))
+    };
+    for size in sizes {
+        for n in 0..DISK_OBJECTS {
+            let object = DiskObject {
+                head: Bytes::from(vec![b'h'; 300]),
+                body: Bytes::from(vec![n as u8; size]),
+            };
+            assert!(disk.put(key(size, n), object), "stored");
+        }
+    }
+    assert!(disk.flush(Duration::from_secs(30)), "written");
+    let mut g = c.benchmark_group("disk_tier");
+    for size in sizes {
+        let mut n = 0;
+        g.bench_function(format!("lookup_now_{}k", size / 1024), |b| {
+            b.iter(|| {
+                n = (n + 1) % DISK_OBJECTS;
+                match disk.lookup_now(key(size, n), u64::MAX) {
+                    Now::Ready(hit) => black_box(hit.object.body.len()),
+                    _ => panic!("object {n} of {size} B not read"),
+                }
+            })
+        });
+    }
+    g.finish();
+    disk.shutdown(Duration::from_secs(10));
+}
+
 fn criterion() -> Criterion {
     Criterion::default()
         .sample_size(50)
@@ -645,6 +687,6 @@ criterion_group! {
     name = benches;
     config = criterion();
     targets = bench_rules, bench_keys, bench_freshness, bench_vary_and_status, bench_memory_tier,
-        bench_compression, bench_upstream_selection, bench_top_keys
+        bench_disk_tier, bench_compression, bench_upstream_selection, bench_top_keys
 }
 criterion_main!(benches);
