@@ -294,7 +294,7 @@ impl TieredStorage {
     /// settle).
     pub fn lookup_now(&self, key: u128) -> Option<Found> {
         if let Some(memory) = self.memory {
-            match memory.stored_or_filling(key) {
+            match memory.stored(key) {
                 Held::Stored(object) => return Some(Found::Memory(object)),
                 Held::Filling => return None,
                 Held::Absent => {}

@@ -111,7 +111,7 @@ impl Entry {
 /// A stored object lent out by [`MemoryTier::stored`].
 pub struct StoredObject(Arc<Entry>);
 
-/// What the memory tier holds under a key ([`MemoryTier::stored_or_filling`]).
+/// What the memory tier holds under a key ([`MemoryTier::stored`]).
 pub enum Held {
     /// A complete object.
     Stored(StoredObject),
@@ -364,18 +364,10 @@ impl MemoryTier {
             .map(|(key, entry)| (key.into(), entry.head_bytes()))
     }
 
-    /// The complete object stored under `key`, as a lookup would find it: `None` when there is
-    /// none, or when a fill of the key is in flight and readable (it is newer than the stored
-    /// object). Touches the entry for the eviction policy as a lookup does.
-    pub fn stored(&self, key: u128) -> Option<StoredObject> {
-        match self.stored_or_filling(key) {
-            Held::Stored(object) => Some(object),
-            Held::Filling | Held::Absent => None,
-        }
-    }
-
-    /// What a lookup of `key` finds here (touching a stored entry as a lookup does).
-    pub fn stored_or_filling(&self, key: u128) -> Held {
+    /// What a lookup of `key` finds here: the complete object stored under it, unless a fill of
+    /// the key is in flight and readable (it is newer than the stored object). Touches the entry
+    /// for the eviction policy as a lookup does.
+    pub fn stored(&self, key: u128) -> Held {
         if self.stream_fills && self.fill_for(key, None).is_some() {
             return Held::Filling;
         }
