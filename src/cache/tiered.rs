@@ -256,7 +256,7 @@ impl TieredStorage {
             None => Ok(None),
             Some(DiskHit::Whole(object)) => {
                 let meta = decode_head(&object.head)?;
-                let body = self.promote(key, object, sweeps);
+                let body = self.promote(key, object, sweeps).into_bytes();
                 Ok(Some((meta, Box::new(CompleteHit::from_disk(body)))))
             }
             Some(DiskHit::Stream { head, hit }) => Ok(Some((decode_head(&head)?, Box::new(hit)))),
@@ -265,12 +265,12 @@ impl TieredStorage {
 }
 
 impl TieredStorage {
-    /// Copy a disk hit into the memory tier, if there is one (its eviction policy decides
+    /// Put a disk hit into the memory tier, if there is one (its eviction policy decides
     /// whether it stays); the body to serve. `sweeps` is [`TieredStorage::sweeps`] as it was
     /// before the object was read.
-    fn promote(&self, key: u128, object: WholeObject, sweeps: u64) -> Bytes {
+    fn promote(&self, key: u128, object: WholeObject, sweeps: u64) -> Body {
         let Some(memory) = self.memory else {
-            return Bytes::from(object.body);
+            return Body::Own(Bytes::from(object.body));
         };
         match memory.insert(key, &object.head, object.body) {
             Ok(stored) => {
@@ -281,9 +281,9 @@ impl TieredStorage {
                 } else {
                     self.metrics.promotions.inc();
                 }
-                stored.body_bytes()
+                Body::Entry(stored)
             }
-            Err(body) => Bytes::from(body),
+            Err(body) => Body::Own(Bytes::from(body)),
         }
     }
 
@@ -313,11 +313,11 @@ impl TieredStorage {
 
     /// Count a lookup of [`TieredStorage::lookup_now`] as [`Storage::lookup`] counts one
     /// (a memory hit; or a memory miss, a disk hit and its promotion) and give its body.
-    pub fn settle(&self, key: u128, found: Found) -> Bytes {
+    pub fn settle(&self, key: u128, found: Found) -> Body {
         match found {
             Found::Memory(object) => {
                 self.metrics.memory.hits.inc();
-                object.body_bytes()
+                Body::Entry(object)
             }
             Found::Disk(hit, sweeps) => {
                 if self.memory.is_some() {
@@ -328,6 +328,32 @@ impl TieredStorage {
                 }
                 self.promote(key, hit.object, sweeps)
             }
+        }
+    }
+}
+
+/// A body served from the tiers.
+pub enum Body {
+    /// A memory-tier entry's (shared with the tier).
+    Entry(StoredObject),
+    /// In a buffer of its own.
+    Own(Bytes),
+}
+
+impl Body {
+    /// The bytes.
+    pub fn bytes(&self) -> &[u8] {
+        match self {
+            Body::Entry(object) => object.body(),
+            Body::Own(bytes) => bytes,
+        }
+    }
+
+    /// As `Bytes` (an entry's shares its memory).
+    pub fn into_bytes(self) -> Bytes {
+        match self {
+            Body::Entry(object) => object.body_bytes(),
+            Body::Own(bytes) => bytes,
         }
     }
 }

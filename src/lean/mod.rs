@@ -32,7 +32,7 @@
 //! says when and how).
 
 use crate::cache::entry::{from_ms, HeadView};
-use crate::cache::tiered::{Found, TieredStorage};
+use crate::cache::tiered::{Body, Found, TieredStorage};
 use crate::cache::vary;
 use crate::config::Encoding;
 use crate::metrics::{label_index, method_index, DisconnectPhase, Finished, Source};
@@ -159,7 +159,7 @@ pub struct Answer {
 /// The body of an answer.
 pub enum Payload {
     /// A stored object's body (shared with the memory tier, or read from disk).
-    Stored(bytes::Bytes),
+    Stored(Body),
     /// A body made here (a refusal's text).
     Made(Vec<u8>),
 }
@@ -168,7 +168,7 @@ impl Payload {
     /// The bytes sent.
     pub fn bytes(&self) -> &[u8] {
         match self {
-            Payload::Stored(body) => body,
+            Payload::Stored(body) => body.bytes(),
             Payload::Made(text) => text,
         }
     }
