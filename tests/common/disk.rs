@@ -472,19 +472,7 @@ pub fn find_in_segments(cache: &Path, needle: &[u8]) -> Vec<(PathBuf, u64)> {
 /// Invert the bits of `len` bytes of `path` from `at` (the file's other bytes and its length
 /// unchanged).
 pub fn flip_bytes(path: &Path, at: u64, len: usize) {
-    let f = fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open(path)
-        .unwrap_or_else(|e| panic!("open {}: {e}", path.display()));
-    let mut b = vec![0u8; len];
-    f.read_exact_at(&mut b, at)
-        .unwrap_or_else(|e| panic!("read {}:{at}: {e}", path.display()));
-    for x in &mut b {
-        *x ^= 0xFF;
-    }
-    f.write_all_at(&b, at)
-        .unwrap_or_else(|e| panic!("write {}:{at}: {e}", path.display()));
+    xor_bytes(path, at, len, 0xFF);
 }
 
 /// Flip one bit pattern (0x20) of the byte at `at` of `path`.
@@ -494,15 +482,25 @@ pub fn flip_byte(path: &Path, at: u64) {
 
 /// Flip the bits of `mask` in the byte at `at` of `path`.
 pub fn flip_bits(path: &Path, at: u64, mask: u8) {
+    xor_bytes(path, at, 1, mask);
+}
+
+/// XOR `len` bytes of `path` from `at` with `mask` (the file's other bytes and its length
+/// unchanged).
+fn xor_bytes(path: &Path, at: u64, len: usize, mask: u8) {
     let f = fs::OpenOptions::new()
         .read(true)
         .write(true)
         .open(path)
         .unwrap_or_else(|e| panic!("open {}: {e}", path.display()));
-    let mut b = [0u8; 1];
-    f.read_exact_at(&mut b, at).expect("read byte");
-    b[0] ^= mask;
-    f.write_all_at(&b, at).expect("write byte");
+    let mut b = vec![0u8; len];
+    f.read_exact_at(&mut b, at)
+        .unwrap_or_else(|e| panic!("read {}:{at}: {e}", path.display()));
+    for x in &mut b {
+        *x ^= mask;
+    }
+    f.write_all_at(&b, at)
+        .unwrap_or_else(|e| panic!("write {}:{at}: {e}", path.display()));
 }
 
 /// Cut the file at `path` to `len` bytes.

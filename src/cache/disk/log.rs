@@ -513,48 +513,23 @@ impl Log {
         Ok((start, segs))
     }
 
-    /// Read bytes `from..from + buf.len()` of the record starting at `start` (whose segments
-    /// from `start.gen` on are `segs`).
+    /// Append bytes `from..from + len` of the record starting at `start` (in `segs`) to `buf`,
+    /// without zeroing its spare capacity first.
     pub fn read_span(
         &self,
         segs: &[Arc<Segment>],
         start: Pos,
         from: u64,
-        buf: &mut [u8],
-    ) -> io::Result<()> {
-        let mut done = 0usize;
-        for (gen, off, len) in self.geo.pieces(start, from, buf.len() as u64) {
-            let seg = piece_segment(segs, start, gen).ok_or_else(|| {
-                io::Error::new(ErrorKind::UnexpectedEof, "record past its segments")
-            })?;
-            let part = &mut buf[done..done + len as usize];
-            if read_full(&seg.file, part, off)? < part.len() {
-                return Err(io::Error::new(
-                    ErrorKind::UnexpectedEof,
-                    "segment cut short",
-                ));
-            }
-            done += len as usize;
-        }
-        Ok(())
-    }
-
-    /// Bytes `from..from + len` of the record starting at `start` (in `segs`), read into a new
-    /// buffer without zeroing it first.
-    pub fn read_span_fresh(
-        &self,
-        segs: &[Arc<Segment>],
-        start: Pos,
-        from: u64,
         len: usize,
-    ) -> io::Result<Vec<u8>> {
-        let mut buf = Vec::with_capacity(len);
+        buf: &mut Vec<u8>,
+    ) -> io::Result<()> {
+        buf.reserve_exact(len);
         for (gen, off, n) in self.geo.pieces(start, from, len as u64) {
             let seg = piece_segment(segs, start, gen).ok_or_else(|| {
                 io::Error::new(ErrorKind::UnexpectedEof, "record past its segments")
             })?;
             let want = buf.len() + n as usize;
-            read_append(&seg.file, &mut buf, n as usize, off)?;
+            read_append(&seg.file, buf, n as usize, off)?;
             if buf.len() < want {
                 return Err(io::Error::new(
                     ErrorKind::UnexpectedEof,
@@ -562,7 +537,7 @@ impl Log {
                 ));
             }
         }
-        Ok(buf)
+        Ok(())
     }
 
     /// Write `bytes` as bytes `from..` of the record starting at `start` (in `segs`).

@@ -180,6 +180,12 @@ pub(super) async fn blocking<T: Send + 'static>(
         .unwrap_or_else(|e| Err(io::Error::other(e)))
 }
 
+/// Whether a lookup streams the object of record `h` by block rather than reading it whole
+/// (larger than `whole_up_to` and block-hashed).
+fn streams(h: &Header, whole_up_to: u64) -> bool {
+    h.body_len > whole_up_to && blocks_for(h.body_len) > 0
+}
+
 /// Why a stored entry could not be used.
 pub(super) enum ReadFailure {
     /// Not there (any more): a plain miss.
@@ -596,7 +602,7 @@ impl DiskTier {
             Err(_) => return Now::Later,
         };
         let h = &found.header;
-        if h.span() > BLOCK || (h.body_len > whole_up_to && blocks_for(h.body_len) > 0) {
+        if h.span() > BLOCK || streams(h, whole_up_to) {
             return Now::Later;
         }
         match self.whole(&found) {
@@ -630,8 +636,7 @@ impl DiskTier {
         };
         let entry = found.entry;
         let h = found.header;
-        let streams = h.body_len > whole_up_to && blocks_for(h.body_len) > 0;
-        let read = if streams {
+        let read = if streams(&h, whole_up_to) {
             let tier = self.clone();
             blocking(move || Ok(tier.open_stream(found)))
                 .await

@@ -138,13 +138,14 @@ pub fn blocks_for(body_len: u64) -> u32 {
     }
 }
 
-/// What a record is.
+/// What a record is (its code in the header's kind byte).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u8)]
 pub enum Kind {
     /// A stored object.
-    Object,
+    Object = 1,
     /// A purge of the key.
-    Tombstone,
+    Tombstone = 2,
 }
 
 /// The fixed header of a record, read before its hash can be checked.
@@ -171,8 +172,8 @@ impl Header {
             return Err("not a record");
         }
         let kind = match buf[4] {
-            1 => Kind::Object,
-            2 => Kind::Tombstone,
+            k if k == Kind::Object as u8 => Kind::Object,
+            k if k == Kind::Tombstone as u8 => Kind::Tombstone,
             _ => return Err("record of an unknown kind"),
         };
         let mut k = [0u8; 16];
@@ -244,17 +245,26 @@ pub fn encode_object(
     digest: &BodyDigest,
     out: &mut Vec<u8>,
 ) {
-    encode(1, key, gen, nonce, head, body_len, digest, out);
+    encode(Kind::Object, key, gen, nonce, head, body_len, digest, out);
 }
 
 /// A tombstone record for `key`.
 pub fn encode_tombstone(key: u128, gen: u64, nonce: u64, out: &mut Vec<u8>) {
-    encode(2, key, gen, nonce, &[], 0, &BodyDigest::Whole(0), out);
+    encode(
+        Kind::Tombstone,
+        key,
+        gen,
+        nonce,
+        &[],
+        0,
+        &BodyDigest::Whole(0),
+        out,
+    );
 }
 
 #[allow(clippy::too_many_arguments)]
 fn encode(
-    kind: u8,
+    kind: Kind,
     key: u128,
     gen: u64,
     nonce: u64,
@@ -266,7 +276,7 @@ fn encode(
     let start = out.len();
     let table = digest.table();
     out.extend_from_slice(MAGIC);
-    out.extend_from_slice(&[kind, 0, 0, 0]);
+    out.extend_from_slice(&[kind as u8, 0, 0, 0]);
     out.extend_from_slice(&key.to_le_bytes());
     out.extend_from_slice(&body_len.to_le_bytes());
     out.extend_from_slice(&digest.hash().to_le_bytes());

@@ -45,9 +45,15 @@ fn read_block(
 ) -> Result<Bytes, ReadFailure> {
     let from = index * BLOCK;
     let len = BLOCK.min(record.body_len() - from) as usize;
-    let buf = tier
-        .log
-        .read_span_fresh(segs, start, record.header.prefix_len() + from, len)
+    let mut buf = Vec::new();
+    tier.log
+        .read_span(
+            segs,
+            start,
+            record.header.prefix_len() + from,
+            len,
+            &mut buf,
+        )
         .map_err(|e| {
             if e.kind() == std::io::ErrorKind::UnexpectedEof {
                 ReadFailure::Corrupt("segment shorter than its record (truncated?)")

@@ -8,7 +8,7 @@
 //! yet on disk.
 
 use super::directory::{Entry, Loc, Lookup};
-use super::log::{read_full, Job, Pos, Segment, State, BUFFER, DATA_START};
+use super::log::{read_append, Job, Pos, Segment, State, BUFFER, DATA_START};
 use super::record::{
     align, blocks_for, encode_object, encode_tombstone, padding, BodyDigest, Header, Kind, Record,
     BLOCK, HEADER,
@@ -321,16 +321,18 @@ impl DiskTier {
         );
         self.log.write_span(&segs, start, 0, &out)?;
         let mut at = 0u64;
-        let mut chunk = vec![0u8; BLOCK as usize];
+        let mut chunk = Vec::with_capacity(BLOCK as usize);
         while at < body_len {
             let n = (body_len - at).min(BLOCK) as usize;
+            chunk.clear();
             let piece: &[u8] = match &body {
                 Source::Memory(b) => &b[at as usize..at as usize + n],
                 Source::File(f) => {
-                    if read_full(f, &mut chunk[..n], at)? < n {
+                    read_append(f, &mut chunk, n, at)?;
+                    if chunk.len() < n {
                         return Err(io::Error::other("spool file cut short"));
                     }
-                    &chunk[..n]
+                    &chunk
                 }
                 Source::Record {
                     segs: from,
@@ -338,14 +340,13 @@ impl DiskTier {
                     record,
                 } => {
                     let off = record.header.prefix_len() + at;
-                    self.log
-                        .read_span(from, *from_start, off, &mut chunk[..n])?;
+                    self.log.read_span(from, *from_start, off, n, &mut chunk)?;
                     if n as u64 == BLOCK || at + n as u64 == body_len {
                         record
-                            .verify_block((at / BLOCK) as usize, &chunk[..n])
+                            .verify_block((at / BLOCK) as usize, &chunk)
                             .map_err(io::Error::other)?;
                     }
-                    &chunk[..n]
+                    &chunk
                 }
             };
             self.log.write_span(&segs, start, prefix + at, piece)?;
