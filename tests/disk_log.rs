@@ -437,3 +437,102 @@ fn an_upgrade_keeps_every_object_stored_before_and_during_the_handover() {
     }
     assert_eq!(origin.total_hits(), before.len() + during.len());
 }
+
+/// Read one HTTP/1.1 response with a `Content-Length` from `r`: its head and body.
+fn read_one(r: &mut impl std::io::BufRead) -> (String, Vec<u8>) {
+    let mut head = String::new();
+    loop {
+        let mut line = String::new();
+        r.read_line(&mut line).expect("response line");
+        assert!(!line.is_empty(), "connection closed mid-head: {head}");
+        head.push_str(&line);
+        if line == "\r\n" {
+            break;
+        }
+    }
+    let len: usize = head
+        .lines()
+        .find_map(|l| {
+            let (name, value) = l.split_once(':')?;
+            name.eq_ignore_ascii_case("content-length")
+                .then(|| value.trim().parse().ok())?
+        })
+        .unwrap_or_else(|| panic!("no Content-Length in {head}"));
+    let mut body = vec![0u8; len];
+    r.read_exact(&mut body).expect("body");
+    (head, body)
+}
+
+/// A disk hit is sent from its segment file (`sendfile`) on the lean hit path; a body larger
+/// than the socket's buffers, to a client that does not read for a while, goes out partly
+/// that way and the rest from the verified copy: the client gets every byte, in order, and
+/// the connection serves the next request.
+#[test]
+fn a_disk_hit_larger_than_the_socket_buffers_reaches_a_slow_reader_whole() {
+    use std::io::{BufReader, Write};
+    let origin = TestOrigin::start();
+    // eight bodies of 300-900 KB, 6.6 MB together
+    let objects: Vec<(String, Vec<u8>)> = (0..8)
+        .map(|i| {
+            let p = format!("/slow/{i}");
+            let b = body_of(&p, if i == 1 { 300_000 } else { 900_000 });
+            origin.set(&p, cacheable(b.clone()));
+            (p, b)
+        })
+        .collect();
+    let cfg = NodeConfig::new(&origin.url()).node("lean_hits = true");
+    let node = cfg.start();
+    for (p, b) in &objects {
+        check(&node, p, b, "fill");
+    }
+    wait_disk_objects(&node, objects.len(), WAIT, "objects on disk");
+    stop_ok(node, "after the fill");
+    // memory empty: the hits come from disk
+    let node = cfg.start();
+    let lean_before = metric(&node, "outpost_lean_hits_total", &[]);
+    // a client with a small receive buffer: the node's side holds at most its send buffer
+    let sock =
+        socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).expect("socket");
+    sock.set_recv_buffer_size(16 << 10).expect("SO_RCVBUF");
+    sock.connect(&node.addr().into()).expect("connect");
+    let mut s = std::net::TcpStream::from(sock);
+    s.set_read_timeout(Some(WAIT)).expect("timeout");
+    let mut r = BufReader::new(s.try_clone().expect("clone"));
+    // eight disk hits then a memory hit (promoted) pipelined, more than the socket's send
+    // buffer takes (4 MiB at most): the node sends what it takes and waits for the client
+    let order: Vec<&(String, Vec<u8>)> = objects.iter().cycle().take(9).collect();
+    let mut asked = String::new();
+    for (p, _) in &order {
+        // the host the fill was asked for (it is part of the cache key)
+        asked.push_str(&format!(
+            "GET {p} HTTP/1.1\r\nHost: {}\r\n\r\n",
+            node.addr()
+        ));
+    }
+    s.write_all(asked.as_bytes()).expect("requests");
+    std::thread::sleep(Duration::from_millis(500));
+    for (i, (p, want)) in order.iter().enumerate() {
+        let (head, body) = read_one(&mut r);
+        assert!(head.starts_with("HTTP/1.1 200"), "response {i} {p}: {head}");
+        assert!(
+            body == *want,
+            "response {i} {p}: {} bytes that differ from the origin's {} (first difference at {:?})",
+            body.len(),
+            want.len(),
+            body.iter().zip(want).position(|(a, b)| a != b)
+        );
+    }
+    assert!(
+        metric(&node, TIER_HITS, &[("tier", "disk")]) >= 8.0,
+        "the first hits came from disk: {}\n{}",
+        metric(&node, TIER_HITS, &[("tier", "disk")]),
+        node.log_tail(20)
+    );
+    assert_eq!(
+        metric(&node, "outpost_lean_hits_total", &[]) - lean_before,
+        9.0,
+        "every hit answered on the lean path\n{}",
+        node.log_tail(20)
+    );
+    drop(node);
+}

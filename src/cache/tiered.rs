@@ -22,7 +22,7 @@
 
 use super::disk::record::BLOCK;
 use super::disk::spool::{Spool, SpoolShared, SPOOL_TAG};
-use super::disk::{DiskHit, DiskObject, DiskTier, Now, ReadyHit, WholeObject};
+use super::disk::{BodyFile, DiskHit, DiskObject, DiskTier, Now, ReadyHit, WholeObject};
 use super::entry::{
     confirmed_at, decode_head, decode_stored, encode_head, expire_stored, from_ms, to_ms, Stored,
 };
@@ -380,6 +380,13 @@ impl Found {
         match self {
             Found::Memory(object) => object.body(),
             Found::Disk(hit, _) => &hit.object.body,
+        }
+    }
+    /// Where a disk hit's body lies in its segment file, if it may be sent from there.
+    pub fn body_file(&self) -> Option<BodyFile> {
+        match self {
+            Found::Memory(_) => None,
+            Found::Disk(hit, _) => hit.file.clone(),
         }
     }
 }

@@ -6,8 +6,10 @@
 //! edits it hook by hook and serializes it again. Here the request is parsed in place
 //! (`httparse`), the key hashed, the tiers asked ([`TieredStorage::lookup_now`]: the memory
 //! tier, then a small object on disk read with one `pread` and verified on this thread), and
-//! the response written field by field from the stored bytes, in one write with the body. A
-//! disk hit is counted and promoted into memory as the full path's lookup does it.
+//! the response written field by field from the stored bytes, in one write with the body (a
+//! disk hit's body over 16 KiB on plain TCP: the head, then the body with `sendfile` from the
+//! segment file just verified, `policy::connections`). A disk hit is counted and promoted into
+//! memory as the full path's lookup does it.
 //!
 //! Only what this module can answer exactly as the full path would is answered here
 //! ([`LeanHits::answer`] returns `None` for anything else, and the connection layer hands the
@@ -31,6 +33,7 @@
 //! (Pingora would bypass the cache for them), are forwarded from here too (src/lean/pass.rs
 //! says when and how).
 
+use crate::cache::disk::BodyFile;
 use crate::cache::entry::{from_ms, HeadView};
 use crate::cache::tiered::{Body, Found, TieredStorage};
 use crate::cache::vary;
@@ -151,6 +154,9 @@ pub struct Answer {
     pub head: Vec<u8>,
     /// What is sent after the header (`None` for HEAD).
     pub body: Option<Payload>,
+    /// Where that body lies in a disk segment file, if it may be sent from there (a disk hit
+    /// over 16 KiB): on a plain TCP connection it is, with `sendfile`.
+    pub body_file: Option<BodyFile>,
     /// The connection stays open after the response.
     pub keep_alive: bool,
     done: Done,
@@ -686,6 +692,12 @@ impl LeanHits {
         self.response_filter(&mut resp, ours, id, limit_fields, &routing, rule_rules);
         let head = written(status, resp, keep_alive);
         let disk = matches!(looked.found, Found::Disk(..));
+        let head_only = method == Method::HEAD;
+        let body_file = if head_only {
+            None
+        } else {
+            looked.found.body_file()
+        };
         // the full path's storage lookups, counted (and a disk hit promoted) as it does
         let storage = &node.storage;
         if let Some((key, found)) = looked.before {
@@ -693,11 +705,11 @@ impl LeanHits {
         }
         let body = storage.settle(looked.key, looked.found);
         let first_byte = start.elapsed().as_secs_f64();
-        let head_only = method == Method::HEAD;
         Some(Decided::Answer(Answer {
             consumed,
             head,
             body: (!head_only).then_some(Payload::Stored(body)),
+            body_file,
             keep_alive,
             done: Done {
                 kind: Kind::Hit { disk },
@@ -1106,6 +1118,7 @@ impl LeanHits {
         let head_only = r.method == Method::HEAD;
         let body_len = if head_only { 0 } else { text.len() as u64 };
         Answer {
+            body_file: None,
             consumed: r.consumed,
             head,
             body: (!head_only).then(|| Payload::Made(text.into_bytes())),

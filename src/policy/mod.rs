@@ -11,3 +11,4 @@ pub mod hardening;
 pub mod headers;
 pub mod ratelimit;
 pub mod request_line;
+pub mod sendfile;

@@ -76,6 +76,9 @@ const FIRST_READ: u64 = 4096;
 /// Records larger than this are read in two: their first bytes, then the body into a buffer
 /// of its own (one copy of the body fewer than slicing it out of the record).
 const SPLIT_ABOVE: u64 = 16 << 10;
+/// Bodies larger than this are offered for sending from their segment file
+/// ([`ReadyHit::file`]): below it, copying the body costs less than the second system call.
+const SEND_FILE_ABOVE: u64 = SPLIT_ABOVE;
 /// While another process holds the directory, how often to try taking it over.
 const LOCK_POLL: Duration = Duration::from_millis(50);
 
@@ -111,7 +114,45 @@ pub enum Now {
 pub struct ReadyHit {
     /// The object.
     pub object: WholeObject,
+    /// Where its body lies in a segment file, when it was read from one (not from a write
+    /// buffer) and is large enough to be worth sending from there.
+    pub file: Option<BodyFile>,
     entry: Entry,
+}
+
+/// Where a verified body lies in a segment file: the lean hit path sends it from there with
+/// `sendfile`, the kernel passing page-cache pages to the socket without copying them. The
+/// bytes are those just read and verified: a segment file is never written again where it
+/// holds records ([`log`]), and the segment is held open here, so recycling its slot does not
+/// touch them; only another process writing into the file could (as under any cache that
+/// sends from files).
+#[derive(Clone)]
+pub struct BodyFile {
+    seg: Arc<Segment>,
+    off: u64,
+    len: u64,
+}
+
+impl BodyFile {
+    /// The segment file.
+    pub fn file(&self) -> &std::fs::File {
+        &self.seg.file
+    }
+
+    /// The body's offset in the file.
+    pub fn offset(&self) -> u64 {
+        self.off
+    }
+
+    /// The body's length.
+    pub fn len(&self) -> u64 {
+        self.len
+    }
+
+    /// Whether the body is empty.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
 }
 
 /// A hit from the disk tier.
@@ -212,6 +253,8 @@ struct Found {
     header: Header,
     /// The record's bytes from its start (at least its header).
     bytes: Bytes,
+    /// They were read from the segment file (not from a buffer not yet written).
+    on_file: bool,
 }
 
 impl DiskTier {
@@ -474,6 +517,7 @@ impl DiskTier {
         if self.log.maybe_buffered(pos, want) {
             bytes = self.log.buffered(pos, want);
         }
+        let on_file = bytes.is_none();
         let bytes = match bytes {
             Some(b) => b,
             // a large record's body is read on its own, into a buffer of its own (`verified`)
@@ -496,6 +540,7 @@ impl DiskTier {
             pos,
             header,
             bytes,
+            on_file,
         })
     }
 
@@ -608,6 +653,11 @@ impl DiskTier {
         match self.whole(&found) {
             Ok(object) => Now::Ready(ReadyHit {
                 object,
+                file: (found.on_file && h.body_len > SEND_FILE_ABOVE).then(|| BodyFile {
+                    seg: found.seg.clone(),
+                    off: found.pos.off + h.prefix_len(),
+                    len: h.body_len,
+                }),
                 entry: found.entry,
             }),
             Err(_) => Now::Later,
