@@ -303,6 +303,9 @@ pub struct State {
     pub unwritten: u64,
     /// The writer should stop once the queue is empty.
     pub stopping: bool,
+    /// Keys purged while no segment had room for their tombstone: appended as soon as the
+    /// writer has prepared the next segment.
+    pub pending_tombstones: Vec<u128>,
 }
 
 /// The ring of segments and the buffers in front of it.
@@ -343,6 +346,7 @@ impl Log {
                 prepared: 0,
                 unwritten: 0,
                 stopping: false,
+                pending_tombstones: Vec::new(),
             }),
             wake: Condvar::new(),
             landed: Condvar::new(),

@@ -25,8 +25,9 @@
 //! - Crash safety: a checkpoint of the directory names the log position it covers; after a
 //!   crash the log from there on is replayed. Records are checksummed and carry their segment's
 //!   generation, so torn writes, stale bytes and bit flips are misses (and refetches), never
-//!   wrong bytes. A purge appends a tombstone before it answers, so a purged object is never
-//!   served after a restart. No fsync is needed for any of that (only the checkpoint is synced).
+//!   wrong bytes. A purge appends a tombstone before it answers (or, when the segment is full
+//!   and the next not prepared, as soon as it is: [`DiskTier::flush_queued_so_far`] waits for
+//!   it), so a purged object is never served after a restart. No fsync is needed for any of that (only the checkpoint is synced).
 //! - Upgrades: one process writes the segments at a time (the `lock` file). A new process
 //!   started while the old one still runs waits: it keeps what it would write in memory, and
 //!   takes over when the old one, stopping, has written its last buffers and a checkpoint and
@@ -982,6 +983,14 @@ impl DiskTier {
     pub fn flush_queued_so_far(&self, timeout: Duration) -> bool {
         let deadline = Instant::now() + timeout;
         let mut st = self.log.state.lock();
+        // tombstones waiting for a segment go into the buffers first
+        while !st.pending_tombstones.is_empty() {
+            if !self.active.load(Ordering::Acquire)
+                || self.log.landed.wait_until(&mut st, deadline).timed_out()
+            {
+                return false;
+            }
+        }
         self.log.seal(&mut st);
         let target = st.next_seq;
         while st.done_seq < target {
@@ -1019,5 +1028,52 @@ impl DiskTier {
             *self.lock.lock() = None;
         }
         flushed
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::metrics::Metrics;
+
+    /// A purge whose tombstone finds no room (the segment full, the next one not prepared yet)
+    /// is not lost: the tombstone waits, the writer appends it first thing in the next segment,
+    /// and `flush_queued_so_far` (which the ban lurker waits on before retiring a purge) returns
+    /// only once it is on disk.
+    #[test]
+    fn a_tombstone_with_no_room_waits_for_the_next_segment_and_is_flushed() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let metrics = Metrics::new(16 << 20, 1 << 30).expect("metrics");
+        let tier = DiskTier::open(dir.path(), 4 << 20, 1 << 20, metrics.storage.clone());
+        let ready = Instant::now() + Duration::from_secs(10);
+        while tier.log.state.lock().cursor.is_none() {
+            assert!(Instant::now() < ready, "no segment prepared");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        let key = 0x1234_5678_9abc_def0_0fed_cba9_8765_4321_u128;
+        let gen = {
+            let mut st = tier.log.state.lock();
+            // the cursor at the very end of the last segment prepared
+            let gen = st.prepared;
+            st.cursor = Some(Pos {
+                gen,
+                off: tier.log.geo.seg,
+            });
+            st.cursor_seg = tier.log.segment(gen);
+            tier.append_tombstone(&mut st, key);
+            assert_eq!(st.pending_tombstones, [key], "no room: the tombstone waits");
+            gen
+        };
+        assert!(
+            tier.flush_queued_so_far(Duration::from_secs(10)),
+            "the waiting tombstone was written"
+        );
+        assert!(tier.log.state.lock().pending_tombstones.is_empty());
+        let next = tier.log.segment(gen + 1).expect("the next segment");
+        let mut first = vec![0u8; HEADER];
+        let read = log::read_full(&next.file, &mut first, log::DATA_START).expect("read");
+        assert_eq!(read, HEADER);
+        let h = Header::peek(&first).expect("a record");
+        assert_eq!((h.kind, h.key), (Kind::Tombstone, key));
     }
 }

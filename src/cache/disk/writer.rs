@@ -378,8 +378,18 @@ impl DiskTier {
         Ok(span)
     }
 
-    /// Append a tombstone for `key` (under the log's lock); false if there is no room.
-    pub(super) fn append_tombstone(&self, st: &mut State, key: u128) -> bool {
+    /// Append a tombstone for `key` (under the log's lock); when no segment has room for it
+    /// yet (the next one not prepared), it waits in `pending_tombstones` for the writer to
+    /// prepare one ([`DiskTier::flush_queued_so_far`] waits for it too).
+    pub(super) fn append_tombstone(&self, st: &mut State, key: u128) {
+        if !self.place_tombstone(st, key) {
+            st.pending_tombstones.push(key);
+            self.log.wake.notify_one();
+        }
+    }
+
+    /// Place a tombstone for `key` in the buffer; false if there is no room.
+    fn place_tombstone(&self, st: &mut State, key: u128) -> bool {
         let span = HEADER as u64;
         let Some((at, nonce)) = self.log.place(st, span) else {
             return false;
@@ -387,6 +397,22 @@ impl DiskTier {
         encode_tombstone(key, at.gen, nonce, &mut st.active);
         st.queued += span;
         true
+    }
+
+    /// Place the tombstones waiting for a segment (under the log's lock), as far as there is
+    /// room; waiters of [`DiskTier::flush_queued_so_far`] are woken.
+    fn place_pending_tombstones(&self, st: &mut State) {
+        if st.pending_tombstones.is_empty() {
+            return;
+        }
+        let pending = std::mem::take(&mut st.pending_tombstones);
+        for (i, key) in pending.iter().enumerate() {
+            if !self.place_tombstone(st, *key) {
+                st.pending_tombstones.extend_from_slice(&pending[i..]);
+                break;
+            }
+        }
+        self.log.landed.notify_all();
     }
 
     /// Make generation `gen`'s segment: clean its slot (when the ring came round), then create
@@ -415,6 +441,7 @@ impl DiskTier {
             });
             st.cursor_seg = Some(seg);
         }
+        self.place_pending_tombstones(&mut st);
         Ok(())
     }
 
