@@ -306,6 +306,8 @@ pub struct State {
     /// Keys purged while no segment had room for their tombstone: appended as soon as the
     /// writer has prepared the next segment.
     pub pending_tombstones: Vec<u128>,
+    /// How often tombstones were put back to be appended again (a write that failed).
+    pub requeued: u64,
 }
 
 /// The ring of segments and the buffers in front of it.
@@ -347,6 +349,7 @@ impl Log {
                 unwritten: 0,
                 stopping: false,
                 pending_tombstones: Vec::new(),
+                requeued: 0,
             }),
             wake: Condvar::new(),
             landed: Condvar::new(),

@@ -983,25 +983,31 @@ impl DiskTier {
     pub fn flush_queued_so_far(&self, timeout: Duration) -> bool {
         let deadline = Instant::now() + timeout;
         let mut st = self.log.state.lock();
-        // tombstones waiting for a segment go into the buffers first
-        while !st.pending_tombstones.is_empty() {
-            if !self.active.load(Ordering::Acquire)
-                || self.log.landed.wait_until(&mut st, deadline).timed_out()
-            {
-                return false;
+        loop {
+            // tombstones waiting for a segment go into the buffers first
+            while !st.pending_tombstones.is_empty() {
+                if !self.active.load(Ordering::Acquire)
+                    || self.log.landed.wait_until(&mut st, deadline).timed_out()
+                {
+                    return false;
+                }
+            }
+            let requeued = st.requeued;
+            self.log.seal(&mut st);
+            let target = st.next_seq;
+            while st.done_seq < target {
+                if !self.active.load(Ordering::Acquire) {
+                    return false;
+                }
+                if self.log.landed.wait_until(&mut st, deadline).timed_out() {
+                    return st.done_seq >= target && st.requeued == requeued;
+                }
+            }
+            // a write that failed meanwhile put its tombstones back: they must land too
+            if st.requeued == requeued {
+                return true;
             }
         }
-        self.log.seal(&mut st);
-        let target = st.next_seq;
-        while st.done_seq < target {
-            if !self.active.load(Ordering::Acquire) {
-                return false;
-            }
-            if self.log.landed.wait_until(&mut st, deadline).timed_out() {
-                return st.done_seq >= target;
-            }
-        }
-        true
     }
 
     /// A graceful stop: write what is queued and a checkpoint, within `timeout`; true if done.
@@ -1036,6 +1042,27 @@ mod tests {
     use super::*;
     use crate::metrics::Metrics;
 
+    /// A tier of 4 MiB (8 segments of 512 KiB) once `prepared` segments are ready.
+    fn small_tier(dir: &Path, prepared: u64) -> Arc<DiskTier> {
+        let metrics = Metrics::new(16 << 20, 1 << 30).expect("metrics");
+        let tier = DiskTier::open(dir, 4 << 20, 1 << 20, metrics.storage.clone());
+        let ready = Instant::now() + Duration::from_secs(10);
+        while tier.log.state.lock().prepared < prepared {
+            assert!(Instant::now() < ready, "no segments prepared");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        tier
+    }
+
+    /// The key of the first record of generation `gen`'s segment, if it is a tombstone.
+    fn first_tombstone(tier: &DiskTier, gen: u64) -> Option<u128> {
+        let seg = tier.log.segment(gen)?;
+        let mut first = vec![0u8; HEADER];
+        let read = log::read_full(&seg.file, &mut first, log::DATA_START).ok()?;
+        let h = Header::peek(&first[..read]).ok()?;
+        (h.kind == Kind::Tombstone).then_some(h.key)
+    }
+
     /// A purge whose tombstone finds no room (the segment full, the next one not prepared yet)
     /// is not lost: the tombstone waits, the writer appends it first thing in the next segment,
     /// and `flush_queued_so_far` (which the ban lurker waits on before retiring a purge) returns
@@ -1043,13 +1070,7 @@ mod tests {
     #[test]
     fn a_tombstone_with_no_room_waits_for_the_next_segment_and_is_flushed() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let metrics = Metrics::new(16 << 20, 1 << 30).expect("metrics");
-        let tier = DiskTier::open(dir.path(), 4 << 20, 1 << 20, metrics.storage.clone());
-        let ready = Instant::now() + Duration::from_secs(10);
-        while tier.log.state.lock().cursor.is_none() {
-            assert!(Instant::now() < ready, "no segment prepared");
-            std::thread::sleep(Duration::from_millis(10));
-        }
+        let tier = small_tier(dir.path(), 1);
         let key = 0x1234_5678_9abc_def0_0fed_cba9_8765_4321_u128;
         let gen = {
             let mut st = tier.log.state.lock();
@@ -1069,11 +1090,42 @@ mod tests {
             "the waiting tombstone was written"
         );
         assert!(tier.log.state.lock().pending_tombstones.is_empty());
-        let next = tier.log.segment(gen + 1).expect("the next segment");
-        let mut first = vec![0u8; HEADER];
-        let read = log::read_full(&next.file, &mut first, log::DATA_START).expect("read");
-        assert_eq!(read, HEADER);
-        let h = Header::peek(&first).expect("a record");
-        assert_eq!((h.kind, h.key), (Kind::Tombstone, key));
+        assert_eq!(first_tombstone(&tier, gen + 1), Some(key));
+    }
+
+    /// A buffer whose write fails leaves a hole (a replay stops there): the purges'
+    /// tombstones in it are appended again in the next segment, nothing more goes into the
+    /// damaged one, and `flush_queued_so_far` returns once they are on disk.
+    #[test]
+    fn tombstones_of_a_buffer_that_failed_are_appended_again_in_the_next_segment() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let tier = small_tier(dir.path(), 2);
+        let gen = tier.log.state.lock().cursor.expect("cursor").gen;
+        // the segment's file, open read-only from now on: its next write fails
+        let seg = tier.log.segment(gen).expect("segment");
+        let read_only = File::open(tier.log.path(tier.log.geo.slot(gen))).expect("open");
+        tier.log.install(Arc::new(Segment {
+            file: read_only,
+            gen,
+            nonce: seg.nonce,
+        }));
+        let key = 0xfeed_u128 << 64 | 0xbeef;
+        tier.append_tombstone(&mut tier.log.state.lock(), key);
+        assert!(
+            tier.flush_queued_so_far(Duration::from_secs(10)),
+            "the tombstone was written again"
+        );
+        let st = tier.log.state.lock();
+        assert!(st.pending_tombstones.is_empty());
+        assert_eq!(
+            st.requeued, 1,
+            "the failed buffer's tombstone put back once"
+        );
+        assert!(
+            st.cursor.is_some_and(|c| c.gen > gen),
+            "nothing more goes into the segment with the hole"
+        );
+        drop(st);
+        assert_eq!(first_tombstone(&tier, gen + 1), Some(key));
     }
 }

@@ -214,6 +214,9 @@ impl DiskTier {
                     if st.jobs.front().is_some_and(|(s, _)| *s == seq) {
                         st.jobs.pop_front();
                     }
+                    if written.is_err() {
+                        self.after_hole(&mut st, at.gen, &bytes);
+                    }
                     st.queued = st.queued.saturating_sub(bytes.len() as u64);
                     st.unwritten = st.unwritten.saturating_sub(objects);
                     st.done_seq = seq + 1;
@@ -309,48 +312,16 @@ impl DiskTier {
                 Err(None) => return Err(io::Error::other("no segment to write to")),
             }
         };
-        let mut out = Vec::with_capacity(prefix as usize);
-        encode_object(
-            key,
-            start.gen,
-            segs[0].nonce,
-            head,
-            body_len,
-            digest,
-            &mut out,
-        );
-        self.log.write_span(&segs, start, 0, &out)?;
-        let mut at = 0u64;
-        let mut chunk = Vec::with_capacity(BLOCK as usize);
-        while at < body_len {
-            let n = (body_len - at).min(BLOCK) as usize;
-            chunk.clear();
-            let piece: &[u8] = match &body {
-                Source::Memory(b) => &b[at as usize..at as usize + n],
-                Source::File(f) => {
-                    read_append(f, &mut chunk, n, at)?;
-                    if chunk.len() < n {
-                        return Err(io::Error::other("spool file cut short"));
-                    }
-                    &chunk
-                }
-                Source::Record {
-                    segs: from,
-                    start: from_start,
-                    record,
-                } => {
-                    let off = record.header.prefix_len() + at;
-                    self.log.read_span(from, *from_start, off, n, &mut chunk)?;
-                    if n as u64 == BLOCK || at + n as u64 == body_len {
-                        record
-                            .verify_block((at / BLOCK) as usize, &chunk)
-                            .map_err(io::Error::other)?;
-                    }
-                    &chunk
-                }
-            };
-            self.log.write_span(&segs, start, prefix + at, piece)?;
-            at += n as u64;
+        let written = self.write_reserved(key, head, &body, body_len, digest, prefix, start, &segs);
+        if let Err(e) = written {
+            // the record's space holds a hole now (a segment's replay stops at it)
+            let mut st = self.log.state.lock();
+            let last = segs.last().map_or(start.gen, |s| s.gen);
+            self.after_hole(&mut st, start.gen, &[]);
+            if last != start.gen {
+                self.after_hole(&mut st, last, &[]);
+            }
+            return Err(e);
         }
         let loc = Loc {
             slot: self.log.geo.slot(start.gen),
@@ -532,26 +503,112 @@ impl DiskTier {
         )
     }
 
+    /// Write a large record (its prefix `prefix` bytes) into the space reserved for it at
+    /// `start` (in `segs`).
+    #[allow(clippy::too_many_arguments)]
+    fn write_reserved(
+        &self,
+        key: u128,
+        head: &[u8],
+        body: &Source,
+        body_len: u64,
+        digest: &BodyDigest,
+        prefix: u64,
+        start: Pos,
+        segs: &[Arc<Segment>],
+    ) -> io::Result<()> {
+        let mut out = Vec::with_capacity(prefix as usize);
+        encode_object(
+            key,
+            start.gen,
+            segs[0].nonce,
+            head,
+            body_len,
+            digest,
+            &mut out,
+        );
+        self.log.write_span(segs, start, 0, &out)?;
+        let mut at = 0u64;
+        let mut chunk = Vec::with_capacity(BLOCK as usize);
+        while at < body_len {
+            let n = (body_len - at).min(BLOCK) as usize;
+            chunk.clear();
+            let piece: &[u8] = match body {
+                Source::Memory(b) => &b[at as usize..at as usize + n],
+                Source::File(f) => {
+                    read_append(f, &mut chunk, n, at)?;
+                    if chunk.len() < n {
+                        return Err(io::Error::other("spool file cut short"));
+                    }
+                    &chunk
+                }
+                Source::Record {
+                    segs: from,
+                    start: from_start,
+                    record,
+                } => {
+                    let off = record.header.prefix_len() + at;
+                    self.log.read_span(from, *from_start, off, n, &mut chunk)?;
+                    if n as u64 == BLOCK || at + n as u64 == body_len {
+                        record
+                            .verify_block((at / BLOCK) as usize, &chunk)
+                            .map_err(io::Error::other)?;
+                    }
+                    &chunk
+                }
+            };
+            self.log.write_span(segs, start, prefix + at, piece)?;
+            at += n as u64;
+        }
+        Ok(())
+    }
+
     /// A buffer was not written: forget the directory entries of its records.
     fn forget_records(&self, seg: &Segment, at: Pos, bytes: &[u8]) {
         let geo = self.log.geo;
-        let mut i = 0usize;
-        while let Some(rest) = bytes.get(i..) {
-            let Ok(h) = Header::peek(rest) else { break };
-            let span = h.span() as usize;
+        for (i, h) in records_in(bytes) {
             if h.kind == Kind::Object {
                 let loc = Loc {
                     slot: geo.slot(seg.gen),
                     lap: geo.lap(seg.gen),
                     off: at.off + i as u64,
-                    hint: span as u64,
+                    hint: h.span(),
                 };
                 if let Some(e) = Entry::new(h.key, loc) {
                     self.dir.remove_entry(&e);
                 }
             }
-            i += span;
         }
+    }
+
+    /// A buffer of segment `gen` was not written (`failed`, under the log's lock). A replay
+    /// stops at the hole it leaves, so nothing more is placed in that segment, and the
+    /// tombstones in it, or behind it in the segment (queued or buffered), are appended again
+    /// in a later one: a purge must survive a crash whatever else the hole loses.
+    fn after_hole(&self, st: &mut State, gen: u64, failed: &[u8]) {
+        let mut keys = tombstones_in(failed);
+        for (_, job) in &st.jobs {
+            if let Job::Buffer { at, bytes, .. } = job {
+                if at.gen == gen {
+                    keys.extend(tombstones_in(bytes));
+                }
+            }
+        }
+        if st.active_at.gen == gen {
+            keys.extend(tombstones_in(&st.active));
+        }
+        if st.cursor.is_some_and(|c| c.gen == gen) {
+            st.cursor = Some(Pos {
+                gen,
+                off: self.log.geo.seg,
+            });
+        }
+        if !keys.is_empty() {
+            st.requeued += 1;
+            st.pending_tombstones.extend(keys);
+            self.place_pending_tombstones(st);
+        }
+        self.log.wake.notify_one();
     }
 
     /// No segment could be made: the buffered records are lost (they stay in memory only).
@@ -607,4 +664,26 @@ impl WriteAllAt for File {
     fn write_all_at_checked(&self, buf: &[u8], off: u64) -> io::Result<()> {
         std::os::unix::fs::FileExt::write_all_at(self, buf, off)
     }
+}
+
+/// The records a buffer holds, each with its offset in the buffer.
+fn records_in(bytes: &[u8]) -> impl Iterator<Item = (usize, Header)> + '_ {
+    let mut i = 0usize;
+    std::iter::from_fn(move || {
+        let h = Header::peek(bytes.get(i..)?).ok()?;
+        if h.span() == 0 {
+            return None;
+        }
+        let at = i;
+        i += h.span() as usize;
+        Some((at, h))
+    })
+}
+
+/// The keys of the tombstones a buffer holds.
+fn tombstones_in(bytes: &[u8]) -> Vec<u128> {
+    records_in(bytes)
+        .filter(|(_, h)| h.kind == Kind::Tombstone)
+        .map(|(_, h)| h.key)
+        .collect()
 }
