@@ -312,9 +312,20 @@ impl DiskTier {
                 Err(None) => return Err(io::Error::other("no segment to write to")),
             }
         };
-        let written = self.write_reserved(key, head, &body, body_len, digest, prefix, start, &segs);
-        if let Err(e) = written {
-            // the record's space holds a hole now (a segment's replay stops at it)
+        let mut out = Vec::with_capacity(prefix as usize);
+        encode_object(
+            key,
+            start.gen,
+            segs[0].nonce,
+            head,
+            body_len,
+            digest,
+            &mut out,
+        );
+        if let Err(e) = self.log.write_span(&segs, start, 0, &out) {
+            // no record where one was reserved: a replay of its segment stops there (and of
+            // the last one it runs into, which begins with the rest of it); a body that fails
+            // later leaves a record a replay skips (its blocks fail when served)
             let mut st = self.log.state.lock();
             let last = segs.last().map_or(start.gen, |s| s.gen);
             self.after_hole(&mut st, start.gen, &[]);
@@ -323,6 +334,7 @@ impl DiskTier {
             }
             return Err(e);
         }
+        self.write_body(&body, body_len, prefix, start, &segs)?;
         let loc = Loc {
             slot: self.log.geo.slot(start.gen),
             lap: self.log.geo.lap(start.gen),
@@ -503,31 +515,16 @@ impl DiskTier {
         )
     }
 
-    /// Write a large record (its prefix `prefix` bytes) into the space reserved for it at
-    /// `start` (in `segs`).
-    #[allow(clippy::too_many_arguments)]
-    fn write_reserved(
+    /// Write the body of a large record whose prefix (`prefix` bytes) is written at `start`
+    /// (in `segs`), block by block.
+    fn write_body(
         &self,
-        key: u128,
-        head: &[u8],
         body: &Source,
         body_len: u64,
-        digest: &BodyDigest,
         prefix: u64,
         start: Pos,
         segs: &[Arc<Segment>],
     ) -> io::Result<()> {
-        let mut out = Vec::with_capacity(prefix as usize);
-        encode_object(
-            key,
-            start.gen,
-            segs[0].nonce,
-            head,
-            body_len,
-            digest,
-            &mut out,
-        );
-        self.log.write_span(segs, start, 0, &out)?;
         let mut at = 0u64;
         let mut chunk = Vec::with_capacity(BLOCK as usize);
         while at < body_len {
