@@ -27,7 +27,9 @@
 //!   generation, so torn writes, stale bytes and bit flips are misses (and refetches), never
 //!   wrong bytes. A purge appends a tombstone before it answers (or, when the segment is full
 //!   and the next not prepared, as soon as it is: [`DiskTier::flush_queued_so_far`] waits for
-//!   it), so a purged object is never served after a restart. No fsync is needed for any of that (only the checkpoint is synced).
+//!   it; a buffer whose write fails has its tombstones appended again), so a purged object is
+//!   never served after a restart. No fsync is needed for any of that (only the checkpoint is
+//!   synced).
 //! - Upgrades: one process writes the segments at a time (the `lock` file). A new process
 //!   started while the old one still runs waits: it keeps what it would write in memory, and
 //!   takes over when the old one, stopping, has written its last buffers and a checkpoint and
