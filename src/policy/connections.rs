@@ -502,7 +502,7 @@ fn downcast(stream: Stream) -> Option<Box<Tracked>> {
 /// plain TCP connection: the header is written on its own, then the body with `sendfile`
 /// (what the socket does not take at once, written from the verified copy in memory). The
 /// header is not held back for the body (`MSG_MORE`): measured, that made each 100 KiB
-/// disk hit cost ~12 µs more under BBR (benches/load/README.md).
+/// disk hit cost ~12 µs more under BBR (README, Benchmarks).
 async fn write_answer(tracked: &mut Tracked, answer: &Answer) -> bool {
     use tokio::io::AsyncWriteExt as _;
     let body = answer
@@ -516,9 +516,10 @@ async fn write_answer(tracked: &mut Tracked, answer: &Answer) -> bool {
             let mut from = 0;
             if let (Some(file), Some(socket)) = (&answer.body_file, tracked.plain_socket()) {
                 tracked.flush().await?;
-                // an error here (a file system without sendfile): the copy below sends it all
-                let sent = send_file(socket, file.file(), file.offset(), file.len()).unwrap_or(0);
-
+                // never more than the body (the response's length); an error here (a file
+                // system without sendfile): the copy below sends it all
+                let len = file.len().min(body.len() as u64);
+                let sent = send_file(socket, file.file(), file.offset(), len).unwrap_or(0);
                 from = usize::try_from(sent).map_or(body.len(), |n| n.min(body.len()));
             }
             tracked.write_all(&body[from..]).await?;
