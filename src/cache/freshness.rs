@@ -184,8 +184,11 @@ pub fn within_stale_if_error(meta: &CacheMeta, rule: &RuleConfig, now: SystemTim
     let (cc, _) = super::targeted::directives(meta.headers(), &rule.ttl.targeted);
     let defaults = admitted_without_freshness(meta.response_header().status, rule);
     let window = stale_windows(cc.as_ref(), rule, defaults).1;
+    // a response 0.9 s stale is past a window of 0 s (whole seconds would round it down)
     now.duration_since(meta.fresh_until())
-        .map_or(true, |stale| stale.as_secs() <= u64::from(window))
+        .map_or(true, |stale| {
+            stale <= Duration::from_secs(u64::from(window))
+        })
 }
 
 /// Whether `rule` stores responses with `status` without explicit freshness: listed in

@@ -578,3 +578,38 @@ fn dates_in_every_form_and_any_letter_case_are_read() {
         assert_eq!(super::lenient_date(s), None, "{s}");
     }
 }
+
+/// RFC 5861 4: `stale-if-error=N` allows a response stale for up to N seconds, not N plus the
+/// fraction of a second whole seconds drop; a stored error (no window) is never within one.
+#[test]
+fn stale_if_error_windows_end_on_the_dot() {
+    let now = SystemTime::now();
+    let r = rule(TtlConfig::default());
+    let stored = |status: u16, cc: &str, stale_ms: u64| {
+        let fresh_until = now - Duration::from_millis(stale_ms);
+        let header = resp(status, &[("cache-control", cc)]);
+        CacheMeta::new(
+            fresh_until,
+            fresh_until - Duration::from_secs(1),
+            0,
+            0,
+            header,
+        )
+    };
+    let within = |m: &CacheMeta| within_stale_if_error(m, &r, now);
+    assert!(within(&stored(200, "max-age=1, stale-if-error=1", 500)));
+    assert!(within(&stored(200, "max-age=1, stale-if-error=1", 1000)));
+    assert!(!within(&stored(200, "max-age=1, stale-if-error=1", 1500)));
+    assert!(
+        !within(&stored(503, "max-age=1", 500)),
+        "an error 0.5 s stale"
+    );
+    let fresh = CacheMeta::new(
+        now + Duration::from_secs(1),
+        now,
+        0,
+        0,
+        resp(503, &[("cache-control", "max-age=2")]),
+    );
+    assert!(within(&fresh), "not stale yet");
+}
