@@ -487,8 +487,10 @@ fn a_disk_hit_larger_than_the_socket_buffers_reaches_a_slow_reader_whole() {
     }
     wait_disk_objects(&node, objects.len(), WAIT, "objects on disk");
     stop_ok(node, "after the fill");
-    // memory empty: the hits come from disk
+    // memory empty: the hits come from disk (once the directory is recovered: a lookup before
+    // that waits on the full path)
     let node = cfg.start();
+    wait_disk_objects(&node, objects.len(), WAIT, "directory recovered");
     let lean_before = metric(&node, "outpost_lean_hits_total", &[]);
     // a client with a small receive buffer: the node's side holds at most its send buffer
     let sock =
