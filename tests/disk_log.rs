@@ -438,31 +438,6 @@ fn an_upgrade_keeps_every_object_stored_before_and_during_the_handover() {
     assert_eq!(origin.total_hits(), before.len() + during.len());
 }
 
-/// Read one HTTP/1.1 response with a `Content-Length` from `r`: its head and body.
-fn read_one(r: &mut impl std::io::BufRead) -> (String, Vec<u8>) {
-    let mut head = String::new();
-    loop {
-        let mut line = String::new();
-        r.read_line(&mut line).expect("response line");
-        assert!(!line.is_empty(), "connection closed mid-head: {head}");
-        head.push_str(&line);
-        if line == "\r\n" {
-            break;
-        }
-    }
-    let len: usize = head
-        .lines()
-        .find_map(|l| {
-            let (name, value) = l.split_once(':')?;
-            name.eq_ignore_ascii_case("content-length")
-                .then(|| value.trim().parse().ok())?
-        })
-        .unwrap_or_else(|| panic!("no Content-Length in {head}"));
-    let mut body = vec![0u8; len];
-    r.read_exact(&mut body).expect("body");
-    (head, body)
-}
-
 /// A disk hit is sent from its segment file (`sendfile`) on the lean hit path; a body larger
 /// than the socket's buffers, to a client that does not read for a while, goes out partly
 /// that way and the rest from the verified copy: the client gets every byte, in order, and
@@ -514,8 +489,8 @@ fn a_disk_hit_larger_than_the_socket_buffers_reaches_a_slow_reader_whole() {
     s.write_all(asked.as_bytes()).expect("requests");
     std::thread::sleep(Duration::from_millis(500));
     for (i, (p, want)) in order.iter().enumerate() {
-        let (head, body) = read_one(&mut r);
-        assert!(head.starts_with("HTTP/1.1 200"), "response {i} {p}: {head}");
+        let Response { status, body, .. } = read_response(&mut r, false);
+        assert_eq!(status, 200, "response {i} {p}");
         assert!(
             body == *want,
             "response {i} {p}: {} bytes that differ from the origin's {} (first difference at {:?})",

@@ -382,6 +382,7 @@ impl Found {
             Found::Disk(hit, _) => &hit.object.body,
         }
     }
+
     /// Where a disk hit's body lies in its segment file, if it may be sent from there.
     pub fn body_file(&self) -> Option<BodyFile> {
         match self {

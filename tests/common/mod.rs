@@ -10,6 +10,7 @@ pub mod nats;
 pub mod node;
 pub mod origin;
 pub mod tls;
+pub mod wire;
 
 pub use asserts::{assert_hit, assert_stored_miss};
 pub use disk::{files_under, stop_ok, wait_disk_objects};
@@ -20,6 +21,7 @@ pub use origin::{
     generated_body, http_date, parse_http_date, range_reply, Recorded, Reply, TestOrigin,
 };
 pub use tls::{Leaf, TestCa, Validity};
+pub use wire::{read_response, Response};
 
 /// Sets a load loop's stop flag when dropped. A thread scope waits for its threads, so an
 /// assertion failing in the scope before the flag is set would hang the test instead of
